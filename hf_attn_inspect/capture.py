@@ -1,0 +1,249 @@
+"""The one capture path: our attention function, registered with transformers, feeding a probe.
+
+transformers 5 dispatches every attention layer through ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``
+and builds its masks through ``ALL_MASK_ATTENTION_FUNCTIONS`` under the same name. We register one
+function, :func:`_attention_function`, under :data:`ATTENTION_NAME` together with ``eager_mask`` (without
+the mask function the model silently passes ``attention_mask=None``: padding and causal masks vanish).
+While a capture runs, every attention layer calls it with its post-RoPE query and key; it hands them to
+the active :class:`Probe`, which computes the layer's output and keeps what it needs (full weights, or
+only statistics). Everything else in the package (inspect, verify, analysis, batch, compare, the HTML
+explorer) reads what a probe collected, so there is exactly one way attention is obtained.
+
+The model's own attention implementation is swapped only for the duration of a call and restored
+afterwards, also on error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+from .core import scaled_dot_product_attention_with_weights
+from .errors import CaptureError
+
+__all__ = ["ATTENTION_NAME", "Site", "Probe", "WeightsProbe", "capture", "attention_implementation"]
+
+ATTENTION_NAME = "hf_attn_inspect"
+_PASSTHROUGH_PREFIX = "hf_attn_inspect_passthrough_"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an attention call happened: ``stack`` is ``self`` (encoder-only or decoder-only models),
+    ``encoder``, ``decoder`` or ``cross`` (encoder-decoder models); ``layer`` is the 0-based layer index."""
+
+    stack: str
+    layer: int
+    name: str = ""
+
+
+class Probe:
+    """Receives every attention call of a forward pass and returns the layer's output.
+
+    The base class computes the output and weights with the reference core and passes the weights to
+    :meth:`record`; subclasses override :meth:`record` to keep what they need (all weights, a subset of
+    heads, per-sentence statistics), or :meth:`attend` to compute differently (e.g. statistics from the
+    query and key while the output comes from a fast kernel). ``mask`` is the model's additive float
+    mask ``[batch, 1, query, key]`` built by ``eager_mask`` (0 = attend, dtype minimum = masked) or None.
+    """
+
+    def attend(
+        self,
+        site: Site,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(output [batch, heads, query, head_dim], weights or None)`` for one attention call."""
+        output, weights = scaled_dot_product_attention_with_weights(
+            query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
+        )
+        self.record(site, weights)
+        return output, weights
+
+    def record(self, site: Site, weights: torch.Tensor) -> None:
+        """Receive one call's weights ``[batch, heads, query, key]`` (float32, padding still included)."""
+
+
+class WeightsProbe(Probe):
+    """Keeps the weights of the chosen layers and heads as float32 CPU tensors, per stack and layer.
+
+    ``weights[stack][layer]`` is ``[batch, len(heads), query, key]``; ``layers``/``heads`` of ``None``
+    keep all of them.
+    """
+
+    def __init__(self, layers: list[int] | None = None, heads: list[int] | None = None) -> None:
+        self.layers = None if layers is None else set(layers)
+        self.heads = heads
+        self.weights: dict[str, dict[int, torch.Tensor]] = {}
+
+    def record(self, site: Site, weights: torch.Tensor) -> None:
+        if self.layers is not None and site.layer not in self.layers:
+            return
+        if self.heads is not None:
+            weights = weights[:, self.heads]
+        self.weights.setdefault(site.stack, {})[site.layer] = weights.detach().to("cpu", torch.float32)
+
+
+class _CaptureState:
+    """Per-call state read by the registered function: the probe and the module -> site map."""
+
+    def __init__(self, model: torch.nn.Module, probe: Probe) -> None:
+        self.probe = probe
+        self.calls = 0
+        self.causal_stacks: set[str] = set()
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        self._sites: dict[int, Site] = {}
+
+    def site_of(self, module: torch.nn.Module) -> Site:
+        site = self._sites.get(id(module))
+        if site is None:
+            name = self._names.get(id(module), "")
+            site = Site(_stack_of(name, self._enc_dec), _layer_of(name, module), name)
+            self._sites[id(module)] = site
+        if getattr(module, "is_causal", False):
+            self.causal_stacks.add(site.stack)
+        return site
+
+
+_CROSS = re.compile(r"(encoder_attn|encdecattention|crossattention|cross_attn|cross_attention)", re.I)
+
+
+def _stack_of(name: str, enc_dec: bool) -> str:
+    if not enc_dec:
+        return "self"
+    if _CROSS.search(name):
+        return "cross"
+    return "decoder" if re.search(r"(^|\.)decoder(\.|$)", name) else "encoder"
+
+
+def _layer_of(name: str, module: torch.nn.Module) -> int:
+    match = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
+    if match:
+        return int(match.group(1))
+    layer = getattr(module, "layer_idx", None)
+    if isinstance(layer, int):
+        return layer
+    raise CaptureError(f"cannot tell which layer attention module '{name}' belongs to")
+
+
+_local = threading.local()
+
+
+def _active() -> _CaptureState | None:
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+def _attention_function(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention function registered with transformers; delegates to the active probe."""
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise CaptureError("attention with learned sink logits (s_aux) is not supported yet")
+    state = _active()
+    if state is None:  # the model was left pointing at us: behave like exact eager attention
+        output, weights = scaled_dot_product_attention_with_weights(
+            query, key, value, attention_mask, scale=scaling, softcap=kwargs.get("softcap")
+        )
+        return output.transpose(1, 2).contiguous(), weights
+    state.calls += 1
+    site = state.site_of(module)
+    output, weights = state.probe.attend(site, module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+    return output.transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(ATTENTION_NAME, _attention_function)
+AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def passthrough_name(implementation: str) -> str:
+    """Register (once) and return a name that routes calls through our probe but builds the masks of
+    ``implementation`` (e.g. ``sdpa``), so a probe can call the model's own attention function."""
+    name = _PASSTHROUGH_PREFIX + implementation
+    if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation, eager_mask)
+        AttentionInterface.register(name, _attention_function)
+        AttentionMaskInterface.register(name, mask_fn)
+    return name
+
+
+def original_attention_function(implementation: str, module: torch.nn.Module) -> Callable[..., Any]:
+    """The function transformers would call for ``implementation`` in ``module`` (its own eager code for ``eager``)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if implementation in ALL_ATTENTION_FUNCTIONS._global_mapping:
+        return ALL_ATTENTION_FUNCTIONS._global_mapping[implementation]
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        raise CaptureError(f"cannot find the '{implementation}' attention function of {type(module).__name__}")
+    return eager
+
+
+def _configs(model: torch.nn.Module) -> list[Any]:
+    seen: dict[int, Any] = {}
+    todo = [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "_attn_implementation_internal"):
+            continue
+        seen[id(cfg)] = cfg
+        todo.extend(getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {})
+    return list(seen.values())
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention implementation ``model`` is set to use (``config._attn_implementation``)."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
+@contextmanager
+def use_implementation(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Temporarily set every config of ``model`` to ``implementation``; restores the previous values."""
+    configs = _configs(model)
+    saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
+    try:
+        for cfg in configs:
+            cfg._attn_implementation_internal = implementation
+        yield
+    finally:
+        for cfg, value in saved:
+            cfg._attn_implementation_internal = value
+
+
+@contextmanager
+def capture(model: torch.nn.Module, probe: Probe, implementation: str = ATTENTION_NAME) -> Iterator[_CaptureState]:
+    """Within the block, every attention call of ``model`` goes to ``probe``; yields the capture state.
+
+    ``state.calls`` counts the attention calls seen (0 means the model does not dispatch through
+    transformers' attention interface), ``state.causal_stacks`` names the stacks whose modules are causal.
+    """
+    state = _CaptureState(model, probe)
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    _local.stack.append(state)
+    try:
+        with use_implementation(model, implementation):
+            yield state
+    finally:
+        _local.stack.pop()

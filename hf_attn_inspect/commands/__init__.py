@@ -1,0 +1,1 @@
+"""Sub-commands of the hf-attn-inspect command line, one module each."""

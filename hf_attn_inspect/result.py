@@ -1,0 +1,200 @@
+"""The data model every view of hf-attn-inspect reads: :class:`AttentionResult`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError, OutputError
+
+__all__ = ["AttentionResult", "clean_token"]
+
+_FORMAT_VERSION = 1
+_STACKS = ("self", "decoder", "cross")
+
+
+def clean_token(token: str) -> str:
+    """A token as a person reads it: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` markers made visible text."""
+    return token.replace("Ġ", " ").replace("Ċ", "\\n").replace("▁", " ").replace("ĉ", "\\t") or token
+
+
+@dataclass
+class AttentionResult:
+    """Every captured attention weight of one input, labelled with the tokenizer's tokens.
+
+    ``attentions`` is a float32 CPU tensor ``[layers, heads, query, key]``: row ``i`` of head ``h`` in
+    layer ``l`` holds how much token ``i`` attends to each token ``j``; it sums to 1 over the keys the
+    model lets it see (causal models: ``j <= i``) and masked keys are exactly 0. Padding is never part
+    of a result. ``layer_ids``/``head_ids`` give the model's 0-based layer and head index of each row of
+    the first two dimensions (all of them unless a subset was captured). ``tokens`` are the tokenizer's
+    tokens, special tokens included; ``word_ids`` map tokens to words (``None`` for special tokens) and
+    ``segment_ids`` to the first (0) or second (1) text of a pair. For encoder-decoder models,
+    ``attentions``/``tokens`` are the encoder's self-attention and input, and ``decoder_attentions``
+    ``[layers, heads, dec, dec]`` and ``cross_attentions`` ``[layers, heads, dec, enc]`` come with
+    ``decoder_tokens``.
+    """
+
+    tokens: list[str]
+    attentions: torch.Tensor
+    layer_ids: list[int] = field(default_factory=list)
+    head_ids: list[int] = field(default_factory=list)
+    word_ids: list[int | None] | None = None
+    segment_ids: list[int | None] | None = None
+    special_tokens_mask: list[bool] | None = None
+    model_name: str = ""
+    text: str | None = None
+    text_pair: str | None = None
+    is_causal: bool = False
+    decoder_tokens: list[str] | None = None
+    decoder_attentions: torch.Tensor | None = None
+    cross_attentions: torch.Tensor | None = None
+    decoder_word_ids: list[int | None] | None = None
+    decoder_special_tokens_mask: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.attentions.dim() != 4:
+            raise InputError(f"attentions must be [layers, heads, query, key], got shape {tuple(self.attentions.shape)}")
+        if not self.layer_ids:
+            self.layer_ids = list(range(self.attentions.shape[0]))
+        if not self.head_ids:
+            self.head_ids = list(range(self.attentions.shape[1]))
+        if self.special_tokens_mask is None:
+            self.special_tokens_mask = [False] * len(self.tokens)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def num_layers(self) -> int:
+        """Number of captured layers (``len(layer_ids)``)."""
+        return int(self.attentions.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        """Number of captured heads per layer (``len(head_ids)``)."""
+        return int(self.attentions.shape[1])
+
+    @property
+    def seq_len(self) -> int:
+        """Number of tokens of the (encoder) input, special tokens included, padding excluded."""
+        return len(self.tokens)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """True when the result holds decoder self-attention and cross-attention too."""
+        return self.decoder_attentions is not None
+
+    @property
+    def display_tokens(self) -> list[str]:
+        """``tokens`` with byte-level/SentencePiece markers turned into readable text (for plots)."""
+        return [clean_token(t) for t in self.tokens]
+
+    # ---------------------------------------------------------------- access
+    def stack(self, which: str = "self") -> tuple[torch.Tensor, list[str], list[str]]:
+        """``(attentions, query_tokens, key_tokens)`` for ``which`` in ``self`` (encoder), ``decoder``, ``cross``."""
+        if which in ("self", "encoder"):
+            return self.attentions, self.tokens, self.tokens
+        if not self.is_encoder_decoder:
+            raise InputError(f"'{which}' attention exists only for encoder-decoder models; use 'self'")
+        if which == "decoder":
+            return self.decoder_attentions, self.decoder_tokens, self.decoder_tokens
+        if which == "cross":
+            return self.cross_attentions, self.decoder_tokens, self.tokens
+        raise InputError(f"unknown attention '{which}'; choose one of self, decoder, cross")
+
+    def layer_index(self, layer: int) -> int:
+        """Position in ``attentions`` of the model's layer ``layer``; a clear error lists the valid layers."""
+        if layer not in self.layer_ids:
+            raise InputError(f"layer {layer} is out of range; valid layers: {_describe(self.layer_ids)}")
+        return self.layer_ids.index(layer)
+
+    def head_index(self, head: int) -> int:
+        """Position in ``attentions`` of the model's head ``head``; a clear error lists the valid heads."""
+        if head not in self.head_ids:
+            raise InputError(f"head {head} is out of range; valid heads: {_describe(self.head_ids)}")
+        return self.head_ids.index(head)
+
+    def head(self, layer: int, head: int, which: str = "self") -> torch.Tensor:
+        """The ``[query, key]`` weights of the model's ``layer`` and ``head`` (model indices, 0-based)."""
+        att, _, _ = self.stack(which)
+        return att[self.layer_index(layer), self.head_index(head)]
+
+    def layer(self, layer: int, which: str = "self") -> torch.Tensor:
+        """The ``[heads, query, key]`` weights of the model's ``layer``."""
+        att, _, _ = self.stack(which)
+        return att[self.layer_index(layer)]
+
+    def to_numpy(self, which: str = "self") -> np.ndarray:
+        """The ``[layers, heads, query, key]`` weights as a float32 numpy array (``which`` as in :meth:`stack`)."""
+        return self.stack(which)[0].detach().cpu().numpy()
+
+    # ----------------------------------------------------------- persistence
+    def _metadata(self) -> dict[str, Any]:
+        skip = {"attentions", "decoder_attentions", "cross_attentions"}
+        meta = {k: v for k, v in self.__dict__.items() if k not in skip}
+        meta["format_version"] = _FORMAT_VERSION
+        return meta
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to one ``.safetensors`` file (tensors) with its labels as JSON metadata; no pickle.
+
+        The file is written to a temporary name and renamed, so an interrupted save never leaves a
+        half-written file. Returns the path written.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"attentions": self.attentions.contiguous()}
+        if self.decoder_attentions is not None:
+            tensors["decoder_attentions"] = self.decoder_attentions.contiguous()
+        if self.cross_attentions is not None:
+            tensors["cross_attentions"] = self.cross_attentions.contiguous()
+        metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+            os.close(fd)
+            try:
+                save_file(tensors, tmp, metadata=metadata)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AttentionResult":
+        """Read a result written by :meth:`save`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no saved result at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["hf_attn_inspect"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (KeyError, ValueError, OSError) as exc:
+            raise InputError(f"{path} is not an hf-attn-inspect result file ({exc})") from None
+        meta.pop("format_version", None)
+        return cls(**meta, **tensors)
+
+    def __repr__(self) -> str:
+        kind = "encoder-decoder" if self.is_encoder_decoder else ("causal" if self.is_causal else "bidirectional")
+        return (
+            f"AttentionResult(model={self.model_name!r}, {kind}, tokens={self.seq_len}, "
+            f"layers={self.num_layers}, heads={self.num_heads})"
+        )
+
+
+def _describe(ids: list[int]) -> str:
+    if ids and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}..{ids[-1]}"
+    return ", ".join(str(i) for i in ids)

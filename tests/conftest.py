@@ -1,0 +1,69 @@
+"""Shared fixtures: the embedded model, tiny random models of every family, offline and headless."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import tiny_models  # noqa: E402
+from hf_attn_inspect import AttentionInspector  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Hello, world!",
+    "Attention is all you need, or so the paper said in 2017.",
+    "A",
+    "Transformers read every token at once, and attention decides which ones matter for each other.",
+    "Is this padded?",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Short one.",
+]
+
+
+@pytest.fixture(scope="session")
+def inspector() -> AttentionInspector:
+    """The embedded default model (all-MiniLM-L6-v2: 6 layers x 12 heads), on CPU."""
+    return AttentionInspector.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return tiny_models.tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Factory: ``tiny_model(family)`` -> a tiny random model (cached per family)."""
+    cache = {}
+
+    def make(family: str):
+        if family not in cache:
+            cache[family] = tiny_models.build(family)
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Factory: ``tiny_dir(family)`` -> a directory holding a saved tiny model and its tokenizer."""
+    cache = {}
+
+    def make(family: str) -> Path:
+        if family not in cache:
+            cache[family] = tiny_models.save(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return cache[family]
+
+    return make

@@ -1,0 +1,61 @@
+"""Tiny randomly initialised models of each family the toolkit must handle, built from configs (offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from hf_attn_inspect import default_model_path
+
+FAMILIES = ("bert", "gpt2", "llama", "bart", "sdpa_bert", "deberta")
+
+
+def tokenizer():
+    """The embedded MiniLM WordPiece tokenizer (vocabulary 30522), shared by every tiny model."""
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+def build(family: str, seed: int = 0):
+    """A tiny random model of ``family`` in eval mode (float32, CPU)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vocab = 30522
+    if family in ("bert", "sdpa_bert"):
+        cfg = tf.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=128)
+        impl = "eager" if family == "bert" else "sdpa"
+        model = tf.BertModel(cfg)
+        model.config._attn_implementation_internal = impl
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                            bos_token_id=101, eos_token_id=102)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "llama":
+        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                             pad_token_id=0)
+        model = tf.LlamaForCausalLM(cfg)
+    elif family == "bart":
+        cfg = tf.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=0,
+                            bos_token_id=101, eos_token_id=102, decoder_start_token_id=101)
+        model = tf.BartForConditionalGeneration(cfg)
+    elif family == "deberta":
+        cfg = tf.DebertaV2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=128)
+        model = tf.DebertaV2Model(cfg)
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+def save(family: str, directory: Path) -> Path:
+    """Save a tiny ``family`` model and the tokenizer to ``directory`` (for the command line)."""
+    model = build(family)
+    model.save_pretrained(directory)
+    tokenizer().save_pretrained(directory)
+    return directory
