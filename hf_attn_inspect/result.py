@@ -186,6 +186,26 @@ class AttentionResult:
         meta.pop("format_version", None)
         return cls(**meta, **tensors)
 
+    # ------------------------------------------------------------- explorer
+    def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
+        """The self-contained interactive explorer page as an HTML string; also written to ``path`` if given.
+
+        See :func:`hf_attn_inspect.explorer.explorer_html` for the options (``classes``, ``metrics``,
+        ``rollout``, ``title``).
+        """
+        from .explorer import explorer_html, write_explorer
+
+        if path is not None:
+            write_explorer(self, path, **kwargs)
+            return Path(path).read_text(encoding="utf-8")
+        return explorer_html(self, **kwargs)
+
+    def show(self, **kwargs: Any) -> Any:
+        """Show the interactive explorer inline in a notebook (see :func:`hf_attn_inspect.explorer.show`)."""
+        from .explorer import show
+
+        return show(self, **kwargs)
+
     def __repr__(self) -> str:
         kind = "encoder-decoder" if self.is_encoder_decoder else ("causal" if self.is_causal else "bidirectional")
         return (

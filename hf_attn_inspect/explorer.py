@@ -1,0 +1,268 @@
+"""A self-contained, offline, interactive HTML explorer of one :class:`~hf_attn_inspect.AttentionResult`.
+
+One file holds the page, its plain JavaScript and CSS (``hf_attn_inspect/static/``) and the data; it
+makes no network request (a Content-Security-Policy forbids any) and opens anywhere: a browser, VS Code,
+Colab, Jupyter, an e-mail attachment. Views: head view (lines from query tokens to key tokens, one colour
+per head), matrix view (heatmap; the value, query and key under the pointer), model view (layers x heads
+thumbnails; click to open a head) and the per-head metrics of :func:`hf_attn_inspect.analysis.head_metrics`.
+Controls: layer, heads (several at once), average heads, rollout
+(:func:`hf_attn_inspect.aggregate.attention_rollout`), hide special tokens, sub-word or word level (the
+merge of :func:`hf_attn_inspect.aggregate.aggregate_words`, applied in the page), sentence-pair filter,
+encoder / decoder / cross attention, light/dark.
+
+Size: every weight is quantised per row to ``LEVELS + 1`` integer levels of ``step = row max / LEVELS``
+(stored as one byte; absolute error at most ``row max / (2 * LEVELS)`` = row max / 256, within the
+1/255 of the row maximum promised), each head is gzip-compressed and base64-encoded separately, and the
+page inflates a head only when it is drawn (``DecompressionStream``). A 512-token input on the 6 x 12
+head default model makes a file of about 9 MB. Tokens are data: the JSON is escaped so that no
+``</script>`` or ``<!--`` can end the data block, and the page inserts tokens with ``textContent`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+import os
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .aggregate import attention_rollout, word_labels, word_units
+from .errors import InputError, OutputError
+from .result import AttentionResult
+
+__all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows"]
+
+#: Quantisation levels per row: weights become integers 0..LEVELS times ``row max / LEVELS``.
+LEVELS = 128
+
+_CLASS_COLUMNS = ("class", "head_class", "label", "category", "pattern")
+
+
+def quantize_rows(weights: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise ``weights [..., query, key]`` per row: ``(levels uint8 [..., Q, K], step float32 [..., Q])``.
+
+    ``levels * step[..., None]`` restores the weights with absolute error at most ``step / 2`` =
+    ``row max / (2 * LEVELS)``; all-zero rows (fully masked) get step 0.
+    """
+    w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, dtype=np.float32)
+    row_max = w.max(-1) if w.shape[-1] else np.zeros(w.shape[:-1], np.float32)
+    step = (np.maximum(row_max, 0.0) / LEVELS).astype(np.float32)
+    safe = np.where(step > 0, step, 1.0)[..., None]
+    levels = np.clip(np.rint(w / safe), 0, LEVELS).astype(np.uint8)
+    return levels, step
+
+
+def dequantize_rows(levels: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The weights the page shows: ``levels * step`` in float32 (the inverse of :func:`quantize_rows`)."""
+    return levels.astype(np.float32) * step[..., None].astype(np.float32)
+
+
+def _pack(buf: bytes) -> str:
+    return base64.b64encode(gzip.compress(buf, compresslevel=6, mtime=0)).decode("ascii")
+
+
+def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
+    levels, step = quantize_rows(att)  # [L, H, Q, K], [L, H, Q]
+    packed = [[_pack(levels[l, h].tobytes()) for h in range(levels.shape[1])] for l in range(levels.shape[0])]
+    return packed, _pack(np.ascontiguousarray(step, dtype="<f4").tobytes())
+
+
+def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
+    from .result import clean_token
+
+    n = len(tokens)
+    special = [bool(s) for s in (special or [False] * n)]
+    segments = list(segments) if segments is not None else [None] * n
+    units = word_units(word_ids, special, segments) if word_ids is not None else np.arange(n)
+    n_units = int(units.max()) + 1 if n else 0
+    unit_special = [False] * n_units
+    unit_segment: list[int | None] = [None] * n_units
+    for i, u in enumerate(units.tolist()):
+        unit_special[u] = unit_special[u] or special[i]
+        if unit_segment[u] is None:
+            unit_segment[u] = segments[i]
+    return {
+        "labels": [clean_token(t) for t in tokens],
+        "special": special,
+        "segment": segments,
+        "units": units.tolist(),
+        "unit_labels": word_labels(tokens, units) if n else [],
+        "unit_special": unit_special,
+        "unit_segment": unit_segment,
+    }
+
+
+def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[str] | None:
+    if classes is None:
+        return None
+    lookup: dict[tuple[int, int], str] = {}
+    if isinstance(classes, pd.DataFrame):
+        col = next((c for c in _CLASS_COLUMNS if c in classes.columns), None)
+        if col is None or not {"layer", "head"} <= set(classes.columns):
+            raise InputError(f"classes need columns 'layer', 'head' and one of {', '.join(_CLASS_COLUMNS)}")
+        lookup = {(int(l), int(h)): str(c) for l, h, c in zip(classes["layer"], classes["head"], classes[col])}
+    elif isinstance(classes, pd.Series):
+        lookup = {(int(k[0]), int(k[1])): str(v) for k, v in classes.items()}
+    elif isinstance(classes, Mapping):
+        lookup = {(int(k[0]), int(k[1])): str(v) for k, v in classes.items()}
+    else:
+        raise InputError("classes must be a DataFrame (layer, head, class), a Series or a dict {(layer, head): class}")
+    return [lookup.get((l, h), "") for l in layer_ids for h in head_ids]
+
+
+def _metrics(result: AttentionResult, which: str) -> dict[str, Any] | None:
+    from .analysis import head_metrics
+    from .metrics import METRICS
+
+    df = head_metrics(result, which=which)
+    cols = list(METRICS)
+    values = df[cols].to_numpy(dtype=np.float64)
+    values = np.where(np.isfinite(values), values, 0.0)
+    return {"columns": cols, "values": np.round(values, 6).tolist()}
+
+
+def _payload(result: AttentionResult, classes: Any, metrics: bool, rollout: bool) -> dict[str, Any]:
+    axes = {"enc": _axis(result.tokens, result.word_ids, result.special_tokens_mask, result.segment_ids)}
+    names = [("self", "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
+    if result.is_encoder_decoder:
+        axes["dec"] = _axis(result.decoder_tokens or [], result.decoder_word_ids, result.decoder_special_tokens_mask, None)
+        names.append(("decoder", "decoder self-attention", "dec", "dec"))
+        if result.cross_attentions is not None:
+            names.append(("cross", "cross-attention (decoder \u2192 encoder)", "dec", "enc"))
+    contiguous = result.layer_ids == list(range(result.layer_ids[0], result.layer_ids[0] + len(result.layer_ids)))
+    stacks: dict[str, Any] = {}
+    for which, label, qa, ka in names:
+        att = result.stack(which)[0].float()
+        packed, steps = _encode(att)
+        entry: dict[str, Any] = {
+            "label": label,
+            "layer_ids": list(result.layer_ids),
+            "head_ids": list(result.head_ids),
+            "nq": int(att.shape[-2]),
+            "nk": int(att.shape[-1]),
+            "q_axis": qa,
+            "k_axis": ka,
+            "levels": packed,
+            "steps": steps,
+            "rollout": None,
+            "metrics": _metrics(result, which) if metrics and which != "cross" else None,
+            "classes": _classes(classes, list(result.layer_ids), list(result.head_ids)) if which == "self" else None,
+        }
+        if rollout and which != "cross" and contiguous:
+            roll = attention_rollout(att)[:, None]  # [L, 1, T, T]
+            r_packed, r_steps = _encode(roll)
+            entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
+        stacks[which] = entry
+    from .metrics import METRICS
+
+    return {
+        "version": 1,
+        "levels": LEVELS,
+        "model": result.model_name,
+        "text": result.text,
+        "text_pair": result.text_pair,
+        "has_pair": any(s == 1 for s in (result.segment_ids or [])),
+        "is_causal": result.is_causal,
+        "axes": axes,
+        "stacks": stacks,
+        "metric_names": list(METRICS) if metrics else [],
+    }
+
+
+def _script_json(data: Any) -> str:
+    """JSON safe inside a ``<script>`` element: no ``<``, ``>``, ``&`` or line separators appear literally."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+@lru_cache(maxsize=None)
+def _static(name: str) -> str:
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
+def explorer_html(
+    result: AttentionResult,
+    *,
+    classes: Any = None,
+    metrics: bool = True,
+    rollout: bool = True,
+    title: str | None = None,
+) -> str:
+    """The explorer page of ``result`` as one HTML string (UTF-8 text, fully offline).
+
+    ``classes`` optionally names each head (a DataFrame with ``layer``, ``head`` and a ``class`` column,
+    a Series indexed by ``(layer, head)``, or a dict ``{(layer, head): name}``, model indices) and is shown
+    in the metrics panel. ``metrics=False`` leaves out the metrics panel's numbers; ``rollout=False``
+    leaves out the precomputed rollout (it is also left out when the captured layers are not consecutive).
+    """
+    if not isinstance(result, AttentionResult):
+        raise InputError(f"explorer needs an AttentionResult, got {type(result).__name__}")
+    if result.seq_len == 0:
+        raise InputError("the result has no tokens")
+    data = _script_json(_payload(result, classes, metrics, rollout))
+    js = _static("explorer.js")
+    if "</script" in js.lower() or "<!--" in js:
+        raise OutputError("explorer.js must not contain '</script' or '<!--'")
+    page_title = title or f"attention: {result.model_name or 'model'}"
+    page = _static("explorer.html")
+    head, rest = page.split("@@DATA@@", 1)
+    head = head.replace("@@TITLE@@", html.escape(page_title)).replace("@@CSS@@", _static("explorer.css"))
+    rest = rest.replace("@@JS@@", js)
+    return head + data + rest
+
+
+def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns the path."""
+    text = explorer_html(result, **kwargs)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".html")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def show(result: AttentionResult, *, height: int = 720, **kwargs: Any) -> Any:
+    """Display the explorer inline in Jupyter / VS Code / Colab (an ``<iframe srcdoc>``); returns the display object.
+
+    Outside IPython the page is written to a temporary file and opened in the default web browser.
+    """
+    text = explorer_html(result, **kwargs)
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:  # pragma: no cover - IPython is present wherever notebooks run
+        get_ipython = None  # type: ignore[assignment]
+    if get_ipython is not None and get_ipython() is not None:
+        frame = HTML(
+            f'<iframe srcdoc="{html.escape(text, quote=True)}" style="width:100%;height:{int(height)}px;'
+            f'border:0" sandbox="allow-scripts"></iframe>'
+        )
+        display(frame)
+        return frame
+    import webbrowser
+
+    fd, tmp = tempfile.mkstemp(prefix="hf-attn-inspect-", suffix=".html")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    webbrowser.open(Path(tmp).as_uri())
+    return tmp
