@@ -255,7 +255,7 @@
     const P = project(sel[0].m);
     matrixP = P;
     const n = Math.max(P.nr, P.nc, 1);
-    const cell = Math.max(1, Math.min(36, Math.floor(640 / n)));
+    const cell = Math.max(2, Math.min(36, Math.floor(640 / n)));
     matrixCell = cell;
     const canvas = $("mx-canvas");
     canvas.width = Math.max(1, P.nc * cell); canvas.height = Math.max(1, P.nr * cell);
@@ -288,6 +288,7 @@
       const s = document.createElement("span");
       const text = ax.labels[i];
       s.textContent = text.length > 18 ? text.slice(0, 17) + "\u2026" : text;
+      s.title = text;
       widest = Math.max(widest, s.textContent.length);
       if (kind === "row") s.style.top = (pos * cell + cell / 2) + "px";
       else s.style.left = (pos * cell + cell / 2 - 4) + "px";
@@ -308,7 +309,8 @@
     if (!P) return;
     const rect = ev.target.getBoundingClientRect();
     const c = Math.floor((ev.clientX - rect.left) / matrixCell), r = Math.floor((ev.clientY - rect.top) / matrixCell);
-    if (r < 0 || c < 0 || r >= P.nr || c >= P.nc) return setInfo("");
+    if (r < -1 || c < -1 || r > P.nr || c > P.nc) return setInfo("");
+    if (r < 0 || c < 0 || r >= P.nr || c >= P.nc) return; /* sub-pixel edge: keep the last cell */
     const v = P.data[r * P.nc + c];
     const qi = P.rows.idx[r], ki = P.cols.idx[c];
     setInfo("query " + JSON.stringify(P.rows.labels[qi]) + " [" + qi + "] \u2192 key " + JSON.stringify(P.cols.labels[ki]) +
