@@ -37,6 +37,7 @@ import torch
 
 from .aggregate import attention_rollout, word_labels, word_units
 from .errors import InputError, OutputError
+from .fileio import atomic_path
 from .result import AttentionResult
 
 __all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows"]
@@ -226,18 +227,9 @@ def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: A
     """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns the path."""
     text = explorer_html(result, **kwargs)
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".html")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
     return path
 
 

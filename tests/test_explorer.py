@@ -62,7 +62,7 @@ def test_to_html_writes_file_and_classes(tmp_path):
     assert '"classes":["","","diagonal","broad","",""]' in text
     with pytest.raises(OutputError):
         write_explorer(r, tmp_path)  # a directory is not a file name
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.html"]
 
 
 def test_view_cli(tmp_path, capsys):
