@@ -40,7 +40,7 @@ from .errors import InputError, OutputError
 from .fileio import atomic_path
 from .result import AttentionResult
 
-__all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows"]
+__all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows", "class_lookup"]
 
 #: Quantisation levels per row: weights become integers 0..LEVELS times ``row max / LEVELS``.
 LEVELS = 128
@@ -102,21 +102,25 @@ def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
     }
 
 
-def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[str] | None:
+def class_lookup(classes: Any) -> dict[tuple[int, int], str]:
+    """``{(layer, head): class name}`` from a DataFrame (``layer``, ``head`` and a ``class`` column), a Series
+    indexed by ``(layer, head)`` or a dict; ``None`` gives an empty dict. Model indices, 0-based."""
     if classes is None:
-        return None
-    lookup: dict[tuple[int, int], str] = {}
+        return {}
     if isinstance(classes, pd.DataFrame):
         col = next((c for c in _CLASS_COLUMNS if c in classes.columns), None)
         if col is None or not {"layer", "head"} <= set(classes.columns):
             raise InputError(f"classes need columns 'layer', 'head' and one of {', '.join(_CLASS_COLUMNS)}")
-        lookup = {(int(l), int(h)): str(c) for l, h, c in zip(classes["layer"], classes["head"], classes[col])}
-    elif isinstance(classes, pd.Series):
-        lookup = {(int(k[0]), int(k[1])): str(v) for k, v in classes.items()}
-    elif isinstance(classes, Mapping):
-        lookup = {(int(k[0]), int(k[1])): str(v) for k, v in classes.items()}
-    else:
-        raise InputError("classes must be a DataFrame (layer, head, class), a Series or a dict {(layer, head): class}")
+        return {(int(l), int(h)): str(c) for l, h, c in zip(classes["layer"], classes["head"], classes[col])}
+    if isinstance(classes, (pd.Series, Mapping)):
+        return {(int(k[0]), int(k[1])): str(v) for k, v in classes.items()}
+    raise InputError("classes must be a DataFrame (layer, head, class), a Series or a dict {(layer, head): class}")
+
+
+def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[str] | None:
+    if classes is None:
+        return None
+    lookup = class_lookup(classes)
     return [lookup.get((l, h), "") for l in layer_ids for h in head_ids]
 
 
