@@ -245,11 +245,12 @@ def plot_head_view(
         twin.spines[side].set_visible(False)
     ax.tick_params(axis="y", length=0)
     twin.tick_params(axis="y", length=0)
-    ax.set_xlabel("query \u2192 key")
+    ax.text(0, -0.02, "query", transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    ax.text(1, -0.02, "key", transform=ax.transAxes, ha="center", va="top", fontsize=8)
     if nh > 1 or head_ids:
         handles = [Line2D([0], [0], color=colors[i], lw=2, label=f"head {h}") for i, h in enumerate(head_ids)]
         if nh <= 16:
-            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(nh, 6),
+            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=min(nh, 6),
                       fontsize=7, frameon=False)
     ax.set_title(title if title is not None else "Head view" + (f" ({desc})" if desc else ""))
     return ax
