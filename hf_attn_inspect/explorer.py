@@ -72,8 +72,13 @@ def _pack(buf: bytes) -> str:
 
 
 def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
+    from concurrent.futures import ThreadPoolExecutor
+
     levels, step = quantize_rows(att)  # [L, H, Q, K], [L, H, Q]
-    packed = [[_pack(levels[l, h].tobytes()) for h in range(levels.shape[1])] for l in range(levels.shape[0])]
+    nl, nh = levels.shape[:2]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # zlib releases the GIL
+        flat = list(pool.map(_pack, (levels[l, h].tobytes() for l in range(nl) for h in range(nh))))
+    packed = [flat[l * nh : (l + 1) * nh] for l in range(nl)]
     return packed, _pack(np.ascontiguousarray(step, dtype="<f4").tobytes())
 
 
@@ -177,6 +182,7 @@ def _payload(result: AttentionResult, classes: Any, metrics: bool, rollout: bool
         "text_pair": result.text_pair,
         "has_pair": any(s == 1 for s in (result.segment_ids or [])),
         "is_causal": result.is_causal,
+        "is_encoder_decoder": result.is_encoder_decoder,
         "axes": axes,
         "stacks": stacks,
         "metric_names": list(METRICS) if metrics else [],
@@ -237,6 +243,18 @@ def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: A
     return path
 
 
+def iframe_html(page: str, height: int = 720) -> str:
+    """``page`` (a full explorer document) as an ``<iframe srcdoc>`` element, for notebook outputs.
+
+    The document is attribute-escaped, and the frame is sandboxed to scripts only (no same-origin
+    access to the notebook, no forms, no pop-ups).
+    """
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{int(height)}px;'
+        f'border:0" sandbox="allow-scripts"></iframe>'
+    )
+
+
 def show(result: AttentionResult, *, height: int = 720, **kwargs: Any) -> Any:
     """Display the explorer inline in Jupyter / VS Code / Colab (an ``<iframe srcdoc>``); returns the display object.
 
@@ -249,10 +267,7 @@ def show(result: AttentionResult, *, height: int = 720, **kwargs: Any) -> Any:
     except ImportError:  # pragma: no cover - IPython is present wherever notebooks run
         get_ipython = None  # type: ignore[assignment]
     if get_ipython is not None and get_ipython() is not None:
-        frame = HTML(
-            f'<iframe srcdoc="{html.escape(text, quote=True)}" style="width:100%;height:{int(height)}px;'
-            f'border:0" sandbox="allow-scripts"></iframe>'
-        )
+        frame = HTML(iframe_html(text, height))
         display(frame)
         return frame
     import webbrowser

@@ -374,3 +374,22 @@ def test_512_tokens_file_size_and_browser(browser, inspector, tmp_path):
         pg.assert_clean()
     finally:
         pg.close()
+
+
+def test_notebook_iframe_runs_the_page(browser, tmp_path):
+    from hf_attn_inspect.explorer import iframe_html
+
+    r = planted_result(["[CLS]", XSS_IMG, "b", "[SEP]"])
+    host = tmp_path / "host.html"
+    host.write_text("<!DOCTYPE html><html><body>" + iframe_html(explorer_html(r), 600) + "</body></html>", encoding="utf-8")
+    page = browser.new_page()
+    errors, dialogs = [], []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(host.resolve().as_uri())
+    frame = page.frame_locator("iframe")
+    frame.locator("body[data-ready='1']").wait_for(state="attached", timeout=30000)
+    assert frame.locator("#hv-left span").all_text_contents() == ["[CLS]", XSS_IMG, "b", "[SEP]"]
+    assert errors == [] and dialogs == []
+    page.close()

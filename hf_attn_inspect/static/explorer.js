@@ -4,12 +4,17 @@
    the browser's DecompressionStream and cached. */
 "use strict";
 (function () {
+  performance.mark("hai-start");
   const DATA = JSON.parse(document.getElementById("hai-data").textContent);
+  performance.mark("hai-parsed");
   const $ = (id) => document.getElementById(id);
   const stackNames = Object.keys(DATA.stacks);
   const state = {
     stack: stackNames[0], layer: 0, heads: [0], focus: 0, average: false, rollout: false,
-    hideSpecial: false, level: "token", pair: "all", view: "head", dark: false,
+    hideSpecial: false, level: "token", pair: "all", dark: false,
+    /* long inputs open on the matrix (a 512-token head view is 9000 px tall) */
+    view: DATA.stacks[stackNames[0]].nq > 150 ? "matrix" : "head",
+    colour: DATA.stacks[stackNames[0]].nq > 64 ? "sqrt" : "linear",
     metric: DATA.metric_names.length ? DATA.metric_names[0] : null,
   };
   let generation = 0;
@@ -139,9 +144,10 @@
     off.width = Math.max(1, P.nc); off.height = Math.max(1, P.nr);
     const octx = off.getContext("2d");
     const img = octx.createImageData(off.width, off.height);
-    const scale = P.vmax > 0 ? 255 / P.vmax : 0;
+    const scale = P.vmax > 0 ? 1 / P.vmax : 0, root = state.colour === "sqrt";
     for (let i = 0; i < P.nr * P.nc; i++) {
-      const k = Math.min(255, Math.round(P.data[i] * scale)) * 3;
+      const t = Math.min(1, P.data[i] * scale);
+      const k = Math.round((root ? Math.sqrt(t) : t) * 255) * 3;
       img.data[i * 4] = LUT[k]; img.data[i * 4 + 1] = LUT[k + 1]; img.data[i * 4 + 2] = LUT[k + 2]; img.data[i * 4 + 3] = 255;
     }
     octx.putImageData(img, 0, 0);
@@ -276,7 +282,8 @@
     labels($("mx-rows"), P.rows, cell, "row", canvas.height);
     labels($("mx-cols"), P.cols, cell, "col", canvas.width);
     $("mx-legend").textContent = layerName() + ", " + sel[0].name + (state.level === "word" ? ", word level" : "") +
-      ": colour from 0 to " + P.vmax.toFixed(4) + " (row: query, column: key)";
+      ": colour " + (state.colour === "sqrt" ? "\u221a-scaled" : "linear") + " from 0 to " + P.vmax.toFixed(4) +
+      " (row: query, column: key)";
     canvas.dataset.drawn = layerName() + " " + sel[0].name;
   }
   function labels(el, ax, cell, kind, extent) {
@@ -423,7 +430,7 @@
   function buildControls() {
     $("model-name").textContent = DATA.model || "";
     const it = $("input-text");
-    const parts = [["A", DATA.text], ["B", DATA.text_pair]];
+    const parts = DATA.is_encoder_decoder ? [["encoder", DATA.text], ["decoder", DATA.text_pair]] : [["A", DATA.text], ["B", DATA.text_pair]];
     for (const [name, text] of parts) {
       if (text === null || text === undefined) continue;
       const s = document.createElement("span"); s.className = "seg"; s.textContent = name + ":";
@@ -443,12 +450,14 @@
     $("hide-special").addEventListener("change", () => { state.hideSpecial = $("hide-special").checked; render(); });
     $("level").addEventListener("change", () => { state.level = $("level").value; render(); });
     $("pair").addEventListener("change", () => { state.pair = $("pair").value; render(); });
+    $("colour").addEventListener("change", () => { state.colour = $("colour").value; render(); });
     ms.addEventListener("change", () => { state.metric = ms.value; render(); });
     $("heads-all").addEventListener("click", () => { state.heads = DATA.stacks[state.stack].head_ids.map((_, i) => i); syncControls(); render(); });
     $("heads-none").addEventListener("click", () => { state.heads = [state.focus]; syncControls(); render(); });
     $("theme").addEventListener("click", () => {
       state.dark = !state.dark;
       document.body.classList.toggle("dark", state.dark);
+      document.documentElement.style.background = state.dark ? "#12151c" : "";
       $("theme").textContent = state.dark ? "light" : "dark";
       LUT = lut(state.dark);
       render();
@@ -488,6 +497,7 @@
     $("hide-special").checked = state.hideSpecial;
     $("level").value = state.level;
     $("pair").value = state.pair;
+    $("colour").value = state.colour;
     $("pair").disabled = !hasPair();
     if (state.metric) $("metric").value = state.metric;
   }
@@ -513,11 +523,12 @@
     }
     if (gen === generation) {
       document.body.dataset.rendering = "0";
+      if (document.body.dataset.ready !== "1") performance.mark("hai-ready");
       document.body.dataset.ready = "1";
     }
   }
 
   buildControls();
-  render();
+  setView(state.view);
   window.hfAttnExplorer = { state, render, setView };
 })();
