@@ -65,6 +65,14 @@ def test_to_html_writes_file_and_classes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.html"]
 
 
+def test_rollout_left_out_for_non_consecutive_layers():
+    r = planted_result(["[CLS]", "a", "b", "[SEP]"], layers=2)
+    assert '"rollout":{"levels"' in explorer_html(r)
+    r.layer_ids = [0, 2]
+    page = explorer_html(r)
+    assert '"rollout":null' in page and '"layer_ids":[0,2]' in page
+
+
 def test_view_cli(tmp_path, capsys):
     out = tmp_path / "a.html"
     assert main(["view", "The cat sat.", "--pair", "It did.", "-o", str(out)]) == 0
@@ -300,8 +308,9 @@ def test_xss_strings_are_text_in_every_view(browser, tmp_path):
         pg.set("#level", "word")
         assert pg.texts("#hv-left span") == ["[CLS]", XSS_SCRIPT, "abcd", XSS_IMG, "<!--", "[SEP]"]
         pg.view("matrix")
-        titles = [pg.page.locator("#mx-rows span").nth(i).get_attribute("title") for i in range(6)]
-        assert XSS_SCRIPT in titles and XSS_IMG in titles
+        words_ = ["[CLS]", XSS_SCRIPT, "abcd", XSS_IMG, "<!--", "[SEP]"]
+        assert pg.texts("#mx-rows span") == words_ and pg.texts("#mx-cols span") == words_
+        assert [pg.page.locator("#mx-rows span").nth(i).get_attribute("title") for i in range(6)] == words_
         _, _, _, text = pg.hover(1, 3)
         assert XSS_SCRIPT in text and XSS_IMG in text
         for view in ("model", "metrics", "head"):

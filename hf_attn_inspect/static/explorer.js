@@ -294,14 +294,14 @@
       if (pos % step !== 0) return;
       const s = document.createElement("span");
       const text = ax.labels[i];
-      s.textContent = text.length > 18 ? text.slice(0, 17) + "\u2026" : text;
+      s.textContent = text.length > 40 ? text.slice(0, 39) + "\u2026" : text;
       s.title = text;
       widest = Math.max(widest, s.textContent.length);
       if (kind === "row") s.style.top = (pos * cell + cell / 2) + "px";
       else s.style.left = (pos * cell + cell / 2 - 4) + "px";
       el.appendChild(s);
     });
-    const size = Math.min(150, 10 + widest * 7);
+    const size = Math.min(260, 10 + widest * 7);
     if (kind === "row") { el.style.width = size + "px"; el.style.height = extent + "px"; }
     else { el.style.height = Math.round(size * 0.87) + "px"; el.style.width = extent + "px"; }
   }
