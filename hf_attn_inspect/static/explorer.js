@@ -325,6 +325,21 @@
   }
 
   // ------------------------------------------------------------ model view
+  /* Max-pool a projected matrix to at most size x size cells, so thin patterns survive in thumbnails. */
+  function pool(P, size) {
+    if (P.nr <= size && P.nc <= size) return P;
+    const fr = Math.ceil(P.nr / size), fc = Math.ceil(P.nc / size);
+    const nr = Math.ceil(P.nr / fr), nc = Math.ceil(P.nc / fc);
+    const data = new Float32Array(nr * nc);
+    for (let r = 0; r < P.nr; r++) {
+      const o = Math.floor(r / fr) * nc;
+      for (let c = 0; c < P.nc; c++) {
+        const v = P.data[r * P.nc + c], k = o + Math.floor(c / fc);
+        if (v > data[k]) data[k] = v;
+      }
+    }
+    return { nr, nc, data, vmax: P.vmax };
+  }
   async function renderModel(gen) {
     const S = DATA.stacks[state.stack];
     const grid = $("model-grid");
@@ -359,7 +374,7 @@
     for (const [c, l, h] of canvases) {
       const m = await matrix(state.stack, "head", l, h);
       if (gen !== generation) return;
-      paint(c, project(m), 72, 72);
+      paint(c, pool(project(m), 72), 72, 72);
       c.dataset.drawn = "1";
       if (h === H - 1) await new Promise((res) => setTimeout(res, 0));
     }
