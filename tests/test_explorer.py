@@ -362,6 +362,26 @@ def long_natural_text() -> str:
     return re.sub(r"\s+", " ", " ".join(docs))
 
 
+def test_causal_gqa_model(browser, tiny_model, tiny_tokenizer, tmp_path):
+    from hf_attn_inspect import AttentionInspector
+
+    r = AttentionInspector(tiny_model("llama"), tiny_tokenizer, name="tiny-llama")("Causal models look back only.")
+    path = tmp_path / "llama.html"
+    write_explorer(r, path)
+    pg = Page(browser, path)
+    try:
+        pg.view("matrix")
+        pg.check("#rollout")
+        t = r.seq_len
+        roll = attention_rollout(r).numpy()[0]
+        assert_hover_matches(pg, roll, [(0, 0), (t - 1, 0), (2, 4), (t - 1, t - 1)])
+        _, _, future, _ = pg.hover(1, t - 1)
+        assert future == 0.0
+        pg.assert_clean()
+    finally:
+        pg.close()
+
+
 def test_512_tokens_file_size_and_browser(browser, inspector, tmp_path):
     from hf_attn_inspect import TruncationWarning
 
@@ -371,7 +391,7 @@ def test_512_tokens_file_size_and_browser(browser, inspector, tmp_path):
     path = tmp_path / "long.html"
     write_explorer(r, path)
     size = path.stat().st_size
-    assert size <= 10 * 1024 * 1024, f"{size / 1e6:.2f} MB"
+    assert size <= 10_000_000, f"{size / 1e6:.2f} MB"
     pg = Page(browser, path)
     try:
         pg.view("matrix")
