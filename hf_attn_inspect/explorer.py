@@ -235,7 +235,11 @@ def explorer_html(
 
 def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns the path."""
-    text = explorer_html(result, **kwargs)
+    return write_text(explorer_html(result, **kwargs), path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

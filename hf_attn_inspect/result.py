@@ -183,12 +183,12 @@ class AttentionResult:
         See :func:`hf_attn_inspect.explorer.explorer_html` for the options (``classes``, ``metrics``,
         ``rollout``, ``title``).
         """
-        from .explorer import explorer_html, write_explorer
+        from .explorer import explorer_html, write_text
 
+        text = explorer_html(self, **kwargs)
         if path is not None:
-            write_explorer(self, path, **kwargs)
-            return Path(path).read_text(encoding="utf-8")
-        return explorer_html(self, **kwargs)
+            write_text(text, path)
+        return text
 
     def show(self, **kwargs: Any) -> Any:
         """Show the interactive explorer inline in a notebook (see :func:`hf_attn_inspect.explorer.show`)."""

@@ -400,6 +400,8 @@ def test_512_tokens_file_size_and_browser(browser, inspector, tmp_path):
         pg.view("model")
         pg.page.wait_for_selector("#model-grid canvas[data-layer='5'][data-head='11'][data-drawn='1']",
                                   state="attached", timeout=60000)
+        pg.view("head")
+        assert len(pg.texts("#hv-left span")) == 512
         pg.assert_clean()
     finally:
         pg.close()
