@@ -33,11 +33,14 @@ def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_inspect_pair_layer_head_svg(tmp_path, capsys):
+def test_inspect_pair_layer_head_svg_html(tmp_path, capsys):
     code = main(["inspect", "The cat sat.", "--pair", "It slept.", "--layer", "5", "--head", "11",
-                 "--out", str(tmp_path), "--format", "svg"])
+                 "--out", str(tmp_path), "--format", "svg", "--html"])
     assert code == 0
     assert (tmp_path / "head_L5_H11.svg").read_text().startswith("<?xml")
+    page = (tmp_path / "attention.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html")
+    assert '"slept"' in page and "http://" not in page and "https://" not in page
     assert "layer 5, head 11" in capsys.readouterr().out
 
 

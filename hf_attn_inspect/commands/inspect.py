@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
+    p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
     p.set_defaults(func=run)
 
 
@@ -84,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     written.append(save_figure(fig, out / f"{name}layer_{args.layer}_heads.{args.format}"))
     fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids)
     written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
+    if args.html:
+        from ..explorer import write_explorer
+
+        written.append(write_explorer(result, out / "attention.html"))
 
     print(f"model: {inspector.name}")
     print(f"tokens ({len(q_tokens)}): {' '.join(q_tokens)}")
