@@ -17,7 +17,7 @@ import torch
 from .debug import DiagnosticProbe
 from .errors import InputError
 
-__all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowProbe", "DroppedMaskProbe"]
+__all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowProbe", "DroppedMaskProbe", "break_and_diagnose", "caught_table", "all_caught"]
 
 
 class FullyMaskedRowProbe(DiagnosticProbe):
@@ -119,3 +119,35 @@ def plant_fault(inspector: Any, name: str) -> tuple[Any, type[DiagnosticProbe]]:
     if name not in FAULTS:
         raise InputError(f"unknown fault '{name}'; choose one of {', '.join(FAULTS)}")
     return FAULTS[name].plant(inspector)
+
+
+def break_and_diagnose(inspector: Any, texts: list[str] | None = None) -> dict[str, Any]:
+    """``{"healthy": Report, fault name: Report, ...}``: :func:`~hf_attn_inspect.debug.diagnose` of the
+    model as it is and with each fault of :data:`FAULTS` planted (on copies; the model is not changed)."""
+    from .debug import diagnose
+
+    reports = {"healthy": diagnose(inspector, texts)}
+    for fault in FAULTS.values():
+        broken, probe_class = fault.plant(inspector)
+        reports[fault.name] = diagnose(broken, texts, probe_class=probe_class)
+    return reports
+
+
+def caught_table(reports: dict[str, Any]) -> str:
+    """A text table: one line per model (healthy, then each fault), one status column per check, and
+    whether the fault's own check caught it (``caught``/``MISSED``)."""
+    from .debug import CHECKS
+
+    head = f"{'':18s}" + " ".join(f"{c[:10]:>10s}" for c in CHECKS)
+    lines = [head]
+    for name, report in reports.items():
+        marks = " ".join(f"{report[c].status:>10s}" for c in CHECKS)
+        check = FAULTS[name].check if name in FAULTS else None
+        verdict = "-" if check is None else ("caught" if report[check].status == "fail" else "MISSED")
+        lines.append(f"{name:18s}{marks}   {verdict}")
+    return "\n".join(lines)
+
+
+def all_caught(reports: dict[str, Any]) -> bool:
+    """True when the healthy model passes every check and every planted fault fails its own check."""
+    return reports["healthy"].ok and all(reports[n][FAULTS[n].check].status == "fail" for n in reports if n in FAULTS)
