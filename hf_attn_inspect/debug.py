@@ -657,7 +657,7 @@ def _check_scale(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
         return Finding("attention_scale", "fail",
                        f"scale is {worst:.3g} x 1/sqrt(d_k) and the median head's score variance is {median_var:.3g} "
                        f"(>= {th.score_var_share} d_k = {th.score_var_share * d_k:.3g})",
-                       nums, ["the 1/sqrt(d_k) scale is missing or applied twice the wrong way",
+                       nums, ["the 1/sqrt(d_k) scale is missing (or a wrong one is used)",
                               "scores grow with d_k, softmax saturates and attention collapses"],
                        "divide the scores by sqrt(d_k) (scaling=head_dim**-0.5)")
     if off:
