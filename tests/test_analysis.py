@@ -38,6 +38,22 @@ EXTRA = [
 TEXTS_64 = [f"{s} ({i})" if i >= 16 else s for i, s in enumerate((SENTENCES + EXTRA) * 4)]
 
 
+def test_head_metrics_on_one_captured_batch_tensor(inspector, results_64):
+    """The engine path: one padded batch of 64 captured as [B, L, H, T, T] with its mask, no per-sentence work,
+    gives the same table as the list of results."""
+    from hf_attn_inspect.capture import WeightsProbe
+
+    batch = inspector.encode(TEXTS_64)
+    probe = WeightsProbe()
+    inspector.run(batch, probe)
+    weights = torch.stack([probe.weights["self"][l] for l in range(6)], 1)  # [B, L, H, T, T]
+    assert weights.shape[0] == 64 and not batch.valid.all()
+    table = head_metrics(weights, batch.valid)
+    ref = head_metrics(results_64)
+    cols = [c for c in METRICS if c not in ("special_tokens", "punctuation")]  # no token masks given here
+    np.testing.assert_allclose(table[cols].to_numpy(), ref[cols].to_numpy(), atol=1e-5)
+
+
 def _is_punct(token: str) -> bool:
     text = token[2:] if token.startswith("##") else token
     return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
@@ -251,6 +267,6 @@ def test_trained_tiny_decoder_has_induction_head_in_layer_2(trained_decoder):
 
 def test_random_init_decoder_has_no_induction_head():
     scores = detect_heads(AttentionInspector(_tiny_decoder(0), None), "induction", seq_len=T, num_sequences=32, seed=123)
-    assert scores["score"].max() < 0.3, scores
+    assert scores["score"].max() < 0.15, scores  # about 1/(i+1) of an untrained causal head: ~0.05
     # the detector is not blind: the same random model scores > 0 (about 1/i) everywhere
     assert (scores["score"] > 0.005).all()

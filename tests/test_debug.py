@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_attn_inspect import AttentionInspector
+from hf_attn_inspect import AttentionInspector, InputError
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.debug import (
     CHECKS,
@@ -169,6 +169,15 @@ def test_sdpa_trap_ok_on_eager_model(tiny_model, tiny_tokenizer):
     assert r["sdpa_trap"].status == "ok" and r["sdpa_trap"].numbers["layers_returned"] == 2
     # a random-initialised model attends (almost) uniformly: the checklist says so and names a cause
     assert r["uniform_heads"].status == "fail" and r["uniform_heads"].causes
+
+
+def test_diagnose_accepts_a_model_and_tokenizer(tiny_model, tiny_tokenizer):
+    r = diagnose(tiny_model("gpt2"), ["a b c", "a much longer text here"], tokenizer=tiny_tokenizer)
+    assert r.texts == ["a b c", "a much longer text here"] and len(r.findings) == len(CHECKS)
+    with pytest.raises(InputError):
+        diagnose(42)
+    with pytest.raises(InputError):
+        diagnose(tiny_model("gpt2"), [], tokenizer=tiny_tokenizer)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bart", "deberta"])
