@@ -376,6 +376,8 @@ class DiagnosticProbe(Probe):
         self._mask = None
         if mask is not None:
             keep, _ = mask_to_keep(mask)
+            while keep.dim() < 4:
+                keep = keep.unsqueeze(0) if keep.dim() < 3 else keep.unsqueeze(1)
             keep = keep.to(w.device).expand(w.shape[0], -1, w.shape[-2], w.shape[-1]).any(1)  # [B, Q, K]
             fully = int(((~keep.any(-1)) & qv).sum())
         else:
