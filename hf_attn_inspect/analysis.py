@@ -32,6 +32,7 @@ __all__ = [
     "detect_heads",
     "repeated_random_tokens",
     "DETECTOR_KINDS",
+    "pattern_mask",
     "analyze_attention_pattern",
     "format_attention_analysis",
     "print_attention_analysis",
