@@ -114,7 +114,10 @@ def sentence_metrics(
     cells = n * n
     total = w.sum((-1, -2))
     mean = total / cells
-    var = (w.square().sum((-1, -2)) / cells - mean.square()).clamp_min(0.0)
+    # two passes (deviations from the mean), not E[w^2] - E[w]^2: that cancels catastrophically in float32
+    # for near-uniform heads, whose std is tiny, and made the value depend on the padded size
+    dev = (w - mean[..., None, None]) * vq * vk
+    var = dev.square().sum((-1, -2)) / cells
     out["weight_std"] = var.sqrt()
     small = ((w <= sparsity_threshold).float() * vq * vk).sum((-1, -2))
     out["sparsity"] = small / cells

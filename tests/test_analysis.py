@@ -1,0 +1,272 @@
+"""head_metrics against an independent numpy computation; pattern classes; head detectors."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hf_attn_inspect import AttentionInspector, InputError
+from hf_attn_inspect.analysis import (
+    DETECTOR_KINDS,
+    PatternThresholds,
+    classify_heads,
+    detect_heads,
+    format_head_table,
+    head_metrics,
+    head_table,
+    pattern_mask,
+    repeated_random_tokens,
+)
+from hf_attn_inspect.metrics import METRICS
+from conftest import SENTENCES
+
+EXTRA = [
+    "Padding must never change what a head does.",
+    "Why?",
+    "Numbers like 3.14 and 42 appear, too; so do semicolons.",
+    "She said: \"attention!\" and left.",
+    "One two three four five six seven eight nine ten eleven twelve thirteen.",
+    "Ok",
+    "The model reads the [SEP] token as a place to park attention.",
+    "Heads, layers and tokens.",
+]
+TEXTS_64 = [f"{s} ({i})" if i >= 16 else s for i, s in enumerate((SENTENCES + EXTRA) * 4)]
+
+
+def test_head_metrics_on_one_captured_batch_tensor(inspector, results_64):
+    """The engine path: one padded batch of 64 captured as [B, L, H, T, T] with its mask, no per-sentence work,
+    gives the same table as the list of results."""
+    from hf_attn_inspect.capture import WeightsProbe
+
+    batch = inspector.encode(TEXTS_64)
+    probe = WeightsProbe()
+    inspector.run(batch, probe)
+    weights = torch.stack([probe.weights["self"][l] for l in range(6)], 1)  # [B, L, H, T, T]
+    assert weights.shape[0] == 64 and not batch.valid.all()
+    table = head_metrics(weights, batch.valid)
+    ref = head_metrics(results_64)
+    cols = [c for c in METRICS if c not in ("special_tokens", "punctuation")]  # no token masks given here
+    np.testing.assert_allclose(table[cols].to_numpy(), ref[cols].to_numpy(), atol=1e-5)
+
+
+def _is_punct(token: str) -> bool:
+    text = token[2:] if token.startswith("##") else token
+    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def numpy_metrics(a: np.ndarray, tokens: list[str], special: list[bool]) -> dict[str, float]:
+    """The issue's definitions for one head's [n, n] weights, written out with plain numpy."""
+    n = a.shape[0]
+    idx = np.arange(n)
+    ent = -(a * np.log(a + 1e-10)).sum(1)
+    out = {
+        "entropy": ent.mean(),
+        "max_entropy": math.log(n),
+        "diagonal": a[idx, idx].mean(),
+        "previous_token": np.mean([a[i, i - 1] for i in range(1, n)]) if n > 1 else 0.0,
+        "next_token": np.mean([a[i, i + 1] for i in range(n - 1)]) if n > 1 else 0.0,
+        "first_token": a[:, 0].mean(),
+        "special_tokens": a[:, np.array(special, bool)].sum(1).mean(),
+        "punctuation": a[:, np.array([_is_punct(t) for t in tokens], bool)].sum(1).mean(),
+        "max_weight": a.max(1).mean(),
+        "weight_std": a.std(),
+        "sparsity": (a <= 0.3).mean(),
+        "mean_distance": (a * np.abs(idx[:, None] - idx[None, :])).sum(1).mean(),
+    }
+    return {k: float(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def results_64(inspector):
+    return inspector(TEXTS_64, batch_size=64)
+
+
+def test_head_metrics_equal_numpy_on_padded_batch_of_64(results_64):
+    assert len({r.seq_len for r in results_64}) > 5  # really a padded batch of different lengths
+    per = head_metrics(results_64, per_sentence=True)
+    table = head_metrics(results_64)
+    assert len(table) == 6 * 12 and list(table.columns[:2]) == ["layer", "head"]
+    assert set(METRICS) <= set(table.columns)
+    per = per.set_index(["sentence", "layer", "head"])
+    expected_rows = []
+    for b, r in enumerate(results_64):
+        att = r.to_numpy().astype(np.float64)
+        for l in range(att.shape[0]):
+            for h in range(att.shape[1]):
+                ref = numpy_metrics(att[l, h], r.tokens, r.special_tokens_mask)
+                got = per.loc[(b, l, h)]
+                for k, v in ref.items():
+                    assert abs(got[k] - v) <= 1e-5, (b, l, h, k, got[k], v)
+                expected_rows.append({"sentence": b, "layer": l, "head": h, **ref})
+    mean = pd.DataFrame(expected_rows).groupby(["layer", "head"])[list(METRICS)].mean().reset_index()
+    np.testing.assert_allclose(table[list(METRICS)].to_numpy(), mean[list(METRICS)].to_numpy(), atol=1e-5)
+    # punctuation and special tokens are non-trivial on this batch
+    assert table["special_tokens"].max() > 0.5 and table["punctuation"].max() > 0.05
+
+
+def _head(n: int, kind: str) -> np.ndarray:
+    a = np.full((n, n), 0.02 / (n - 1))
+    if kind == "previous":
+        a[np.arange(1, n), np.arange(n - 1)] = 0.98
+        a[0] = 0.0
+        a[0, 0] = 1.0
+    elif kind == "next":
+        a[np.arange(n - 1), np.arange(1, n)] = 0.98
+        a[-1] = 0.0
+        a[-1, -1] = 1.0
+    elif kind == "diagonal":
+        a[np.arange(n), np.arange(n)] = 0.98
+    elif kind == "column":
+        a[:, -1] = 0.98
+    elif kind == "uniform":
+        a = np.full((n, n), 1.0 / n)
+    elif kind == "sparse":  # one sharp key per row, scattered
+        rng = np.random.default_rng(0)
+        a = np.zeros((n, n))
+        keys = rng.permutation(n)
+        keys[keys == np.arange(n)] = (keys[keys == np.arange(n)] + 3) % n
+        a[np.arange(n), keys] = 1.0
+        a = 0.7 * a + 0.3 * np.full((n, n), 1.0 / n)
+    elif kind == "broad":  # smooth but not flat: decays slowly with distance
+        d = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+        a = np.exp(-d / 4.0)
+    elif kind == "mixed":
+        a = 0.35 * np.eye(n) + 0.35 * np.eye(n, k=-1) + 0.3 / n
+        a[0, 0] += 0.35
+    a = a / a.sum(1, keepdims=True)
+    return a
+
+
+@pytest.mark.parametrize("kind", ["previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed"])
+def test_classify_synthetic_heads(kind):
+    w = torch.tensor(_head(24, kind), dtype=torch.float32)
+    df = classify_heads(w)
+    assert df["pattern"].tolist() == [kind]
+    if kind == "column":
+        assert df["class"].iloc[0] == "column pos 23"
+
+
+def test_classify_thresholds_are_configurable():
+    w = torch.tensor(_head(24, "previous"), dtype=torch.float32)
+    assert classify_heads(w)["pattern"].iloc[0] == "previous"
+    assert classify_heads(w, previous=0.99)["pattern"].iloc[0] != "previous"
+    assert classify_heads(w, thresholds=PatternThresholds(previous=0.99))["pattern"].iloc[0] != "previous"
+    with pytest.raises(InputError):
+        classify_heads(w, bogus=0.1)
+
+
+def test_head_table_names_special_token_columns(inspector):
+    results = inspector(SENTENCES)
+    df = head_table(results)
+    assert len(df) == 72 and df["class"].notna().all()
+    columns = df[df["pattern"] == "column"]
+    assert len(columns) > 0
+    # the embedded MiniLM parks attention on [CLS]: its column heads name it
+    assert (columns["column_target"] == "[CLS]").mean() > 0.8
+    # the named column really receives that share: check one head against the weights directly
+    row = columns.iloc[0]
+    shares = [r.head(int(row["layer"]), int(row["head"])).mean(0)[0].item() for r in results]
+    assert abs(np.mean(shares) - row["column_share"]) < 1e-5
+    text = format_head_table(df)
+    lines = text.splitlines()
+    assert len(lines) == 73 and "class" in lines[0] and "column [CLS]" in text
+    assert len({len(line) for line in lines}) == 1  # fixed width
+
+
+def test_pattern_mask_definitions():
+    toks = torch.tensor([[9, 1, 2, 3, 1, 2, 3]])  # BOS 9 then "1 2 3" twice
+    keys, rows = pattern_mask(toks, "induction", start=1)
+    # query at position 4 (token 1): the key after the earlier 1 is position 2
+    assert keys[0, 4].nonzero().flatten().tolist() == [2]
+    assert keys[0, 6].nonzero().flatten().tolist() == [4]  # token 3: after the earlier 3? no: after 3 is pos 4
+    assert rows[0].tolist() == [False, False, False, False, True, True, True]
+    keys, rows = pattern_mask(toks, "duplicate_token", start=1)
+    assert keys[0, 5].nonzero().flatten().tolist() == [2]
+    keys, rows = pattern_mask(toks, "previous_token", start=1)
+    assert rows[0].tolist() == [False, False, True, True, True, True, True]
+    seqs = repeated_random_tokens(50, seq_len=10, num_sequences=3, seed=1, bos=50)
+    assert seqs.shape == (3, 21) and (seqs[:, 0] == 50).all() and (seqs[:, 1:11] == seqs[:, 11:]).all()
+    assert all(len(set(s[1:11].tolist())) == 10 for s in seqs)
+    assert torch.equal(seqs, repeated_random_tokens(50, seq_len=10, num_sequences=3, seed=1, bos=50))
+
+
+def test_detectors_on_embedded_model(inspector):
+    prev = detect_heads(inspector, "previous_token")
+    assert list(prev.columns) == ["layer", "head", "score"] and len(prev) == 72
+    assert prev["score"].between(0, 1).all()
+    # layer 0 head 2 of MiniLM is a previous-token head (head_table above finds it on text too)
+    assert prev.loc[prev["score"].idxmax(), ["layer", "head"]].tolist() == [0, 2]
+    assert prev["score"].max() > 0.9
+    with pytest.raises(InputError):
+        detect_heads(inspector, "bogus")
+
+
+# ------------------------------------------------------------------ a tiny decoder learns induction
+V, T = 64, 12
+
+
+def _tiny_decoder(seed: int):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(vocab_size=V + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         bos_token_id=V, eos_token_id=V, pad_token_id=V)
+    model = tf.LlamaForCausalLM(cfg)
+    model.config._attn_implementation_internal = "sdpa"
+    return model
+
+
+def _train(model, steps: int = 150, seed: int = 1) -> float:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest and does not fight the other tests
+    try:
+        return _train_steps(model, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(model, steps: int, seed: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        r = torch.stack([torch.randperm(V, generator=gen)[:T] for _ in range(32)])
+        x = torch.cat([torch.full((32, 1), V), r, r], 1)
+        logits = model(input_ids=x).logits
+        # loss only on the second copy, where the next token is predictable by induction
+        loss = torch.nn.functional.cross_entropy(logits[:, T + 1:-1].reshape(-1, V + 1), x[:, T + 2:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+@pytest.fixture(scope="module")
+def trained_decoder():
+    model = _tiny_decoder(0)
+    loss = _train(model)
+    assert loss < 0.5, f"training did not converge (loss {loss:.3f})"
+    return model
+
+
+def test_trained_tiny_decoder_has_induction_head_in_layer_2(trained_decoder):
+    inspector = AttentionInspector(trained_decoder, None)
+    scores = detect_heads(inspector, "induction", seq_len=T, num_sequences=32, seed=123)
+    by_layer = scores.groupby("layer")["score"].max()
+    assert by_layer[1] > 0.5, scores
+    assert by_layer[0] < 0.3, scores
+    assert scores.loc[scores["score"].idxmax(), "layer"] == 1
+
+
+def test_random_init_decoder_has_no_induction_head():
+    scores = detect_heads(AttentionInspector(_tiny_decoder(0), None), "induction", seq_len=T, num_sequences=32, seed=123)
+    assert scores["score"].max() < 0.15, scores  # about 1/(i+1) of an untrained causal head: ~0.05
+    # the detector is not blind: the same random model scores > 0 (about 1/i) everywhere
+    assert (scores["score"] > 0.005).all()
