@@ -33,6 +33,19 @@ def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_inspect_all_heads_prints_every_head_with_its_class(tmp_path, capsys, inspector):
+    from hf_attn_inspect.analysis import head_table
+
+    assert main(["inspect", "The cat sat on the mat.", "--all-heads", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = out.split("EVERY HEAD")[1].splitlines()[2:]
+    rows = [line.split() for line in table if line.strip() and not line.startswith("wrote")]
+    assert len(rows) == 72
+    expected = head_table(inspector("The cat sat on the mat."))
+    got = {(int(r[0]), int(r[1])): r[2] for r in rows}
+    assert got[(2, 11)] == expected.set_index(["layer", "head"]).loc[(2, 11), "class"].split()[0]
+
+
 def test_inspect_pair_layer_head_svg_html(tmp_path, capsys):
     code = main(["inspect", "The cat sat.", "--pair", "It slept.", "--layer", "5", "--head", "11",
                  "--out", str(tmp_path), "--format", "svg", "--html"])

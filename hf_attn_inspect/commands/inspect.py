@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
+    p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
     p.set_defaults(func=run)
 
@@ -95,6 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if weights.shape[0] == weights.shape[1]:
         title = f"ATTENTION PATTERN ANALYSIS  layer {args.layer}, head {args.head}"
         print(format_attention_analysis(analyze_attention_pattern(weights), title=title))
+    if args.all_heads:
+        from ..analysis import format_head_table, head_table
+
+        which = "decoder" if args.attention == "decoder" else "self"
+        if args.attention == "cross":
+            print("(--all-heads: metrics are defined for self-attention; showing the encoder's)")
+        print(f"\nEVERY HEAD ({which} attention): metrics averaged over query rows, entropy in nats")
+        print(format_head_table(head_table(result, which=which)))
     for path in written:
         print(f"wrote {path}")
     return 0
