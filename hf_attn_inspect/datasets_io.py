@@ -22,6 +22,7 @@ __all__ = [
     "load_dataset_texts",
     "parse_columns",
     "sample_dataset_path",
+    "sample_sentences",
 ]
 
 SAMPLE_NAME = "sample"
@@ -47,6 +48,27 @@ def sample_dataset_path() -> str:
     columns ``text`` and ``label`` (1 = positive, 0 = negative sentiment, exactly balanced).
     """
     return str(Path(__file__).resolve().parent / "data" / "sentences.csv")
+
+
+def sample_sentences(n: int | None = None, seed: int = 0) -> list[str]:
+    """``n`` English sentences built from the shipped sample, deterministic for a given ``seed``.
+
+    The first 336 are the sample's sentences in file order; beyond that, each further text joins two or
+    three (alternately) sample sentences picked with a seeded generator, so any number of varied texts
+    (benchmarks, tests, notebooks) can be made offline. ``n=None`` returns the sample's 336 sentences.
+    """
+    import csv
+    import random
+
+    with open(sample_dataset_path(), newline="", encoding="utf-8") as fh:
+        base = [row["text"] for row in csv.DictReader(fh)]
+    if n is None:
+        return list(base)
+    out = list(base[:n])
+    rng = random.Random(seed)
+    while len(out) < n:
+        out.append(" ".join(rng.sample(base, 2 + len(out) % 2)))
+    return out
 
 
 @dataclass
