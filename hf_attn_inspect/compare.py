@@ -5,47 +5,59 @@ Both models read the same inputs through the one capture path (:meth:`AttentionI
 model B runs, each of its layers is reduced at once against A's same layer (Jensen-Shannon divergence of
 every query row, and every metric of :func:`~hf_attn_inspect.metrics.sentence_metrics` for both models)
 and A's copy of that layer is dropped, so nothing larger than one batch of one model's weights is held.
+Inputs go through the batch engine (:mod:`hf_attn_inspect.batch`): the same dataset loading, rows read
+shard by shard, length-bucketed batches, statistics merged as sums (:class:`~hf_attn_inspect.batch.ShardStats`),
+shards written atomically and a stopped run resumable.
 
 Numbers per (layer, head), all sentences weighing the same:
 
 - ``js_divergence``: ``JS(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m)``, ``m = (p + q) / 2``, natural log (nats,
   between 0 and ``ln 2 = 0.693``), where ``p``/``q`` are A's/B's attention rows of one query; averaged over
-  the sentence's real (non-padding) query rows, then over sentences. Padding keys carry no weight in
-  either model and do not count.
+  the sentence's real (non-padding) query rows, then over sentences (``js_divergence_std``: its standard
+  deviation over sentences). Padding keys carry no weight in either model and do not count.
 - ``delta_<metric>``: B's mean minus A's mean of each metric of :mod:`hf_attn_inspect.metrics`;
   ``a_<metric>`` and ``b_<metric>`` are the two means.
-- ``class_a`` / ``class_b``: each head's pattern class in A and in B on the first texts, when the analysis module provides
-  ``classify_heads`` (otherwise these columns are absent).
+- ``class_a`` / ``class_b``: each head's pattern class in A and in B (``classify_heads`` of the analysis
+  module on the first :data:`CLASS_SAMPLE` texts), when the analysis module provides it; otherwise these
+  columns are absent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
+import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .batch import ShardStats, _clean_rows, _prepare_out, _punctuation_table, _save_shard, _slice_inputs, _write_json
 from .capture import Probe, Site
 from .errors import InputError, OutputError
+from .fileio import atomic_path
 from .inspector import AttentionInspector, Batch
-from .metrics import METRICS, punctuation_mask, sentence_metrics
+from .metrics import METRICS, sentence_metrics
 
 __all__ = [
+    "CLASS_SAMPLE",
     "compare_models",
-    "compare_to_dir",
     "js_divergence_rows",
     "plot_divergence_map",
     "plot_head_diffs",
     "describe_changes",
     "comparison_report",
 ]
+
+#: Per-sentence values kept for every head: the divergence, then A's and B's metrics.
+VALUE_NAMES = ("js_divergence",) + tuple(f"a_{k}" for k in METRICS) + tuple(f"b_{k}" for k in METRICS)
+_ALL = ("compared",)  # ShardStats counts sentences per class; compare has one "class": compared
+
+#: Number of texts (from the start of the input) on which the pattern classes are computed.
+CLASS_SAMPLE = 16
 
 
 # ------------------------------------------------------------------------------------------ maths
@@ -63,29 +75,6 @@ def js_divergence_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * (kl_p + kl_q)).clamp_min(0.0)
 
 
-class _Sums:
-    """Running sums over sentences of per-sentence, per-head values (they merge exactly across shards)."""
-
-    def __init__(self, layers: int, heads: int) -> None:
-        self.n = 0
-        self.js = torch.zeros(layers, heads, dtype=torch.float64)
-        self.a = {k: torch.zeros(layers, heads, dtype=torch.float64) for k in METRICS}
-        self.b = {k: torch.zeros(layers, heads, dtype=torch.float64) for k in METRICS}
-
-    def to_dict(self) -> dict[str, np.ndarray]:
-        out = {"n": np.array(self.n), "js": self.js.numpy()}
-        out.update({f"a_{k}": v.numpy() for k, v in self.a.items()})
-        out.update({f"b_{k}": v.numpy() for k, v in self.b.items()})
-        return out
-
-    def add_dict(self, d: dict[str, np.ndarray]) -> None:
-        self.n += int(d["n"])
-        self.js += torch.as_tensor(d["js"])
-        for k in METRICS:
-            self.a[k] += torch.as_tensor(d[f"a_{k}"])
-            self.b[k] += torch.as_tensor(d[f"b_{k}"])
-
-
 class _KeepProbe(Probe):
     """Model A's probe: keeps each layer's weights of the compared stack (float32, on the model's device)."""
 
@@ -99,15 +88,18 @@ class _KeepProbe(Probe):
 
 
 class _ReduceProbe(Probe):
-    """Model B's probe: reduces each layer against A's kept layer as soon as it is computed, then drops it."""
+    """Model B's probe: reduces each layer against A's kept layer as soon as it is computed, then drops it.
 
-    def __init__(self, stack: str, reference: dict[int, torch.Tensor], masks: dict[str, torch.Tensor], sums: _Sums) -> None:
+    :meth:`per_sentence` returns ``[batch, layers, heads, len(VALUE_NAMES)]``.
+    """
+
+    def __init__(self, stack: str, reference: dict[int, torch.Tensor], valid: torch.Tensor, special: torch.Tensor,
+                 punctuation: torch.Tensor, causal: bool) -> None:
         self.stack = stack
         self.reference = reference
-        self.masks = masks
-        self.sums = sums
-        self.causal = False
-        self.seen: set[int] = set()
+        self.valid, self.special, self.punctuation = valid, special, punctuation
+        self.causal = causal
+        self.values: dict[int, torch.Tensor] = {}
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
         if site.stack != self.stack:
@@ -116,18 +108,20 @@ class _ReduceProbe(Probe):
         if wa is None:
             raise InputError(f"model B has a layer {site.layer} that model A did not run; compare models of the same shape")
         wb = weights.detach().float().to(wa.device)
-        valid = self.masks["valid"].to(wa.device)  # [B, T]
-        js = js_divergence_rows(wa, wb)  # [B, H, T]
+        dev = wa.device
+        valid = self.valid.to(dev)
         rows = valid[:, None, :].float()
-        per_sentence = (js * rows).sum(-1) / rows.sum(-1).clamp_min(1.0)  # [B, H]
-        self.sums.js[site.layer] += per_sentence.sum(0).double().cpu()
-        kw = {"special": self.masks["special"], "punctuation": self.masks["punctuation"], "causal": self.causal}
+        js = (js_divergence_rows(wa, wb) * rows).sum(-1) / rows.sum(-1).clamp_min(1.0)  # [B, H]
+        kw = {"special": self.special.to(dev), "punctuation": self.punctuation.to(dev), "causal": self.causal}
         ma = sentence_metrics(wa, valid, **kw)
         mb = sentence_metrics(wb, valid, **kw)
-        for k in METRICS:
-            self.sums.a[k][site.layer] += ma[k].sum(0).double().cpu()
-            self.sums.b[k][site.layer] += mb[k].sum(0).double().cpu()
-        self.seen.add(site.layer)
+        self.values[site.layer] = torch.stack([js] + [ma[k] for k in METRICS] + [mb[k] for k in METRICS], -1).cpu()
+
+    def per_sentence(self) -> torch.Tensor:
+        if self.reference:
+            missing = sorted(self.reference)
+            raise InputError(f"model B ran no layer {missing[0]} that model A has; compare models of the same shape")
+        return torch.stack([self.values[k] for k in sorted(self.values)], 1)
 
 
 # ------------------------------------------------------------------------------------- model setup
@@ -164,117 +158,110 @@ def _check_shapes(a: AttentionInspector, b: AttentionInspector, stack: str) -> t
     return da[stack]
 
 
-def _check_tokens(ba: Batch, bb: Batch, index: Sequence[int]) -> None:
-    for i in range(len(ba.texts)):
-        ta, tb = ba.tokens(i), bb.tokens(i)
-        if ta == tb:
-            continue
-        pos = next((j for j, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-        xa = repr(ta[pos]) if pos < len(ta) else "the end of the text"
-        xb = repr(tb[pos]) if pos < len(tb) else "the end of the text"
-        raise InputError(
-            f"the tokenizers of A and B split text {index[i] + 1} differently at token {pos}: A has {xa}, "
-            f"B has {xb} ({ba.texts[i][:40]!r}); compare models that share a tokenizer"
-        )
+def _check_tokens(ea: Batch, eb: Batch, first_row: int | None) -> None:
+    """Both tokenizers must split every text into the same tokens; name the first text and token that differ
+    (its row number when ``first_row`` is known, i.e. no row before it in the shard was skipped)."""
+    decoder = ea.decoder_encoding is not None
+    for i in range(len(ea.texts)):
+        pairs = [(ea.tokens(i), eb.tokens(i))] + ([(ea.tokens(i, True), eb.tokens(i, True))] if decoder else [])
+        for ta, tb in pairs:
+            if ta == tb:
+                continue
+            pos = next((j for j, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+            xa = repr(ta[pos]) if pos < len(ta) else "the end of the text"
+            xb = repr(tb[pos]) if pos < len(tb) else "the end of the text"
+            which = f"text {first_row + i + 1}" if first_row is not None else "the text"
+            raise InputError(
+                f"the tokenizers of A and B split {which} ({ea.texts[i][:40]!r}) differently at token {pos}: "
+                f"A has {xa}, B has {xb}; compare models that share a tokenizer"
+            )
 
 
-# ------------------------------------------------------------------------------------------- inputs
-def _texts(texts_or_dataset: Any, column: str, config: str | None, split: str | None,
-           limit: int | None) -> tuple[list[str], list[str] | None, int]:
-    """``(texts, pairs or None, skipped rows)`` from a list of texts or a dataset (see :func:`compare_models`)."""
-    if isinstance(texts_or_dataset, (list, tuple)) and all(isinstance(t, str) for t in texts_or_dataset):
-        texts = list(texts_or_dataset)
-        if not texts:
-            raise InputError("no text given")
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise InputError(f"text {i + 1} of {len(texts)} is empty or blank")
-        return (texts[:limit] if limit else texts), None, 0
-    from .datasets_io import load_dataset_texts
-
-    ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit)
-    cols = [ds[c] for c in info.columns]
-    texts: list[str] = []
-    pairs: list[str] = []
-    skipped = 0
-    for row in zip(*cols):  # empty or non-string rows are skipped and counted, as in the batch engine
-        if not all(isinstance(x, str) and x.strip() for x in row):
-            skipped += 1
-            continue
-        texts.append(row[0])
-        if info.is_pair:
-            pairs.append(row[1])
-    if not texts:
-        raise InputError(f"dataset {info.source!r} has no non-empty text in column(s) {', '.join(info.columns)}")
-    return texts, (pairs if info.is_pair else None), skipped
-
-
-def _buckets(inspector: AttentionInspector, texts: list[str], pairs: list[str] | None, batch_size: int,
-             max_length: int | None) -> list[list[int]]:
-    """Indices of the texts grouped into length buckets (sorted by token count, stable, deterministic)."""
-    try:
-        from .batch import length_buckets
-    except ImportError:  # until the batch engine lands: sort by token count here
-        args = (texts,) if pairs is None else (texts, pairs)
-        lengths = [len(ids) for ids in inspector.tokenizer(*args)["input_ids"]]
-        order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return length_buckets(inspector.tokenizer, texts, batch_size, max_length=max_length or inspector.max_length)
-
-
-# -------------------------------------------------------------------------------------------- compare
-def _compare_batch(a: AttentionInspector, b: AttentionInspector, texts: list[str], pairs: list[str] | None,
-                   index: Sequence[int], stack: str, sums: _Sums, max_length: int | None) -> None:
-    ba = a.encode(texts, pairs, max_length=max_length)
-    bb = b.encode(texts, pairs, max_length=max_length)
-    _check_tokens(ba, bb, index)
-    keep = _KeepProbe(stack)
-    a.run(ba, keep)
-    causal = stack in getattr(a, "last_causal_stacks", set()) or stack == "decoder"
-    punct = torch.zeros_like(ba.valid)
-    for i in range(len(texts)):
-        toks = ba.tokens(i)
-        punct[i, : len(toks)] = punctuation_mask(toks)
-    masks = {"valid": ba.valid, "special": ba.special_mask, "punctuation": punct}
-    reduce = _ReduceProbe(stack, keep.weights, masks, sums)
-    reduce.causal = causal
-    b.run(bb, reduce)
-    if keep.weights:
-        missing = sorted(keep.weights)
-        raise InputError(f"model B ran no layer {missing[0]} that model A has; compare models of the same shape")
-    sums.n += len(texts)
+# -------------------------------------------------------------------------------------------- engine
+def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: Any, start: int, stop: int, columns: tuple[str, ...],
+               batch_size: int, limit_len: int, stack: str, dims: tuple[int, int], bar: Any) -> ShardStats:
+    texts, pairs, skipped = _clean_rows(ds, start, stop, columns)
+    stats = ShardStats.empty(dims[0], dims[1], VALUE_NAMES, _ALL)
+    truncated = 0
+    if texts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
+            ea = ia.encode(texts, pairs, max_length=limit_len, truncation=True)
+            eb = ib.encode(texts, pairs, max_length=limit_len, truncation=True)
+        _check_tokens(ea, eb, start if not sum(skipped.values()) else None)
+        truncated = int(sum(ea.truncated))
+        table = _punctuation_table(ia.tokenizer)
+        lengths = torch.tensor(ea.lengths)
+        order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic (as the batch engine)
+        ids_all = ea.inputs["input_ids"]
+        special_all = ea.encoding["special_tokens_mask"].bool()
+        if stack == "decoder":
+            ids_all = ea.inputs["decoder_input_ids"]
+            special_all = ea.decoder_encoding["special_tokens_mask"].bool()
+            lengths = torch.tensor(ea.decoder_lengths)
+        for b0 in range(0, len(texts), batch_size):
+            idx = order[b0 : b0 + batch_size]
+            inputs_a = _slice_inputs(ea.inputs, idx)
+            inputs_b = _slice_inputs(eb.inputs, idx)
+            mask_key = "decoder_attention_mask" if stack == "decoder" else "attention_mask"
+            valid = inputs_a[mask_key].bool()
+            t = valid.shape[1]
+            special = special_all[idx, :t] & valid
+            punct = table[ids_all[idx, :t].clamp(0, len(table) - 1)] & valid
+            chunk = [texts[i] for i in idx.tolist()]
+            keep = _KeepProbe(stack)
+            ia.run(Batch(inputs=inputs_a, encoding=None, lengths=lengths[idx].tolist(), texts=chunk, pairs=None, truncated=[]), keep)
+            causal = stack in getattr(ia, "last_causal_stacks", set()) or stack == "decoder"
+            reduce = _ReduceProbe(stack, keep.weights, valid, special, punct, causal)
+            ib.run(Batch(inputs=inputs_b, encoding=None, lengths=lengths[idx].tolist(), texts=chunk, pairs=None, truncated=[]), reduce)
+            values = reduce.per_sentence()
+            stats.add_values(values, torch.zeros(values.shape[:3], dtype=torch.long))
+            if bar is not None:
+                bar.update(len(idx))
+    stats.rows = stop - start
+    stats.truncated = truncated
+    stats.skipped = skipped
+    if bar is not None:
+        bar.update(stop - start - stats.n)
+    return stats
 
 
-def _frame(sums: _Sums, layers: int, heads: int) -> pd.DataFrame:
-    n = max(sums.n, 1)
-    l, h = np.meshgrid(np.arange(layers), np.arange(heads), indexing="ij")
-    frame: dict[str, Any] = {"layer": l.ravel(), "head": h.ravel(), "js_divergence": (sums.js / n).numpy().ravel()}
-    a = {k: (sums.a[k] / n).numpy().ravel() for k in METRICS}
-    b = {k: (sums.b[k] / n).numpy().ravel() for k in METRICS}
-    frame.update({f"delta_{k}": b[k] - a[k] for k in METRICS})
-    frame.update({f"a_{k}": a[k] for k in METRICS})
-    frame.update({f"b_{k}": b[k] for k in METRICS})
+def _frame(stats: ShardStats) -> pd.DataFrame:
+    nl, nh, _ = stats.sums.shape
+    n = max(stats.n, 1)
+    mean = stats.sums / n
+    var = np.clip(stats.sumsq / n - np.square(mean), 0.0, None)
+    col = {name: i for i, name in enumerate(stats.metric_names)}
+    layer, head = np.meshgrid(np.arange(nl), np.arange(nh), indexing="ij")
+    frame: dict[str, Any] = {"layer": layer.ravel(), "head": head.ravel(), "js_divergence": mean[..., 0].ravel()}
+    frame.update({f"delta_{k}": (mean[..., col[f"b_{k}"]] - mean[..., col[f"a_{k}"]]).ravel() for k in METRICS})
+    frame["js_divergence_std"] = np.sqrt(var[..., 0]).ravel()
+    frame["n_sentences"] = np.full(nl * nh, stats.n)
+    frame.update({f"a_{k}": mean[..., col[f"a_{k}"]].ravel() for k in METRICS})
+    frame.update({f"b_{k}": mean[..., col[f"b_{k}"]].ravel() for k in METRICS})
     df = pd.DataFrame(frame)
     return df.sort_values(["js_divergence", "layer", "head"], ascending=[False, True, True], kind="stable").reset_index(drop=True)
 
 
-CLASS_SAMPLE = 16
+def _first_rows(ds: Any, columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
+    texts, pairs, _ = _clean_rows(ds, 0, min(ds.num_rows, max(n * 4, n)), columns)
+    return texts[:n], (None if pairs is None else pairs[:n])
 
 
 def _add_classes(df: pd.DataFrame, a: AttentionInspector, b: AttentionInspector, texts: list[str],
                  pairs: list[str] | None, stack: str, max_length: int | None) -> pd.DataFrame:
-    """Add ``class_a``/``class_b``: the analysis module's ``classify_heads`` of each model on the first
-    :data:`CLASS_SAMPLE` texts (pattern classes are not additive over shards, so they come from one sample).
-    Without ``classify_heads`` (older analysis module) the frame is returned unchanged."""
+    """Add ``class_a``/``class_b``: the analysis module's ``classify_heads`` of each model on ``texts`` (the
+    first :data:`CLASS_SAMPLE` texts; pattern classes are not additive over shards, so they come from one
+    sample). Without ``classify_heads`` (an analysis module that lacks it) the frame is returned unchanged."""
     try:
         from .analysis import classify_heads
     except ImportError:
         return df
-    sample = texts[:CLASS_SAMPLE]
     which = "decoder" if stack == "decoder" else "self"
     for side, inspector in (("a", a), ("b", b)):
-        sample_pairs = None if pairs is None else pairs[:CLASS_SAMPLE]
-        results = inspector(sample, sample_pairs, max_length=max_length, batch_size=len(sample))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = inspector(texts, pairs, max_length=max_length, batch_size=len(texts))
         classes = classify_heads(results, which=which)
         col = "class" if "class" in classes else "pattern"
         merged = df[["layer", "head"]].merge(classes[["layer", "head", col]], on=["layer", "head"], how="left")
@@ -288,99 +275,120 @@ def compare_models(
     texts_or_dataset: Sequence[str] | Any = None,
     *,
     tokenizer: Any = None,
-    column: str = "text",
+    column: str | Sequence[str] = "text",
     config: str | None = None,
     split: str | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     max_length: int | None = None,
+    shard_size: int = 2048,
     stack: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
-    progress: bool = False,
-    shard_dir: str | os.PathLike | None = None,
     classes: bool = True,
+    out: str | os.PathLike | None = None,
+    top: int = 4,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Per-head difference between the attention of models A and B on the same inputs.
 
     ``a``/``b`` are Hub names, local checkpoint directories, :class:`AttentionInspector` objects or
     in-memory models (with ``tokenizer=`` or as ``(model, tokenizer)`` pairs; B defaults to A's
-    tokenizer). ``texts_or_dataset`` is a list of texts, a ``datasets.Dataset``, a dataset path or Hub
-    name (read with ``column``/``config``/``split``/``limit`` like the ``batch`` command; ``column="a,b"``
-    compares sentence pairs; empty rows are skipped and counted in ``df.attrs["skipped"]``), or ``None``
-    for the dataset shipped with the package. Returns one row per (layer, head) sorted by
-    ``js_divergence`` descending, with the columns of the module docstring; ``df.attrs`` holds
-    ``n_sentences``, ``skipped``, ``model_a``, ``model_b``, ``stack``. Texts run in length buckets of
-    ``batch_size``. With ``shard_dir``, each bucket's sums are written there atomically and buckets
-    already written by the same run are reused (a stopped run resumes where it stopped, exactly).
-    Raises :class:`InputError` when the models differ in layers/heads or their tokenizers split a text
-    differently (naming the text and token). ``classes=False`` skips the pattern classes.
+    tokenizer). ``texts_or_dataset`` is anything the batch engine reads: a list of texts, a
+    ``datasets.Dataset``, a local file/folder or Hub name (with ``column``/``config``/``split``/``limit``;
+    ``column="a,b"`` compares sentence pairs), or ``None`` for the sample shipped with the package.
+    Empty or non-string rows are skipped and counted, long texts truncated to ``max_length`` (default:
+    A's maximum) and counted (``df.attrs["counts"]``).
+
+    Returns one row per (layer, head) sorted by ``js_divergence`` descending, with the columns of the
+    module docstring; ``df.attrs`` holds ``counts``, ``model_a``, ``model_b``, ``stack``. Rows are read
+    ``shard_size`` at a time and run in length-sorted batches of ``batch_size``.
+
+    With ``out``, writes there (each file atomically): ``head_divergence.csv``, ``divergence_map.png``
+    (layers x heads), ``head_diffs.png`` (A, B and B - A for the ``top`` most changed heads on the first
+    text), ``report.md``, ``run.json`` and one shard of sums per ``shard_size`` rows as it finishes;
+    ``resume=True`` continues a stopped run from its shards (same numbers as an uninterrupted run),
+    ``overwrite=True`` replaces a finished one (refused otherwise). Raises :class:`InputError` when the
+    models differ in layers/heads or their tokenizers split a text differently (naming text and token).
+    ``classes=False`` skips the pattern classes.
     """
+    from .datasets_io import load_dataset_texts
+
     ia = _as_inspector(a, tokenizer, device, dtype, "A")
     ib = _as_inspector(b, tokenizer or ia.tokenizer, device, dtype, "B")
-    texts, pairs, skipped = _texts(texts_or_dataset, column, config, split, limit)
-    return _compare(ia, ib, texts, pairs, skipped=skipped, batch_size=batch_size, max_length=max_length, stack=stack,
-                    progress=progress, shard_dir=shard_dir, classes=classes)
-
-
-def _fingerprint(ia: AttentionInspector, ib: AttentionInspector, texts: list[str], pairs: list[str] | None,
-                 batch_size: int, max_length: int | None, stack: str) -> str:
-    digest = hashlib.sha256()
-    for part in (ia.name, ib.name, str(batch_size), str(max_length), stack, str(len(texts))):
-        digest.update(part.encode() + b"\0")
-    for t in texts + (pairs or []):
-        digest.update(t.encode("utf-8", "surrogatepass") + b"\0")
-    return digest.hexdigest()
-
-
-def _compare(ia: AttentionInspector, ib: AttentionInspector, texts: list[str], pairs: list[str] | None, *,
-             skipped: int = 0, batch_size: int = 16, max_length: int | None = None, stack: str | None = None,
-             progress: bool = False, shard_dir: str | os.PathLike | None = None, classes: bool = True) -> pd.DataFrame:
     which = _main_stack(ia, stack)
-    layers, heads = _check_shapes(ia, ib, which)
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    buckets = _buckets(ia, texts, pairs, batch_size, max_length)
-    sums = _Sums(layers, heads)
-    shards = Path(shard_dir) if shard_dir is not None else None
-    if shards is not None:
-        shards.mkdir(parents=True, exist_ok=True)
-        stamp = _fingerprint(ia, ib, texts, pairs, batch_size, max_length, which)
-        manifest = shards / "manifest.json"
-        if manifest.exists():
-            if json.loads(manifest.read_text()).get("fingerprint") != stamp:
-                raise OutputError(f"{shards} holds shards of a different comparison; pass --overwrite or choose another --out")
-        else:
-            with _atomic(manifest) as tmp:
-                Path(tmp).write_text(json.dumps({"fingerprint": stamp, "buckets": len(buckets)}))
+    dims = _check_shapes(ia, ib, which)
+    if batch_size < 1 or shard_size < 1:
+        raise InputError("batch size and shard size must be at least 1")
+    ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit)
+    limit_len = max_length or min(ia.max_length, ib.max_length)
+    n_rows = ds.num_rows
+    n_shards = max(1, -(-n_rows // shard_size))
+    params = {
+        "kind": "compare",
+        "model_a": ia.name,
+        "model_b": ib.name,
+        "dataset": info.to_dict(),
+        "batch_size": batch_size,
+        "max_length": limit_len,
+        "shard_size": shard_size,
+        "stack": which,
+        "dtype": str(next(ia.model.parameters()).dtype).replace("torch.", ""),
+    }
+    out_dir = Path(out) if out is not None else None
+    done: dict[int, ShardStats] = {}
+    if out_dir is not None:
+        if overwrite:
+            for name in _OUTPUTS:
+                (out_dir / name).unlink(missing_ok=True)
+        done = _prepare_out(out_dir, params, resume, overwrite)
+        _write_json(out_dir / "run.json", {"status": "running", "parameters": params, "versions": _versions(),
+                                           "shards_total": n_shards, "shards_done": len(done)})
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), unit="sent", desc="compare")
-    for number, bucket in enumerate(buckets):
-        shard = shards / f"shard-{number:05d}.npz" if shards is not None else None
-        if shard is not None and shard.exists():
-            with np.load(shard) as data:
-                sums.add_dict(dict(data))
-        else:
-            part = _Sums(layers, heads) if shard is not None else sums
-            chunk_pairs = None if pairs is None else [pairs[i] for i in bucket]
-            _compare_batch(ia, ib, [texts[i] for i in bucket], chunk_pairs, bucket, which, part, max_length)
-            if shard is not None:
-                with _atomic(shard) as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.savez(fh, **part.to_dict())
-                sums.add_dict(part.to_dict())
+        bar = tqdm(total=n_rows, unit="sent", desc="compare", dynamic_ncols=True, initial=sum(s.rows for s in done.values()))
+    started = time.perf_counter()
+    total: ShardStats | None = None
+    try:
+        for shard in range(n_shards):
+            if shard in done:
+                stats = done[shard]
+            else:
+                start, stop = shard * shard_size, min(n_rows, (shard + 1) * shard_size)
+                stats = _run_shard(ia, ib, ds, start, stop, info.columns, batch_size, limit_len, which, dims, bar)
+                if out_dir is not None:
+                    _save_shard(out_dir, shard, stats)
+            total = stats if total is None else total + stats
+    finally:
         if bar is not None:
-            bar.update(len(bucket))
-    if bar is not None:
-        bar.close()
-    df = _frame(sums, layers, heads)
+            bar.close()
+    assert total is not None
+    if total.n == 0:
+        raise InputError(f"no usable text in column {info.columns[0]!r} ({total.rows} rows, all empty or not text)")
+    df = _frame(total)
+    first_texts, first_pairs = _first_rows(ds, info.columns, CLASS_SAMPLE)
     if classes:
-        df = _add_classes(df, ia, ib, texts, pairs, which, max_length)
-    df.attrs.update({"n_sentences": sums.n, "skipped": skipped, "model_a": ia.name, "model_b": ib.name, "stack": which})
+        df = _add_classes(df, ia, ib, first_texts, first_pairs, which, limit_len)
+    counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
+              "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
+    df.attrs.update({"counts": counts, "n_sentences": total.n, "model_a": ia.name, "model_b": ib.name, "stack": which})
+    if out_dir is not None:
+        figures = _write_outputs(df, ia, ib, first_texts[0], None if first_pairs is None else first_pairs[0], out_dir,
+                                 top=top, which=which, max_length=limit_len)
+        run = {"status": "finished", "parameters": params, "versions": _versions(), "counts": counts,
+               "shards_total": n_shards, "shards_resumed": len(done), "first_text": first_texts[0],
+               "pattern_classes": "class_a" in df, "figures": figures,
+               "elapsed_s": round(time.perf_counter() - started, 3),
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_json(out_dir / "run.json", run)
     return df
+
+
+_OUTPUTS = ("head_divergence.csv", "divergence_map.png", "head_diffs.png", "report.md")
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -519,79 +527,17 @@ def comparison_report(df: pd.DataFrame, *, top: int = 5, figures: Sequence[str] 
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    """A temporary path next to ``path``, renamed onto it on success (removed on failure)."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-_OUTPUTS = ("head_divergence.csv", "report.md")
-
-
-def compare_to_dir(
-    a: Any,
-    b: Any,
-    texts_or_dataset: Sequence[str] | Any = None,
-    out: str | os.PathLike = "compare_out",
-    *,
-    top: int = 4,
-    overwrite: bool = False,
-    resume: bool = False,
-    tokenizer: Any = None,
-    column: str = "text",
-    config: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    stack: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    progress: bool = False,
-    classes: bool = True,
-) -> pd.DataFrame:
-    """Run :func:`compare_models` (same arguments) and write its outputs to ``out``; returns the frame.
-
-    Writes ``head_divergence.csv`` (sorted by ``js_divergence`` descending), ``divergence_map.png``
-    (layers x heads), ``head_diffs.png`` (A, B and B - A of the ``top`` most changed heads on the first
-    text), ``report.md`` and ``run.json``, each atomically (a file is complete or absent). Per-bucket sums
-    go to ``out/shards`` as they finish; ``resume=True`` continues a stopped run from there. A directory
-    that already holds a finished comparison is refused unless ``overwrite`` (or ``resume``).
-    """
+def _write_outputs(df: pd.DataFrame, ia: AttentionInspector, ib: AttentionInspector, text: str, pair: str | None,
+                   out: Path, *, top: int, which: str, max_length: int | None) -> list[str]:
+    """Write the CSV, the figures and ``report.md`` of a finished comparison into ``out``; returns the figures."""
     import matplotlib
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a directory; choose another --out")
-    if (out / "head_divergence.csv").exists() and not (overwrite or resume):
-        raise OutputError(f"{out} already holds a comparison; pass --overwrite to replace it or choose another --out")
-    shard_dir = out / "shards"
-    if shard_dir.exists() and not resume:
-        for f in list(shard_dir.glob("shard-*.npz")) + [shard_dir / "manifest.json"]:
-            f.unlink(missing_ok=True)
-    ia = _as_inspector(a, tokenizer, device, dtype, "A")
-    ib = _as_inspector(b, tokenizer or ia.tokenizer, device, dtype, "B")
-    texts, pairs, skipped = _texts(texts_or_dataset, column, config, split, limit)
-    df = _compare(ia, ib, texts, pairs, skipped=skipped, batch_size=batch_size, max_length=max_length, stack=stack,
-                  progress=progress, shard_dir=shard_dir, classes=classes)
-    which = df.attrs["stack"]
     figures = []
     with matplotlib.rc_context({"backend": "Agg"}):
         import matplotlib.pyplot as plt
 
         ax = plot_divergence_map(df)
-        with _atomic(out / "divergence_map.png") as tmp:
+        with atomic_path(out / "divergence_map.png") as tmp:
             ax.figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
         figures.append("divergence_map.png")
@@ -599,39 +545,23 @@ def compare_to_dir(
         if k:
             heads = [(int(r.layer), int(r.head)) for r in df.head(k).itertuples()]
             keep = {"layers": sorted({l for l, _ in heads}), "heads": sorted({h for _, h in heads}), "max_length": max_length}
-            pair = None if pairs is None else pairs[0]
-            ra = ia(texts[0], pair, **keep)
-            rb = ib(texts[0], pair, **keep)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ra = ia(text, pair, **keep)
+                rb = ib(text, pair, **keep)
             fig = plot_head_diffs(ra, rb, heads, which="decoder" if which == "decoder" else "self")
-            with _atomic(out / "head_diffs.png") as tmp:
+            with atomic_path(out / "head_diffs.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             figures.append("head_diffs.png")
-    with _atomic(out / "head_divergence.csv") as tmp:
+    with atomic_path(out / "head_divergence.csv") as tmp:
         df.to_csv(tmp, index=False)
-    with _atomic(out / "report.md") as tmp:
+    with atomic_path(out / "report.md") as tmp:
         Path(tmp).write_text(comparison_report(df, top=max(top, 5), figures=figures), encoding="utf-8")
-    run = {
-        "model_a": ia.name,
-        "model_b": ib.name,
-        "n_sentences": df.attrs["n_sentences"],
-        "skipped_rows": skipped,
-        "stack": which,
-        "first_text": texts[0],
-        "dataset": texts_or_dataset if isinstance(texts_or_dataset, (str, type(None))) else type(texts_or_dataset).__name__,
-        "parameters": {"column": column, "config": config, "split": split, "limit": limit, "batch_size": batch_size,
-                       "max_length": max_length, "top": top, "device": str(ia.device), "dtype": str(dtype or "float32")},
-        "pattern_classes": "class_a" in df,
-        "versions": _versions(),
-    }
-    with _atomic(out / "run.json") as tmp:
-        Path(tmp).write_text(json.dumps(run, indent=2, default=str), encoding="utf-8")
-    return df
+    return figures
 
 
 def _versions() -> dict[str, str]:
-    import transformers
+    from .batch import _versions as batch_versions
 
-    from . import __version__
-
-    return {"hf_attn_inspect": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return batch_versions()

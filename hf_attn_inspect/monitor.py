@@ -437,7 +437,7 @@ def animate_attention(
 
     from PIL import Image
 
-    from .compare import _atomic
+    from .fileio import atomic_path
 
     if isinstance(log_or_checkpoints, (list, tuple)) and log_or_checkpoints and not isinstance(log_or_checkpoints[0], dict):
         mats, labels, tokens = _frames_from_checkpoints(log_or_checkpoints, layer, head, text, tokenizer)
@@ -470,14 +470,14 @@ def animate_attention(
             fig.canvas.draw()
             frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
         written = []
-        with _atomic(gif) as tmp:
+        with atomic_path(gif) as tmp:
             frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
         written.append(gif)
         if ffmpeg and mp4 is not False:
             from matplotlib.animation import FFMpegWriter
 
             target = gif.with_suffix(".mp4")
-            with _atomic(target) as tmp:
+            with atomic_path(target) as tmp:
                 writer = FFMpegWriter(fps=fps)
                 with writer.saving(fig, tmp + ".mp4", dpi):
                     for mat, label in zip(mats, labels):

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from hf_attn_inspect import AttentionMonitor, animate_attention, default_model_path, plot_training_trends
-    from hf_attn_inspect.compare import compare_to_dir
+    from hf_attn_inspect.compare import compare_models
     from hf_attn_inspect.datasets_io import load_dataset_texts
 
     hf_logging.set_verbosity_error()
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.save_pretrained(out / "after")
     print(f"held-out accuracy: {before_acc:.2f} before, {after_acc:.2f} after fine-tuning")
 
-    df = compare_to_dir(out / "before", out / "after", None, out / "compare", limit=args.compare_limit, device="cpu", top=4)
+    df = compare_models(out / "before", out / "after", None, out=out / "compare", limit=args.compare_limit, device="cpu", top=4)
     top = df.head(4)
     heads = [(int(r.layer), int(r.head)) for r in top.itertuples()]
     import matplotlib.pyplot as plt

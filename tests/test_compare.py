@@ -17,7 +17,7 @@ from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector, InputError, OutputError
 from hf_attn_inspect.analysis import head_metrics
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.compare import compare_models, compare_to_dir, js_divergence_rows
+from hf_attn_inspect.compare import compare_models, js_divergence_rows
 from hf_attn_inspect.metrics import METRICS
 
 TEXTS = SENTENCES[:4]
@@ -137,7 +137,7 @@ def test_tokenizer_mismatch_says_where(inspector):
 
     cased = AutoTokenizer.from_pretrained(default_model_path(), do_lower_case=False)
     other = AttentionInspector(inspector.model, cased)
-    with pytest.raises(InputError, match=r"split text 1 differently at token 1: A has 'the', B has"):
+    with pytest.raises(InputError, match=r"split text 1 \('The cat sat.'\) differently at token 1: A has 'the', B has"):
         compare_models(inspector, other, ["The cat sat.", "hello"])
 
 
@@ -147,9 +147,10 @@ def test_dataset_mode_skips_empty_rows(tmp_path, tiny_tokenizer):
     path = tmp_path / "d.csv"
     pd.DataFrame({"sentence": ["The cat sat.", "", "Hello there, world!", "A dog."], "x": [1, 2, 3, 4]}).to_csv(path, index=False)
     df = compare_models(a, b, str(path), column="sentence", classes=False)
-    assert df.attrs["n_sentences"] == 3 and df.attrs["skipped"] == 1
+    assert df.attrs["counts"]["analysed"] == 3 and df.attrs["counts"]["skipped_total"] == 1
     lst = compare_models(a, b, ["The cat sat.", "Hello there, world!", "A dog."], classes=False)
     pd.testing.assert_frame_equal(df, lst)
+    assert (df["n_sentences"] == 3).all()
     with pytest.raises(InputError, match="available columns"):
         compare_models(a, b, str(path), column="nope")
 
@@ -158,31 +159,48 @@ def test_shipped_dataset_pairs(tiny_tokenizer, tmp_path):
     a = AttentionInspector(tiny_models.build("bert", seed=0), tiny_tokenizer)
     b = AttentionInspector(tiny_models.build("bert", seed=1), tiny_tokenizer)
     df = compare_models(a, b, None, limit=6, classes=False)
-    assert df.attrs["n_sentences"] == 6
+    assert df.attrs["counts"]["analysed"] == 6
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps({"p": f"premise {i}.", "h": f"hypothesis {i}?"}) for i in range(3)))
     pairs = compare_models(a, b, str(path), column="p,h", classes=False)
-    assert pairs.attrs["n_sentences"] == 3 and (pairs["js_divergence"] > 0).all()
+    assert pairs.attrs["counts"]["analysed"] == 3 and (pairs["js_divergence"] > 0).all()
 
 
 def test_resume_from_shards(tmp_path, tiny_tokenizer):
     a = AttentionInspector(tiny_models.build("bert", seed=0), tiny_tokenizer)
     b = AttentionInspector(tiny_models.build("bert", seed=1), tiny_tokenizer)
-    full = compare_models(a, b, SENTENCES, batch_size=2, shard_dir=tmp_path / "s", classes=False)
-    shards = sorted((tmp_path / "s").glob("shard-*.npz"))
-    assert len(shards) == 4
+    out = tmp_path / "run"
+    opts = {"batch_size": 2, "shard_size": 3, "classes": False, "top": 1}
+    full = compare_models(a, b, SENTENCES, out=out, **opts)
+    csv = (out / "head_divergence.csv").read_text()
+    shards = sorted((out / "shards").glob("shard-*.npz"))
+    assert len(shards) == 3
+    with pytest.raises(OutputError, match="--overwrite"):
+        compare_models(a, b, SENTENCES, out=out, **opts)
+    # simulate a run killed after two shards: the last shard and the outputs are missing
     shards[-1].unlink()
-    # the kept shards are reused: poison one and the result must show it
-    resumed = compare_models(a, b, SENTENCES, batch_size=2, shard_dir=tmp_path / "s", classes=False)
+    (out / "head_divergence.csv").unlink()
+    run = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**run, "status": "running"}))
+    with pytest.raises(OutputError, match="--resume"):
+        compare_models(a, b, SENTENCES, out=out, **opts)
+    resumed = compare_models(a, b, SENTENCES, out=out, resume=True, **opts)
     pd.testing.assert_frame_equal(full, resumed)
+    assert (out / "head_divergence.csv").read_text() == csv
+    assert json.loads((out / "run.json").read_text())["shards_resumed"] == 2
+    # the kept shards really are reused: poison one and the resumed result shows it
+    (out / "run.json").write_text(json.dumps({**run, "status": "running"}))
     with np.load(shards[0]) as data:
         poisoned = dict(data)
-    poisoned["js"] = poisoned["js"] + 1.0
+    poisoned["sums"] = poisoned["sums"] + 10.0
     np.savez(shards[0], **poisoned)
-    again = compare_models(a, b, SENTENCES, batch_size=2, shard_dir=tmp_path / "s", classes=False)
+    again = compare_models(a, b, SENTENCES, out=out, resume=True, **opts)
     assert (again["js_divergence"].to_numpy() > full["js_divergence"].to_numpy().max()).all()
-    with pytest.raises(OutputError, match="different comparison"):
-        compare_models(a, b, SENTENCES[:3], batch_size=2, shard_dir=tmp_path / "s", classes=False)
+    (out / "run.json").write_text(json.dumps({**run, "status": "running"}))
+    with pytest.raises(OutputError, match="different settings"):
+        compare_models(a, b, SENTENCES[:5], out=out, resume=True, **opts)
+    overwritten = compare_models(a, b, SENTENCES, out=out, overwrite=True, **opts)
+    pd.testing.assert_frame_equal(full, overwritten)
 
 
 def test_classes_adapter(monkeypatch, tiny_tokenizer):
@@ -205,7 +223,7 @@ def test_classes_adapter(monkeypatch, tiny_tokenizer):
 
 def test_compare_to_dir_outputs(tmp_path, inspector, altered):
     out = tmp_path / "cmp"
-    df = compare_to_dir(inspector, altered, TEXTS, out, top=2, classes=False)
+    df = compare_models(inspector, altered, TEXTS, out=out, top=2, classes=False)
     csv = pd.read_csv(out / "head_divergence.csv")
     assert list(csv.columns[:3]) == ["layer", "head", "js_divergence"]
     assert [f"delta_{k}" for k in METRICS] == list(csv.columns[3 : 3 + len(METRICS)])
@@ -222,9 +240,7 @@ def test_compare_to_dir_outputs(tmp_path, inspector, altered):
         assert f"layer {layer} head {head}: JS" in first.split("\n3.")[0]
     assert "max weight" in first.split("\n2.")[0] and "-> 0.000" in first.split("\n2.")[0]  # weight std -> 0
     run = json.loads((out / "run.json").read_text())
-    assert run["n_sentences"] == 4 and run["first_text"] == TEXTS[0]
-    with pytest.raises(OutputError, match="--overwrite"):
-        compare_to_dir(inspector, altered, TEXTS, out)
+    assert run["status"] == "finished" and run["counts"]["analysed"] == 4 and run["first_text"] == TEXTS[0]
 
 
 def test_cli(tmp_path, tiny_tokenizer, capsys):

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--column", default="text", help="text column, or two separated by a comma for sentence pairs")
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     p.add_argument("--batch-size", type=int, default=16, help="texts per padded batch (default 16)")
+    p.add_argument("--shard-size", type=int, default=2048, help="rows per resumable shard (default 2048)")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--stack", default=None, choices=["self", "encoder", "decoder"],
                    help="which attention of encoder-decoder models (default: encoder)")
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare_to_dir
+    from ..compare import compare_models
     from ..errors import InputError
 
     if args.limit is not None and args.limit < 1:
@@ -50,18 +51,21 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
     source = args.text if args.text is not None else args.dataset
-    df = compare_to_dir(
-        models[0], models[1], source, args.out,
+    df = compare_models(
+        models[0], models[1], source, out=args.out,
         top=args.top, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
-        split=args.split, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length,
+        split=args.split, limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
         stack=args.stack, device=args.device, dtype=args.dtype, progress=not args.quiet and sys.stderr.isatty(),
     )
-    n = df.attrs.get("n_sentences", 0)
+    n = df.attrs["counts"]["analysed"]
     print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
     for row in df.head(max(args.top, 5)).itertuples():
         cls = ""
         if "class_a" in df.columns:
             cls = f"  {row.class_a} -> {row.class_b}"
         print(f"  layer {row.layer:2d} head {row.head:2d}  {row.js_divergence:.4f}{cls}")
+    skipped = df.attrs["counts"]["skipped_total"]
+    if skipped:
+        print(f"skipped {skipped} empty or non-text row{'s' if skipped != 1 else ''}")
     print(f"wrote {args.out}/head_divergence.csv, divergence_map.png, head_diffs.png, report.md, run.json")
     return 0
