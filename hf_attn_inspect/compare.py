@@ -413,8 +413,9 @@ def plot_divergence_map(df: pd.DataFrame, ax: Any = None, *, value: str = "js_di
 
 
 def _diff_plotter():
+    """The shared diff heatmap (``figures.plot_attention_diff``) when the figures module provides it."""
     try:
-        from .figures import plot_attention_diff  # the shared diff heatmap, when available
+        from .figures import plot_attention_diff
     except ImportError:
         return None
     return plot_attention_diff
@@ -422,10 +423,11 @@ def _diff_plotter():
 
 def plot_head_diffs(result_a: Any, result_b: Any, heads: Sequence[tuple[int, int]], fig: Any = None, *,
                     which: str = "self") -> Any:
-    """One panel per (layer, head): B's minus A's attention on one text (rows = queries, columns = keys).
+    """One row per (layer, head): A's and B's attention on one text and B - A (rows = queries, columns = keys).
 
     ``result_a``/``result_b`` are :class:`AttentionResult` objects of the same text holding those heads.
-    Each panel shows A, B and B - A side by side (red = more weight in B, blue = less); returns the figure.
+    The difference uses a diverging scale centred at 0 (red = more weight in B, blue = less); it is drawn
+    by ``figures.plot_attention_diff`` when that module is present. Returns the figure.
     """
     import matplotlib.pyplot as plt
 
@@ -435,27 +437,27 @@ def plot_head_diffs(result_a: Any, result_b: Any, heads: Sequence[tuple[int, int
     tokens = list(result_a.stack(which)[1])
     axes = fig.subplots(len(heads), 3, squeeze=False)
     shared = _diff_plotter()
+    n = len(tokens)
     for row, (layer, head) in enumerate(heads):
         wa = result_a.head(layer, head, which).numpy()
         wb = result_b.head(layer, head, which).numpy()
+        for ax, mat, name in ((axes[row][0], wa, "A"), (axes[row][1], wb, "B")):
+            image = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=1.0)
+            ax.set_title(f"{name}  L{layer} H{head}")
+            fig.colorbar(image, ax=ax, fraction=0.046)
         if shared is not None:
-            try:
-                shared(wa, wb, tokens=tokens, axes=axes[row])
-                continue
-            except TypeError:
-                pass
-        diff = wb - wa
-        limit = float(np.abs(diff).max()) or 1.0
-        panels = ((wa, f"A  L{layer} H{head}", "viridis", 0.0, 1.0), (wb, f"B  L{layer} H{head}", "viridis", 0.0, 1.0),
-                  (diff, "B - A", "RdBu_r", -limit, limit))
-        for ax, (mat, title, cmap, lo, hi) in zip(axes[row], panels):
-            image = ax.imshow(mat, cmap=cmap, vmin=lo, vmax=hi)
-            ax.set_title(title)
-            n = len(tokens)
+            shared(result_b, result_a, layer=layer, head=head, which=which, names=("B", "A"), ax=axes[row][2], annotate=False,
+                   title=f"B - A  L{layer} H{head}")
+        else:
+            diff = wb - wa
+            limit = float(np.abs(diff).max()) or 1.0
+            image = axes[row][2].imshow(diff, cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axes[row][2].set_title(f"B - A  L{layer} H{head}")
+            fig.colorbar(image, ax=axes[row][2], fraction=0.046)
+        for ax in axes[row][: 2 if shared is not None else 3]:
             if n <= 40:
                 ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
                 ax.set_yticks(range(n), tokens, fontsize=7)
-            fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
