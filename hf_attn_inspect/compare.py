@@ -244,8 +244,16 @@ def _frame(stats: ShardStats) -> pd.DataFrame:
 
 
 def _first_rows(ds: Any, columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
-    texts, pairs, _ = _clean_rows(ds, 0, min(ds.num_rows, max(n * 4, n)), columns)
-    return texts[:n], (None if pairs is None else pairs[:n])
+    """The first ``n`` usable texts (and pairs) of the dataset, skipping rows as the batch engine does."""
+    texts: list[str] = []
+    pairs: list[str] = []
+    for start in range(0, ds.num_rows, 256):
+        t, p, _ = _clean_rows(ds, start, min(ds.num_rows, start + 256), columns)
+        texts += t
+        pairs += p or []
+        if len(texts) >= n:
+            break
+    return texts[:n], (pairs[:n] if len(columns) == 2 else None)
 
 
 def _add_classes(df: pd.DataFrame, a: AttentionInspector, b: AttentionInspector, texts: list[str],

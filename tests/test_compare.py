@@ -266,3 +266,18 @@ def test_cli(tmp_path, tiny_tokenizer, capsys):
     assert not (tmp_path / "o2" / "head_divergence.csv").exists()
     assert main(["compare", dirs[0], "default", "--text", "x", "--out", str(tmp_path / "o3"), "--device", "cpu"]) == 2
     assert "same layers and heads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family,stack", [("bart", "encoder"), ("bart", "decoder"), ("deberta", None), ("gpt2", None)])
+def test_other_families(tiny_tokenizer, family, stack):
+    a = AttentionInspector(tiny_models.build(family, seed=0), tiny_tokenizer)
+    b = AttentionInspector(tiny_models.build(family, seed=1), tiny_tokenizer)
+    texts = SENTENCES[:3]
+    df = compare_models(a, b, texts, stack=stack, batch_size=2, classes=False).sort_values(["layer", "head"])
+    which = {"decoder": "decoder"}.get(stack, "self")
+    ra, rb = a(texts), b(texts)
+    for row in df.itertuples():
+        expect = np.mean([_numpy_js(x.head(row.layer, row.head, which).numpy().astype(np.float64),
+                                    y.head(row.layer, row.head, which).numpy().astype(np.float64)) for x, y in zip(ra, rb)])
+        assert row.js_divergence == pytest.approx(expect, abs=1e-7)
+    assert (compare_models(a, a, texts, stack=stack, classes=False)["js_divergence"] == 0).all()
