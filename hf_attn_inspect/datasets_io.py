@@ -190,18 +190,23 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _from_memory(data: Sequence[Any], cols: tuple[str, ...], datasets):
+    """A Dataset from a list; items that are not strings become None (Arrow columns hold one type)."""
+
+    def text(x: Any) -> str | None:
+        return x if isinstance(x, str) else None
+
     items = list(data)
     if len(cols) == 2:
         firsts, seconds = [], []
         for it in items:
             if isinstance(it, (tuple, list)) and len(it) == 2:
-                firsts.append(it[0])
-                seconds.append(it[1])
+                firsts.append(text(it[0]))
+                seconds.append(text(it[1]))
             else:
-                firsts.append(it)
+                firsts.append(text(it))
                 seconds.append(None)
         return datasets.Dataset.from_dict({cols[0]: firsts, cols[1]: seconds})
-    return datasets.Dataset.from_dict({cols[0]: items})
+    return datasets.Dataset.from_dict({cols[0]: [text(x) for x in items]})
 
 
 def load_dataset_texts(
