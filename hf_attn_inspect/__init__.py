@@ -7,8 +7,31 @@ from .result import AttentionResult
 
 __version__ = "0.1.0"
 
+# Imported on first use (they pull in matplotlib / transformers' Trainer machinery).
+_LAZY = {
+    "AttentionMonitor": "monitor",
+    "AttentionStatsCallback": "monitor",
+    "plot_training_trends": "monitor",
+    "animate_attention": "monitor",
+    "compare_models": "compare",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AttentionInspector",
+    "AttentionMonitor",
+    "AttentionStatsCallback",
+    "animate_attention",
+    "compare_models",
+    "plot_training_trends",
     "AttentionResult",
     "AttnInspectError",
     "CaptureError",

@@ -1,0 +1,65 @@
+"""``hf-attn-inspect batch``: per-head attention statistics over a whole dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import add_model_options
+
+    p = subparsers.add_parser(
+        "batch",
+        help="analyse the attention of every head over a whole dataset",
+        description=(
+            "Run the model over every text of a dataset and write per-head statistics (mean and std over "
+            "sentences of every metric, pattern-class shares), per-layer statistics, figures, a report "
+            "and run.json into --out. Written shard by shard: a stopped run continues with --resume."
+        ),
+    )
+    add_model_options(p)
+    p.add_argument("--dataset", "-d", default=None,
+                   help="Hub dataset name or local CSV/JSON/JSONL/Parquet/text file or folder "
+                        "(default: the sample shipped with the package)")
+    p.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
+    p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
+    p.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
+    p.add_argument("--limit", type=int, default=None, help="analyse only the first N rows")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batch import analyze_dataset
+    from ..cli import load_inspector
+    from ..errors import InputError
+
+    if args.limit is not None and args.limit < 0:
+        raise InputError(f"--limit must be >= 0, got {args.limit}")
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise InputError("--batch-size and --shard-size must be at least 1")
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other; pick one")
+    # Check the dataset before loading the model: a wrong column fails in a second.
+    from ..datasets_io import load_dataset_texts
+
+    ds, _ = load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column,
+                               limit=args.limit)
+    inspector = load_inspector(args)
+    df = analyze_dataset(
+        inspector, args.dataset, args.column, config=args.config, split=args.split, limit=args.limit,
+        batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size, out=args.out,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    c = df.attrs.get("counts", {})
+    print(f"analysed {c.get('analysed', 0):,} of {c.get('rows', 0):,} rows "
+          f"({c.get('skipped_total', 0)} skipped, {c.get('truncated', 0)} truncated); "
+          f"{len(df)} heads -> {args.out}/head_stats.csv, report.md", file=sys.stdout)
+    return 0

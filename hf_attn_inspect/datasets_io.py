@@ -1,0 +1,288 @@
+"""Load the texts to analyse: a Hub dataset, a local file or folder, or the sample shipped with the package.
+
+Everything goes through the `datasets` library, so a Hub name, a CSV / JSON / JSONL / Parquet / text file
+and a folder of such files all come back as one :class:`datasets.Dataset` (all columns kept, so a
+``label`` column stays available for fine-tuning demos). :func:`load_dataset_texts` also checks the
+text column(s) (``"text"`` or a pair ``"premise,hypothesis"``) and returns a small :class:`DatasetInfo`
+describing what was loaded, for ``run.json`` files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import InputError
+
+__all__ = [
+    "DatasetInfo",
+    "SAMPLE_NAME",
+    "load_dataset_texts",
+    "parse_columns",
+    "sample_dataset_path",
+    "sample_sentences",
+]
+
+SAMPLE_NAME = "sample"
+
+# File suffix -> `datasets` packaged builder.
+_BUILDERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".text": "text",
+}
+
+
+def sample_dataset_path() -> str:
+    """Path of the sample shipped with the package: ``data/sentences.csv``.
+
+    336 hand-written English sentences (3 to 54 words; questions, numbers, quotes, punctuation) with
+    columns ``text`` and ``label`` (1 = positive, 0 = negative sentiment, exactly balanced).
+    """
+    return str(Path(__file__).resolve().parent / "data" / "sentences.csv")
+
+
+def sample_sentences(n: int | None = None, seed: int = 0) -> list[str]:
+    """``n`` English sentences built from the shipped sample, deterministic for a given ``seed``.
+
+    The first 336 are the sample's sentences in file order; beyond that, each further text joins two or
+    three (alternately) sample sentences picked with a seeded generator, so any number of varied texts
+    (benchmarks, tests, notebooks) can be made offline. ``n=None`` returns the sample's 336 sentences.
+    """
+    import csv
+    import random
+
+    with open(sample_dataset_path(), newline="", encoding="utf-8") as fh:
+        base = [row["text"] for row in csv.DictReader(fh)]
+    if n is None:
+        return list(base)
+    out = list(base[:n])
+    rng = random.Random(seed)
+    while len(out) < n:
+        out.append(" ".join(rng.sample(base, 2 + len(out) % 2)))
+    return out
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`load_dataset_texts` loaded: where from, which split and columns, how many rows."""
+
+    source: str  # "sample", a local path, a Hub name, or "in-memory"
+    kind: str  # "sample", "csv", "json", "parquet", "text", "folder", "hub", "in-memory"
+    columns: tuple[str, ...]  # the text column, or the two columns of a pair
+    num_rows: int  # rows after --limit
+    total_rows: int  # rows before --limit
+    available_columns: list[str] = field(default_factory=list)
+    config: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    fingerprint: str | None = None
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.columns) == 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["columns"] = list(self.columns)
+        return d
+
+
+def parse_columns(column: str | Sequence[str]) -> tuple[str, ...]:
+    """``"text"`` -> ``("text",)``, ``"premise,hypothesis"`` (or a 2-sequence) -> a pair of columns."""
+    if isinstance(column, str):
+        cols = tuple(c.strip() for c in column.split(","))
+    else:
+        cols = tuple(str(c).strip() for c in column)
+    if not 1 <= len(cols) <= 2 or any(not c for c in cols):
+        raise InputError(
+            f"--column must be one column name or two separated by a comma (a sentence pair), got {column!r}"
+        )
+    return cols
+
+
+def _hf_datasets():
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise InputError("the 'datasets' package is needed to load datasets: pip install datasets") from exc
+    return datasets
+
+
+def _quiet(datasets) -> None:
+    try:
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def _pick_split(dd, split: str | None, source: str):
+    names = list(dd.keys())
+    if split is None:
+        split = "train" if "train" in dd else names[0]
+    if split not in dd:
+        raise InputError(f"dataset {source!r} has no split {split!r}; available splits: {', '.join(names)}")
+    return dd[split], split
+
+
+def _load_local(path: Path, split: str | None, datasets) -> tuple[Any, str, str]:
+    """Load a local file or folder with the matching `datasets` builder -> (dataset, kind, split)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
+        builders = {_BUILDERS[p.suffix.lower()] for p in files}
+        if not files:
+            raise InputError(
+                f"folder {str(path)!r} holds no CSV / JSON / JSONL / Parquet / text files to load"
+            )
+        if len(builders) > 1:
+            raise InputError(
+                f"folder {str(path)!r} mixes file types ({', '.join(sorted(builders))}); keep one type per folder"
+            )
+        builder = builders.pop()
+        data_files = [str(p) for p in files]
+        kind = "folder"
+    else:
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise InputError(
+                f"cannot tell the format of {str(path)!r}; use a .csv, .tsv, .json, .jsonl, .parquet or .txt file"
+            )
+        data_files = [str(path)]
+        kind = builder
+    kwargs: dict[str, Any] = {}
+    if builder == "csv" and all(f.lower().endswith(".tsv") for f in data_files):
+        kwargs["sep"] = "\t"
+    try:
+        dd = datasets.load_dataset(builder, data_files={"train": data_files}, **kwargs)
+    except Exception as exc:
+        raise InputError(f"could not read {str(path)!r} as {builder}: {_one_line(exc)}") from exc
+    ds, split = _pick_split(dd, split, str(path))
+    return ds, kind, split
+
+
+def _load_hub(name: str, config: str | None, split: str | None, datasets) -> tuple[Any, str]:
+    try:
+        dd = datasets.load_dataset(name, config)
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+        hint = (" (offline: only datasets already in the local cache can be used)" if offline else "")
+        raise InputError(
+            f"could not load dataset {name!r}{hint}: {_one_line(exc)}; give a Hub name, "
+            "a local .csv/.json/.jsonl/.parquet/.txt file or folder, or omit --dataset for the sample"
+        ) from exc
+    if isinstance(dd, datasets.Dataset):
+        return dd, split or "train"
+    return _pick_split(dd, split, name)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
+
+
+def _from_memory(data: Sequence[Any], cols: tuple[str, ...], datasets):
+    """A Dataset from a list; items that are not strings become None (Arrow columns hold one type)."""
+
+    def text(x: Any) -> str | None:
+        return x if isinstance(x, str) else None
+
+    items = list(data)
+    if len(cols) == 2:
+        firsts, seconds = [], []
+        for it in items:
+            if isinstance(it, (tuple, list)) and len(it) == 2:
+                firsts.append(text(it[0]))
+                seconds.append(text(it[1]))
+            else:
+                firsts.append(text(it))
+                seconds.append(None)
+        return datasets.Dataset.from_dict({cols[0]: firsts, cols[1]: seconds})
+    return datasets.Dataset.from_dict({cols[0]: [text(x) for x in items]})
+
+
+def load_dataset_texts(
+    dataset: Any = None,
+    *,
+    config: str | None = None,
+    split: str | None = None,
+    column: str | Sequence[str] = "text",
+    limit: int | None = None,
+):
+    """Load a dataset and check its text column(s); returns ``(datasets.Dataset, DatasetInfo)``.
+
+    ``dataset`` is ``None`` (the sample shipped with the package, see :func:`sample_dataset_path`), a
+    local CSV / TSV / JSON / JSONL / Parquet / text file or a folder of them, a Hub dataset name (loaded
+    with ``config``; needs the network or the local cache), a :class:`datasets.Dataset` /
+    ``DatasetDict``, or an in-memory list of strings (or of ``(text, pair)`` tuples when ``column`` names
+    two columns). ``split`` defaults to ``"train"`` (or the first split). ``column`` is one column name,
+    or two separated by a comma for sentence pairs; a missing column raises :class:`InputError` listing
+    the available ones. ``limit`` keeps the first ``limit`` rows (in file order). All columns are kept
+    in the returned dataset; rows are not filtered here (empty or non-string texts are the analysis
+    engine's business, which skips and counts them).
+    """
+    datasets = _hf_datasets()
+    _quiet(datasets)
+    cols = parse_columns(column)
+    if limit is not None and int(limit) < 0:
+        raise InputError(f"--limit must be >= 0, got {limit}")
+
+    if dataset is None or (isinstance(dataset, str) and dataset == SAMPLE_NAME):
+        ds, kind, split_used = _load_local(Path(sample_dataset_path()), split, datasets)
+        source, kind = SAMPLE_NAME, "sample"
+    elif isinstance(dataset, datasets.Dataset):
+        ds, source, kind, split_used = dataset, "in-memory", "in-memory", split
+    elif isinstance(dataset, datasets.DatasetDict):
+        ds, split_used = _pick_split(dataset, split, "in-memory")
+        source, kind = "in-memory", "in-memory"
+    elif isinstance(dataset, (str, os.PathLike)):
+        text = os.fspath(dataset)
+        path = Path(text).expanduser()
+        if path.exists():
+            ds, kind, split_used = _load_local(path, split, datasets)
+            source = str(path)
+        elif any(text.lower().endswith(s) for s in _BUILDERS) or text.startswith((".", "/", "~")):
+            raise InputError(f"dataset file {text!r} does not exist")
+        else:
+            ds, split_used = _load_hub(text, config, split, datasets)
+            source, kind = text, "hub"
+    elif isinstance(dataset, Sequence):
+        ds = _from_memory(dataset, cols, datasets)
+        source, kind, split_used = "in-memory", "in-memory", None
+    else:
+        raise InputError(
+            f"dataset must be a path, a Hub name, a datasets.Dataset or a list of strings, "
+            f"not {type(dataset).__name__}"
+        )
+
+    available = list(ds.column_names)
+    missing = [c for c in cols if c not in available]
+    if missing:
+        raise InputError(
+            f"column {missing[0]!r} not found in dataset {source!r}; available columns: "
+            f"{', '.join(available) or '(none)'} (choose with --column)"
+        )
+    total = ds.num_rows
+    if limit is not None and int(limit) < total:
+        ds = ds.select(range(int(limit)))
+    info = DatasetInfo(
+        source=source,
+        kind=kind,
+        columns=cols,
+        num_rows=ds.num_rows,
+        total_rows=total,
+        available_columns=available,
+        config=config,
+        split=split_used,
+        limit=None if limit is None else int(limit),
+        fingerprint=getattr(ds, "_fingerprint", None),
+    )
+    return ds, info
