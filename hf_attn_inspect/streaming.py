@@ -246,23 +246,35 @@ def attention_row_stats(
     edges = sorted(set(int(e) for e in (distance_edges or ())))
     all_edges = sorted(set(edges) | {int(local_window)})
     qg = query.reshape(b, hkv, g, t, d)
-    kf = key.unsqueeze(2)  # [b, hkv, 1, s, d]: no repeat for grouped heads
-    kv5 = None if key_valid is None else key_valid.to(dev).bool().reshape(b, 1, 1, 1, s)
-    masks5 = {}
-    for name, km in (("special_tokens", special), ("punctuation", punctuation)):
-        if km is not None:
-            masks5[name] = km.to(dev).float().reshape(b, 1, 1, s, 1)
+    kv5 = None
+    if key_valid is not None:
+        kvb = key_valid.to(dev).bool()
+        if not bool(kvb.all()):
+            kv5 = kvb.reshape(b, 1, 1, 1, s)
+    # keys augmented with columns so that one GEMM e @ kaug gives, per row: e@K (entropy), sum e (mass),
+    # sum e (j - k0) and sum e ((k1-1) - j) (distances, filled per tile), and the special/punctuation shares
+    extra_names = [n for n, km in (("special_tokens", special), ("punctuation", punctuation)) if km is not None]
+    kaug = torch.zeros(b, hkv, 1, s, d + 4 + len(extra_names), device=dev)
+    kaug[..., :d] = key.unsqueeze(2).float()
+    kaug[..., d] = 1.0
+    for c, km in enumerate(km for km in (special, punctuation) if km is not None):
+        kaug[..., d + 4 + c] = km.to(dev).float().reshape(b, 1, 1, s)
+    col_one, col_fwd, col_bwd = d, d + 1, d + 2  # col d+3: spare (the -m column of the augmented query)
+    ninf = float("-inf")
+    zero = torch.zeros((), device=dev)
+    bilinear = softcap is None
 
     out = {name: torch.zeros(b, hkv, g, t, device=dev) for name in ROW_QUANTITIES}
-    out["lse"] = torch.full((b, hkv, g, t), float("-inf"), device=dev)
+    out["lse"] = torch.full((b, hkv, g, t), ninf, device=dev)
     within_all = torch.zeros(b, hkv, g, t, len(all_edges), device=dev)
-    ninf = float("-inf")
+    max_edge = max(all_edges)
 
     for q0 in range(0, t, q_tile):
         q1 = min(t, q0 + q_tile)
-        qt = qg[..., q0:q1, :].float()
-        qpos = torch.arange(q0 + offset, q1 + offset, device=dev)
+        tq = q1 - q0
+        qs = qg[..., q0:q1, :].float() * scale
         pmin, pmax = q0 + offset, q1 - 1 + offset
+        qpos = torch.arange(pmin, pmax + 1, device=dev)
         tiles = []
         for k0 in range(0, s, k_tile):
             k1 = min(s, k0 + k_tile)
@@ -270,87 +282,148 @@ def attention_row_stats(
                 break
             if window is not None and (k1 - 1 <= pmin - window or (not causal and k0 >= pmax + window)):
                 continue
-            tiles.append((k0, k1))
+            if k1 - 1 <= pmin:
+                lo, hi, side = pmin - (k1 - 1), pmax - k0, 1  # every key at or before every query
+            elif k0 >= pmax:
+                lo, hi, side = k0 - pmax, k1 - 1 - pmin, -1  # every key at or after every query
+            else:
+                lo, hi, side = 0, max(pmax - k0, k1 - 1 - pmin), (1 if causal else 0)  # causal: later keys masked
+            index_mask = (causal and k1 - 1 > pmin) or (window is not None and hi >= window)
+            tiles.append((k0, k1, lo, hi, side, index_mask))
 
-        def scores(k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-            sc = torch.matmul(qt, kf[..., k0:k1, :].float().transpose(-1, -2)) * scale
+        def scores(qmat: torch.Tensor, kmat: torch.Tensor, k0: int, k1: int, index_mask: bool):
+            sc = torch.matmul(qmat, kmat[..., k0:k1, :].transpose(-1, -2))
             if softcap is not None:
                 sc = torch.tanh(sc / softcap) * softcap
             keep, bias = blocks(q0, q1, k0, k1)
             if bias is not None:
-                sc = sc + _to5(bias.float(), hkv, g)
-            dd = qpos[:, None] - torch.arange(k0, k1, device=dev)[None, :]
+                bias = _to5(bias.to(dev).float(), hkv, g)
+                sc = sc + bias
             allow = None
-            if causal:
-                allow = dd >= 0
-            if window is not None:
-                near = dd < window if causal else dd.abs() < window
-                allow = near if allow is None else allow & near
-            if keep is not None:
-                k5 = _to5(keep.bool(), hkv, g)
+            if index_mask:
+                dd = qpos[:, None] - torch.arange(k0, k1, device=dev)[None, :]
+                if causal:
+                    allow = dd >= 0
+                if window is not None:
+                    near = dd < window if causal else dd.abs() < window
+                    allow = near if allow is None else allow & near
+            if keep is not None and not bool(keep.all()):
+                k5 = _to5(keep.to(dev).bool(), hkv, g)
                 allow = k5 if allow is None else allow & k5
             if allow is not None:
-                sc = sc.masked_fill(~allow, ninf)
-            return sc, dd
+                sc.masked_fill_(~allow, ninf)
+            return sc, bias
 
-        # pass 1: row max and normaliser
-        m = torch.full((b, hkv, g, q1 - q0), ninf, device=dev)
+        # pass 1: row max m and normaliser l = sum_j exp(s_ij - m)
+        m = torch.full((b, hkv, g, tq), ninf, device=dev)
         l = torch.zeros_like(m)
-        for k0, k1 in tiles:
-            sc, _ = scores(k0, k1)
+        kf = kaug[..., :d]
+        for k0, k1, _, _, _, index_mask in tiles:
+            sc, _ = scores(qs, kf, k0, k1, index_mask)
             m_new = torch.maximum(m, sc.amax(-1))
-            m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            l = l * torch.exp(m - m_safe) + torch.exp(sc - m_safe.unsqueeze(-1)).sum(-1)
+            m_safe = torch.where(torch.isinf(m_new), zero, m_new)
+            l = l * torch.exp(m - m_safe) + sc.sub_(m_safe.unsqueeze(-1)).exp_().sum(-1)
             m = m_new
-        m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+        m_safe = torch.where(torch.isinf(m), zero, m)
         has = l > 0
-        inv_l = torch.where(has, 1.0 / l.clamp_min(1e-38), torch.zeros_like(l))
-        log_l = torch.where(has, torch.log(l.clamp_min(1e-38)), torch.zeros_like(l))
+        inv_l = torch.where(has, 1.0 / l.clamp_min(1e-38), zero)
+        log_l = torch.where(has, torch.log(l.clamp_min(1e-38)), zero)
+        thr_l = (sparsity_threshold * l).unsqueeze(-1)  # p > thr  <=>  e > thr * l   (e = exp(s - m), p = e / l)
 
-        # pass 2: probabilities block by block, accumulated into row quantities
-        acc = {name: torch.zeros_like(m) for name in ("ps", "mass", "sq_sum", "above", "mean_distance", "max_weight",
-                                                       "diagonal", "previous_token", "next_token", "first_token",
-                                                       "special_tokens", "punctuation")}
+        # pass 2: e = exp(s - m) block by block (the -m comes out of the GEMM through an extra column)
+        qaug = torch.zeros(*qs.shape[:-1], kaug.shape[-1], device=dev)
+        qaug[..., :d] = qs
+        qaug[..., d + 3] = -m_safe
+        kaug[..., d + 3] = 1.0
+        es = torch.zeros_like(m)
+        sq = torch.zeros_like(m)
+        above_n = torch.zeros_like(m)
+        mass = torch.zeros_like(m)
+        dist_sum = torch.zeros_like(m)
+        first = torch.zeros_like(m)
+        extra_acc = torch.zeros(*m.shape, len(extra_names), device=dev)
+        nbr = torch.zeros(*m.shape, 3, device=dev)  # diagonal, previous, next
+        emax = torch.zeros_like(m) if kv5 is not None else None
         within = torch.zeros(*m.shape, len(all_edges), device=dev)
-        for k0, k1 in tiles:
-            sc, dd = scores(k0, k1)
-            p = torch.exp(sc - m_safe.unsqueeze(-1)) * inv_l.unsqueeze(-1)
+        for k0, k1, lo, hi, side, index_mask in tiles:
+            kaug[..., k0:k1, col_fwd] = torch.arange(0, k1 - k0, device=dev, dtype=torch.float32)
+            kaug[..., k0:k1, col_bwd] = torch.arange(k1 - 1 - k0, -1, -1, device=dev, dtype=torch.float32)
+            if bilinear:
+                e, bias = scores(qaug, kaug, k0, k1, index_mask)
+                e = e.exp_()
+            else:  # softcap is not linear in the score: subtract the row max after it
+                sc_full, bias = scores(qs, kf, k0, k1, index_mask)
+                sc_full = sc_full - m_safe.unsqueeze(-1)
+                e = torch.exp(sc_full)
             if kv5 is not None:
-                p = p * kv5[..., k0:k1]
-            shifted = sc - m_safe.unsqueeze(-1)
-            acc["ps"] += torch.where(p > 0, p * shifted, torch.zeros((), device=dev)).sum(-1)
-            rowsum = p.sum(-1)
-            acc["mass"] += rowsum
-            acc["sq_sum"] += p.square().sum(-1)
-            above = p > sparsity_threshold
+                kvt = kv5[..., k0:k1]
+                if not bool(kvt.all()):
+                    e = e * kvt
+                emax = torch.maximum(emax, e.amax(-1))
+            agg = torch.matmul(e, kaug[..., k0:k1, :])  # [.., tq, d + 4 + extras]
+            rowsum = agg[..., col_one]
+            mass += rowsum
+            if bilinear:  # sum_j e_ij (s_ij - m_i) = q_i . (sum_j e_ij k_j) - m_i sum_j e_ij
+                es += (agg[..., :d] * qs).sum(-1) - m_safe * rowsum
+                if bias is not None:
+                    es += (e * torch.where(e > 0, bias, zero)).sum(-1)
+            else:
+                es += torch.where(e > 0, e * sc_full, zero).sum(-1)
+            sq += torch.linalg.vector_norm(e, dim=-1).square()
+            above = e > thr_l
             if kv5 is not None and sparsity_threshold < 0:
                 above = above & kv5[..., k0:k1]
-            acc["above"] += above.sum(-1).float()
-            acc["max_weight"] = torch.maximum(acc["max_weight"], p.amax(-1))
-            dist = dd.abs()
-            acc["mean_distance"] += (p * dist.float()).sum(-1)
-            lo, hi = int(dist.min()), int(dist.max())
-            if lo <= 1:
-                for name, delta in (("diagonal", 0), ("previous_token", 1), ("next_token", -1)):
-                    acc[name] += (p * (dd == delta).float()).sum(-1)
+            above_n += torch.count_nonzero(above, dim=-1)
+            if extra_names:
+                extra_acc += agg[..., d + 4 :]
+            if side == 1:  # |i - j| = (i - (k1-1)) + ((k1-1) - j)
+                dist_sum += agg[..., col_bwd] + rowsum * (qpos - (k1 - 1)).float()
+            elif side == -1:  # |i - j| = (k0 - i) + (j - k0)
+                dist_sum += agg[..., col_fwd] + rowsum * (k0 - qpos).float()
+            else:
+                dd = qpos[:, None] - torch.arange(k0, k1, device=dev)[None, :]
+                dist_sum += (e * dd.abs().float()).sum(-1)
             if k0 == 0:
-                acc["first_token"] = p[..., 0]
-            for name, km in masks5.items():
-                acc[name] += torch.matmul(p, km[..., k0:k1, :]).squeeze(-1)
-            for e_i, e in enumerate(all_edges):
-                if hi <= e:
-                    within[..., e_i] += rowsum
-                elif lo <= e:
-                    within[..., e_i] += (p * (dist <= e).float()).sum(-1)
+                first = e[..., 0].clone()
+            if lo <= max_edge:
+                # keys within |i - j| <= r of row i are one contiguous range: prefix sums answer every edge
+                rel = (qpos - k0).unsqueeze(-1)  # row i's own column in this tile (may lie outside)
+                if lo <= 1:
+                    cols = rel + torch.tensor([0, -1, 1], device=dev)
+                    inside = (cols >= 0) & (cols < k1 - k0)
+                    picked = e.gather(-1, cols.clamp(0, k1 - k0 - 1).expand(*e.shape[:-1], 3))
+                    nbr += torch.where(inside, picked, zero)
+                todo = [(i, r) for i, r in enumerate(all_edges) if lo <= r < hi]
+                for i, r in enumerate(all_edges):
+                    if hi <= r:
+                        within[..., i] += rowsum
+                if todo:
+                    csum = torch.nn.functional.pad(e.cumsum(-1), (1, 0))  # csum[.., c] = sum of columns < c
+                    radius = torch.tensor([r for _, r in todo], device=dev)
+                    left = (rel - radius).clamp(0, k1 - k0)
+                    right = (rel + radius + 1).clamp(0, k1 - k0)
+                    shape = (*e.shape[:-1], len(todo))
+                    part = csum.gather(-1, right.expand(shape)) - csum.gather(-1, left.expand(shape))
+                    within[..., [i for i, _ in todo]] += part
 
         sl = slice(q0, q1)
-        out["entropy"][..., sl] = torch.where(has, log_l * acc["mass"] - acc["ps"], torch.zeros_like(l))
-        for name in ("diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
-                     "max_weight", "mean_distance", "mass", "sq_sum", "above"):
-            out[name][..., sl] = acc[name]
-        out["local_window"][..., sl] = within[..., all_edges.index(int(local_window))]
+        il = inv_l
+        mass = mass * il
+        out["entropy"][..., sl] = torch.where(has, log_l * mass - es * il, zero)
+        out["diagonal"][..., sl] = nbr[..., 0] * il
+        out["previous_token"][..., sl] = nbr[..., 1] * il
+        out["next_token"][..., sl] = nbr[..., 2] * il
+        out["first_token"][..., sl] = first * il
+        for c, name in enumerate(extra_names):
+            out[name][..., sl] = extra_acc[..., c] * il
+        out["mean_distance"][..., sl] = dist_sum * il
+        out["mass"][..., sl] = mass
+        out["sq_sum"][..., sl] = sq * il.square()
+        out["above"][..., sl] = above_n
+        out["max_weight"][..., sl] = il if emax is None else emax * il
+        out["local_window"][..., sl] = within[..., all_edges.index(int(local_window))] * il
         out["lse"][..., sl] = torch.where(has, m_safe + log_l, torch.full_like(l, ninf))
-        within_all[..., sl, :] = within
+        within_all[..., sl, :] = within * il.unsqueeze(-1)
 
     result = {name: v.reshape(b, h, t) for name, v in out.items()}
     if edges:
@@ -550,8 +623,15 @@ class StreamingStatsProbe(Probe):
         if self._wanted(site):
             km = self.masks.get(site.stack, KeyMasks())
             is_causal = bool(getattr(module, "is_causal", False))
+            stats_mask = mask
             if isinstance(mask, LazyMask):
-                causal = is_causal and not mask.use_vmap and not mask.bidirectional
+                pad = mask.key_padding
+                if (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0:
+                    # plain patterns: positions give causality, padding is a [batch, 1, 1, S] key mask
+                    stats_mask = None if pad is None else pad[:, None, None, :]
+                    causal = mask.plain_causal
+                else:
+                    causal = is_causal and not mask.use_vmap and not mask.bidirectional
             else:
                 causal = False  # a tensor mask already says everything; no index shortcut
             self.causal[site.stack] = self.causal.get(site.stack, False) or is_causal
@@ -560,7 +640,7 @@ class StreamingStatsProbe(Probe):
                 query,
                 key,
                 scale=scaling,
-                mask=mask,
+                mask=stats_mask,
                 causal=causal,
                 window=window if causal else None,
                 key_valid=None if km.valid is None else km.valid.to(dev),
