@@ -733,7 +733,7 @@ def run_streaming(
     )
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
-    runner.run(batch, probe)
+    runner.run(batch, probe, implementation=STREAMING_NAME)
     for stack in getattr(runner, "last_causal_stacks", set()):
         probe.causal[stack] = True
     if not probe.rows:

@@ -9,8 +9,6 @@ first and renamed, so an interrupted run leaves no half-written file.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -55,23 +53,9 @@ def _read_text(path: str) -> str:
         raise InputError(f"text file '{path}' is not UTF-8 text; convert it to UTF-8 first") from None
 
 
-def _atomic(target: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from ..cli import load_inspector
+    from ..fileio import atomic_path
     from ..long_context import long_context_report, plot_distance_mass, plot_head_metric, plot_sink_curve
     from ..metrics import LOCAL_WINDOW
 
@@ -128,16 +112,18 @@ def run(args: argparse.Namespace) -> int:
 
     nl = report.metrics["layer"].nunique()
     nh = report.metrics["head"].nunique()
-    try:
-        _atomic(out / "head_metrics.csv", lambda p: report.metrics.to_csv(p, index=False))
-        _atomic(out / "sinks.csv", lambda p: report.sinks.to_csv(p, index=False))
-        _atomic(out / "distance.csv", lambda p: report.distance.to_csv(p, index=False))
-        _atomic(out / "sinks.png", save_fig(lambda ax: plot_sink_curve(report.sinks, ax=ax), (8, 4.5)))
-        _atomic(out / "distance.png", save_fig(lambda ax: plot_distance_mass(report.distance, ax=ax), (9, 0.45 * nl + 2)))
-        _atomic(out / "first_token_heads.png",
-                save_fig(lambda ax: plot_head_metric(report.metrics, "first_token", ax=ax), (0.4 * nh + 3, 0.4 * nl + 2)))
-    except OSError as exc:
-        raise OutputError(f"cannot write to '{out}': {exc.strerror}") from None
+    writers = {
+        "head_metrics.csv": lambda p: report.metrics.to_csv(p, index=False),
+        "sinks.csv": lambda p: report.sinks.to_csv(p, index=False),
+        "distance.csv": lambda p: report.distance.to_csv(p, index=False),
+        "sinks.png": save_fig(lambda ax: plot_sink_curve(report.sinks, ax=ax), (8, 4.5)),
+        "distance.png": save_fig(lambda ax: plot_distance_mass(report.distance, ax=ax), (9, 0.45 * nl + 2)),
+        "first_token_heads.png": save_fig(lambda ax: plot_head_metric(report.metrics, "first_token", ax=ax),
+                                          (0.4 * nh + 3, 0.4 * nl + 2)),
+    }
+    for name, write in writers.items():
+        with atomic_path(out / name) as tmp:
+            write(tmp)
 
     m = report.metrics
     top = m.sort_values("first_token", ascending=False).head(3)
