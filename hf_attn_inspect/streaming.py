@@ -27,7 +27,7 @@ table of :func:`hf_attn_inspect.analysis.head_metrics`, without ever holding wei
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -588,8 +588,11 @@ class StreamingStatsProbe(Probe):
         q_tile: int = 256,
         k_tile: int = 1024,
         keep: Sequence[str] | None = None,
+        reduce: bool = False,
     ) -> None:
         self.masks = masks or {}
+        self.reduce = reduce
+        self.metrics: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         self.layers = None if layers is None else set(layers)
         self.sparsity_threshold = sparsity_threshold
         self.local_window = local_window
@@ -602,7 +605,16 @@ class StreamingStatsProbe(Probe):
     def _wanted(self, site: Site) -> bool:
         return site.stack != "cross" and (self.layers is None or site.layer in self.layers)
 
-    def _store(self, site: Site, rows: dict[str, torch.Tensor]) -> None:
+    def _store(self, site: Site, rows: dict[str, torch.Tensor], causal: bool = False) -> None:
+        if self.reduce:
+            valid = self.masks.get(site.stack, KeyMasks()).valid
+            ref = rows["entropy"]
+            if valid is None:
+                valid = torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool)
+            metrics = reduce_rows(rows, valid.to(ref.device), causal=causal)
+            self.metrics.setdefault(site.stack, {})[site.layer] = {k: v.detach().cpu() for k, v in metrics.items()}
+            self.rows.setdefault(site.stack, {})[site.layer] = {}
+            return
         kept = {k: v.detach().to("cpu", torch.float32) for k, v in rows.items() if self.keep is None or k in self.keep}
         self.rows.setdefault(site.stack, {})[site.layer] = kept
 
@@ -653,7 +665,7 @@ class StreamingStatsProbe(Probe):
                 q_tile=self.q_tile,
                 k_tile=self.k_tile,
             )
-            self._store(site, rows)
+            self._store(site, rows, is_causal)
         return output, None
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
@@ -689,7 +701,7 @@ def _stack_masks(inspector: Any, batch: Any) -> dict[str, KeyMasks]:
         valid = attention.bool().cpu()
         special = encoding["special_tokens_mask"].bool() & valid if "special_tokens_mask" in encoding else None
         punct = torch.zeros_like(valid)
-        if encoding.encodings is not None:
+        if getattr(encoding, "encodings", None) is not None:
             for i, n in enumerate(lengths):
                 punct[i, :n] = punctuation_mask(encoding.tokens(i)[:n])
         return KeyMasks(valid, special, punct)
@@ -712,12 +724,14 @@ def run_streaming(
     q_tile: int = 256,
     k_tile: int = 1024,
     keep: Sequence[str] | None = None,
+    reduce: bool = False,
 ) -> StreamingStatsProbe:
     """Run one encoded ``batch`` through the inspector's model with a :class:`StreamingStatsProbe`; return the probe.
 
     Only the model's backbone (``model.base_model``) runs, so no language-model head turns a long input
-    into a ``[T, vocab]`` logits tensor. The probe's ``rows`` hold the per-row statistics; the stacks'
-    causality is in ``probe.causal``.
+    into a ``[T, vocab]`` logits tensor. The probe's ``rows`` hold the per-row statistics (``O(layers x
+    heads x T)`` floats on CPU), or with ``reduce=True`` only ``probe.metrics[stack][layer]`` (``{metric:
+    [batch, heads]}``); the stacks' causality is in ``probe.causal``.
     """
     from .inspector import AttentionInspector
 
@@ -730,11 +744,12 @@ def run_streaming(
         q_tile=q_tile,
         k_tile=k_tile,
         keep=keep,
+        reduce=reduce,
     )
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
     runner.run(batch, probe, implementation=STREAMING_NAME)
-    for stack in getattr(runner, "last_causal_stacks", set()):
+    for stack in getattr(runner, "last_causal_stacks", set()) or set():
         probe.causal[stack] = True
     if not probe.rows:
         raise CaptureError(f"{type(inspector.model).__name__} produced no self-attention statistics")
@@ -775,23 +790,24 @@ def streaming_head_metrics(
     stack = which or ("encoder" if inspector.is_encoder_decoder else "self")
     per: list[dict[str, torch.Tensor]] = []
     layer_ids: list[int] | None = None
-    causal = False
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         pchunk = None if pairs is None else list(pairs)[start : start + batch_size]
         batch = inspector.encode(chunk, pchunk, max_length=max_length, truncation=truncation)
         probe = run_streaming(inspector, batch, layers=layers, sparsity_threshold=sparsity_threshold,
-                              local_window=local_window, q_tile=q_tile, k_tile=k_tile,
-                              keep=[q for q in ROW_QUANTITIES])
+                              local_window=local_window, q_tile=q_tile, k_tile=k_tile, reduce=True)
         if stack not in probe.rows:
             raise InputError(f"no '{stack}' attention in this model; choose one of {sorted(probe.rows)}")
-        rows = probe.stacked(stack)
         layer_ids = sorted(probe.rows[stack])
-        causal = probe.causal.get(stack, False)
-        valid = probe.masks.get(stack, KeyMasks()).valid
-        if valid is None:
-            valid = torch.ones(rows["entropy"].shape[0], rows["entropy"].shape[-1], dtype=torch.bool)
-        per.append(reduce_rows(rows, valid, causal=causal))
+        if stack in probe.metrics:
+            found = probe.metrics[stack]
+            per.append({k: torch.stack([found[i][k] for i in layer_ids], 1) for k in METRICS})
+        else:  # eager fallback: rows from full weights, reduced here
+            rows = probe.stacked(stack)
+            valid = probe.masks.get(stack, KeyMasks()).valid
+            if valid is None:
+                valid = torch.ones(rows["entropy"].shape[0], rows["entropy"].shape[-1], dtype=torch.bool)
+            per.append(reduce_rows(rows, valid, causal=probe.causal.get(stack, False)))
     values = {k: torch.cat([m[k] for m in per], 0).numpy() for k in METRICS}  # [N, L, H]
     n, nl, nh = values[METRICS[0]].shape
     head_ids = list(range(nh))

@@ -25,7 +25,6 @@ from hf_attn_inspect.streaming import (
     streaming_metrics,
 )
 
-import tiny_models
 from memory_guard import MaxTensorTracker
 
 
