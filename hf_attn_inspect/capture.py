@@ -232,12 +232,17 @@ def use_implementation(model: torch.nn.Module, implementation: str) -> Iterator[
 
 
 @contextmanager
-def capture(model: torch.nn.Module, probe: Probe, implementation: str = ATTENTION_NAME) -> Iterator[_CaptureState]:
+def capture(model: torch.nn.Module, probe: Probe, implementation: str | None = None) -> Iterator[_CaptureState]:
     """Within the block, every attention call of ``model`` goes to ``probe``; yields the capture state.
+
+    ``implementation`` is the registered name the model is switched to: by default the probe's
+    ``implementation`` attribute when it has one (e.g. the streaming probe, whose mask function builds
+    no ``[T, T]`` mask), else :data:`ATTENTION_NAME` (eager masks).
 
     ``state.calls`` counts the attention calls seen (0 means the model does not dispatch through
     transformers' attention interface), ``state.causal_stacks`` names the stacks whose modules are causal.
     """
+    implementation = implementation or getattr(probe, "implementation", None) or ATTENTION_NAME
     state = _CaptureState(model, probe)
     if not hasattr(_local, "stack"):
         _local.stack = []

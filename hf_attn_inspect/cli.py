@@ -16,7 +16,7 @@ from typing import Sequence
 from .errors import AttnInspectError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
-COMMAND_MODULES: tuple[str, ...] = ("inspect", "verify", "debug", "view", "batch", "compare")
+COMMAND_MODULES: tuple[str, ...] = ("inspect", "verify", "debug", "view", "batch", "compare", "long")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -250,7 +250,7 @@ class AttentionInspector:
         return encoding, truncated
 
     # ------------------------------------------------------------------- run
-    def run(self, batch: Batch, probe: Probe, *, implementation: str = ATTENTION_NAME) -> Any:
+    def run(self, batch: Batch, probe: Probe, *, implementation: str | None = None) -> Any:
         """Run the model on ``batch`` with every attention call going to ``probe``; returns the model output.
 
         The model is put in eval mode and gradients are off for the call; its mode and attention
@@ -258,7 +258,9 @@ class AttentionInspector:
         attention interface fall back to eager ``output_attentions=True`` and the probe's
         :meth:`Probe.record` receives those weights; a model that yields no attention either way
         raises :class:`CaptureError`. ``implementation`` names the registered function/mask pair to use
-        (see :func:`~hf_attn_inspect.capture.passthrough_name`).
+        (see :func:`~hf_attn_inspect.capture.passthrough_name`); by default the probe's own
+        ``implementation`` attribute when it has one (the streaming probe's builds no ``[T, T]`` mask),
+        else the exact eager-mask capture.
         """
         model = self.model
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}

@@ -12,11 +12,18 @@ This is the single implementation of the metric definitions. The DataFrame API o
 - ``special_tokens`` / ``punctuation``: total weight on the tokenizer's special tokens / on tokens made
   only of punctuation.
 - ``max_weight``: the row maximum ("confidence"); ``mean_distance``: ``sum_j a_ij |i - j|`` in tokens.
+- ``local_window``: the weight within ``|i - j| <= w`` tokens of the query (``w`` = ``local_window``,
+  default :data:`LOCAL_WINDOW`), the query itself included.
 - ``weight_std``: population standard deviation of all ``n x n`` weights (the chapter's ``weights.std()``);
   ``sparsity``: share of those ``n x n`` weights ``<= sparsity_threshold`` (the chapter's, default 0.3).
 
 Padding rows and columns never count. A metric with no eligible row (``previous_token`` of a one-token
 sentence) is 0.
+
+Every metric is a mean (or, for ``weight_std``/``sparsity``, a pooled statistic) of *per-row* quantities
+(:data:`ROW_QUANTITIES`), reduced by :func:`reduce_rows`. :func:`sentence_metrics` computes those rows from
+full ``[T, T]`` weights; :mod:`hf_attn_inspect.streaming` computes the same rows tile by tile from the
+query and key without ever holding a ``[T, T]`` matrix; both reduce them with :func:`reduce_rows`.
 """
 
 from __future__ import annotations
@@ -27,9 +34,21 @@ import torch
 
 from .result import clean_token
 
-__all__ = ["METRICS", "sentence_metrics", "punctuation_mask", "EPS"]
+__all__ = [
+    "METRICS",
+    "ROW_QUANTITIES",
+    "LOCAL_WINDOW",
+    "sentence_metrics",
+    "row_quantities",
+    "reduce_rows",
+    "punctuation_mask",
+    "EPS",
+]
 
 EPS = 1e-10
+
+#: Default half-width ``w`` of the ``local_window`` metric, in tokens.
+LOCAL_WINDOW = 4
 
 METRICS = (
     "entropy",
@@ -44,6 +63,26 @@ METRICS = (
     "weight_std",
     "sparsity",
     "mean_distance",
+    "local_window",
+)
+
+#: Per-row quantities (``[..., T]``, one value per query row) from which :func:`reduce_rows` builds every
+#: metric: the row metrics themselves, plus ``mass`` (``sum_j a_ij``), ``sq_sum`` (``sum_j a_ij^2``) and
+#: ``above`` (number of valid keys with ``a_ij > sparsity_threshold``) for ``weight_std`` and ``sparsity``.
+ROW_QUANTITIES = (
+    "entropy",
+    "diagonal",
+    "previous_token",
+    "next_token",
+    "first_token",
+    "special_tokens",
+    "punctuation",
+    "max_weight",
+    "mean_distance",
+    "local_window",
+    "mass",
+    "sq_sum",
+    "above",
 )
 
 
@@ -68,62 +107,130 @@ def sentence_metrics(
     punctuation: torch.Tensor | None = None,
     causal: bool = False,
     sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
 ) -> dict[str, torch.Tensor]:
     """Every metric of the module docstring for each sentence and head: ``{name: [batch, ...]}``.
 
     ``weights`` is ``[batch, ..., T, T]`` (any dimensions between, e.g. ``layers, heads``); ``valid`` is
     a boolean ``[batch, T]`` mask of real tokens (default: all real); ``special``/``punctuation`` are
-    boolean ``[batch, T]`` masks of keys (missing ones give 0). Computation is vectorised over every
-    dimension; values are float32 on the weights' device.
+    boolean ``[batch, T]`` masks of keys (missing ones give 0); ``local_window`` is the half-width ``w``
+    of the ``local_window`` metric in tokens. Computation is vectorised over every dimension; values are
+    float32 on the weights' device.
     """
     w = weights.float()
     b, t = w.shape[0], w.shape[-1]
     if w.shape[-2] != t:
         raise ValueError(f"metrics need square self-attention [.., T, T], got {tuple(w.shape)}")
-    extra = (1,) * (w.dim() - 3)
     if valid is None:
         valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
+    rows = row_quantities(
+        w,
+        valid,
+        special=special,
+        punctuation=punctuation,
+        sparsity_threshold=sparsity_threshold,
+        local_window=local_window,
+    )
+    out = reduce_rows(rows, valid, causal=causal)
+    out["weight_std"] = _two_pass_std(w, valid).expand(out["weight_std"].shape).contiguous()
+    return out
+
+
+def _two_pass_std(w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Population std of the ``n x n`` valid weights, from deviations to their mean.
+
+    With full weights at hand we avoid ``E[w^2] - E[w]^2``, which cancels catastrophically in float32 for
+    near-uniform heads (whose std is tiny) and made the value depend on the padded size. The streaming
+    path, which never holds the weights, uses the power sums of :func:`reduce_rows` instead.
+    """
+    b, t = w.shape[0], w.shape[-1]
+    extra = (1,) * (w.dim() - 3)
     v = valid.to(w.device).float().reshape(b, *extra, t)
-    vq, vk = v.unsqueeze(-1), v.unsqueeze(-2)
-    w = w * vq * vk
-    n = v.sum(-1).clamp_min(1.0)  # [b, *extra]
+    cell = v.unsqueeze(-1) * v.unsqueeze(-2)
+    cells = (v.sum(-1) ** 2).clamp_min(1.0)
+    mean = (w * cell).sum((-1, -2)) / cells
+    dev = (w - mean[..., None, None]) * cell
+    return (dev.square().sum((-1, -2)) / cells).sqrt()
 
-    def rows(x: torch.Tensor, mask: torch.Tensor = v, count: torch.Tensor = n) -> torch.Tensor:
-        return (x * mask).sum(-1) / count
 
-    out: dict[str, torch.Tensor] = {}
-    out["entropy"] = rows(-(w * torch.log(w + EPS)).sum(-1))
-    if causal:
-        keys = torch.log(torch.arange(1, t + 1, device=w.device, dtype=torch.float32))
-        out["max_entropy"] = rows(keys)
-    else:
-        out["max_entropy"] = torch.log(n)
-    out["diagonal"] = rows(w.diagonal(dim1=-2, dim2=-1))
-    pairs = (n - 1).clamp_min(1.0)
-    out["previous_token"] = rows(w.diagonal(offset=-1, dim1=-2, dim2=-1), v[..., 1:], pairs)
-    out["next_token"] = rows(w.diagonal(offset=1, dim1=-2, dim2=-1), v[..., 1:], pairs)
-    out["first_token"] = rows(w[..., 0])
-    zeros = torch.zeros_like(out["first_token"])
-    for name, keys_mask in (("special_tokens", special), ("punctuation", punctuation)):
-        if keys_mask is None:
-            out[name] = zeros
-        else:
-            km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
-            out[name] = rows((w * km).sum(-1))
-    out["max_weight"] = rows(w.amax(-1))
-    cells = n * n
-    total = w.sum((-1, -2))
-    mean = total / cells
-    # two passes (deviations from the mean), not E[w^2] - E[w]^2: that cancels catastrophically in float32
-    # for near-uniform heads, whose std is tiny, and made the value depend on the padded size
-    dev = (w - mean[..., None, None]) * vq * vk
-    var = dev.square().sum((-1, -2)) / cells
-    out["weight_std"] = var.sqrt()
-    small = ((w <= sparsity_threshold).float() * vq * vk).sum((-1, -2))
-    out["sparsity"] = small / cells
+def row_quantities(
+    weights: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    special: torch.Tensor | None = None,
+    punctuation: torch.Tensor | None = None,
+    sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
+) -> dict[str, torch.Tensor]:
+    """The :data:`ROW_QUANTITIES` of full weights ``[batch, ..., T, T]``: ``{name: [batch, ..., T]}``.
+
+    Padding rows and columns (``valid`` False) are zeroed first, so they contribute nothing; row ``i``'s
+    ``previous_token`` is ``a_i,i-1`` (0 for ``i = 0``), ``next_token`` is ``a_i,i+1`` (0 for the last row).
+    """
+    w = weights.float()
+    b, t = w.shape[0], w.shape[-1]
+    extra = (1,) * (w.dim() - 3)
+    v = valid.to(w.device).float().reshape(b, *extra, t)
+    vk = v.unsqueeze(-2)
+    w = w * v.unsqueeze(-1) * vk
+    pad = torch.zeros(w.shape[:-1][:-1] + (1,), dtype=w.dtype, device=w.device)
     idx = torch.arange(t, device=w.device, dtype=torch.float32)
     dist = (idx[:, None] - idx[None, :]).abs()
-    out["mean_distance"] = rows((w * dist).sum(-1))
-    shape = w.shape[:-2]
-    return {k: out[k].expand(shape).contiguous() for k in METRICS}
+    rows: dict[str, torch.Tensor] = {}
+    rows["entropy"] = -(w * torch.log(w + EPS)).sum(-1)
+    rows["diagonal"] = w.diagonal(dim1=-2, dim2=-1)
+    rows["previous_token"] = torch.cat([pad, w.diagonal(offset=-1, dim1=-2, dim2=-1)], -1)
+    rows["next_token"] = torch.cat([w.diagonal(offset=1, dim1=-2, dim2=-1), pad], -1)
+    rows["first_token"] = w[..., 0]
+    for name, keys_mask in (("special_tokens", special), ("punctuation", punctuation)):
+        if keys_mask is None:
+            rows[name] = torch.zeros_like(rows["first_token"])
+        else:
+            km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
+            rows[name] = (w * km).sum(-1)
+    rows["max_weight"] = w.amax(-1)
+    rows["mean_distance"] = (w * dist).sum(-1)
+    rows["local_window"] = (w * (dist <= local_window)).sum(-1)
+    rows["mass"] = w.sum(-1)
+    rows["sq_sum"] = w.square().sum(-1)
+    rows["above"] = ((w > sparsity_threshold).float() * vk).sum(-1)
+    return rows
 
+
+def reduce_rows(rows: dict[str, torch.Tensor], valid: torch.Tensor, *, causal: bool = False) -> dict[str, torch.Tensor]:
+    """Turn per-row quantities ``{name: [batch, ..., T]}`` into the :data:`METRICS` ``{name: [batch, ...]}``.
+
+    Row metrics are averaged over the valid query rows (``previous_token``/``next_token`` over the
+    ``n - 1`` rows that have such a neighbour); ``max_entropy`` follows from ``valid`` and ``causal``;
+    ``weight_std`` and ``sparsity`` pool the ``n x n`` valid cells. This is the one place where rows
+    become metrics, for the materialised and the streaming paths alike.
+    """
+    ref = rows["entropy"]
+    b, t = valid.shape
+    extra = (1,) * (ref.dim() - 2)
+    v = valid.to(ref.device).float().reshape(b, *extra, t)
+    n_raw = v.sum(-1)
+    n = n_raw.clamp_min(1.0)
+
+    def mean(x: torch.Tensor, count: torch.Tensor = n) -> torch.Tensor:
+        return (x.float() * v).sum(-1) / count
+
+    out: dict[str, torch.Tensor] = {}
+    for name in ("entropy", "diagonal", "first_token", "special_tokens", "punctuation", "max_weight",
+                 "mean_distance", "local_window"):
+        out[name] = mean(rows[name])
+    pairs = (n - 1).clamp_min(1.0)
+    out["previous_token"] = mean(rows["previous_token"], pairs)
+    out["next_token"] = mean(rows["next_token"], pairs)
+    if causal:
+        keys = torch.log(torch.arange(1, t + 1, device=ref.device, dtype=torch.float32))
+        out["max_entropy"] = mean(keys)
+    else:
+        out["max_entropy"] = torch.log(n)
+    cells = n * n
+    avg = mean(rows["mass"], 1.0) / cells
+    var = (mean(rows["sq_sum"], 1.0) / cells - avg.square()).clamp_min(0.0)
+    out["weight_std"] = var.sqrt()
+    out["sparsity"] = (n_raw * n_raw - mean(rows["above"], 1.0)) / cells
+    shape = ref.shape[:-1]
+    return {k: out[k].expand(shape).contiguous() for k in METRICS}

@@ -9,7 +9,10 @@ from transformers import AutoTokenizer
 
 from hf_attn_inspect import default_model_path
 
-FAMILIES = ("bert", "gpt2", "llama", "bart", "sdpa_bert", "deberta")
+FAMILIES = ("bert", "gpt2", "llama", "bart", "sdpa_bert", "deberta", "llama_long")
+
+#: Positions of the long-context tiny Llama (``llama_long``) and of its saved tokenizer.
+LONG_POSITIONS = 32768
 
 
 def tokenizer():
@@ -38,6 +41,11 @@ def build(family: str, seed: int = 0):
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                              pad_token_id=0)
         model = tf.LlamaForCausalLM(cfg)
+    elif family == "llama_long":  # long-context tiny Llama: GQA 4q/2kv heads, RoPE, 32k positions
+        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=LONG_POSITIONS,
+                             pad_token_id=0)
+        model = tf.LlamaForCausalLM(cfg)
     elif family == "bart":
         cfg = tf.BartConfig(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2,
                             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
@@ -57,5 +65,8 @@ def save(family: str, directory: Path) -> Path:
     """Save a tiny ``family`` model and the tokenizer to ``directory`` (for the command line)."""
     model = build(family)
     model.save_pretrained(directory)
-    tokenizer().save_pretrained(directory)
+    tok = tokenizer()
+    if family == "llama_long":
+        tok.model_max_length = LONG_POSITIONS
+    tok.save_pretrained(directory)
     return directory

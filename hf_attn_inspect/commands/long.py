@@ -1,0 +1,137 @@
+"""``hf-attn-inspect long TEXT_FILE --out DIR``: long-document report from streaming statistics (no [T, T] weights).
+
+Writes to DIR: ``head_metrics.csv`` (one row per layer and head), ``sinks.csv`` (first-token share by
+query-position bin), ``distance.csv`` (attention mass by distance bucket), and the figures
+``sinks.png``, ``distance.png`` and ``first_token_heads.png``. Every file is written to a temporary name
+first and renamed, so an interrupted run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError, OutputError
+
+FILES = ("head_metrics.csv", "sinks.csv", "distance.csv", "sinks.png", "distance.png", "first_token_heads.png")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli import add_model_options
+
+    p = subparsers.add_parser(
+        "long",
+        help="long-document attention report (sinks, distance profile, per-head metrics) without [T, T] memory",
+        description="Analyse one long text with streaming attention statistics: per layer and head metrics, "
+        "first-token (sink) share by query position and attention mass by distance bucket, as CSV and figures.",
+    )
+    p.add_argument("text_file", metavar="TEXT_FILE", help="UTF-8 text file holding the document ('-' for stdin)")
+    p.add_argument("--out", "-o", required=True, help="output directory (created if missing)")
+    add_model_options(p)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="truncate the document to this many tokens (default: the model's maximum)")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="0-based layers to analyse (default: all)")
+    p.add_argument("--local-window", type=int, default=None, help="half-width w of the local_window metric (tokens)")
+    p.add_argument("--bins", type=int, default=32, help="number of query-position bins of the sink curve (default 32)")
+    p.add_argument("--q-tile", type=int, default=512, help="query rows per tile (memory/speed trade-off)")
+    p.add_argument("--k-tile", type=int, default=2048, help="keys per tile (memory/speed trade-off)")
+    p.set_defaults(func=run)
+
+
+def _read_text(path: str) -> str:
+    import sys
+
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"text file '{path}' does not exist; give the path of a UTF-8 text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"text file '{path}' is not UTF-8 text; convert it to UTF-8 first") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import load_inspector
+    from ..fileio import atomic_path
+    from ..long_context import long_context_report, plot_distance_mass, plot_head_metric, plot_sink_curve
+    from ..metrics import LOCAL_WINDOW
+
+    for name, value in (("--bins", args.bins), ("--q-tile", args.q_tile), ("--k-tile", args.k_tile)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if args.max_length is not None and args.max_length < 2:
+        raise InputError(f"--max-length must be at least 2, got {args.max_length}")
+    if args.local_window is not None and args.local_window < 0:
+        raise InputError(f"--local-window must be 0 or more, got {args.local_window}")
+    text = _read_text(args.text_file)
+    if not text.strip():
+        raise InputError(f"text file '{args.text_file}' is empty; give a file with some text in it")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is a file; give a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory '{out}': {exc.strerror}") from None
+
+    inspector = load_inspector(args)
+    if args.layers is not None:
+        bad = [layer for layer in args.layers if not 0 <= layer < inspector.num_layers]
+        if bad:
+            raise InputError(f"layer {bad[0]} does not exist; this model has layers 0-{inspector.num_layers - 1}")
+    report = long_context_report(
+        inspector,
+        text,
+        max_length=args.max_length,
+        layers=args.layers,
+        bins=args.bins,
+        local_window=LOCAL_WINDOW if args.local_window is None else args.local_window,
+        q_tile=args.q_tile,
+        k_tile=args.k_tile,
+    )
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save_fig(draw: Callable[[object], object], size: tuple[float, float]) -> Callable[[str], None]:
+        def write(tmp: str) -> None:
+            fig, ax = plt.subplots(figsize=size)
+            try:
+                draw(ax)
+                fig.tight_layout()
+                fig.savefig(tmp, dpi=100, format="png")
+            finally:
+                plt.close(fig)
+
+        return write
+
+    nl = report.metrics["layer"].nunique()
+    nh = report.metrics["head"].nunique()
+    writers = {
+        "head_metrics.csv": lambda p: report.metrics.to_csv(p, index=False),
+        "sinks.csv": lambda p: report.sinks.to_csv(p, index=False),
+        "distance.csv": lambda p: report.distance.to_csv(p, index=False),
+        "sinks.png": save_fig(lambda ax: plot_sink_curve(report.sinks, ax=ax), (8, 4.5)),
+        "distance.png": save_fig(lambda ax: plot_distance_mass(report.distance, ax=ax), (9, 0.45 * nl + 2)),
+        "first_token_heads.png": save_fig(lambda ax: plot_head_metric(report.metrics, "first_token", ax=ax),
+                                          (0.4 * nh + 3, 0.4 * nl + 2)),
+    }
+    for name, write in writers.items():
+        with atomic_path(out / name) as tmp:
+            write(tmp)
+
+    m = report.metrics
+    top = m.sort_values("first_token", ascending=False).head(3)
+    near = report.distance[report.distance["high"].between(0, 4)].groupby("layer")["mass"].sum() / nh
+    print(f"{report.model_name}: {report.n_tokens} tokens{' (truncated)' if report.truncated else ''}, "
+          f"{nl} layers x {nh} heads, {'causal' if report.causal else 'bidirectional'} attention")
+    print("strongest sink heads (mean attention on the first token): " + ", ".join(
+        f"L{int(r.layer)}H{int(r.head)} {r.first_token:.2f}" for r in top.itertuples()))
+    print("attention within 4 tokens, per layer: " + ", ".join(f"L{int(k)} {v:.2f}" for k, v in near.items()))
+    print(f"wrote {', '.join(FILES)} to {out}")
+    return 0
