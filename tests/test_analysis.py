@@ -77,6 +77,7 @@ def numpy_metrics(a: np.ndarray, tokens: list[str], special: list[bool]) -> dict
         "weight_std": a.std(),
         "sparsity": (a <= 0.3).mean(),
         "mean_distance": (a * np.abs(idx[:, None] - idx[None, :])).sum(1).mean(),
+        "local_window": np.mean([a[i, max(0, i - 4) : i + 5].sum() for i in range(n)]),
     }
     return {k: float(v) for k, v in out.items()}
 
