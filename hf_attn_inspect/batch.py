@@ -92,22 +92,34 @@ def classify_sentence_heads(values: dict[str, torch.Tensor]) -> tuple[tuple[str,
 
 # --------------------------------------------------------------------------- the probe
 def _fast_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float | None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and float32 weights of float32, non-GQA attention with an additive (or no) mask.
 
-    Same numbers as the core (one matmul, one softmax, one matmul, in float32), without the core's
-    mask analysis: the model's additive eager mask (0 / dtype minimum) is added to the scores as is, so
+    Same numbers as the core (scores, softmax and weighted sum in float32), without the core's mask
+    analysis: the model's additive eager mask (0 / dtype minimum) is added to the scores as is, so
     masked keys get exactly 0. Rows whose keys are all masked (padding queries) come out uniform instead
-    of 0; they are padding, which every statistic ignores.
+    of 0; they are padding, which every statistic ignores. The scores are computed into ``scratch``
+    (a buffer reused from layer to layer) and the softmax is done in place: on CPU, allocating fresh
+    ``[batch, heads, T, T]`` tensors costs more than the arithmetic.
     """
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    scores = torch.matmul(query, key.transpose(-1, -2))
+    shape = (*query.shape[:-1], key.shape[-2])
+    if scratch is not None and tuple(scratch.shape) == shape:
+        scores = torch.matmul(query, key.transpose(-1, -2), out=scratch)
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2))
     scores.mul_(scale)
     if mask is not None:
         scores.add_(mask)
-    weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value), weights
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    scores.div_(scores.sum(-1, keepdim=True))
+    return torch.matmul(scores, value), scores
 
 
 class SentenceStatsProbe(Probe):
@@ -143,6 +155,7 @@ class SentenceStatsProbe(Probe):
         self.stacks = set(stacks)
         self.values: dict[int, torch.Tensor] = {}
         self.causal = False
+        self._scratch: torch.Tensor | None = None
 
     def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # noqa: ANN001
         if site.stack not in self.stacks:
@@ -157,7 +170,10 @@ class SentenceStatsProbe(Probe):
             and (mask is None or (mask.is_floating_point() and mask.dtype == torch.float32))
         )
         if fast:
-            output, weights = _fast_attention(query, key, value, mask, scaling)
+            shape = (*query.shape[:-1], key.shape[-2])
+            if self._scratch is None or tuple(self._scratch.shape) != shape:
+                self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
+            output, weights = _fast_attention(query, key, value, mask, scaling, self._scratch)
         else:
             output, weights = scaled_dot_product_attention_with_weights(
                 query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")

@@ -83,16 +83,22 @@ def sentence_metrics(
     extra = (1,) * (w.dim() - 3)
     if valid is None:
         valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
-    v = valid.to(w.device).float().reshape(b, *extra, t)
-    vq, vk = v.unsqueeze(-1), v.unsqueeze(-2)
-    w = w * vq * vk
-    n = v.sum(-1).clamp_min(1.0)  # [b, *extra]
+    valid = valid.to(w.device).bool()
+    v = valid.float().reshape(b, *extra, t)
+    # One pass zeroes padding rows and columns (cells is the small [b, 1.., T, T] mask).
+    cells_mask = (valid[:, :, None] & valid[:, None, :]).float().reshape(b, *extra, t, t)
+    w = torch.mul(w, cells_mask)
+    n_real = v.sum(-1)
+    n = n_real.clamp_min(1.0)  # [b, *extra]
 
     def rows(x: torch.Tensor, mask: torch.Tensor = v, count: torch.Tensor = n) -> torch.Tensor:
         return (x * mask).sum(-1) / count
 
     out: dict[str, torch.Tensor] = {}
-    out["entropy"] = rows(-(w * torch.log(w + EPS)).sum(-1))
+    # -a ln(a + eps) summed over keys (log computed in place on the one temporary).
+    # Full-size temporaries reuse one scratch buffer: fresh [.., T, T] allocations cost more than the math.
+    tmp = torch.empty_like(w)
+    out["entropy"] = rows(-torch.add(w, EPS, out=tmp).log_().mul_(w).sum(-1))
     if causal:
         keys = torch.log(torch.arange(1, t + 1, device=w.device, dtype=torch.float32))
         out["max_entropy"] = rows(keys)
@@ -109,18 +115,24 @@ def sentence_metrics(
             out[name] = zeros
         else:
             km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
-            out[name] = rows((w * km).sum(-1))
+            out[name] = rows(torch.mul(w, km, out=tmp).sum(-1))
     out["max_weight"] = rows(w.amax(-1))
     cells = n * n
     total = w.sum((-1, -2))
     mean = total / cells
-    var = (w.square().sum((-1, -2)) / cells - mean.square()).clamp_min(0.0)
+    squares = torch.linalg.vector_norm(w, dim=(-1, -2)).square()
+    var = (squares / cells - mean.square()).clamp_min(0.0)
     out["weight_std"] = var.sqrt()
-    small = ((w <= sparsity_threshold).float() * vq * vk).sum((-1, -2))
+    if sparsity_threshold >= 0:
+        # Padding cells are 0 <= threshold: count every cell, then remove the padding ones.
+        le = torch.le(w, sparsity_threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
+        small = le.sum((-1, -2), dtype=torch.float32) - (t * t - n_real * n_real)
+    else:
+        small = torch.mul((w <= sparsity_threshold), cells_mask, out=tmp).sum((-1, -2))
     out["sparsity"] = small / cells
     idx = torch.arange(t, device=w.device, dtype=torch.float32)
     dist = (idx[:, None] - idx[None, :]).abs()
-    out["mean_distance"] = rows((w * dist).sum(-1))
+    out["mean_distance"] = rows(torch.mul(w, dist, out=tmp).sum(-1))
     shape = w.shape[:-2]
     return {k: out[k].expand(shape).contiguous() for k in METRICS}
 
