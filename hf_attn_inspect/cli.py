@@ -16,7 +16,7 @@ from typing import Sequence
 from .errors import AttnInspectError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
-COMMAND_MODULES: tuple[str, ...] = ("batch",)
+COMMAND_MODULES: tuple[str, ...] = ("inspect", "verify", "batch")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 1 check failed, 2 bad input)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _one_line_warning

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .capture import WeightsProbe, Probe, Site, capture, use_implementation
+from .capture import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
 from .errors import CaptureError, InputError, ModelLoadError
 from .result import AttentionResult
 
@@ -250,14 +250,15 @@ class AttentionInspector:
         return encoding, truncated
 
     # ------------------------------------------------------------------- run
-    def run(self, batch: Batch, probe: Probe) -> Any:
+    def run(self, batch: Batch, probe: Probe, *, implementation: str = ATTENTION_NAME) -> Any:
         """Run the model on ``batch`` with every attention call going to ``probe``; returns the model output.
 
         The model is put in eval mode and gradients are off for the call; its mode and attention
         implementation are restored afterwards. Models that do not dispatch through transformers'
         attention interface fall back to eager ``output_attentions=True`` and the probe's
         :meth:`Probe.record` receives those weights; a model that yields no attention either way
-        raises :class:`CaptureError`.
+        raises :class:`CaptureError`. ``implementation`` names the registered function/mask pair to use
+        (see :func:`~hf_attn_inspect.capture.passthrough_name`).
         """
         model = self.model
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
@@ -265,7 +266,7 @@ class AttentionInspector:
         model.eval()
         try:
             with torch.no_grad():
-                with capture(model, probe) as state:
+                with capture(model, probe, implementation) as state:
                     output = model(**inputs)
                 self.last_causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, OutputError
+from .errors import InputError
+from .fileio import atomic_path
 
 __all__ = ["AttentionResult", "clean_token"]
 
@@ -155,18 +155,8 @@ class AttentionResult:
         if self.cross_attentions is not None:
             tensors["cross_attentions"] = self.cross_attentions.contiguous()
         metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-            os.close(fd)
-            try:
-                save_file(tensors, tmp, metadata=metadata)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
         return path
 
     @classmethod

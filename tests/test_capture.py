@@ -147,5 +147,26 @@ def test_save_and_load_round_trip(tmp_path, tiny_model, tiny_tokenizer):
     back = type(r).load(path)
     assert back.tokens == r.tokens and back.decoder_tokens == r.decoder_tokens
     assert torch.equal(back.attentions, r.attentions) and torch.equal(back.cross_attentions, r.cross_attentions)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.safetensors"]
     assert b"pickle" not in path.read_bytes()[:200]
+
+
+def test_sliding_window_mask_is_honoured(tiny_tokenizer):
+    """Mistral with a 4-token sliding window: keys further back than the window get exactly 0."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.MistralConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                           max_position_embeddings=256, pad_token_id=0)
+    model = tf.MistralForCausalLM(cfg).eval()
+    inspector = AttentionInspector(model, tiny_tokenizer)
+    results = inspector(SENTENCES[:4])
+    for text, r in zip(SENTENCES[:4], results):
+        ref = eager_alone(model, tiny_tokenizer, text)["self"]
+        assert torch.allclose(r.attentions, ref, atol=1e-6)
+        t = r.seq_len
+        i, j = torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij")
+        outside = (j > i) | (i - j >= 4)
+        assert (r.attentions[..., outside] == 0).all()
+        assert (r.attentions[..., ~outside] > 0).all()

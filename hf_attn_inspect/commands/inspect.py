@@ -1,0 +1,95 @@
+"""``hf-attn-inspect inspect``: plot one text's attention and print the chosen head's pattern analysis."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from ..cli import add_model_options, load_inspector
+from ..errors import InputError, OutputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="plot a text's attention (head, layer, model view) and analyse one head",
+        description="Run TEXT through the model, write the chosen head's heatmap, the chosen layer's heads and "
+        "the layers x heads model view as images, and print the pattern analysis of the chosen head.",
+    )
+    p.add_argument("text", metavar="TEXT", help="the text to inspect")
+    add_model_options(p)
+    p.add_argument("--pair", default=None, metavar="TEXT2",
+                   help="second text: a sentence pair, or the decoder text of an encoder-decoder model")
+    p.add_argument("--layer", type=int, default=0, help="layer to plot and analyse (0-based, default 0)")
+    p.add_argument("--head", type=int, default=0, help="head to plot and analyse (0-based, default 0)")
+    p.add_argument("--attention", default="self", choices=["self", "decoder", "cross"],
+                   help="for encoder-decoder models: encoder self-, decoder self- or cross-attention")
+    p.add_argument("--out", default="attention_out", help="output directory (default ./attention_out)")
+    p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
+    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
+    p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
+    p.set_defaults(func=run)
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and prove it is writable, before any model work is done."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _check_index(value: int, limit: int, what: str) -> None:
+    if not 0 <= value < limit:
+        raise InputError(f"{what} {value} is out of range; valid {what}s: 0..{limit - 1}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import analyze_attention_pattern, format_attention_analysis
+    from ..plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
+    from ..result import clean_token
+
+    if not args.text.strip():
+        raise InputError("text is empty or blank")
+    if args.pair is not None and not args.pair.strip():
+        raise InputError("--pair text is empty or blank")
+    if args.max_length is not None and args.max_length < 2:
+        raise InputError("--max-length must be at least 2")
+    out = prepare_output_dir(args.out)
+    inspector = load_inspector(args)
+    dims = inspector.dims()
+    stack = {"self": "encoder" if inspector.is_encoder_decoder else "self"}.get(args.attention, args.attention)
+    if stack not in dims:
+        raise InputError(f"--attention {args.attention} needs an encoder-decoder model; this one has only self-attention")
+    layers, heads = dims[stack]
+    _check_index(args.layer, layers, "layer")
+    _check_index(args.head, heads, "head")
+
+    result = inspector(args.text, args.pair, max_length=args.max_length, truncation=not args.no_truncate)
+    att, q_tokens, k_tokens = result.stack(args.attention)
+    q_labels, k_labels = [clean_token(t) for t in q_tokens], [clean_token(t) for t in k_tokens]
+    weights = result.head(args.layer, args.head, args.attention)
+    name = f"{args.attention}_" if args.attention != "self" else ""
+    written = []
+    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}")
+    written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
+    fig = plot_multi_head_attention(result.layer(args.layer, args.attention), q_labels if q_labels == k_labels else None,
+                                    title=f"layer {args.layer}: all heads")
+    written.append(save_figure(fig, out / f"{name}layer_{args.layer}_heads.{args.format}"))
+    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids)
+    written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
+
+    print(f"model: {inspector.name}")
+    print(f"tokens ({len(q_tokens)}): {' '.join(q_tokens)}")
+    if weights.shape[0] == weights.shape[1]:
+        title = f"ATTENTION PATTERN ANALYSIS  layer {args.layer}, head {args.head}"
+        print(format_attention_analysis(analyze_attention_pattern(weights), title=title))
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,33 @@
+"""``hf-attn-inspect verify``: prove that captured attention equals the model's own, layer by layer."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import add_model_options, load_inspector
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check captured weights against eager output_attentions and outputs against the model's own attention",
+        description="For every layer, on one padded batch: captured weights vs eager output_attentions, and "
+        "reference weights @ V vs the attention output of the model's own implementation. "
+        "Exit 0 when every difference is within tolerance, 1 otherwise, 2 on bad input.",
+    )
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to check (default: 4 built-in sentences of different lengths)")
+    add_model_options(p)
+    p.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted absolute difference (default 1e-5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..verify import verify
+
+    if any(not t.strip() for t in args.texts):
+        raise InputError("a text is empty or blank")
+    inspector = load_inspector(args)
+    report = verify(inspector, args.texts or None, tolerance=args.tolerance)
+    print(report.format())
+    return 0 if report.passed else 1

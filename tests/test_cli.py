@@ -1,0 +1,110 @@
+"""The command line: the README's first command, verify on every family, one-line errors with exit 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from hf_attn_inspect.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+
+
+def run_cli(*args, cwd=None):
+    """Run the real console entry point in a subprocess (so exit codes and stderr are the user's)."""
+    return subprocess.run([sys.executable, "-m", "hf_attn_inspect", *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=600)
+
+
+def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
+    proc = run_cli("inspect", "The cat sat on the mat.", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ATTENTION PATTERN ANALYSIS" in proc.stdout and "mean entropy" in proc.stdout
+    assert "[CLS] the cat sat on the mat . [SEP]" in proc.stdout
+    pngs = sorted((tmp_path / "attention_out").glob("*.png"))
+    assert [p.name for p in pngs] == ["head_L0_H0.png", "layer_0_heads.png", "model_view.png"]
+    for p in pngs:
+        with Image.open(p) as img:
+            img.verify()
+        with Image.open(p) as img:
+            assert img.size[0] > 300 and img.size[1] > 300
+    assert "Traceback" not in proc.stderr
+
+
+def test_inspect_pair_layer_head_svg(tmp_path, capsys):
+    code = main(["inspect", "The cat sat.", "--pair", "It slept.", "--layer", "5", "--head", "11",
+                 "--out", str(tmp_path), "--format", "svg"])
+    assert code == 0
+    assert (tmp_path / "head_L5_H11.svg").read_text().startswith("<?xml")
+    assert "layer 5, head 11" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inspect", "   "], "empty"),
+        (["inspect", ""], "empty"),
+        (["inspect", "hi", "--layer", "6"], "valid layers: 0..5"),
+        (["inspect", "hi", "--head", "-1"], "valid heads: 0..11"),
+        (["inspect", "hi", "--model", "/nonexistent/model-dir"], "cannot load model"),
+        (["inspect", "word " * 600, "--no-truncate"], "more than the maximum"),
+        (["verify", " "], "empty"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    proc = run_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "inspect" else run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unknown_model_points_to_local_path_and_default():
+    proc = run_cli("verify", "--model", "no-such-org/no-such-model-xyz")
+    assert proc.returncode == 2
+    assert "local model directory" in proc.stderr and "embedded default" in proc.stderr
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = run_cli("inspect", "hi", "--out", str(blocker / "out"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write to output directory")
+
+
+def test_long_text_is_truncated_with_visible_warning(tmp_path):
+    proc = run_cli("inspect", "word " * 600, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" in proc.stderr and "truncated to 512" in proc.stderr
+
+
+def test_verify_passes_on_the_embedded_default(capsys):
+    assert main(["verify"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and out.count("\nself ") == 6
+
+
+@pytest.mark.parametrize("family", ["bert", "sdpa_bert", "gpt2", "llama", "bart", "deberta"])
+def test_verify_passes_on_each_family(family, tiny_dir, capsys):
+    code = main(["verify", "--model", str(tiny_dir(family)), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    layers = 6 if family == "bart" else 2
+    assert sum(line.split()[0] in ("self", "encoder", "decoder", "cross") for line in out.splitlines()[2:]) == layers
+
+
+def test_verify_fails_when_capture_is_wrong(monkeypatch, capsys):
+    """A planted error in the reference core must turn verify red (exit 1)."""
+    import hf_attn_inspect.capture as capture
+
+    original = capture.scaled_dot_product_attention_with_weights
+
+    def skewed(q, k, v, mask=None, **kw):
+        out, w = original(q, k, v, mask, **kw)
+        return out * 1.001, w
+
+    monkeypatch.setattr(capture, "scaled_dot_product_attention_with_weights", skewed)
+    assert main(["verify"]) == 1
+    assert "FAIL" in capsys.readouterr().out
