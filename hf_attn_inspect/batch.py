@@ -58,36 +58,42 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- pattern classes
-PATTERN_CLASSES = ("previous", "next", "diagonal", "special", "first", "broad", "focused", "mixed")
+PATTERN_CLASSES = ("previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed")
+
+# Same names, thresholds and order as ``analysis.classify_heads`` (issue 3's PatternThresholds), applied
+# to each sentence's values instead of the dataset means.
+PATTERN_THRESHOLDS = {"previous": 0.5, "next": 0.5, "diagonal": 0.5, "column": 0.6, "broad": 0.78,
+                      "uniform": 0.95, "sparse": 0.6}
 
 
-def classify_sentence_heads(values: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+def classify_sentence_heads(
+    values: dict[str, torch.Tensor], thresholds: dict[str, float] | None = None
+) -> tuple[tuple[str, ...], torch.Tensor]:
     """Pattern class of every (sentence, layer, head) from its per-sentence metrics.
 
-    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``). Returns
-    ``(class names, index tensor)`` of that shape. Rules, first match wins (the chapter's pattern table
-    with Clark et al. 2019's thresholds): ``previous`` (``previous_token`` > 0.5), ``next``
-    (``next_token`` > 0.5), ``diagonal`` (``diagonal`` > 0.5), ``special`` (a column on special tokens:
-    ``special_tokens`` > 0.6), ``first`` (a column on the first token: ``first_token`` > 0.5), ``broad``
-    (``entropy`` >= 0.9 x ``max_entropy``: near uniform), ``focused`` (``max_weight`` > 0.7 on average:
-    each row puts most weight on one token somewhere else), otherwise ``mixed``. This is the single place
-    the engine classifies heads; it is meant to follow :mod:`hf_attn_inspect.analysis`'s classifier.
+    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``); it needs
+    ``previous_token``, ``next_token``, ``diagonal``, ``column_share`` (the largest mean column weight
+    ``max_j mean_i a_ij``; ``special_tokens`` stands in when absent), ``entropy``, ``max_entropy`` and
+    ``max_weight``. Returns ``(class names, index tensor)`` of that shape. The rules are the pattern
+    table's (Clark et al. 2019 thresholds, see ``PATTERN_THRESHOLDS``): among ``previous``/``next``/
+    ``diagonal``/``column``, the one whose share is furthest above its threshold (share / threshold >= 1,
+    first in that order on ties); otherwise ``uniform`` when entropy >= 0.95 x max entropy, ``broad``
+    when >= 0.78 x, ``sparse`` when the mean row maximum >= 0.6, else ``mixed``.
     """
-    ref = values["entropy"]
-    cls = torch.full(ref.shape, PATTERN_CLASSES.index("mixed"), dtype=torch.long, device=ref.device)
+    th = dict(PATTERN_THRESHOLDS, **(thresholds or {}))
+    column = values.get("column_share", values["special_tokens"])
+    scores = torch.stack([values["previous_token"] / th["previous"], values["next_token"] / th["next"],
+                          values["diagonal"] / th["diagonal"], column / th["column"]], -1)
+    best_score, best = scores.max(-1)
     max_ent = values["max_entropy"]
-    rules = [
-        ("previous", values["previous_token"] > 0.5),
-        ("next", values["next_token"] > 0.5),
-        ("diagonal", values["diagonal"] > 0.5),
-        ("special", values["special_tokens"] > 0.6),
-        ("first", values["first_token"] > 0.5),
-        ("broad", (max_ent > 0) & (values["entropy"] >= 0.9 * max_ent)),
-        ("focused", values["max_weight"] > 0.7),
-    ]
-    for name, hit in reversed(rules):  # reversed so the first rule wins
-        cls = torch.where(hit, torch.full_like(cls, PATTERN_CLASSES.index(name)), cls)
-    return PATTERN_CLASSES, cls
+    ratio = torch.where(max_ent > 0, values["entropy"] / max_ent.clamp_min(1e-12), torch.ones_like(max_ent))
+    idx = PATTERN_CLASSES.index
+    fallback = torch.where(
+        ratio >= th["uniform"], idx("uniform"),
+        torch.where(ratio >= th["broad"], idx("broad"),
+                    torch.where(values["max_weight"] >= th["sparse"], idx("sparse"), idx("mixed"))),
+    )
+    return PATTERN_CLASSES, torch.where(best_score >= 1.0, best, fallback).long()
 
 
 # --------------------------------------------------------------------------- the probe
@@ -137,7 +143,7 @@ class SentenceStatsProbe(Probe):
     ``per_sentence()``.
     """
 
-    metric_names: tuple[str, ...] = METRICS
+    metric_names: tuple[str, ...] = METRICS + ("column_share",)
 
     def __init__(
         self,
@@ -197,6 +203,11 @@ class SentenceStatsProbe(Probe):
             causal=causal,
             sparsity_threshold=self.sparsity_threshold,
         )
+        # column_share: the largest mean column weight max_j mean_i a_ij (the "column" pattern)
+        v = self.valid.to(dev).float()
+        cols = torch.matmul(v[:, None, None, :], weights).squeeze(-2)  # sum over valid query rows
+        cols = cols * v[:, None, :] / v.sum(-1).clamp_min(1.0)[:, None, None]
+        m["column_share"] = cols.amax(-1)
         self.values[site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
 
     def per_sentence(self) -> torch.Tensor:
@@ -519,7 +530,7 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
             if bar is not None:
                 bar.update(len(idx))
     if stats is None:  # nothing usable in this shard
-        names = getattr(probe_factory, "metric_names", METRICS)
+        names = tuple(getattr(probe_factory, "metric_names", METRICS))
         stats = ShardStats.empty(nl, nh, names, classify({k: torch.zeros(1) for k in names})[0])
     stats.rows = stop - start
     stats.truncated = truncated
@@ -694,7 +705,7 @@ def _report_text(head_stats: pd.DataFrame, layer: pd.DataFrame, run: dict[str, A
     ]
     classes = [col[len("share_"):] for col in head_stats.columns if col.startswith("share_")]
     metric_of = {"previous": "previous_token", "next": "next_token", "diagonal": "diagonal",
-                 "special": "special_tokens", "first": "first_token", "broad": "entropy", "focused": "max_weight"}
+                 "column": "column_share", "uniform": "entropy", "broad": "entropy", "sparse": "max_weight"}
     found = False
     for cls in classes:
         if cls == "mixed":

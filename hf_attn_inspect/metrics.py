@@ -120,8 +120,10 @@ def sentence_metrics(
     cells = n * n
     total = w.sum((-1, -2))
     mean = total / cells
-    squares = torch.linalg.vector_norm(w, dim=(-1, -2)).square()
-    var = (squares / cells - mean.square()).clamp_min(0.0)
+    # two passes (deviations from the mean), not E[w^2] - E[w]^2, which cancels in float32 for
+    # near-uniform heads; padding cells are masked out of the deviations.
+    dev = torch.sub(w, mean[..., None, None], out=tmp).mul_(cells_mask)
+    var = torch.linalg.vector_norm(dev, dim=(-1, -2)).square() / cells
     out["weight_std"] = var.sqrt()
     if sparsity_threshold >= 0:
         # Padding cells are 0 <= threshold: count every cell, then remove the padding ones.
