@@ -134,13 +134,23 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def child(mode: str, n: int, batch_size: int, threads: int | None, device: str | None) -> None:
+def spread(texts: list[str], k: int | None) -> list[str]:
+    """``k`` texts evenly spread over ``texts`` (same length mix), or all of them."""
+    if not k or k >= len(texts):
+        return texts
+    step = len(texts) / k
+    return [texts[int(i * step)] for i in range(k)]
+
+
+def child(mode: str, n: int, batch_size: int, threads: int | None, device: str | None, chapter_n: int | None) -> None:
     from hf_attn_inspect.datasets_io import sample_sentences
 
     if threads:
         torch.set_num_threads(threads)
     inspector = load(device)
     texts = sample_sentences(n)
+    if mode == "c":
+        texts = spread(texts, chapter_n)
     eager = eager_copy(inspector) if mode == "c" else None
     base = rss_mib()
     if inspector.device.type == "cuda":
@@ -159,6 +169,8 @@ def measure_child(mode, n, args) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.device:
         cmd += ["--device", args.device]
+    if args.chapter_n:
+        cmd += ["--chapter-n", str(args.chapter_n)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -177,7 +189,7 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.n, args.batch_size, args.threads, args.device)
+        child(args.child, args.n, args.batch_size, args.threads, args.device, args.chapter_n)
         return
 
     from hf_attn_inspect.datasets_io import sample_sentences
@@ -204,10 +216,7 @@ def main() -> None:
     for _ in range(args.repeats):
         times["a"].append(run_plain(inspector, texts, args.batch_size))
         times["b"].append(run_batch(inspector, texts, args.batch_size))
-    c_texts = texts
-    if args.chapter_n and args.chapter_n < len(texts):
-        step = len(texts) / args.chapter_n
-        c_texts = [texts[int(i * step)] for i in range(args.chapter_n)]
+    c_texts = spread(texts, args.chapter_n)
     run_chapter(inspector, c_texts[:5], eager)
     t_c = run_chapter(inspector, c_texts, eager)
     rate = {"a": len(texts) / min(times["a"]), "b": len(texts) / min(times["b"]), "c": len(c_texts) / t_c}
@@ -225,7 +234,8 @@ def main() -> None:
         result["memory"] = {"modes": mem, "batch_by_size": sizes}
         for m, r in mem.items():
             gpu = f", GPU peak {r['gpu_peak_mib']:.0f} MiB" if r["gpu_peak_mib"] is not None else ""
-            print(f"peak memory ({m}) {args.n} sentences: {r['peak_rss_mib']:.0f} MiB RSS "
+            k = len(spread(texts, args.chapter_n)) if m == "c" else args.n
+            print(f"peak memory ({m}) {k} sentences: {r['peak_rss_mib']:.0f} MiB RSS "
                   f"(after loading: {r['base_rss_mib']:.0f} MiB){gpu}")
         if len(sizes) >= 2:
             ks = sorted(sizes)
