@@ -349,6 +349,24 @@ def _punctuation_table(tokenizer: Any) -> torch.Tensor:
     return table
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so batches of varying shapes do not
+    leave the process's peak memory growing with the number of batches; a no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def _versions() -> dict[str, str]:
     import datasets
     import transformers
@@ -527,6 +545,9 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
             if stats is None:
                 stats = ShardStats.empty(values.shape[1], values.shape[2], names, class_names)
             stats.add_values(values, classes)
+            del p, values, per, classes
+            if inspector.device.type == "cpu":
+                _release_free_memory()
             if bar is not None:
                 bar.update(len(idx))
     if stats is None:  # nothing usable in this shard
