@@ -516,26 +516,25 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
     stats: ShardStats | None = None
     truncated = 0
     if texts:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
-            enc = inspector.encode(texts, pairs, max_length=limit_len, truncation=True)
-        truncated = int(sum(enc.truncated))
-        table = _punctuation_table(inspector.tokenizer)
-        lengths = torch.tensor(enc.lengths)
+        # Lengths first (plain id lists), then each length-sorted batch is encoded on its own, so
+        # memory depends on the batch, not on the shard or dataset size.
+        tok_args = {"text": texts} if pairs is None else {"text": texts, "text_pair": pairs}
+        lengths = torch.tensor([len(x) for x in inspector.tokenizer(**tok_args)["input_ids"]])
         order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic
-        ids_all = enc.inputs["input_ids"]
-        special_all = enc.encoding["special_tokens_mask"].bool()
-        from .inspector import Batch
-
+        table = _punctuation_table(inspector.tokenizer)
         for b0 in range(0, len(texts), batch_size):
-            idx = order[b0:b0 + batch_size]
-            inputs = _slice_inputs(enc.inputs, idx)
-            t = inputs["attention_mask"].shape[1]
-            valid = inputs["attention_mask"].bool()
-            special = special_all[idx, :t] & valid
-            punct = table[ids_all[idx, :t].clamp(0, len(table) - 1)] & valid
-            batch = Batch(inputs=inputs, encoding=None, lengths=lengths[idx].tolist(),
-                          texts=[texts[i] for i in idx.tolist()], pairs=None, truncated=[])
+            sel = order[b0:b0 + batch_size].tolist()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
+                enc = inspector.encode([texts[i] for i in sel], None if pairs is None else [pairs[i] for i in sel],
+                                       max_length=limit_len, truncation=True)
+            truncated += int(sum(enc.truncated))
+            valid = enc.valid.cpu()
+            special = enc.special_mask
+            ids = enc.inputs["input_ids"]
+            punct = table[ids.clamp(0, len(table) - 1)] & valid
+            batch = enc
+            idx = sel
             p = probe_factory(valid=valid, special=special, punctuation=punct, sparsity_threshold=threshold)
             inspector.run(batch, p)
             values = p.per_sentence()  # [b, L, H, M]
