@@ -58,56 +58,74 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- pattern classes
-PATTERN_CLASSES = ("previous", "next", "diagonal", "special", "first", "broad", "focused", "mixed")
+PATTERN_CLASSES = ("previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed")
+
+# Same names, thresholds and order as ``analysis.classify_heads`` (issue 3's PatternThresholds), applied
+# to each sentence's values instead of the dataset means.
+PATTERN_THRESHOLDS = {"previous": 0.5, "next": 0.5, "diagonal": 0.5, "column": 0.6, "broad": 0.78,
+                      "uniform": 0.95, "sparse": 0.6}
 
 
-def classify_sentence_heads(values: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+def classify_sentence_heads(
+    values: dict[str, torch.Tensor], thresholds: dict[str, float] | None = None
+) -> tuple[tuple[str, ...], torch.Tensor]:
     """Pattern class of every (sentence, layer, head) from its per-sentence metrics.
 
-    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``). Returns
-    ``(class names, index tensor)`` of that shape. Rules, first match wins (the chapter's pattern table
-    with Clark et al. 2019's thresholds): ``previous`` (``previous_token`` > 0.5), ``next``
-    (``next_token`` > 0.5), ``diagonal`` (``diagonal`` > 0.5), ``special`` (a column on special tokens:
-    ``special_tokens`` > 0.6), ``first`` (a column on the first token: ``first_token`` > 0.5), ``broad``
-    (``entropy`` >= 0.9 x ``max_entropy``: near uniform), ``focused`` (``max_weight`` > 0.7 on average:
-    each row puts most weight on one token somewhere else), otherwise ``mixed``. This is the single place
-    the engine classifies heads; it is meant to follow :mod:`hf_attn_inspect.analysis`'s classifier.
+    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``); it needs
+    ``previous_token``, ``next_token``, ``diagonal``, ``column_share`` (the largest mean column weight
+    ``max_j mean_i a_ij``; ``special_tokens`` stands in when absent), ``entropy``, ``max_entropy`` and
+    ``max_weight``. Returns ``(class names, index tensor)`` of that shape. The rules are the pattern
+    table's (Clark et al. 2019 thresholds, see ``PATTERN_THRESHOLDS``): among ``previous``/``next``/
+    ``diagonal``/``column``, the one whose share is furthest above its threshold (share / threshold >= 1,
+    first in that order on ties); otherwise ``uniform`` when entropy >= 0.95 x max entropy, ``broad``
+    when >= 0.78 x, ``sparse`` when the mean row maximum >= 0.6, else ``mixed``.
     """
-    ref = values["entropy"]
-    cls = torch.full(ref.shape, PATTERN_CLASSES.index("mixed"), dtype=torch.long, device=ref.device)
+    th = dict(PATTERN_THRESHOLDS, **(thresholds or {}))
+    column = values.get("column_share", values["special_tokens"])
+    scores = torch.stack([values["previous_token"] / th["previous"], values["next_token"] / th["next"],
+                          values["diagonal"] / th["diagonal"], column / th["column"]], -1)
+    best_score, best = scores.max(-1)
     max_ent = values["max_entropy"]
-    rules = [
-        ("previous", values["previous_token"] > 0.5),
-        ("next", values["next_token"] > 0.5),
-        ("diagonal", values["diagonal"] > 0.5),
-        ("special", values["special_tokens"] > 0.6),
-        ("first", values["first_token"] > 0.5),
-        ("broad", (max_ent > 0) & (values["entropy"] >= 0.9 * max_ent)),
-        ("focused", values["max_weight"] > 0.7),
-    ]
-    for name, hit in reversed(rules):  # reversed so the first rule wins
-        cls = torch.where(hit, torch.full_like(cls, PATTERN_CLASSES.index(name)), cls)
-    return PATTERN_CLASSES, cls
+    ratio = torch.where(max_ent > 0, values["entropy"] / max_ent.clamp_min(1e-12), torch.ones_like(max_ent))
+    idx = PATTERN_CLASSES.index
+    fallback = torch.where(
+        ratio >= th["uniform"], idx("uniform"),
+        torch.where(ratio >= th["broad"], idx("broad"),
+                    torch.where(values["max_weight"] >= th["sparse"], idx("sparse"), idx("mixed"))),
+    )
+    return PATTERN_CLASSES, torch.where(best_score >= 1.0, best, fallback).long()
 
 
 # --------------------------------------------------------------------------- the probe
 def _fast_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float | None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Output and float32 weights of float32, non-GQA attention with an additive (or no) mask.
 
-    Same numbers as the core (one matmul, one softmax, one matmul, in float32), without the core's
-    mask analysis: the model's additive eager mask (0 / dtype minimum) is added to the scores as is, so
+    Same numbers as the core (scores, softmax and weighted sum in float32), without the core's mask
+    analysis: the model's additive eager mask (0 / dtype minimum) is added to the scores as is, so
     masked keys get exactly 0. Rows whose keys are all masked (padding queries) come out uniform instead
-    of 0; they are padding, which every statistic ignores.
+    of 0; they are padding, which every statistic ignores. The scores are computed into ``scratch``
+    (a buffer reused from layer to layer) and the softmax is done in place: on CPU, allocating fresh
+    ``[batch, heads, T, T]`` tensors costs more than the arithmetic.
     """
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    scores = torch.matmul(query, key.transpose(-1, -2))
+    shape = (*query.shape[:-1], key.shape[-2])
+    if scratch is not None and tuple(scratch.shape) == shape:
+        scores = torch.matmul(query, key.transpose(-1, -2), out=scratch)
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2))
     scores.mul_(scale)
     if mask is not None:
         scores.add_(mask)
-    weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value), weights
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    scores.div_(scores.sum(-1, keepdim=True))
+    return torch.matmul(scores, value), scores
 
 
 class SentenceStatsProbe(Probe):
@@ -125,7 +143,7 @@ class SentenceStatsProbe(Probe):
     ``per_sentence()``.
     """
 
-    metric_names: tuple[str, ...] = METRICS
+    metric_names: tuple[str, ...] = METRICS + ("column_share",)
 
     def __init__(
         self,
@@ -143,6 +161,7 @@ class SentenceStatsProbe(Probe):
         self.stacks = set(stacks)
         self.values: dict[int, torch.Tensor] = {}
         self.causal = False
+        self._scratch: torch.Tensor | None = None
 
     def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # noqa: ANN001
         if site.stack not in self.stacks:
@@ -157,7 +176,10 @@ class SentenceStatsProbe(Probe):
             and (mask is None or (mask.is_floating_point() and mask.dtype == torch.float32))
         )
         if fast:
-            output, weights = _fast_attention(query, key, value, mask, scaling)
+            shape = (*query.shape[:-1], key.shape[-2])
+            if self._scratch is None or tuple(self._scratch.shape) != shape:
+                self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
+            output, weights = _fast_attention(query, key, value, mask, scaling, self._scratch)
         else:
             output, weights = scaled_dot_product_attention_with_weights(
                 query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
@@ -181,6 +203,11 @@ class SentenceStatsProbe(Probe):
             causal=causal,
             sparsity_threshold=self.sparsity_threshold,
         )
+        # column_share: the largest mean column weight max_j mean_i a_ij (the "column" pattern)
+        v = self.valid.to(dev).float()
+        cols = torch.matmul(v[:, None, None, :], weights).squeeze(-2)  # sum over valid query rows
+        cols = cols * v[:, None, :] / v.sum(-1).clamp_min(1.0)[:, None, None]
+        m["column_share"] = cols.amax(-1)
         self.values[site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
 
     def per_sentence(self) -> torch.Tensor:
@@ -320,6 +347,24 @@ def _punctuation_table(tokenizer: Any) -> torch.Tensor:
     except Exception:  # pragma: no cover - slotted tokenizers
         pass
     return table
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so batches of varying shapes do not
+    leave the process's peak memory growing with the number of batches; a no-op elsewhere."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def _versions() -> dict[str, str]:
@@ -471,26 +516,25 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
     stats: ShardStats | None = None
     truncated = 0
     if texts:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
-            enc = inspector.encode(texts, pairs, max_length=limit_len, truncation=True)
-        truncated = int(sum(enc.truncated))
-        table = _punctuation_table(inspector.tokenizer)
-        lengths = torch.tensor(enc.lengths)
+        # Lengths first (plain id lists), then each length-sorted batch is encoded on its own, so
+        # memory depends on the batch, not on the shard or dataset size.
+        tok_args = {"text": texts} if pairs is None else {"text": texts, "text_pair": pairs}
+        lengths = torch.tensor([len(x) for x in inspector.tokenizer(**tok_args)["input_ids"]])
         order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic
-        ids_all = enc.inputs["input_ids"]
-        special_all = enc.encoding["special_tokens_mask"].bool()
-        from .inspector import Batch
-
+        table = _punctuation_table(inspector.tokenizer)
         for b0 in range(0, len(texts), batch_size):
-            idx = order[b0:b0 + batch_size]
-            inputs = _slice_inputs(enc.inputs, idx)
-            t = inputs["attention_mask"].shape[1]
-            valid = inputs["attention_mask"].bool()
-            special = special_all[idx, :t] & valid
-            punct = table[ids_all[idx, :t].clamp(0, len(table) - 1)] & valid
-            batch = Batch(inputs=inputs, encoding=None, lengths=lengths[idx].tolist(),
-                          texts=[texts[i] for i in idx.tolist()], pairs=None, truncated=[])
+            sel = order[b0:b0 + batch_size].tolist()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
+                enc = inspector.encode([texts[i] for i in sel], None if pairs is None else [pairs[i] for i in sel],
+                                       max_length=limit_len, truncation=True)
+            truncated += int(sum(enc.truncated))
+            valid = enc.valid.cpu()
+            special = enc.special_mask
+            ids = enc.inputs["input_ids"]
+            punct = table[ids.clamp(0, len(table) - 1)] & valid
+            batch = enc
+            idx = sel
             p = probe_factory(valid=valid, special=special, punctuation=punct, sparsity_threshold=threshold)
             inspector.run(batch, p)
             values = p.per_sentence()  # [b, L, H, M]
@@ -500,10 +544,13 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
             if stats is None:
                 stats = ShardStats.empty(values.shape[1], values.shape[2], names, class_names)
             stats.add_values(values, classes)
+            del p, values, per, classes
+            if inspector.device.type == "cpu":
+                _release_free_memory()
             if bar is not None:
                 bar.update(len(idx))
     if stats is None:  # nothing usable in this shard
-        names = getattr(probe_factory, "metric_names", METRICS)
+        names = tuple(getattr(probe_factory, "metric_names", METRICS))
         stats = ShardStats.empty(nl, nh, names, classify({k: torch.zeros(1) for k in names})[0])
     stats.rows = stop - start
     stats.truncated = truncated
@@ -678,7 +725,7 @@ def _report_text(head_stats: pd.DataFrame, layer: pd.DataFrame, run: dict[str, A
     ]
     classes = [col[len("share_"):] for col in head_stats.columns if col.startswith("share_")]
     metric_of = {"previous": "previous_token", "next": "next_token", "diagonal": "diagonal",
-                 "special": "special_tokens", "first": "first_token", "broad": "entropy", "focused": "max_weight"}
+                 "column": "column_share", "uniform": "entropy", "broad": "entropy", "sparse": "max_weight"}
     found = False
     for cls in classes:
         if cls == "mixed":

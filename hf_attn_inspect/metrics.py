@@ -123,34 +123,21 @@ def sentence_metrics(
         raise ValueError(f"metrics need square self-attention [.., T, T], got {tuple(w.shape)}")
     if valid is None:
         valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
-    rows = row_quantities(
-        w,
-        valid,
-        special=special,
-        punctuation=punctuation,
-        sparsity_threshold=sparsity_threshold,
-        local_window=local_window,
+    rows, w, cells, scratch = _rows(
+        w, valid, special=special, punctuation=punctuation, sparsity_threshold=sparsity_threshold,
+        local_window=local_window, power_sums=False,
     )
     out = reduce_rows(rows, valid, causal=causal)
-    out["weight_std"] = _two_pass_std(w, valid).expand(out["weight_std"].shape).contiguous()
+    # Two passes (deviations from the mean), not E[w^2] - E[w]^2: that cancels catastrophically in float32
+    # for near-uniform heads (tiny std) and made the value depend on the padded size. The streaming path,
+    # which never holds the weights, uses the power sums of reduce_rows instead.
+    n = valid.to(w.device).float().sum(-1).reshape(b, *(1,) * (w.dim() - 3))
+    n_cells = (n * n).clamp_min(1.0)
+    mean = w.sum((-1, -2)) / n_cells
+    dev = torch.sub(w, mean[..., None, None], out=scratch).mul_(cells)
+    std = (torch.linalg.vector_norm(dev, dim=(-1, -2)).square() / n_cells).sqrt()
+    out["weight_std"] = std.expand(out["entropy"].shape).contiguous()
     return out
-
-
-def _two_pass_std(w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Population std of the ``n x n`` valid weights, from deviations to their mean.
-
-    With full weights at hand we avoid ``E[w^2] - E[w]^2``, which cancels catastrophically in float32 for
-    near-uniform heads (whose std is tiny) and made the value depend on the padded size. The streaming
-    path, which never holds the weights, uses the power sums of :func:`reduce_rows` instead.
-    """
-    b, t = w.shape[0], w.shape[-1]
-    extra = (1,) * (w.dim() - 3)
-    v = valid.to(w.device).float().reshape(b, *extra, t)
-    cell = v.unsqueeze(-1) * v.unsqueeze(-2)
-    cells = (v.sum(-1) ** 2).clamp_min(1.0)
-    mean = (w * cell).sum((-1, -2)) / cells
-    dev = (w - mean[..., None, None]) * cell
-    return (dev.square().sum((-1, -2)) / cells).sqrt()
 
 
 def row_quantities(
@@ -168,16 +155,27 @@ def row_quantities(
     ``previous_token`` is ``a_i,i-1`` (0 for ``i = 0``), ``next_token`` is ``a_i,i+1`` (0 for the last row).
     """
     w = weights.float()
+    return _rows(w, valid, special=special, punctuation=punctuation, sparsity_threshold=sparsity_threshold,
+                 local_window=local_window, power_sums=True)[0]
+
+
+def _rows(w, valid, *, special, punctuation, sparsity_threshold, local_window, power_sums):
+    """Row quantities plus the padding-zeroed weights, the cell mask and a scratch buffer for reuse.
+
+    Every full-size temporary goes into one scratch buffer: on CPU, fresh ``[.., T, T]`` allocations
+    cost more than the arithmetic.
+    """
     b, t = w.shape[0], w.shape[-1]
     extra = (1,) * (w.dim() - 3)
-    v = valid.to(w.device).float().reshape(b, *extra, t)
-    vk = v.unsqueeze(-2)
-    w = w * v.unsqueeze(-1) * vk
-    pad = torch.zeros(w.shape[:-1][:-1] + (1,), dtype=w.dtype, device=w.device)
+    valid = valid.to(w.device).bool()
+    cells = (valid[:, :, None] & valid[:, None, :]).float().reshape(b, *extra, t, t)
+    w = torch.mul(w, cells)
+    tmp = torch.empty_like(w)
+    pad = torch.zeros(w.shape[:-2] + (1,), dtype=w.dtype, device=w.device)
     idx = torch.arange(t, device=w.device, dtype=torch.float32)
     dist = (idx[:, None] - idx[None, :]).abs()
     rows: dict[str, torch.Tensor] = {}
-    rows["entropy"] = -(w * torch.log(w + EPS)).sum(-1)
+    rows["entropy"] = -torch.add(w, EPS, out=tmp).log_().mul_(w).sum(-1)
     rows["diagonal"] = w.diagonal(dim1=-2, dim2=-1)
     rows["previous_token"] = torch.cat([pad, w.diagonal(offset=-1, dim1=-2, dim2=-1)], -1)
     rows["next_token"] = torch.cat([w.diagonal(offset=1, dim1=-2, dim2=-1), pad], -1)
@@ -187,14 +185,19 @@ def row_quantities(
             rows[name] = torch.zeros_like(rows["first_token"])
         else:
             km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
-            rows[name] = (w * km).sum(-1)
+            rows[name] = torch.mul(w, km, out=tmp).sum(-1)
     rows["max_weight"] = w.amax(-1)
-    rows["mean_distance"] = (w * dist).sum(-1)
-    rows["local_window"] = (w * (dist <= local_window)).sum(-1)
+    rows["mean_distance"] = torch.mul(w, dist, out=tmp).sum(-1)
+    rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
     rows["mass"] = w.sum(-1)
-    rows["sq_sum"] = w.square().sum(-1)
-    rows["above"] = ((w > sparsity_threshold).float() * vk).sum(-1)
-    return rows
+    if power_sums:
+        rows["sq_sum"] = torch.mul(w, w, out=tmp).sum(-1)
+    if sparsity_threshold >= 0:  # padding cells are 0, never above a non-negative threshold
+        above = torch.gt(w, sparsity_threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
+        rows["above"] = above.sum(-1, dtype=torch.float32)
+    else:
+        rows["above"] = torch.mul((w > sparsity_threshold).float(), cells, out=tmp).sum(-1)
+    return rows, w, cells, tmp
 
 
 def reduce_rows(rows: dict[str, torch.Tensor], valid: torch.Tensor, *, causal: bool = False) -> dict[str, torch.Tensor]:
@@ -228,9 +231,12 @@ def reduce_rows(rows: dict[str, torch.Tensor], valid: torch.Tensor, *, causal: b
     else:
         out["max_entropy"] = torch.log(n)
     cells = n * n
-    avg = mean(rows["mass"], 1.0) / cells
-    var = (mean(rows["sq_sum"], 1.0) / cells - avg.square()).clamp_min(0.0)
-    out["weight_std"] = var.sqrt()
+    if "sq_sum" in rows:  # power sums (streaming); sentence_metrics replaces this by a two-pass value
+        avg = mean(rows["mass"], 1.0) / cells
+        var = (mean(rows["sq_sum"], 1.0) / cells - avg.square()).clamp_min(0.0)
+        out["weight_std"] = var.sqrt()
+    else:
+        out["weight_std"] = torch.zeros_like(out["entropy"])
     out["sparsity"] = (n_raw * n_raw - mean(rows["above"], 1.0)) / cells
     shape = ref.shape[:-1]
     return {k: out[k].expand(shape).contiguous() for k in METRICS}

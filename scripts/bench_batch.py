@@ -10,8 +10,9 @@ On the same sentences (``sample_sentences(n)``: the shipped sample, then joined 
     numpy ``analyze_attention_pattern`` for every layer and head.
 
 (a) and (b) alternate for ``--repeats`` rounds and the best time of each is kept (the machine may be
-shared). Peak memory (max RSS) is measured in child processes: (a), (b) and (c) on ``--n`` sentences,
-and (b) on each of ``--memory-sizes`` to show that memory does not grow with the dataset size.
+shared). Peak memory (peak RSS during the analysis, after the model is loaded) is measured in child processes: (a), (b) and (c) on ``--n`` sentences,
+and (b) on each of ``--memory-sizes``, built by repeating the smallest size's sentences so that the
+length mix (which sets the padded batch shape) stays the same and only the dataset size changes.
 
     PYTHONPATH=$PWD python scripts/bench_batch.py [--n 1000] [--threads 2] [--device cpu]
 """
@@ -126,6 +127,24 @@ def eager_copy(inspector):
     return AutoModel.from_pretrained(path, attn_implementation="eager").to(inspector.device).eval()
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux ``clear_refs`` 5) so loading the model does not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -134,31 +153,50 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def child(mode: str, n: int, batch_size: int, threads: int | None, device: str | None) -> None:
+def spread(texts: list[str], k: int | None) -> list[str]:
+    """``k`` texts evenly spread over ``texts`` (same length mix), or all of them."""
+    if not k or k >= len(texts):
+        return texts
+    step = len(texts) / k
+    return [texts[int(i * step)] for i in range(k)]
+
+
+def child(mode: str, n: int, batch_size: int, threads: int | None, device: str | None, chapter_n: int | None,
+          cycle: int | None = None) -> None:
     from hf_attn_inspect.datasets_io import sample_sentences
 
     if threads:
         torch.set_num_threads(threads)
     inspector = load(device)
     texts = sample_sentences(n)
+    if cycle:  # the first `cycle` texts repeated: same length mix whatever n, so only the size changes
+        base = sample_sentences(cycle)
+        texts = (base * (n // cycle + 1))[:n]
+    if mode == "c":
+        texts = spread(texts, chapter_n)
     eager = eager_copy(inspector) if mode == "c" else None
     base = rss_mib()
+    peak_reset = reset_peak_rss()
     if inspector.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     {"a": lambda: run_plain(inspector, texts, batch_size),
      "b": lambda: run_batch(inspector, texts, batch_size),
      "c": lambda: run_chapter(inspector, texts, eager)}[mode]()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = hwm_mib() if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu = torch.cuda.max_memory_allocated() / 2**20 if inspector.device.type == "cuda" else None
     print(json.dumps({"mode": mode, "n": n, "peak_rss_mib": peak, "base_rss_mib": base, "gpu_peak_mib": gpu}))
 
 
-def measure_child(mode, n, args) -> dict:
+def measure_child(mode, n, args, cycle: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--n", str(n), "--batch-size", str(args.batch_size)]
+    if cycle:
+        cmd += ["--cycle", str(cycle)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.device:
         cmd += ["--device", args.device]
+    if args.chapter_n:
+        cmd += ["--chapter-n", str(args.chapter_n)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -175,9 +213,10 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the child processes measuring memory")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cycle", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.n, args.batch_size, args.threads, args.device)
+        child(args.child, args.n, args.batch_size, args.threads, args.device, args.chapter_n, args.cycle)
         return
 
     from hf_attn_inspect.datasets_io import sample_sentences
@@ -204,10 +243,7 @@ def main() -> None:
     for _ in range(args.repeats):
         times["a"].append(run_plain(inspector, texts, args.batch_size))
         times["b"].append(run_batch(inspector, texts, args.batch_size))
-    c_texts = texts
-    if args.chapter_n and args.chapter_n < len(texts):
-        step = len(texts) / args.chapter_n
-        c_texts = [texts[int(i * step)] for i in range(args.chapter_n)]
+    c_texts = spread(texts, args.chapter_n)
     run_chapter(inspector, c_texts[:5], eager)
     t_c = run_chapter(inspector, c_texts, eager)
     rate = {"a": len(texts) / min(times["a"]), "b": len(texts) / min(times["b"]), "c": len(c_texts) / t_c}
@@ -221,11 +257,13 @@ def main() -> None:
     print(f"b/c = {result['b_over_c']:.1f}   (target >= 20)")
     if not args.no_memory:
         mem = {m: measure_child(m, args.n, args) for m in ("a", "b", "c")}
-        sizes = {n: measure_child("b", n, args) for n in args.memory_sizes}
+        base = min(args.memory_sizes) if args.memory_sizes else None
+        sizes = {n: measure_child("b", n, args, cycle=base) for n in args.memory_sizes}
         result["memory"] = {"modes": mem, "batch_by_size": sizes}
         for m, r in mem.items():
             gpu = f", GPU peak {r['gpu_peak_mib']:.0f} MiB" if r["gpu_peak_mib"] is not None else ""
-            print(f"peak memory ({m}) {args.n} sentences: {r['peak_rss_mib']:.0f} MiB RSS "
+            k = len(spread(texts, args.chapter_n)) if m == "c" else args.n
+            print(f"peak memory ({m}) {k} sentences: {r['peak_rss_mib']:.0f} MiB RSS "
                   f"(after loading: {r['base_rss_mib']:.0f} MiB){gpu}")
         if len(sizes) >= 2:
             ks = sorted(sizes)
@@ -233,7 +271,8 @@ def main() -> None:
             growth = hi["peak_rss_mib"] / lo["peak_rss_mib"] - 1
             result["memory_growth"] = growth
             for k in ks:
-                print(f"peak memory (b) {k:>6} sentences: {sizes[k]['peak_rss_mib']:.0f} MiB RSS")
+                print(f"peak memory (b) {k:>6} sentences (first {ks[0]} repeated): {sizes[k]['peak_rss_mib']:.0f} MiB RSS "
+                      f"(after loading: {sizes[k]['base_rss_mib']:.0f} MiB)")
             print(f"peak memory {ks[-1]} vs {ks[0]} sentences: {growth:+.1%}   (target within 10 %)")
     if args.json:
         with open(args.json, "w") as fh:
