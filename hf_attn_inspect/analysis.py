@@ -26,6 +26,7 @@ __all__ = [
     "batch_results",
     "PatternThresholds",
     "PATTERN_CLASSES",
+    "pattern_index",
     "classify_heads",
     "head_table",
     "format_head_table",
@@ -196,6 +197,36 @@ class PatternThresholds:
 
 
 PATTERN_CLASSES = ("previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed")
+_RULE_INPUTS = ("previous_token", "next_token", "diagonal", "column_share", "entropy", "max_entropy", "max_weight")
+
+
+def pattern_index(values: dict[str, torch.Tensor], thresholds: PatternThresholds | None = None) -> torch.Tensor:
+    """Index into :data:`PATTERN_CLASSES` of each head, from its metric values (tensors of one shape).
+
+    ``values`` needs ``previous_token``, ``next_token``, ``diagonal``, ``column_share`` (the largest mean
+    column weight ``max_j mean_i a_ij``; ``special_tokens`` stands in when absent), ``entropy``,
+    ``max_entropy`` and ``max_weight``; any shape works (per sentence ``[B, L, H]`` in the dataset
+    engine, averaged per head in :func:`classify_heads`). The rule: among previous/next/diagonal/column,
+    the one whose share is furthest above its threshold (share / threshold >= 1; first in that order on
+    ties); otherwise ``uniform`` when entropy >= ``uniform`` x max entropy, ``broad`` when >= ``broad`` x,
+    ``sparse`` when the mean row maximum >= ``sparse``, else ``mixed``. One-token rows (max entropy 0)
+    count as entropy ratio 1.
+    """
+    th = thresholds or PatternThresholds()
+    as_t = lambda x: torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)  # noqa: E731
+    v = {k: as_t(x) for k, x in values.items()}
+    column = v.get("column_share", v.get("special_tokens"))
+    scores = torch.stack([v["previous_token"] / th.previous, v["next_token"] / th.next,
+                          v["diagonal"] / th.diagonal, column / th.column], -1)
+    best_score, best = scores.max(-1)
+    max_ent = v["max_entropy"]
+    ratio = torch.where(max_ent > 0, v["entropy"] / max_ent.clamp_min(1e-12), torch.ones_like(max_ent))
+    idx = PATTERN_CLASSES.index
+    fallback = torch.where(
+        ratio >= th.uniform, idx("uniform"),
+        torch.where(ratio >= th.broad, idx("broad"), torch.where(v["max_weight"] >= th.sparse, idx("sparse"), idx("mixed"))),
+    )
+    return torch.where(best_score >= 1.0, best, fallback).long()
 
 
 def _column_focus(weights: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,25 +287,7 @@ def classify_heads(
         target = np.char.add("pos ", key_np.astype(str)).astype(object)
     tgt = pd.DataFrame({"cell": np.tile(np.arange(key_np.shape[1] * key_np.shape[2]), key_np.shape[0]), "t": target.ravel()})
     df["column_target"] = tgt.groupby("cell")["t"].agg(lambda s: s.value_counts().index[0]).sort_index().to_numpy()
-    scores = pd.DataFrame(
-        {
-            "previous": df["previous_token"] / th.previous,
-            "next": df["next_token"] / th.next,
-            "diagonal": df["diagonal"] / th.diagonal,
-            "column": df["column_share"] / th.column,
-        }
-    )
-    best = scores.idxmax(axis=1)
-    positional = scores.max(axis=1) >= 1.0
-    pattern = np.where(
-        positional,
-        best,
-        np.where(
-            df["entropy_ratio"] >= th.uniform,
-            "uniform",
-            np.where(df["entropy_ratio"] >= th.broad, "broad", np.where(df["max_weight"] >= th.sparse, "sparse", "mixed")),
-        ),
-    )
+    pattern = np.array(PATTERN_CLASSES)[pattern_index({k: df[k].to_numpy() for k in _RULE_INPUTS}, th).numpy()]
     df["pattern"] = pattern
     df["class"] = np.where(df["pattern"] == "column", "column " + df["column_target"].astype(str), df["pattern"])
     return df

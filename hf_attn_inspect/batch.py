@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .analysis import PATTERN_CLASSES, PatternThresholds, pattern_index
 from .capture import Probe, Site
 from .core import scaled_dot_product_attention_with_weights
 from .errors import InputError, OutputError
@@ -58,42 +59,18 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- pattern classes
-PATTERN_CLASSES = ("previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed")
-
-# Same names, thresholds and order as ``analysis.classify_heads`` (issue 3's PatternThresholds), applied
-# to each sentence's values instead of the dataset means.
-PATTERN_THRESHOLDS = {"previous": 0.5, "next": 0.5, "diagonal": 0.5, "column": 0.6, "broad": 0.78,
-                      "uniform": 0.95, "sparse": 0.6}
-
-
 def classify_sentence_heads(
     values: dict[str, torch.Tensor], thresholds: dict[str, float] | None = None
 ) -> tuple[tuple[str, ...], torch.Tensor]:
     """Pattern class of every (sentence, layer, head) from its per-sentence metrics.
 
-    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``); it needs
-    ``previous_token``, ``next_token``, ``diagonal``, ``column_share`` (the largest mean column weight
-    ``max_j mean_i a_ij``; ``special_tokens`` stands in when absent), ``entropy``, ``max_entropy`` and
-    ``max_weight``. Returns ``(class names, index tensor)`` of that shape. The rules are the pattern
-    table's (Clark et al. 2019 thresholds, see ``PATTERN_THRESHOLDS``): among ``previous``/``next``/
-    ``diagonal``/``column``, the one whose share is furthest above its threshold (share / threshold >= 1,
-    first in that order on ties); otherwise ``uniform`` when entropy >= 0.95 x max entropy, ``broad``
-    when >= 0.78 x, ``sparse`` when the mean row maximum >= 0.6, else ``mixed``.
+    ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``); the rule and
+    its inputs are :func:`hf_attn_inspect.analysis.pattern_index` (Clark et al. 2019 thresholds,
+    :class:`~hf_attn_inspect.analysis.PatternThresholds`; override fields with ``thresholds``). Returns
+    ``(class names, index tensor)`` of that shape.
     """
-    th = dict(PATTERN_THRESHOLDS, **(thresholds or {}))
-    column = values.get("column_share", values["special_tokens"])
-    scores = torch.stack([values["previous_token"] / th["previous"], values["next_token"] / th["next"],
-                          values["diagonal"] / th["diagonal"], column / th["column"]], -1)
-    best_score, best = scores.max(-1)
-    max_ent = values["max_entropy"]
-    ratio = torch.where(max_ent > 0, values["entropy"] / max_ent.clamp_min(1e-12), torch.ones_like(max_ent))
-    idx = PATTERN_CLASSES.index
-    fallback = torch.where(
-        ratio >= th["uniform"], idx("uniform"),
-        torch.where(ratio >= th["broad"], idx("broad"),
-                    torch.where(values["max_weight"] >= th["sparse"], idx("sparse"), idx("mixed"))),
-    )
-    return PATTERN_CLASSES, torch.where(best_score >= 1.0, best, fallback).long()
+    th = PatternThresholds(**(thresholds or {}))
+    return PATTERN_CLASSES, pattern_index(values, th)
 
 
 # --------------------------------------------------------------------------- the probe

@@ -47,6 +47,7 @@ def numpy_metrics(a: np.ndarray, special: np.ndarray, punct: np.ndarray, thresho
         "weight_std": a.reshape(*a.shape[:2], -1).std(-1),
         "sparsity": (a <= threshold).reshape(*a.shape[:2], -1).mean(-1),
         "mean_distance": (a * np.abs(i[:, None] - i[None, :])).sum(-1).mean(-1),
+        "local_window": (a * (np.abs(i[:, None] - i[None, :]) <= 4)).sum(-1).mean(-1),
         "column_share": a.mean(-2).max(-1),
     }
     return out
