@@ -213,8 +213,7 @@ def pattern_index(values: dict[str, torch.Tensor], thresholds: PatternThresholds
     count as entropy ratio 1.
     """
     th = thresholds or PatternThresholds()
-    as_t = lambda x: torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)  # noqa: E731
-    v = {k: as_t(x) for k, x in values.items()}
+    v = {k: x.float() if torch.is_tensor(x) else torch.tensor(np.asarray(x, dtype=np.float32)) for k, x in values.items()}
     column = v.get("column_share", v.get("special_tokens"))
     scores = torch.stack([v["previous_token"] / th.previous, v["next_token"] / th.next,
                           v["diagonal"] / th.diagonal, column / th.column], -1)
