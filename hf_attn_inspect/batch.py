@@ -376,6 +376,75 @@ def _clean_rows(ds: Any, start: int, stop: int, columns: tuple[str, ...]):
 
 
 # --------------------------------------------------------------------------- the engine
+@dataclass
+class ShardedRun:
+    """What :func:`run_sharded` returns: the merged statistics and the run's bookkeeping."""
+
+    total: ShardStats
+    counts: dict[str, Any]
+    shards_total: int
+    shards_resumed: int
+    analysed_now: int
+    elapsed: float
+
+
+def run_sharded(
+    n_rows: int,
+    shard_size: int,
+    compute: Callable[[int, int, Any], ShardStats],
+    *,
+    out_dir: Path | None,
+    params: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    desc: str,
+    column: str,
+) -> ShardedRun:
+    """Run ``compute(start, stop, bar)`` over rows ``[0, n_rows)`` shard by shard and merge the results.
+
+    With ``out_dir``, every finished shard is written atomically and a run with the same ``params`` is
+    resumed from its finished shards (``resume``) or replaced (``overwrite``); ``run.json`` says
+    ``running`` meanwhile. The shared loop of ``batch`` and ``compare``. Raises :class:`InputError` when
+    no row of ``column`` was usable.
+    """
+    n_shards = max(1, math.ceil(n_rows / shard_size))
+    done: dict[int, ShardStats] = {}
+    if out_dir is not None:
+        done = _prepare_out(out_dir, params, resume, overwrite)
+        _write_json(out_dir / "run.json", {"status": "running", "parameters": params, "versions": _versions(),
+                                           "shards_total": n_shards, "shards_done": len(done)})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rows, unit="sent", desc=desc, dynamic_ncols=True,
+                   initial=sum(s.rows for s in done.values()))
+    started = time.perf_counter()
+    analysed_now = 0
+    total: ShardStats | None = None
+    try:
+        for shard in range(n_shards):
+            if shard in done:
+                stats = done[shard]
+            else:
+                stats = compute(shard * shard_size, min(n_rows, (shard + 1) * shard_size), bar)
+                analysed_now += stats.n
+                if out_dir is not None:
+                    _save_shard(out_dir, shard, stats)
+            total = stats if total is None else total + stats
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    assert total is not None
+    if total.n == 0:
+        raise InputError(f"no usable text in column {column!r} ({total.rows} rows, all empty or not text)")
+    counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
+              "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
+    return ShardedRun(total, counts, n_shards, len(done), analysed_now, elapsed)
+
+
 def analyze_dataset(
     inspector: Any,
     dataset: Any = None,
@@ -424,8 +493,6 @@ def analyze_dataset(
     classify = classify or classify_sentence_heads
     limit_len = max_length or inspector.max_length
     n_rows = ds.num_rows
-    n_shards = max(1, math.ceil(n_rows / shard_size))
-
     params = {
         "model": inspector.name,
         "model_revision": getattr(inspector.config, "_commit_hash", None),
@@ -439,48 +506,20 @@ def analyze_dataset(
         "device": str(inspector.device),
     }
     out_dir = Path(out) if out is not None else None
-    done: dict[int, ShardStats] = {}
-    if out_dir is not None:
-        done = _prepare_out(out_dir, params, resume, overwrite)
-        _write_json(out_dir / "run.json", {"status": "running", "parameters": params, "versions": _versions(),
-                                           "shards_total": n_shards, "shards_done": len(done)})
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_rows, unit="sent", desc="batch", dynamic_ncols=True,
-                   initial=sum(s.rows for s in done.values()))
-    started = time.perf_counter()
-    analysed_now = 0
-    total: ShardStats | None = None
-    try:
-        for shard in range(n_shards):
-            if shard in done:
-                stats = done[shard]
-            else:
-                start, stop = shard * shard_size, min(n_rows, (shard + 1) * shard_size)
-                stats = _run_shard(inspector, ds, start, stop, info.columns, batch_size, limit_len,
-                                   sparsity_threshold, probe_factory, classify, bar)
-                analysed_now += stats.n
-                if out_dir is not None:
-                    _save_shard(out_dir, shard, stats)
-            total = stats if total is None else total + stats
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - started
-    assert total is not None
-    if total.n == 0:
-        raise InputError(f"no usable text in column {info.columns[0]!r} ({total.rows} rows, all empty or not text)")
+    run_ = run_sharded(
+        n_rows, shard_size,
+        lambda start, stop, bar: _run_shard(inspector, ds, start, stop, info.columns, batch_size, limit_len,
+                                            sparsity_threshold, probe_factory, classify, bar),
+        out_dir=out_dir, params=params, resume=resume, overwrite=overwrite, progress=progress, desc="batch",
+        column=info.columns[0],
+    )
+    total, counts, elapsed = run_.total, run_.counts, run_.elapsed
     df = head_stats_frame(total)
-    counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
-              "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
     df.attrs["counts"] = counts
     if out_dir is not None:
         run = {"status": "finished", "parameters": params, "versions": _versions(), "counts": counts,
-               "shards_total": n_shards, "shards_resumed": len(done), "elapsed_s": round(elapsed, 3),
-               "sentences_per_s": round(analysed_now / elapsed, 2) if elapsed > 0 else None,
+               "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed, "elapsed_s": round(elapsed, 3),
+               "sentences_per_s": round(run_.analysed_now / elapsed, 2) if elapsed > 0 else None,
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_report(out_dir, df, run, figures=report, report=report)
         _write_json(out_dir / "run.json", run)

@@ -24,7 +24,6 @@ Numbers per (layer, head), all sentences weighing the same:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -35,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batch import ShardStats, _clean_rows, _prepare_out, _punctuation_table, _save_shard, _slice_inputs, _write_json
+from .batch import ShardStats, _clean_rows, _punctuation_table, _slice_inputs, _versions, _write_json, run_sharded
 from .capture import Probe, Site
-from .errors import InputError, OutputError
+from .errors import InputError
 from .figures import plot_attention_diff
 from .fileio import atomic_path
 from .inspector import AttentionInspector, Batch
@@ -331,7 +330,6 @@ def compare_models(
     ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit)
     limit_len = max_length or min(ia.max_length, ib.max_length)
     n_rows = ds.num_rows
-    n_shards = max(1, -(-n_rows // shard_size))
     params = {
         "kind": "compare",
         "model_a": ia.name,
@@ -344,51 +342,28 @@ def compare_models(
         "dtype": str(next(ia.model.parameters()).dtype).replace("torch.", ""),
     }
     out_dir = Path(out) if out is not None else None
-    done: dict[int, ShardStats] = {}
-    if out_dir is not None:
-        if overwrite:
-            for name in _OUTPUTS:
-                (out_dir / name).unlink(missing_ok=True)
-        done = _prepare_out(out_dir, params, resume, overwrite)
-        _write_json(out_dir / "run.json", {"status": "running", "parameters": params, "versions": _versions(),
-                                           "shards_total": n_shards, "shards_done": len(done)})
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_rows, unit="sent", desc="compare", dynamic_ncols=True, initial=sum(s.rows for s in done.values()))
-    started = time.perf_counter()
-    total: ShardStats | None = None
-    try:
-        for shard in range(n_shards):
-            if shard in done:
-                stats = done[shard]
-            else:
-                start, stop = shard * shard_size, min(n_rows, (shard + 1) * shard_size)
-                stats = _run_shard(ia, ib, ds, start, stop, info.columns, batch_size, limit_len, which, dims, bar)
-                if out_dir is not None:
-                    _save_shard(out_dir, shard, stats)
-            total = stats if total is None else total + stats
-    finally:
-        if bar is not None:
-            bar.close()
-    assert total is not None
-    if total.n == 0:
-        raise InputError(f"no usable text in column {info.columns[0]!r} ({total.rows} rows, all empty or not text)")
+    if out_dir is not None and overwrite:
+        for name in _OUTPUTS:
+            (out_dir / name).unlink(missing_ok=True)
+    run_ = run_sharded(
+        n_rows, shard_size,
+        lambda start, stop, bar: _run_shard(ia, ib, ds, start, stop, info.columns, batch_size, limit_len, which, dims, bar),
+        out_dir=out_dir, params=params, resume=resume, overwrite=overwrite, progress=progress, desc="compare",
+        column=info.columns[0],
+    )
+    total, counts = run_.total, run_.counts
     df = _frame(total)
     first_texts, first_pairs = _first_rows(ds, info.columns, CLASS_SAMPLE)
     if classes:
         df = _add_classes(df, ia, ib, first_texts, first_pairs, which, limit_len)
-    counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
-              "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
     df.attrs.update({"counts": counts, "n_sentences": total.n, "model_a": ia.name, "model_b": ib.name, "stack": which})
     if out_dir is not None:
         figures = _write_outputs(df, ia, ib, first_texts[0], None if first_pairs is None else first_pairs[0], out_dir,
                                  top=top, which=which, max_length=limit_len)
         run = {"status": "finished", "parameters": params, "versions": _versions(), "counts": counts,
-               "shards_total": n_shards, "shards_resumed": len(done), "first_text": first_texts[0],
+               "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed, "first_text": first_texts[0],
                "pattern_classes": "class_a" in df, "figures": figures,
-               "elapsed_s": round(time.perf_counter() - started, 3),
+               "elapsed_s": round(run_.elapsed, 3),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         _write_json(out_dir / "run.json", run)
     return df
@@ -551,8 +526,3 @@ def _write_outputs(df: pd.DataFrame, ia: AttentionInspector, ib: AttentionInspec
         Path(tmp).write_text(comparison_report(df, top=max(top, 5), figures=figures), encoding="utf-8")
     return figures
 
-
-def _versions() -> dict[str, str]:
-    from .batch import _versions as batch_versions
-
-    return batch_versions()
