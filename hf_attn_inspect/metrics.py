@@ -189,8 +189,8 @@ def _rows(w, valid, *, special, punctuation, sparsity_threshold, local_window, p
     rows["max_weight"] = w.amax(-1)
     rows["mean_distance"] = torch.mul(w, dist, out=tmp).sum(-1)
     rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
-    rows["mass"] = w.sum(-1)
-    if power_sums:
+    if power_sums:  # only weight_std's power sums need these; sentence_metrics computes it in two passes
+        rows["mass"] = w.sum(-1)
         rows["sq_sum"] = torch.mul(w, w, out=tmp).sum(-1)
     if sparsity_threshold >= 0:  # padding cells are 0, never above a non-negative threshold
         above = torch.gt(w, sparsity_threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
