@@ -1,9 +1,9 @@
 """hf-attn-inspect: see and debug the attention of any Hugging Face transformer, exactly."""
 
-from .core import scaled_dot_product_attention_with_weights
-from .errors import AttnInspectError, CaptureError, InputError, ModelLoadError, OutputError
-from .inspector import AttentionInspector, TruncationWarning, default_model_path
-from .result import AttentionResult
+from .core.kernels import scaled_dot_product_attention_with_weights
+from .core.errors import AttnInspectError, CaptureError, InputError, ModelLoadError, OutputError
+from .capture.inspector import AttentionInspector, TruncationWarning, default_model_path
+from .capture.result import AttentionResult
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """The ``hf-attn-inspect`` command line: one sub-command per module in :mod:`hf_attn_inspect.commands`.
 
-Every deliberate error (:class:`~hf_attn_inspect.errors.AttnInspectError`) becomes one line
+Every deliberate error (:class:`~hf_attn_inspect.core.errors.AttnInspectError`) becomes one line
 ``error: ...`` on stderr and exit code 2; warnings become one ``warning: ...`` line each.
 """
 
@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from .errors import AttnInspectError
+from .core.errors import AttnInspectError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 COMMAND_MODULES: tuple[str, ...] = ("inspect", "verify", "debug", "view", "batch", "compare", "long")
@@ -32,7 +32,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def load_inspector(args: argparse.Namespace):
     """Build an :class:`~hf_attn_inspect.AttentionInspector` from the shared model options."""
-    from .inspector import AttentionInspector
+    from .capture.inspector import AttentionInspector
 
     return AttentionInspector.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, revision=args.revision,

@@ -94,7 +94,7 @@ def run_plain(inspector, texts, batch_size) -> float:
 
 
 def run_batch(inspector, texts, batch_size) -> float:
-    from hf_attn_inspect.batch import analyze_dataset
+    from hf_attn_inspect.runs.dataset import analyze_dataset
 
     start = time.perf_counter()
     analyze_dataset(inspector, texts, batch_size=batch_size)
@@ -163,7 +163,7 @@ def spread(texts: list[str], k: int | None) -> list[str]:
 
 def child(mode: str, n: int, batch_size: int, threads: int | None, device: str | None, chapter_n: int | None,
           cycle: int | None = None) -> None:
-    from hf_attn_inspect.datasets_io import sample_sentences
+    from hf_attn_inspect.runs.sources import sample_sentences
 
     if threads:
         torch.set_num_threads(threads)
@@ -219,7 +219,7 @@ def main() -> None:
         child(args.child, args.n, args.batch_size, args.threads, args.device, args.chapter_n, args.cycle)
         return
 
-    from hf_attn_inspect.datasets_io import sample_sentences
+    from hf_attn_inspect.runs.sources import sample_sentences
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from hf_attn_inspect import AttentionInspector
-    from hf_attn_inspect.explorer import write_explorer
+    from hf_attn_inspect.views.explorer import write_explorer
     from test_explorer import long_natural_text
 
     warnings.simplefilter("ignore")

@@ -3,12 +3,12 @@
 
 Part A -- whole-model analysis: a bert-base-shaped model (random weights, 12 layers x 12 heads, hidden
 768), bf16, B=64 x T=128 and B=16 x T=512. Throughput of the statistics analysis (every per-head metric
-of every layer through :class:`hf_attn_inspect.streaming.StreamingStatsProbe`, reduced per sentence) and
+of every layer through :class:`hf_attn_inspect.stats.streaming.StreamingStatsProbe`, reduced per sentence) and
 of the materialising analysis (full weights + ``sentence_metrics``), both relative to the model's plain
 sdpa forward pass. Target: statistics >= 0.8x the plain forward.
 
 Part B -- one causal attention layer, 32 heads x 128 dims, bf16, T = 4k, 16k, 32k: time of
-:func:`hf_attn_inspect.streaming.attention_row_stats` relative to flash SDPA on the same layer, and peak
+:func:`hf_attn_inspect.stats.streaming.attention_row_stats` relative to flash SDPA on the same layer, and peak
 extra GPU memory of each. Target: <= 2x at 32k, memory O(T).
 
 ``--smoke`` runs a reduced version on CPU (tiny shapes, float32) so the script is exercised by the tests
@@ -98,10 +98,10 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
     import transformers as tf
 
     from hf_attn_inspect import AttentionInspector
-    from hf_attn_inspect.capture import WeightsProbe
-    from hf_attn_inspect.inspector import Batch
-    from hf_attn_inspect.metrics import reduce_rows, sentence_metrics
-    from hf_attn_inspect.streaming import KeyMasks, StreamingStatsProbe
+    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.inspector import Batch
+    from hf_attn_inspect.stats.metrics import reduce_rows, sentence_metrics
+    from hf_attn_inspect.stats.streaming import KeyMasks, StreamingStatsProbe
 
     if smoke:
         cfg = tf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -149,7 +149,7 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
 
 # ------------------------------------------------------------------------------------- part B
 def part_b(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) -> None:
-    from hf_attn_inspect.streaming import DISTANCE_EDGES, attention_row_stats
+    from hf_attn_inspect.stats.streaming import DISTANCE_EDGES, attention_row_stats
 
     heads, dim = (4, 16) if smoke else (32, 128)
     lengths = [128, 256] if smoke else [4096, 16384, 32768]

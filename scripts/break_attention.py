@@ -2,9 +2,9 @@
 
     PYTHONPATH=. python scripts/break_attention.py [--details]
 
-For the healthy model and each planted fault (see :mod:`hf_attn_inspect.faults`: scale removed,
+For the healthy model and each planted fault (see :mod:`hf_attn_inspect.checks.faults`: scale removed,
 queries zeroed, scores blown up, a fully masked row, the mask dropped) it runs
-:func:`hf_attn_inspect.debug.diagnose` and prints one status per check, then the finding of the check
+:func:`hf_attn_inspect.checks.debug.diagnose` and prints one status per check, then the finding of the check
 that catches each fault. Exit code 0 when the healthy model passes every check and every fault fails
 its own check, 1 otherwise.
 """
@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_attn_inspect import AttentionInspector  # noqa: E402
-from hf_attn_inspect.faults import FAULTS, all_caught, break_and_diagnose, caught_table  # noqa: E402
+from hf_attn_inspect.checks.faults import FAULTS, all_caught, break_and_diagnose, caught_table  # noqa: E402
 
 
 def report_text(reports: dict, details: bool = False) -> str:

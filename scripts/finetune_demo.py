@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from hf_attn_inspect import AttentionMonitor, animate_attention, default_model_path, plot_training_trends
-    from hf_attn_inspect.compare import compare_models
-    from hf_attn_inspect.datasets_io import load_dataset_texts
+    from hf_attn_inspect.runs.compare import compare_models
+    from hf_attn_inspect.runs.sources import load_dataset_texts
 
     hf_logging.set_verbosity_error()
     out = Path(args.out)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     plt.close(ax.figure)
     written = animate_attention(monitor, heads[0][0], heads[0][1], out / "top_head.gif")
 
-    from hf_attn_inspect.compare import describe_changes
+    from hf_attn_inspect.runs.compare import describe_changes
 
     print(f"\nwhere attention moved (JS divergence before -> after, nats, on {df.attrs['n_sentences']} sentences):")
     for _, row in top.iterrows():

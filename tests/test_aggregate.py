@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionResult, InputError
-from hf_attn_inspect.aggregate import (
+from hf_attn_inspect.stats.aggregate import (
     aggregate_words,
     attention_rollout,
     head_average,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionInspector, InputError
-from hf_attn_inspect.analysis import (
+from hf_attn_inspect.stats.analysis import (
     DETECTOR_KINDS,
     PatternThresholds,
     classify_heads,
@@ -22,7 +22,7 @@ from hf_attn_inspect.analysis import (
     pattern_mask,
     repeated_random_tokens,
 )
-from hf_attn_inspect.metrics import METRICS
+from hf_attn_inspect.stats.metrics import METRICS
 from conftest import SENTENCES
 
 EXTRA = [
@@ -41,7 +41,7 @@ TEXTS_64 = [f"{s} ({i})" if i >= 16 else s for i, s in enumerate((SENTENCES + EX
 def test_head_metrics_on_one_captured_batch_tensor(inspector, results_64):
     """The engine path: one padded batch of 64 captured as [B, L, H, T, T] with its mask, no per-sentence work,
     gives the same table as the list of results."""
-    from hf_attn_inspect.capture import WeightsProbe
+    from hf_attn_inspect.capture.interface import WeightsProbe
 
     batch = inspector.encode(TEXTS_64)
     probe = WeightsProbe()

@@ -12,17 +12,17 @@ from PIL import Image
 
 from hf_attn_inspect import AttentionInspector, InputError, OutputError
 from hf_attn_inspect import batch as batch_mod
-from hf_attn_inspect.analysis import head_metrics
-from hf_attn_inspect.batch import (
+from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.runs.dataset import (
     PATTERN_CLASSES,
     SentenceStatsProbe,
     ShardStats,
     analyze_dataset,
 )
-from hf_attn_inspect.capture import use_implementation
+from hf_attn_inspect.capture.interface import use_implementation
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.datasets_io import load_dataset_texts, sample_dataset_path, sample_sentences
-from hf_attn_inspect.metrics import METRICS, punctuation_mask
+from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
+from hf_attn_inspect.stats.metrics import METRICS, punctuation_mask
 
 N = 1000
 BAD_ROWS = [None, "", "   ", 42]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionInspector, CaptureError, InputError
-from hf_attn_inspect.capture import use_implementation
+from hf_attn_inspect.capture.interface import use_implementation
 from conftest import SENTENCES
 
 FAMILIES = ["bert", "sdpa_bert", "gpt2", "llama", "bart", "deberta"]
@@ -53,7 +53,7 @@ def test_padded_batch_equals_eager_alone(family, tiny_model, tiny_tokenizer):
 
 
 def test_padding_keys_are_exactly_zero_inside_the_batch(tiny_model, tiny_tokenizer):
-    from hf_attn_inspect.capture import WeightsProbe
+    from hf_attn_inspect.capture.interface import WeightsProbe
 
     inspector = AttentionInspector(tiny_model("llama"), tiny_tokenizer)
     batch = inspector.encode(SENTENCES)

@@ -34,7 +34,7 @@ def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
 
 
 def test_inspect_all_heads_prints_every_head_with_its_class(tmp_path, capsys, inspector):
-    from hf_attn_inspect.analysis import head_table
+    from hf_attn_inspect.stats.analysis import head_table
 
     assert main(["inspect", "The cat sat on the mat.", "--all-heads", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_verify_passes_on_each_family(family, tiny_dir, capsys):
 
 def test_verify_fails_when_capture_is_wrong(monkeypatch, capsys):
     """A planted error in the reference core must turn verify red (exit 1)."""
-    import hf_attn_inspect.capture as capture
+    import hf_attn_inspect.capture.interface as capture
 
     original = capture.scaled_dot_product_attention_with_weights
 

@@ -15,10 +15,10 @@ from PIL import Image
 import tiny_models
 from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector, InputError, OutputError
-from hf_attn_inspect.analysis import head_metrics
+from hf_attn_inspect.stats.analysis import head_metrics
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.compare import compare_models, js_divergence_rows
-from hf_attn_inspect.metrics import METRICS
+from hf_attn_inspect.runs.compare import compare_models, js_divergence_rows
+from hf_attn_inspect.stats.metrics import METRICS
 
 TEXTS = SENTENCES[:4]
 ALTERED = [(1, 4), (3, 9)]
@@ -204,7 +204,7 @@ def test_resume_from_shards(tmp_path, tiny_tokenizer):
 
 
 def test_pattern_classes_of_both_models(tiny_tokenizer):
-    from hf_attn_inspect.analysis import classify_heads
+    from hf_attn_inspect.stats.analysis import classify_heads
 
     a = AttentionInspector(tiny_models.build("bert", seed=0), tiny_tokenizer)
     b = AttentionInspector(tiny_models.build("bert", seed=1), tiny_tokenizer)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_attn_inspect.core import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights as sdpaw
+from hf_attn_inspect.core.kernels import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights as sdpaw
 
 
 @st.composite

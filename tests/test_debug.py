@@ -11,7 +11,7 @@ import torch
 
 from hf_attn_inspect import AttentionInspector, InputError
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.debug import (
+from hf_attn_inspect.checks.debug import (
     CHECKS,
     DiagnosticProbe,
     Finding,
@@ -20,7 +20,7 @@ from hf_attn_inspect.debug import (
     debug_uniform_attention,
     diagnose,
 )
-from hf_attn_inspect.faults import FAULTS, all_caught, break_and_diagnose
+from hf_attn_inspect.checks.faults import FAULTS, all_caught, break_and_diagnose
 
 ROOT = Path(__file__).resolve().parents[1]
 

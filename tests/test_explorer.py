@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionResult, OutputError
-from hf_attn_inspect.aggregate import attention_rollout, words
-from hf_attn_inspect.analysis import head_metrics
+from hf_attn_inspect.stats.aggregate import attention_rollout, words
+from hf_attn_inspect.stats.analysis import head_metrics
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.explorer import LEVELS, dequantize_rows, explorer_html, quantize_rows, write_explorer
+from hf_attn_inspect.views.explorer import LEVELS, dequantize_rows, explorer_html, quantize_rows, write_explorer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -413,7 +413,7 @@ def test_512_tokens_file_size_and_browser(browser, inspector, tmp_path):
 
 
 def test_notebook_iframe_runs_the_page(browser, tmp_path):
-    from hf_attn_inspect.explorer import iframe_html
+    from hf_attn_inspect.views.explorer import iframe_html
 
     r = planted_result(["[CLS]", XSS_IMG, "b", "[SEP]"])
     host = tmp_path / "host.html"

@@ -13,9 +13,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hf_attn_inspect import AttentionResult, InputError  # noqa: E402
-from hf_attn_inspect.analysis import head_metrics  # noqa: E402
-from hf_attn_inspect.figures import plot_attention_diff, plot_head_metric_map, plot_head_view, plot_rollout  # noqa: E402
-from hf_attn_inspect.plotting import MAX_TICK_LABELS, save_figure  # noqa: E402
+from hf_attn_inspect.stats.analysis import head_metrics  # noqa: E402
+from hf_attn_inspect.views.figures import plot_attention_diff, plot_head_metric_map, plot_head_view, plot_rollout  # noqa: E402
+from hf_attn_inspect.views.plotting import MAX_TICK_LABELS, save_figure  # noqa: E402
 
 
 def planted(t=6, layers=3, heads=4, seed=0, tokens=None) -> AttentionResult:
@@ -104,7 +104,7 @@ def test_head_view_lines_match_weights(tmp_path):
 
 
 def test_rollout_figure_matches_aggregate(tmp_path, inspector):
-    from hf_attn_inspect.aggregate import attention_rollout, head_average, words
+    from hf_attn_inspect.stats.aggregate import attention_rollout, head_average, words
 
     r = inspector("Rollout multiplies unbelievably many layers.")
     ax = plot_rollout(r, layer=3)

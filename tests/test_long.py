@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hf_attn_inspect.analysis import head_metrics
+from hf_attn_inspect.stats.analysis import head_metrics
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.long_context import long_context_report, position_bins
-from hf_attn_inspect.metrics import METRICS
-from hf_attn_inspect.streaming import DISTANCE_BUCKETS
+from hf_attn_inspect.runs.long_context import long_context_report, position_bins
+from hf_attn_inspect.stats.metrics import METRICS
+from hf_attn_inspect.stats.streaming import DISTANCE_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "the cat sat on a mat and dog ran to park with big red ball in sun".split()

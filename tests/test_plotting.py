@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hf_attn_inspect import InputError  # noqa: E402
-from hf_attn_inspect.plotting import (  # noqa: E402
+from hf_attn_inspect.views.plotting import (  # noqa: E402
     plot_attention_heatmap,
     plot_model_view,
     plot_multi_head_attention,

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector
-from hf_attn_inspect.analysis import head_metrics
-from hf_attn_inspect.capture import Probe
-from hf_attn_inspect.core import scaled_dot_product_attention_with_weights as reference
-from hf_attn_inspect.metrics import METRICS, ROW_QUANTITIES, row_quantities, sentence_metrics
-from hf_attn_inspect.streaming import (
+from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.capture.interface import Probe
+from hf_attn_inspect.core.kernels import scaled_dot_product_attention_with_weights as reference
+from hf_attn_inspect.stats.metrics import METRICS, ROW_QUANTITIES, row_quantities, sentence_metrics
+from hf_attn_inspect.stats.streaming import (
     DISTANCE_EDGES,
     StreamingStatsProbe,
     attention_row_stats,
@@ -155,7 +155,7 @@ def test_property_any_tiles_padding_windows(t, q_tile, k_tile, causal, window, l
     want = sentence_metrics(w, valid, causal=causal, local_window=2)
     rows = attention_row_stats(q, k, mask=valid[:, None, None, :], causal=causal, window=window, key_valid=valid,
                                q_tile=q_tile, k_tile=k_tile, local_window=2, distance_edges=DISTANCE_EDGES)
-    from hf_attn_inspect.metrics import reduce_rows
+    from hf_attn_inspect.stats.metrics import reduce_rows
 
     got = reduce_rows(rows, valid, causal=causal)
     assert_metrics_close(want, got)
@@ -216,8 +216,8 @@ def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokeni
     """A 4096-token input (the tiny Llama's whole position range) through both paths, one layer kept."""
     ins = AttentionInspector(tiny_model("llama"), tiny_tokenizer)
     ids = torch.randint(1000, 30000, (1, 4096), generator=torch.Generator().manual_seed(0))
-    from hf_attn_inspect.capture import WeightsProbe
-    from hf_attn_inspect.inspector import Batch
+    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.inspector import Batch
 
     batch = Batch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, encoding={}, lengths=[4096],
                   texts=["x"], pairs=None, truncated=[False])
@@ -229,7 +229,7 @@ def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokeni
     del w, weights_probe
     probe = StreamingStatsProbe(layers=[1], q_tile=512, k_tile=1024)
     ins.run(batch, probe)
-    from hf_attn_inspect.metrics import reduce_rows
+    from hf_attn_inspect.stats.metrics import reduce_rows
 
     got = reduce_rows(probe.rows["self"][1], valid, causal=True)
     assert_metrics_close(want, got)

@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import analyze_dataset
+    from ..runs.dataset import analyze_dataset
     from ..cli import load_inspector
-    from ..errors import InputError
+    from ..core.errors import InputError
 
     if args.limit is not None and args.limit < 0:
         raise InputError(f"--limit must be >= 0, got {args.limit}")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other; pick one")
     # Check the dataset before loading the model: a wrong column fails in a second.
-    from ..datasets_io import load_dataset_texts
+    from ..runs.sources import load_dataset_texts
 
     ds, _ = load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column,
                                limit=args.limit)

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..debug import diagnose
-    from ..errors import InputError
+    from ..checks.debug import diagnose
+    from ..core.errors import InputError
 
     if any(not t.strip() for t in args.texts):
         raise InputError("a text is empty or blank")

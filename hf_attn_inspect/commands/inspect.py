@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..cli import add_model_options, load_inspector
-from ..errors import InputError, OutputError
+from ..core.errors import InputError, OutputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +53,9 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import analyze_attention_pattern, format_attention_analysis
-    from ..plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
-    from ..result import clean_token
+    from ..stats.analysis import analyze_attention_pattern, format_attention_analysis
+    from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
+    from ..capture.result import clean_token
 
     if not args.text.strip():
         raise InputError("text is empty or blank")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids)
     written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
     if args.html:
-        from ..explorer import write_explorer
+        from ..views.explorer import write_explorer
 
         written.append(write_explorer(result, out / "attention.html"))
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         title = f"ATTENTION PATTERN ANALYSIS  layer {args.layer}, head {args.head}"
         print(format_attention_analysis(analyze_attention_pattern(weights), title=title))
     if args.all_heads:
-        from ..analysis import format_head_table, head_table
+        from ..stats.analysis import format_head_table, head_table
 
         which = "decoder" if args.attention == "decoder" else "self"
         if args.attention == "cross":

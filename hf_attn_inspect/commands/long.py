@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from ..errors import InputError, OutputError
+from ..core.errors import InputError, OutputError
 
 FILES = ("head_metrics.csv", "sinks.csv", "distance.csv", "sinks.png", "distance.png", "first_token_heads.png")
 
@@ -55,9 +55,9 @@ def _read_text(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import load_inspector
-    from ..fileio import atomic_path
-    from ..long_context import long_context_report, plot_distance_mass, plot_head_metric, plot_sink_curve
-    from ..metrics import LOCAL_WINDOW
+    from ..core.files import atomic_path
+    from ..runs.long_context import long_context_report, plot_distance_mass, plot_head_metric, plot_sink_curve
+    from ..stats.metrics import LOCAL_WINDOW
 
     for name, value in (("--bins", args.bins), ("--q-tile", args.q_tile), ("--k-tile", args.k_tile)):
         if value < 1:

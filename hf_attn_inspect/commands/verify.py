@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..verify import verify
+    from ..core.errors import InputError
+    from ..checks.verify import verify
 
     if any(not t.strip() for t in args.texts):
         raise InputError("a text is empty or blank")

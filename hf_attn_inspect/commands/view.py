@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cli import add_model_options, load_inspector
-from ..errors import InputError
+from ..core.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explorer import write_explorer
+    from ..views.explorer import write_explorer
 
     if not args.text.strip():
         raise InputError("the text is empty; pass the text to look at, e.g. hf-attn-inspect view \"The cat sat.\"")

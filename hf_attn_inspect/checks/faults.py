@@ -1,7 +1,7 @@
-"""Five ways to break attention, planted on a copy of a model, to show (and test) that :func:`~hf_attn_inspect.debug.diagnose` catches each.
+"""Five ways to break attention, planted on a copy of a model, to show (and test) that :func:`~hf_attn_inspect.checks.debug.diagnose` catches each.
 
 Faults are planted either by patching a deep copy of the model (its weights or its attention modules'
-``scaling``), or through a :class:`~hf_attn_inspect.debug.DiagnosticProbe` subclass that changes what
+``scaling``), or through a :class:`~hf_attn_inspect.checks.debug.DiagnosticProbe` subclass that changes what
 the capture path computes (a buggy attention function). The original model is never modified and
 there is no second way of computing attention: every fault goes through the one capture path.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .debug import DiagnosticProbe
-from .errors import InputError
+from ..core.errors import InputError
 
 __all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowProbe", "DroppedMaskProbe", "break_and_diagnose", "caught_table", "all_caught"]
 
@@ -55,7 +55,7 @@ def _query_linear(module: torch.nn.Module) -> torch.nn.Linear:
 
 
 def _copy(inspector: Any, change: Callable[[torch.nn.Module], None]) -> Any:
-    from .inspector import AttentionInspector
+    from ..capture.inspector import AttentionInspector
 
     model = copy.deepcopy(inspector.model)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def _blow_up_queries(model: torch.nn.Module, factor: float = 30.0) -> None:
 
 @dataclass(frozen=True)
 class Fault:
-    """One planted fault: ``check`` is the :func:`~hf_attn_inspect.debug.diagnose` check that must fail."""
+    """One planted fault: ``check`` is the :func:`~hf_attn_inspect.checks.debug.diagnose` check that must fail."""
 
     name: str
     check: str
@@ -122,7 +122,7 @@ def plant_fault(inspector: Any, name: str) -> tuple[Any, type[DiagnosticProbe]]:
 
 
 def break_and_diagnose(inspector: Any, texts: list[str] | None = None) -> dict[str, Any]:
-    """``{"healthy": Report, fault name: Report, ...}``: :func:`~hf_attn_inspect.debug.diagnose` of the
+    """``{"healthy": Report, fault name: Report, ...}``: :func:`~hf_attn_inspect.checks.debug.diagnose` of the
     model as it is and with each fault of :data:`FAULTS` planted (on copies; the model is not changed)."""
     from .debug import diagnose
 

@@ -1,7 +1,7 @@
 """Whole-dataset attention analysis at about the speed of the model's own forward pass.
 
 :func:`analyze_dataset` runs a model over every text of a dataset and returns one row per
-(layer, head) with, for every metric ``m`` of :mod:`hf_attn_inspect.metrics`, ``m_mean`` (the average
+(layer, head) with, for every metric ``m`` of :mod:`hf_attn_inspect.stats.metrics`, ``m_mean`` (the average
 over sentences of the per-sentence value: each sentence weighs the same, as in Clark et al. 2019) and
 ``m_std`` (its population standard deviation over sentences), plus ``share_<class>``: the share of
 sentences in which the head falls in each pattern class.
@@ -11,14 +11,14 @@ How it stays fast and small:
 - texts are read shard by shard (``shard_size`` rows, dataset order); inside a shard they are sorted
   by token length and run ``batch_size`` at a time, padded only to the longest text of the batch;
 - a :class:`SentenceStatsProbe` reduces each layer's attention to per-sentence statistics with
-  :func:`~hf_attn_inspect.metrics.sentence_metrics` inside the capture, so no weights outlive their
+  :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` inside the capture, so no weights outlive their
   layer: memory does not grow with the dataset size or the number of layers;
 - statistics are merged as float64 sums, sums of squares and counts, so shards combine exactly; with an
   output directory each shard is written atomically as it finishes, a killed run restarts from the
   last finished shard (``resume=True``) and ends with the same numbers, and a finished run is never
   overwritten unless asked (``overwrite=True``).
 
-The probe is pluggable (``probe=``): any :class:`~hf_attn_inspect.capture.Probe` that, after
+The probe is pluggable (``probe=``): any :class:`~hf_attn_inspect.capture.interface.Probe` that, after
 :meth:`AttentionInspector.run`, returns per-sentence values from ``per_sentence()`` (see
 :class:`SentenceStatsProbe`) can replace the default exact weights-based one, e.g. a streaming probe
 that computes the statistics from query/key tiles.
@@ -41,11 +41,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import PATTERN_CLASSES, PatternThresholds, pattern_index
-from .capture import Probe, Site
-from .core import scaled_dot_product_attention_with_weights
-from .errors import InputError, OutputError
-from .metrics import METRICS, is_punctuation, sentence_metrics
+from ..stats.analysis import PATTERN_CLASSES, PatternThresholds, pattern_index
+from ..capture.interface import Probe, Site
+from ..core.kernels import scaled_dot_product_attention_with_weights
+from ..core.errors import InputError, OutputError
+from ..stats.metrics import METRICS, is_punctuation, sentence_metrics
 
 __all__ = [
     "PATTERN_CLASSES",
@@ -65,8 +65,8 @@ def classify_sentence_heads(
     """Pattern class of every (sentence, layer, head) from its per-sentence metrics.
 
     ``values`` maps metric names to tensors of one shape (e.g. ``[batch, layers, heads]``); the rule and
-    its inputs are :func:`hf_attn_inspect.analysis.pattern_index` (Clark et al. 2019 thresholds,
-    :class:`~hf_attn_inspect.analysis.PatternThresholds`; override fields with ``thresholds``). Returns
+    its inputs are :func:`hf_attn_inspect.stats.analysis.pattern_index` (Clark et al. 2019 thresholds,
+    :class:`~hf_attn_inspect.stats.analysis.PatternThresholds`; override fields with ``thresholds``). Returns
     ``(class names, index tensor)`` of that shape.
     """
     th = PatternThresholds(**(thresholds or {}))
@@ -111,7 +111,7 @@ class SentenceStatsProbe(Probe):
     ``valid``/``special``/``punctuation`` are boolean ``[batch, tokens]`` masks of the batch (real
     tokens, the tokenizer's special tokens, punctuation-only tokens). Each attention call of the chosen
     ``stacks`` (default: ``self`` and ``encoder``, the model's main text stack) computes the exact
-    float32 weights, passes them to :func:`~hf_attn_inspect.metrics.sentence_metrics` and keeps only
+    float32 weights, passes them to :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` and keeps only
     the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
@@ -348,7 +348,7 @@ def _versions() -> dict[str, str]:
     import datasets
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "hf_attn_inspect": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -469,7 +469,7 @@ def analyze_dataset(
 
     ``dataset`` is a :class:`datasets.Dataset`, a list of strings (or of ``(text, pair)`` tuples), a
     local file/folder or Hub name, or ``None`` for the shipped sample (see
-    :func:`~hf_attn_inspect.datasets_io.load_dataset_texts`, which also takes ``config``/``split``/
+    :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`, which also takes ``config``/``split``/
     ``column``/``limit``; ``column="a,b"`` analyses sentence pairs). Columns: ``layer``, ``head``,
     ``n_sentences``, ``<metric>_mean`` (average over sentences of the per-sentence value, padding never
     counted), ``<metric>_std`` (population standard deviation over sentences), ``share_<class>`` (share
@@ -484,7 +484,7 @@ def analyze_dataset(
     ``report.md`` and ``run.json`` are written at the end. ``progress=True`` shows a tqdm bar with
     sentences per second on stderr.
     """
-    from .datasets_io import load_dataset_texts
+    from .sources import load_dataset_texts
 
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch size and shard size must be at least 1")

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from .capture import Probe, Site, original_attention_function, passthrough_name, use_implementation
-from .inspector import AttentionInspector, Batch
+from ..capture.interface import Probe, Site, original_attention_function, passthrough_name, use_implementation
+from ..capture.inspector import AttentionInspector, Batch
 
 __all__ = ["verify", "VerificationReport", "LayerCheck", "DEFAULT_TEXTS"]
 

@@ -2,7 +2,7 @@
 
 :func:`head_metrics` turns one result, a list of results (padded into one batch) or a weights tensor
 into a :class:`pandas.DataFrame` with one row per (layer, head); the definitions live in
-:mod:`hf_attn_inspect.metrics`. :func:`analyze_attention_pattern` and :func:`print_attention_analysis`
+:mod:`hf_attn_inspect.stats.metrics`. :func:`analyze_attention_pattern` and :func:`print_attention_analysis`
 keep the chapter's keys and meaning for a single ``[T, T]`` head.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import Probe, Site
-from .errors import CaptureError, InputError
+from ..capture.interface import Probe, Site
+from ..core.errors import CaptureError, InputError
 from .metrics import METRICS, punctuation_mask, sentence_metrics
-from .result import AttentionResult
+from ..capture.result import AttentionResult
 
 __all__ = [
     "head_metrics",
@@ -152,7 +152,7 @@ def head_metrics(
     sparsity_threshold: float = 0.3,
     per_sentence: bool = False,
 ) -> pd.DataFrame:
-    """One row per (layer, head) with every metric of :mod:`hf_attn_inspect.metrics`, 0-indexed ``layer``, ``head``.
+    """One row per (layer, head) with every metric of :mod:`hf_attn_inspect.stats.metrics`, 0-indexed ``layer``, ``head``.
 
     ``data`` is a result, a list of results (each sentence weighs the same in the mean), or weights
     ``[..., layers, heads, T, T]`` / ``[heads, T, T]`` / ``[T, T]`` with an optional boolean ``valid``
@@ -484,7 +484,7 @@ def detect_heads(
     """
     if kind not in DETECTOR_KINDS:
         raise InputError(f"unknown detector '{kind}'; choose one of {', '.join(DETECTOR_KINDS)}")
-    from .inspector import Batch
+    from ..capture.inspector import Batch
 
     model = inspector.model
     tok = getattr(inspector, "tokenizer", None)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InputError
+from ..core.errors import InputError
 
 __all__ = [
     "DatasetInfo",

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
-from .fileio import atomic_path
+from ..core.errors import InputError
+from ..core.files import atomic_path
 
 __all__ = ["AttentionResult", "clean_token"]
 
@@ -180,10 +180,10 @@ class AttentionResult:
     def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
         """The self-contained interactive explorer page as an HTML string; also written to ``path`` if given.
 
-        See :func:`hf_attn_inspect.explorer.explorer_html` for the options (``classes``, ``metrics``,
+        See :func:`hf_attn_inspect.views.explorer.explorer_html` for the options (``classes``, ``metrics``,
         ``rollout``, ``title``).
         """
-        from .explorer import explorer_html, write_text
+        from ..views.explorer import explorer_html, write_text
 
         text = explorer_html(self, **kwargs)
         if path is not None:
@@ -191,8 +191,8 @@ class AttentionResult:
         return text
 
     def show(self, **kwargs: Any) -> Any:
-        """Show the interactive explorer inline in a notebook (see :func:`hf_attn_inspect.explorer.show`)."""
-        from .explorer import show
+        """Show the interactive explorer inline in a notebook (see :func:`hf_attn_inspect.views.explorer.show`)."""
+        from ..views.explorer import show
 
         return show(self, **kwargs)
 

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
-from .result import AttentionResult, clean_token
+from ..core.errors import InputError
+from ..capture.result import AttentionResult, clean_token
 
 __all__ = [
     "head_average",

@@ -1,12 +1,12 @@
 """Compare the attention of two checkpoints head by head: what did fine-tuning (or an edit) change?
 
 Both models read the same inputs through the one capture path (:meth:`AttentionInspector.run` with a
-:class:`~hf_attn_inspect.capture.Probe`). Model A's weights of one padded batch are kept per layer; while
+:class:`~hf_attn_inspect.capture.interface.Probe`). Model A's weights of one padded batch are kept per layer; while
 model B runs, each of its layers is reduced at once against A's same layer (Jensen-Shannon divergence of
-every query row, and every metric of :func:`~hf_attn_inspect.metrics.sentence_metrics` for both models)
+every query row, and every metric of :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` for both models)
 and A's copy of that layer is dropped, so nothing larger than one batch of one model's weights is held.
-Inputs go through the batch engine (:mod:`hf_attn_inspect.batch`): the same dataset loading, rows read
-shard by shard, length-bucketed batches, statistics merged as sums (:class:`~hf_attn_inspect.batch.ShardStats`),
+Inputs go through the batch engine (:mod:`hf_attn_inspect.runs.dataset`): the same dataset loading, rows read
+shard by shard, length-bucketed batches, statistics merged as sums (:class:`~hf_attn_inspect.runs.dataset.ShardStats`),
 shards written atomically and a stopped run resumable.
 
 Numbers per (layer, head), all sentences weighing the same:
@@ -15,7 +15,7 @@ Numbers per (layer, head), all sentences weighing the same:
   between 0 and ``ln 2 = 0.693``), where ``p``/``q`` are A's/B's attention rows of one query; averaged over
   the sentence's real (non-padding) query rows, then over sentences (``js_divergence_std``: its standard
   deviation over sentences). Padding keys carry no weight in either model and do not count.
-- ``delta_<metric>``: B's mean minus A's mean of each metric of :mod:`hf_attn_inspect.metrics`;
+- ``delta_<metric>``: B's mean minus A's mean of each metric of :mod:`hf_attn_inspect.stats.metrics`;
   ``a_<metric>`` and ``b_<metric>`` are the two means.
 - ``class_a`` / ``class_b``: each head's pattern class in A and in B (``classify_heads`` of the analysis
   module on the first :data:`CLASS_SAMPLE` texts), when the analysis module provides it; otherwise these
@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .batch import ShardStats, _clean_rows, _punctuation_table, _slice_inputs, _versions, _write_json, run_sharded
-from .capture import Probe, Site
-from .errors import InputError
-from .figures import plot_attention_diff
-from .fileio import atomic_path
-from .inspector import AttentionInspector, Batch
-from .metrics import METRICS, sentence_metrics
+from .dataset import ShardStats, _clean_rows, _punctuation_table, _slice_inputs, _versions, _write_json, run_sharded
+from ..capture.interface import Probe, Site
+from ..core.errors import InputError
+from ..views.figures import plot_attention_diff
+from ..core.files import atomic_path
+from ..capture.inspector import AttentionInspector, Batch
+from ..stats.metrics import METRICS, sentence_metrics
 
 __all__ = [
     "CLASS_SAMPLE",
@@ -261,7 +261,7 @@ def _add_classes(df: pd.DataFrame, a: AttentionInspector, b: AttentionInspector,
     """Add ``class_a``/``class_b``: the analysis module's ``classify_heads`` of each model on ``texts`` (the
     first :data:`CLASS_SAMPLE` texts; pattern classes are not additive over shards, so they come from one
     sample)."""
-    from .analysis import classify_heads
+    from ..stats.analysis import classify_heads
 
     which = "decoder" if stack == "decoder" else "self"
     for side, inspector in (("a", a), ("b", b)):
@@ -319,7 +319,7 @@ def compare_models(
     models differ in layers/heads or their tokenizers split a text differently (naming text and token).
     ``classes=False`` skips the pattern classes.
     """
-    from .datasets_io import load_dataset_texts
+    from .sources import load_dataset_texts
 
     ia = _as_inspector(a, tokenizer, device, dtype, "A")
     ib = _as_inspector(b, tokenizer or ia.tokenizer, device, dtype, "B")
@@ -399,7 +399,7 @@ def plot_head_diffs(result_a: Any, result_b: Any, heads: Sequence[tuple[int, int
 
     ``result_a``/``result_b`` are :class:`AttentionResult` objects of the same text holding those heads.
     The difference uses a diverging scale centred at 0 (red = more weight in B, blue = less), drawn by
-    :func:`~hf_attn_inspect.figures.plot_attention_diff`. Returns the figure.
+    :func:`~hf_attn_inspect.views.figures.plot_attention_diff`. Returns the figure.
     """
     import matplotlib.pyplot as plt
 

@@ -1,8 +1,8 @@
 """Per-head attention statistics streamed tile by tile from the query and key: no ``[T, T]`` matrix.
 
 Long inputs cannot have their attention weights materialised (one 32-head layer at 32k tokens is 128 GiB
-in float32). This module computes the per-row quantities of :mod:`hf_attn_inspect.metrics`
-(:data:`~hf_attn_inspect.metrics.ROW_QUANTITIES`: entropy, diagonal, previous/next token, first token
+in float32). This module computes the per-row quantities of :mod:`hf_attn_inspect.stats.metrics`
+(:data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`: entropy, diagonal, previous/next token, first token
 (sink share), special tokens, punctuation, max weight, mean distance, local-window share, and the sums
 behind ``weight_std``/``sparsity``) directly from the post-RoPE query and key, one query tile x key tile
 block at a time, in two passes per query tile (flash-attention style):
@@ -12,16 +12,16 @@ block at a time, in two passes per query tile (flash-attention style):
    ``lse_i - sum_j p_ij s_ij`` (computed as ``ln l_i - sum_j p_ij (s_ij - m_i)`` for float32 accuracy).
 
 Peak memory is one ``[batch, heads, q_tile, k_tile]`` block plus ``O(T)`` per head. The rows are reduced
-to metrics by :func:`hf_attn_inspect.metrics.reduce_rows`, the same function that reduces the rows of
+to metrics by :func:`hf_attn_inspect.stats.metrics.reduce_rows`, the same function that reduces the rows of
 materialised weights, so both paths share every definition.
 
 Inside a model, :class:`StreamingStatsProbe` receives every attention call through the one capture path
-(:mod:`hf_attn_inspect.capture`): it computes the layer's output with torch's fused
+(:mod:`hf_attn_inspect.capture.interface`): it computes the layer's output with torch's fused
 ``scaled_dot_product_attention`` (the model's forward pass is unchanged up to sdpa rounding) and the
 statistics with :func:`attention_row_stats`; it never builds the model's ``[B, 1, T, T]`` mask either:
 masks arrive as a :class:`LazyMask` that evaluates transformers' own mask function block by block.
 :func:`streaming_head_metrics` runs texts through an inspector and returns the one-row-per-(layer, head)
-table of :func:`hf_attn_inspect.analysis.head_metrics`, without ever holding weights.
+table of :func:`hf_attn_inspect.stats.analysis.head_metrics`, without ever holding weights.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-from .capture import Probe, Site, _attention_function
-from .core import mask_to_keep, repeat_kv
-from .errors import CaptureError, InputError
+from ..capture.interface import Probe, Site, _attention_function
+from ..core.kernels import mask_to_keep, repeat_kv
+from ..core.errors import CaptureError, InputError
 from .metrics import LOCAL_WINDOW, METRICS, ROW_QUANTITIES, punctuation_mask, reduce_rows, row_quantities
 
 __all__ = [
@@ -220,14 +220,14 @@ def attention_row_stats(
     ``query`` is ``[batch, heads, T, d]`` and ``key`` ``[batch, kv_heads, S, d]`` (``kv_heads`` dividing
     ``heads``: grouped-query heads share their key without it being repeated). Weights are
     ``softmax(q k^T * scale (+ softcap) + mask)`` exactly as in
-    :func:`~hf_attn_inspect.core.scaled_dot_product_attention_with_weights`: ``mask`` is None, a boolean
+    :func:`~hf_attn_inspect.core.kernels.scaled_dot_product_attention_with_weights`: ``mask`` is None, a boolean
     or additive tensor broadcasting to ``[batch, 1|heads, T, S]``, or a :class:`LazyMask`; ``causal``
     additionally masks keys after the query and ``window`` keys ``window`` or more tokens away (query
     ``i`` sits at position ``S - T + i``). Rows whose keys are all masked get all-zero weights.
     ``key_valid`` (boolean ``[batch, S]``) zeroes weights on padding keys without renormalising, as
-    :func:`~hf_attn_inspect.metrics.sentence_metrics` does; ``special``/``punctuation`` are boolean
+    :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` does; ``special``/``punctuation`` are boolean
     ``[batch, S]`` key masks. Returns ``{name: float32 [batch, heads, T]}`` for every name of
-    :data:`~hf_attn_inspect.metrics.ROW_QUANTITIES` plus ``lse`` (log-sum-exp of the scores, ``-inf`` on
+    :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES` plus ``lse`` (log-sum-exp of the scores, ``-inf`` on
     fully masked rows), and, when ``distance_edges`` is given, ``within`` ``[batch, heads, T, E]``: the
     weight at ``|i - j| <= edge`` for each edge. Memory: ``O(batch * heads * q_tile * k_tile)``.
     """
@@ -450,9 +450,9 @@ def streaming_metrics(
     causal: bool = False,
     **kwargs: Any,
 ) -> dict[str, torch.Tensor]:
-    """The :data:`~hf_attn_inspect.metrics.METRICS` ``{name: [batch, heads]}`` of one attention call, streamed.
+    """The :data:`~hf_attn_inspect.stats.metrics.METRICS` ``{name: [batch, heads]}`` of one attention call, streamed.
 
-    Same numbers as :func:`~hf_attn_inspect.metrics.sentence_metrics` on the materialised weights:
+    Same numbers as :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` on the materialised weights:
     ``valid`` (boolean ``[batch, T]``, default all real) selects the query rows that count and zeroes
     padding keys; ``causal`` also sets ``max_entropy``'s definition. Other keyword arguments go to
     :func:`attention_row_stats`.
@@ -570,9 +570,9 @@ class StreamingStatsProbe(Probe):
     heads, T]}``); it returns no weights. ``masks`` maps a stack to its :class:`KeyMasks` (padding keys
     zeroed, special/punctuation shares); ``layers`` restricts which layers are measured;
     ``distance_edges`` adds the cumulative ``within`` rows; ``keep`` limits which rows are stored (by
-    default all of :data:`~hf_attn_inspect.metrics.ROW_QUANTITIES`, ``lse`` and ``within``). Models that
+    default all of :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`, ``lse`` and ``within``). Models that
     do not dispatch through transformers' attention interface reach :meth:`record` with full weights
-    (eager fallback), whose rows are then computed by :func:`~hf_attn_inspect.metrics.row_quantities`.
+    (eager fallback), whose rows are then computed by :func:`~hf_attn_inspect.stats.metrics.row_quantities`.
     """
 
     implementation = STREAMING_NAME
@@ -733,7 +733,7 @@ def run_streaming(
     heads x T)`` floats on CPU), or with ``reduce=True`` only ``probe.metrics[stack][layer]`` (``{metric:
     [batch, heads]}``); the stacks' causality is in ``probe.causal``.
     """
-    from .inspector import AttentionInspector
+    from ..capture.inspector import AttentionInspector
 
     probe = StreamingStatsProbe(
         _stack_masks(inspector, batch),
@@ -772,9 +772,9 @@ def streaming_head_metrics(
     q_tile: int = 256,
     k_tile: int = 1024,
 ) -> pd.DataFrame:
-    """One row per (layer, head) with every :data:`~hf_attn_inspect.metrics.METRICS`, never materialising weights.
+    """One row per (layer, head) with every :data:`~hf_attn_inspect.stats.metrics.METRICS`, never materialising weights.
 
-    The same table as :func:`hf_attn_inspect.analysis.head_metrics` on captured results (columns
+    The same table as :func:`hf_attn_inspect.stats.analysis.head_metrics` on captured results (columns
     ``layer``, ``head`` and the metrics; each sentence weighs the same in the mean; padding never
     counts), computed from the query and key by :func:`attention_row_stats` while the model runs with
     fused sdpa. Memory is ``O(T)`` per head instead of ``O(T^2)``. ``which`` picks the stack of

@@ -3,7 +3,7 @@
 :class:`AttentionMonitor` runs a fixed batch of probe texts through the model being trained with the one
 capture path (:meth:`AttentionInspector.run`: eval mode and no gradients for the call, the model's mode and
 attention implementation restored afterwards) and reduces every layer at once to the per-head metrics of
-:func:`~hf_attn_inspect.metrics.sentence_metrics`, averaged over the probe texts (padding never counts).
+:func:`~hf_attn_inspect.stats.metrics.sentence_metrics`, averaged over the probe texts (padding never counts).
 Each :meth:`~AttentionMonitor.record` appends one JSON line to the log. :class:`AttentionStatsCallback`
 does the same from a transformers ``Trainer`` every ``every_n_steps`` optimizer steps.
 
@@ -34,10 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .capture import Probe, Site
-from .errors import InputError, OutputError
-from .inspector import AttentionInspector
-from .metrics import METRICS, punctuation_mask, sentence_metrics
+from ..capture.interface import Probe, Site
+from ..core.errors import InputError, OutputError
+from ..capture.inspector import AttentionInspector
+from ..stats.metrics import METRICS, punctuation_mask, sentence_metrics
 
 __all__ = [
     "AttentionMonitor",
@@ -344,7 +344,7 @@ def plot_training_trends(
     or with ``heads=None`` one line per layer (the mean over its heads).
 
     ``log`` is anything :func:`read_log` accepts; ``metric`` is one of
-    :data:`~hf_attn_inspect.metrics.METRICS` or ``entropy_ratio``. Values are the per-head means over the
+    :data:`~hf_attn_inspect.stats.metrics.METRICS` or ``entropy_ratio``. Values are the per-head means over the
     probe texts stored in each record. Returns the axes.
     """
     import matplotlib.pyplot as plt
@@ -437,7 +437,7 @@ def animate_attention(
 
     from PIL import Image
 
-    from .fileio import atomic_path
+    from ..core.files import atomic_path
 
     if isinstance(log_or_checkpoints, (list, tuple)) and log_or_checkpoints and not isinstance(log_or_checkpoints[0], dict):
         mats, labels, tokens = _frames_from_checkpoints(log_or_checkpoints, layer, head, text, tokenizer)

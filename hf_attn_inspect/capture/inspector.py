@@ -10,8 +10,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .capture import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
-from .errors import CaptureError, InputError, ModelLoadError
+from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
+from ..core.errors import CaptureError, InputError, ModelLoadError
 from .result import AttentionResult
 
 __all__ = ["AttentionInspector", "Batch", "TruncationWarning", "default_model_path", "DEFAULT_MODEL_NAME"]
@@ -258,7 +258,7 @@ class AttentionInspector:
         attention interface fall back to eager ``output_attentions=True`` and the probe's
         :meth:`Probe.record` receives those weights; a model that yields no attention either way
         raises :class:`CaptureError`. ``implementation`` names the registered function/mask pair to use
-        (see :func:`~hf_attn_inspect.capture.passthrough_name`); by default the probe's own
+        (see :func:`~hf_attn_inspect.capture.interface.passthrough_name`); by default the probe's own
         ``implementation`` attribute when it has one (the streaming probe's builds no ``[T, T]`` mask),
         else the exact eager-mask capture.
         """

@@ -18,7 +18,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path`` (else delete it).
 
     The final file gets ordinary permissions (0666 minus the umask). ``OSError`` becomes
-    :class:`~hf_attn_inspect.errors.OutputError` with a one-line message.
+    :class:`~hf_attn_inspect.core.errors.OutputError` with a one-line message.
     """
     path = Path(path)
     tmp = None

@@ -5,7 +5,7 @@ numbers that justify it, the likely causes and the fix to try. Nothing is printe
 (``verbose=True``, :meth:`Finding.print`, :meth:`Report.print`).
 
 :func:`diagnose` runs the whole checklist on a model. Its statistics come from
-:class:`DiagnosticProbe`, a :class:`~hf_attn_inspect.capture.Probe` in the one capture path: while the
+:class:`DiagnosticProbe`, a :class:`~hf_attn_inspect.capture.interface.Probe` in the one capture path: while the
 model runs, it sees every layer's post-RoPE query and key, the scale and the mask the model passes,
 and the weights and output the reference core computes, and keeps only per-head statistics (never the
 full ``[layers, heads, T, T]`` weights), except the weights of one sentence for the padding comparison.
@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import Probe, Site, attention_implementation
-from .core import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights
-from .errors import InputError
-from .metrics import sentence_metrics
+from ..capture.interface import Probe, Site, attention_implementation
+from ..core.kernels import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights
+from ..core.errors import InputError
+from ..stats.metrics import sentence_metrics
 
 __all__ = [
     "Finding",
@@ -316,10 +316,10 @@ class DiagnosticProbe(Probe):
     per-head std of Q and K over real tokens, variance of the scaled scores over real (query, key)
     pairs, the scale used and ``d_k``. From the weights (:meth:`record`, also fed by the eager
     fallback): fully masked real rows, the worst row-sum error, the largest weight on padding, and per
-    head the entropy ratio ``entropy / max_entropy`` (via :func:`~hf_attn_inspect.metrics.sentence_metrics`)
+    head the entropy ratio ``entropy / max_entropy`` (via :func:`~hf_attn_inspect.stats.metrics.sentence_metrics`)
     and the share of collapsed rows (max weight > 0.95). ``keep`` names a sentence whose real-token
     weights are kept per layer (``kept[stack][layer]``, ``[H, n, n]``) for the padding comparison.
-    Subclasses may change the inputs before calling ``super().attend`` (see :mod:`hf_attn_inspect.faults`).
+    Subclasses may change the inputs before calling ``super().attend`` (see :mod:`hf_attn_inspect.checks.faults`).
     """
 
     collapse_threshold = 0.95
@@ -446,7 +446,7 @@ class DiagnoseThresholds:
 
 
 def _resolve(target: Any, tokenizer: Any) -> Any:
-    from .inspector import AttentionInspector
+    from ..capture.inspector import AttentionInspector
 
     if isinstance(target, AttentionInspector):
         return target
@@ -694,7 +694,7 @@ def _check_masks_dropped(inspector, probe, batch, shortest, probe_class, th, max
 
 
 def _check_sdpa_trap(inspector) -> Finding:
-    from .inspector import _quiet_transformers
+    from ..capture.inspector import _quiet_transformers
 
     model = inspector.model
     impl = attention_implementation(model) or "unknown"

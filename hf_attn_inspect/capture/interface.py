@@ -26,8 +26,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
 
-from .core import scaled_dot_product_attention_with_weights
-from .errors import CaptureError
+from ..core.kernels import scaled_dot_product_attention_with_weights
+from ..core.errors import CaptureError
 
 __all__ = ["ATTENTION_NAME", "Site", "Probe", "WeightsProbe", "capture", "attention_implementation"]
 

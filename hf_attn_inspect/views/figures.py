@@ -2,10 +2,10 @@
 
 Axes-level in the seaborn style: each function takes data and an optional ``ax``, draws, and returns
 the axes; none calls ``show()`` or prints. Save with ``ax.figure.savefig("x.pdf")`` or
-:func:`hf_attn_inspect.plotting.save_figure` (PNG, SVG, PDF). Tick labels are thinned on long inputs
-(:func:`hf_attn_inspect.plotting.thin_ticks`) and numbers are written in cells only up to 16 tokens.
+:func:`hf_attn_inspect.views.plotting.save_figure` (PNG, SVG, PDF). Tick labels are thinned on long inputs
+(:func:`hf_attn_inspect.views.plotting.thin_ticks`) and numbers are written in cells only up to 16 tokens.
 Every function that takes an :class:`~hf_attn_inspect.AttentionResult` accepts ``level="word"`` to merge
-sub-word pieces into words first (:func:`hf_attn_inspect.aggregate.words`: sum over keys, mean over
+sub-word pieces into words first (:func:`hf_attn_inspect.stats.aggregate.words`: sum over keys, mean over
 queries; rows still sum to 1).
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .aggregate import attention_rollout, head_average, words
-from .errors import InputError
+from ..stats.aggregate import attention_rollout, head_average, words
+from ..core.errors import InputError
 from .plotting import ANNOTATE_MAX_TOKENS, MAX_TICK_LABELS, thin_ticks
-from .result import AttentionResult
+from ..capture.result import AttentionResult
 
 __all__ = ["plot_attention_diff", "plot_head_metric_map", "plot_head_view", "plot_rollout"]
 
@@ -40,7 +40,7 @@ def _level(result: AttentionResult, level: str) -> AttentionResult:
 
 
 def _labels(result: AttentionResult, which: str) -> tuple[list[str], list[str]]:
-    from .result import clean_token
+    from ..capture.result import clean_token
 
     _, q, k = result.stack(which)
     return [clean_token(t) for t in q], [clean_token(t) for t in k]
@@ -142,7 +142,7 @@ def plot_head_metric_map(
     cmap: str = "viridis",
     title: str | None = None,
 ):
-    """Draw a layers x heads heatmap of one metric of :func:`hf_attn_inspect.analysis.head_metrics`; return the axes.
+    """Draw a layers x heads heatmap of one metric of :func:`hf_attn_inspect.stats.analysis.head_metrics`; return the axes.
 
     ``metrics`` has ``layer``, ``head`` and the ``metric`` column (one row per head; several rows per
     head, e.g. ``per_sentence=True``, are averaged). Each cell shows the value when ``annotate``; with
@@ -271,12 +271,12 @@ def plot_rollout(
 ):
     """Draw attention rollout after ``layer`` (``kind="rollout"``) or that layer's head average (``kind="mean"``); return the axes.
 
-    Rollout is :func:`hf_attn_inspect.aggregate.attention_rollout` (Abnar & Zuidema 2020) computed on
+    Rollout is :func:`hf_attn_inspect.stats.aggregate.attention_rollout` (Abnar & Zuidema 2020) computed on
     tokens, then merged into words when ``level="word"``: row ``i`` shows how much of each input token
     reaches position ``i`` after ``layer`` (a model layer index, default the last captured). Colour runs
     from 0 to the matrix maximum; values are written in cells up to 16 tokens.
     """
-    from .aggregate import aggregate_words, word_units
+    from ..stats.aggregate import aggregate_words, word_units
     from .plotting import plot_attention_heatmap
 
     if not isinstance(result, AttentionResult):

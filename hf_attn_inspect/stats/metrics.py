@@ -1,7 +1,7 @@
 """Per-head attention metrics as tensor operations: every sentence, layer and head at once.
 
 This is the single implementation of the metric definitions. The DataFrame API of
-:mod:`hf_attn_inspect.analysis`, the dataset engine, comparison and the explorer all call
+:mod:`hf_attn_inspect.stats.analysis`, the dataset engine, comparison and the explorer all call
 :func:`sentence_metrics`. Definitions, for one sentence with ``n`` real tokens and weights ``a_ij`` (row
 ``i`` = query, column ``j`` = key), averaged over the valid query rows ``i < n`` unless said otherwise:
 
@@ -22,7 +22,7 @@ sentence) is 0.
 
 Every metric is a mean (or, for ``weight_std``/``sparsity``, a pooled statistic) of *per-row* quantities
 (:data:`ROW_QUANTITIES`), reduced by :func:`reduce_rows`. :func:`sentence_metrics` computes those rows from
-full ``[T, T]`` weights; :mod:`hf_attn_inspect.streaming` computes the same rows tile by tile from the
+full ``[T, T]`` weights; :mod:`hf_attn_inspect.stats.streaming` computes the same rows tile by tile from the
 query and key without ever holding a ``[T, T]`` matrix; both reduce them with :func:`reduce_rows`.
 """
 
@@ -32,7 +32,7 @@ import unicodedata
 
 import torch
 
-from .result import clean_token
+from ..capture.result import clean_token
 
 __all__ = [
     "METRICS",

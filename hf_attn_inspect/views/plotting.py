@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .fileio import atomic_path
+from ..core.errors import InputError
+from ..core.files import atomic_path
 
 __all__ = [
     "plot_attention_heatmap",

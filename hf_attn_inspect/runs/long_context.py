@@ -1,6 +1,6 @@
 """Long-context report: per-head metrics, attention sinks by query position, attention mass by distance.
 
-Everything here comes from :func:`hf_attn_inspect.streaming.run_streaming`, so a document of tens of
+Everything here comes from :func:`hf_attn_inspect.stats.streaming.run_streaming`, so a document of tens of
 thousands of tokens is analysed without any ``[T, T]`` weight matrix. :func:`long_context_report`
 returns three tables; the ``plot_*`` functions draw them (axes-level, they never show or print).
 """
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import InputError
-from .metrics import LOCAL_WINDOW, METRICS, reduce_rows
-from .streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, KeyMasks, distance_bucket_mass, run_streaming
+from ..core.errors import InputError
+from ..stats.metrics import LOCAL_WINDOW, METRICS, reduce_rows
+from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, KeyMasks, distance_bucket_mass, run_streaming
 
 __all__ = [
     "LongContextReport",
@@ -33,7 +33,7 @@ class LongContextReport:
     """Tables of one long document.
 
     - ``metrics``: one row per (layer, head): ``layer``, ``head`` and every metric of
-      :mod:`hf_attn_inspect.metrics` (means over the document's query rows).
+      :mod:`hf_attn_inspect.stats.metrics` (means over the document's query rows).
     - ``sinks``: one row per (layer, head, position bin): ``start``/``end`` (query positions
       ``start <= i < end``) and ``first_token``, the mean weight query rows in that bin give to token 0.
     - ``distance``: one row per (layer, head, bucket): ``bucket`` (label of ``|i - j|`` in tokens, e.g.

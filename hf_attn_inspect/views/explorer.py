@@ -4,10 +4,10 @@ One file holds the page, its plain JavaScript and CSS (``hf_attn_inspect/static/
 makes no network request (a Content-Security-Policy forbids any) and opens anywhere: a browser, VS Code,
 Colab, Jupyter, an e-mail attachment. Views: head view (lines from query tokens to key tokens, one colour
 per head), matrix view (heatmap; the value, query and key under the pointer), model view (layers x heads
-thumbnails; click to open a head) and the per-head metrics of :func:`hf_attn_inspect.analysis.head_metrics`.
+thumbnails; click to open a head) and the per-head metrics of :func:`hf_attn_inspect.stats.analysis.head_metrics`.
 Controls: layer, heads (several at once), average heads, rollout
-(:func:`hf_attn_inspect.aggregate.attention_rollout`), hide special tokens, sub-word or word level (the
-merge of :func:`hf_attn_inspect.aggregate.aggregate_words`, applied in the page), sentence-pair filter,
+(:func:`hf_attn_inspect.stats.aggregate.attention_rollout`), hide special tokens, sub-word or word level (the
+merge of :func:`hf_attn_inspect.stats.aggregate.aggregate_words`, applied in the page), sentence-pair filter,
 encoder / decoder / cross attention, light/dark.
 
 Size: every weight is quantised per row to ``LEVELS + 1`` integer levels of ``step = row max / LEVELS``
@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .aggregate import attention_rollout, word_labels, word_units
-from .errors import InputError, OutputError
-from .fileio import atomic_path
-from .result import AttentionResult
+from ..stats.aggregate import attention_rollout, word_labels, word_units
+from ..core.errors import InputError, OutputError
+from ..core.files import atomic_path
+from ..capture.result import AttentionResult
 
 __all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows", "class_lookup"]
 
@@ -83,7 +83,7 @@ def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
 
 
 def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
-    from .result import clean_token
+    from ..capture.result import clean_token
 
     n = len(tokens)
     special = [bool(s) for s in (special or [False] * n)]
@@ -130,8 +130,8 @@ def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[st
 
 
 def _metrics(result: AttentionResult, which: str) -> dict[str, Any] | None:
-    from .analysis import head_metrics
-    from .metrics import METRICS
+    from ..stats.analysis import head_metrics
+    from ..stats.metrics import METRICS
 
     df = head_metrics(result, which=which)
     cols = list(METRICS)
@@ -172,7 +172,7 @@ def _payload(result: AttentionResult, classes: Any, metrics: bool, rollout: bool
             r_packed, r_steps = _encode(roll)
             entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
         stacks[which] = entry
-    from .metrics import METRICS
+    from ..stats.metrics import METRICS
 
     return {
         "version": 1,
