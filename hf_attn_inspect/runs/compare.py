@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .dataset import ShardStats, _clean_rows, _punctuation_table, _slice_inputs, _versions, _write_json, run_sharded
+from .dataset import ShardStats, _clean_rows, _slice_inputs, _versions, _write_json, run_sharded
 from ..capture.interface import Probe, Site
 from ..core.errors import InputError
 from ..views.figures import plot_attention_diff
 from ..core.files import atomic_path
+from ..core.tokens import punctuation_table
 from ..capture.inspector import AttentionInspector, Batch
 from ..stats.metrics import METRICS, sentence_metrics
 
@@ -190,7 +191,7 @@ def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: Any, start: i
             eb = ib.encode(texts, pairs, max_length=limit_len, truncation=True)
         _check_tokens(ea, eb, start if not sum(skipped.values()) else None)
         truncated = int(sum(ea.truncated))
-        table = _punctuation_table(ia.tokenizer)
+        table = punctuation_table(ia.tokenizer)
         lengths = torch.tensor(ea.lengths)
         order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic (as the batch engine)
         ids_all = ea.inputs["input_ids"]

@@ -45,7 +45,8 @@ from ..stats.analysis import PATTERN_CLASSES, PatternThresholds, pattern_index
 from ..capture.interface import Probe, Site
 from ..core.kernels import scaled_dot_product_attention_with_weights
 from ..core.errors import InputError, OutputError
-from ..stats.metrics import METRICS, is_punctuation, sentence_metrics
+from ..core.tokens import punctuation_table
+from ..stats.metrics import METRICS, sentence_metrics
 
 __all__ = [
     "PATTERN_CLASSES",
@@ -311,21 +312,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     _atomic_write(path, lambda fh: json.dump(data, fh, indent=2, default=str))
 
 
-def _punctuation_table(tokenizer: Any) -> torch.Tensor:
-    """Boolean ``[vocab]`` lookup: token id -> token is punctuation only (same rule as ``punctuation_mask``)."""
-    cached = getattr(tokenizer, "_hf_attn_inspect_punct", None)
-    if cached is not None:
-        return cached
-    size = len(tokenizer)
-    tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
-    table = torch.tensor([isinstance(t, str) and is_punctuation(t) for t in tokens], dtype=torch.bool)
-    try:
-        tokenizer._hf_attn_inspect_punct = table
-    except Exception:  # pragma: no cover - slotted tokenizers
-        pass
-    return table
-
-
 def _release_free_memory() -> None:
     """Hand freed heap memory back to the OS (glibc ``malloc_trim``), so batches of varying shapes do not
     leave the process's peak memory growing with the number of batches; a no-op elsewhere."""
@@ -537,7 +523,7 @@ def _run_shard(inspector, ds, start, stop, columns, batch_size, limit_len, thres
         tok_args = {"text": texts} if pairs is None else {"text": texts, "text_pair": pairs}
         lengths = torch.tensor([len(x) for x in inspector.tokenizer(**tok_args)["input_ids"]])
         order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic
-        table = _punctuation_table(inspector.tokenizer)
+        table = punctuation_table(inspector.tokenizer)
         for b0 in range(0, len(texts), batch_size):
             sel = order[b0:b0 + batch_size].tolist()
             with warnings.catch_warnings():

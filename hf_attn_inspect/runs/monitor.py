@@ -37,7 +37,8 @@ import torch
 from ..capture.interface import Probe, Site
 from ..core.errors import InputError, OutputError
 from ..capture.inspector import AttentionInspector
-from ..stats.metrics import METRICS, punctuation_mask, sentence_metrics
+from ..core.tokens import punctuation_mask
+from ..stats.metrics import METRICS, sentence_metrics
 
 __all__ = [
     "AttentionMonitor",

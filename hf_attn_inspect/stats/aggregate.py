@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
-from ..capture.result import AttentionResult, clean_token
+from ..capture.result import AttentionResult
+from ..core.tokens import clean_token
 
 __all__ = [
     "head_average",

@@ -18,7 +18,8 @@ import torch
 
 from ..capture.interface import Probe, Site
 from ..core.errors import CaptureError, InputError
-from .metrics import METRICS, punctuation_mask, sentence_metrics
+from ..core.tokens import punctuation_mask
+from .metrics import METRICS, sentence_metrics
 from ..capture.result import AttentionResult
 
 __all__ = [

@@ -28,11 +28,8 @@ query and key without ever holding a ``[T, T]`` matrix; both reduce them with :f
 
 from __future__ import annotations
 
-import unicodedata
-
 import torch
 
-from ..capture.result import clean_token
 
 __all__ = [
     "METRICS",
@@ -41,7 +38,6 @@ __all__ = [
     "sentence_metrics",
     "row_quantities",
     "reduce_rows",
-    "punctuation_mask",
     "EPS",
 ]
 
@@ -84,19 +80,6 @@ ROW_QUANTITIES = (
     "sq_sum",
     "above",
 )
-
-
-def is_punctuation(token: str) -> bool:
-    """True when the token (WordPiece ``##``, byte-level and SentencePiece markers removed) is only punctuation."""
-    text = clean_token(token)
-    text = text[2:] if text.startswith("##") else text
-    text = text.strip()
-    return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)
-
-
-def punctuation_mask(tokens: list[str]) -> torch.Tensor:
-    """Boolean ``[len(tokens)]`` mask of tokens made only of punctuation characters."""
-    return torch.tensor([is_punctuation(t) for t in tokens], dtype=torch.bool)
 
 
 def sentence_metrics(

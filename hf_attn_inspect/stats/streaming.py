@@ -34,19 +34,18 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 from transformers.masking_utils import (
-    AttentionMaskInterface,
     bidirectional_mask_function,
     causal_mask_function,
     prepare_padding_mask,
     sdpa_mask,
 )
 
-from ..capture.interface import Probe, Site, _attention_function
+from ..capture.interface import Probe, Site, register_implementation
 from ..core.kernels import mask_to_keep, repeat_kv
 from ..core.errors import CaptureError, InputError
-from .metrics import LOCAL_WINDOW, METRICS, ROW_QUANTITIES, punctuation_mask, reduce_rows, row_quantities
+from ..core.tokens import punctuation_mask
+from .metrics import LOCAL_WINDOW, METRICS, ROW_QUANTITIES, reduce_rows, row_quantities
 
 __all__ = [
     "STREAMING_NAME",
@@ -161,8 +160,7 @@ def _streaming_mask(
     )
 
 
-AttentionInterface.register(STREAMING_NAME, _attention_function)
-AttentionMaskInterface.register(STREAMING_NAME, _streaming_mask)
+register_implementation(STREAMING_NAME, _streaming_mask)
 
 
 def _block_fn(mask: Any, t: int, s: int) -> Callable[[int, int, int, int], tuple[torch.Tensor | None, torch.Tensor | None]]:

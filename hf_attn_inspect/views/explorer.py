@@ -37,7 +37,7 @@ import torch
 
 from ..stats.aggregate import attention_rollout, word_labels, word_units
 from ..core.errors import InputError, OutputError
-from ..core.files import atomic_path
+from ..core.files import atomic_path, write_text
 from ..capture.result import AttentionResult
 
 __all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows", "class_lookup"]
@@ -83,7 +83,7 @@ def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
 
 
 def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
-    from ..capture.result import clean_token
+    from ..core.tokens import clean_token
 
     n = len(tokens)
     special = [bool(s) for s in (special or [False] * n)]
@@ -236,15 +236,6 @@ def explorer_html(
 def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns the path."""
     return write_text(explorer_html(result, **kwargs), path)
-
-
-def write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    return path
 
 
 def iframe_html(page: str, height: int = 720) -> str:

@@ -40,7 +40,7 @@ def _level(result: AttentionResult, level: str) -> AttentionResult:
 
 
 def _labels(result: AttentionResult, which: str) -> tuple[list[str], list[str]]:
-    from ..capture.result import clean_token
+    from ..core.tokens import clean_token
 
     _, q, k = result.stack(which)
     return [clean_token(t) for t in q], [clean_token(t) for t in k]
