@@ -1,5 +1,8 @@
+"""``python -m hf_attn_inspect``: the same program as the ``hf-attn-inspect`` command."""
+
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

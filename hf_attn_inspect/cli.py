@@ -1,5 +1,8 @@
 """The ``hf-attn-inspect`` command line: one sub-command per module in :mod:`hf_attn_inspect.commands`.
 
+The command modules import only what they need to build their parsers; each loads models and engines
+inside its ``run`` function, so ``--help`` stays fast.
+
 Every deliberate error (:class:`~hf_attn_inspect.core.errors.AttnInspectError`) becomes one line
 ``error: ...`` on stderr and exit code 2; warnings become one ``warning: ...`` line each.
 """
@@ -7,37 +10,16 @@ Every deliberate error (:class:`~hf_attn_inspect.core.errors.AttnInspectError`) 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import warnings
 from typing import Sequence
 
+from .commands import batch, compare, debug, inspect, long, verify, view
 from .core.errors import AttnInspectError
 
-# Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
-COMMAND_MODULES: tuple[str, ...] = ("inspect", "verify", "debug", "view", "batch", "compare", "long")
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options every model-running command shares: --model, --device, --dtype, --revision."""
-    parser.add_argument("--model", "-m", default=None,
-                        help="Hub name or local directory (default: the embedded all-MiniLM-L6-v2, offline)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="model dtype (default float32, exact)")
-    parser.add_argument("--revision", default=None, help="model revision on the Hub")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code")
-
-
-def load_inspector(args: argparse.Namespace):
-    """Build an :class:`~hf_attn_inspect.AttentionInspector` from the shared model options."""
-    from .capture.inspector import AttentionInspector
-
-    return AttentionInspector.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-    )
+COMMAND_MODULES = (inspect, verify, debug, view, batch, compare, long)
+"""Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__package__}.commands.{name}").register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

@@ -4,7 +4,7 @@
 
 For the healthy model and each planted fault (see :mod:`hf_attn_inspect.checks.faults`: scale removed,
 queries zeroed, scores blown up, a fully masked row, the mask dropped) it runs
-:func:`hf_attn_inspect.checks.debug.diagnose` and prints one status per check, then the finding of the check
+:func:`hf_attn_inspect.checks.diagnose.diagnose` and prints one status per check, then the finding of the check
 that catches each fault. Exit code 0 when the healthy model passes every check and every fault fails
 its own check, 1 otherwise.
 """

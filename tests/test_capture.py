@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionInspector, CaptureError, InputError
-from hf_attn_inspect.capture.interface import use_implementation
+from hf_attn_inspect.capture.interface import Probe, use_implementation
 from conftest import SENTENCES
 
 FAMILIES = ["bert", "sdpa_bert", "gpt2", "llama", "bart", "deberta"]
@@ -81,12 +81,37 @@ def test_default_model_padded_batch_of_8_equals_eager_alone(inspector):
     assert results[0].special_tokens_mask[0] and results[0].special_tokens_mask[-1]
 
 
+class _Boom(RuntimeError):
+    pass
+
+
+class _FailingProbe(Probe):
+    """Raises inside the forward pass, at the second attention layer, after the first has run."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def record(self, site, weights):
+        self.seen += 1
+        if self.seen == 2:
+            raise _Boom("planted failure inside the capture")
+
+
 def test_sdpa_model_restored_even_on_error(tiny_model, tiny_tokenizer):
     model = tiny_model("sdpa_bert")
     inspector = AttentionInspector(model, tiny_tokenizer)
-    with pytest.raises(InputError):
-        inspector(["fine", "   "])
+    batch = inspector.encode(["fine", "another text"])
+    inputs = {k: v for k, v in batch.inputs.items()}
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+    probe = _FailingProbe()
+    with pytest.raises(_Boom):
+        inspector.run(batch, probe)
+    assert probe.seen == 2, "the error must be raised inside the capture, mid-forward"
     assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():  # the model runs its own sdpa again, outside any capture, with the same output
+        after = model(**inputs).last_hidden_state
+    assert torch.equal(before, after)
     r = inspector("full attentions please")
     assert r.attentions.shape[:2] == (2, 4)
 

@@ -11,15 +11,9 @@ import torch
 
 from hf_attn_inspect import AttentionInspector, InputError
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.checks.debug import (
-    CHECKS,
-    DiagnosticProbe,
-    Finding,
-    debug_attention_collapse,
-    debug_nan_attention,
-    debug_uniform_attention,
-    diagnose,
-)
+from hf_attn_inspect.checks.chapter import debug_attention_collapse, debug_nan_attention, debug_uniform_attention
+from hf_attn_inspect.checks.diagnose import CHECKS, DiagnosticProbe, diagnose
+from hf_attn_inspect.checks.findings import Finding
 from hf_attn_inspect.checks.faults import FAULTS, all_caught, break_and_diagnose
 
 ROOT = Path(__file__).resolve().parents[1]

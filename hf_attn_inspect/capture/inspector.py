@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence, Union
 
 import torch
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
 
-from ..core.tokens import Tokenizer, punctuation_table
+from ..core.tokens import punctuation_table
 from .inputs import Batch
 from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
 from ..core.errors import CaptureError, InputError, ModelLoadError
@@ -48,7 +50,7 @@ class AttentionInspector:
     them (run in padded batches, padding stripped from every result).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
@@ -231,7 +233,7 @@ class AttentionInspector:
         return encoding, truncated
 
     # ------------------------------------------------------------------- run
-    def run(self, batch: Batch, probe: Probe, *, implementation: str | None = None) -> Any:
+    def run(self, batch: Batch, probe: Probe, *, implementation: str | None = None) -> ModelOutput:
         """Run the model on ``batch`` with every attention call going to ``probe``; returns the model output.
 
         The model is put in eval mode and gradients are off for the call; its mode and attention
@@ -259,7 +261,7 @@ class AttentionInspector:
             model.train(was_training)
         return output
 
-    def _run_eager_fallback(self, inputs: dict[str, torch.Tensor], probe: Probe) -> Any:
+    def _run_eager_fallback(self, inputs: dict[str, torch.Tensor], probe: Probe) -> ModelOutput:
         with use_implementation(self.model, "eager"):
             output = self.model(**inputs, output_attentions=True)
         groups = (
@@ -381,7 +383,7 @@ def _lookup(table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return table[ids.clamp(0, len(table) - 1)]
 
 
-def _first(cfg: Any, *names: str) -> int:
+def _first(cfg: PretrainedConfig, *names: str) -> int:
     for n in names:
         v = getattr(cfg, n, None)
         if isinstance(v, int):
@@ -398,7 +400,7 @@ def _blank_message(i: int, n: int, what: str) -> str:
 
 
 @contextmanager
-def _pad_token(tokenizer: Any) -> Iterator[None]:
+def _pad_token(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
     """Give a tokenizer without a padding token (GPT-2, Llama) a temporary one for batching."""
     if getattr(tokenizer, "pad_token", None) is not None:
         yield
@@ -432,12 +434,12 @@ def quiet_transformers() -> Iterator[None]:
 
 #: What :func:`resolve_inspector` accepts: an inspector, a model (with its tokenizer), a Hub name or a
 #: local directory, or None for the embedded default model.
-ModelSource = Union["AttentionInspector", torch.nn.Module, "tuple[torch.nn.Module, Tokenizer]", str, os.PathLike, None]
+ModelSource = Union["AttentionInspector", torch.nn.Module, "tuple[torch.nn.Module, PreTrainedTokenizerBase]", str, os.PathLike, None]
 
 
 def resolve_inspector(
     source: ModelSource,
-    tokenizer: Tokenizer | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,

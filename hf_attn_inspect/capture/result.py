@@ -186,7 +186,7 @@ class AttentionResult:
             write_text(text, path)
         return text
 
-    def show(self, **kwargs: Any) -> Any:
+    def show(self, **kwargs: Any) -> object:
         """Show the interactive explorer inline in a notebook (see :func:`hf_attn_inspect.views.explorer.show`)."""
         from ..views.explorer import show
 

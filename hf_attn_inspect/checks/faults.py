@@ -1,7 +1,7 @@
-"""Five ways to break attention, planted on a copy of a model, to show (and test) that :func:`~hf_attn_inspect.checks.debug.diagnose` catches each.
+"""Five ways to break attention, planted on a copy of a model, to show (and test) that :func:`~hf_attn_inspect.checks.diagnose.diagnose` catches each.
 
 Faults are planted either by patching a deep copy of the model (its weights or its attention modules'
-``scaling``), or through a :class:`~hf_attn_inspect.checks.debug.DiagnosticProbe` subclass that changes what
+``scaling``), or through a :class:`~hf_attn_inspect.checks.diagnose.DiagnosticProbe` subclass that changes what
 the capture path computes (a buggy attention function). The original model is never modified and
 there is no second way of computing attention: every fault goes through the one capture path.
 """
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .debug import DiagnosticProbe
+from ..capture.inspector import AttentionInspector
+from ..capture.interface import Site
 from ..core.errors import InputError
+from .diagnose import CHECKS, DiagnosticProbe, diagnose
+from .findings import Report
 
 __all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowProbe", "DroppedMaskProbe", "break_and_diagnose", "caught_table", "all_caught"]
 
@@ -25,7 +28,9 @@ class FullyMaskedRowProbe(DiagnosticProbe):
 
     row = 1
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # noqa: ANN001, D102
+    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mask every key of query row :attr:`row`, then diagnose as usual."""
         b, q, k = query.shape[0], query.shape[-2], key.shape[-2]
         full = torch.zeros(b, 1, q, k, dtype=torch.float32, device=query.device) if mask is None else mask.expand(b, 1, q, k).clone()
         full[:, :, self.row, :] = torch.finfo(full.dtype).min
@@ -35,7 +40,9 @@ class FullyMaskedRowProbe(DiagnosticProbe):
 class DroppedMaskProbe(DiagnosticProbe):
     """A buggy attention function that ignores ``attention_mask`` (padding and causal masks vanish)."""
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # noqa: ANN001, D102
+    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Drop the mask, then diagnose as usual."""
         return super().attend(site, module, query, key, value, None, scaling, **kwargs)
 
 
@@ -54,9 +61,7 @@ def _query_linear(module: torch.nn.Module) -> torch.nn.Linear:
     raise InputError(f"cannot find the query projection of {type(module).__name__}")
 
 
-def _copy(inspector: Any, change: Callable[[torch.nn.Module], None]) -> Any:
-    from ..capture.inspector import AttentionInspector
-
+def _copy(inspector: AttentionInspector, change: Callable[[torch.nn.Module], None]) -> AttentionInspector:
     model = copy.deepcopy(inspector.model)
     with torch.no_grad():
         change(model)
@@ -86,7 +91,7 @@ def _blow_up_queries(model: torch.nn.Module, factor: float = 30.0) -> None:
 
 @dataclass(frozen=True)
 class Fault:
-    """One planted fault: ``check`` is the :func:`~hf_attn_inspect.checks.debug.diagnose` check that must fail."""
+    """One planted fault: ``check`` is the :func:`~hf_attn_inspect.checks.diagnose.diagnose` check that must fail."""
 
     name: str
     check: str
@@ -94,7 +99,7 @@ class Fault:
     patch: Callable[[torch.nn.Module], None] | None = None
     probe_class: type[DiagnosticProbe] = DiagnosticProbe
 
-    def plant(self, inspector: Any) -> tuple[Any, type[DiagnosticProbe]]:
+    def plant(self, inspector: AttentionInspector) -> tuple[AttentionInspector, type[DiagnosticProbe]]:
         """``(inspector, probe_class)`` to pass to ``diagnose(inspector, probe_class=probe_class)``; the
         inspector wraps a patched deep copy when the fault patches the model, else the same inspector."""
         return (_copy(inspector, self.patch) if self.patch else inspector), self.probe_class
@@ -114,18 +119,16 @@ FAULTS: dict[str, Fault] = {
 }
 
 
-def plant_fault(inspector: Any, name: str) -> tuple[Any, type[DiagnosticProbe]]:
+def plant_fault(inspector: AttentionInspector, name: str) -> tuple[AttentionInspector, type[DiagnosticProbe]]:
     """Plant fault ``name`` (a key of :data:`FAULTS`) on ``inspector``: see :meth:`Fault.plant`."""
     if name not in FAULTS:
         raise InputError(f"unknown fault '{name}'; choose one of {', '.join(FAULTS)}")
     return FAULTS[name].plant(inspector)
 
 
-def break_and_diagnose(inspector: Any, texts: list[str] | None = None) -> dict[str, Any]:
-    """``{"healthy": Report, fault name: Report, ...}``: :func:`~hf_attn_inspect.checks.debug.diagnose` of the
+def break_and_diagnose(inspector: AttentionInspector, texts: Sequence[str] | None = None) -> dict[str, Report]:
+    """``{"healthy": Report, fault name: Report, ...}``: :func:`~hf_attn_inspect.checks.diagnose.diagnose` of the
     model as it is and with each fault of :data:`FAULTS` planted (on copies; the model is not changed)."""
-    from .debug import diagnose
-
     reports = {"healthy": diagnose(inspector, texts)}
     for fault in FAULTS.values():
         broken, probe_class = fault.plant(inspector)
@@ -133,11 +136,9 @@ def break_and_diagnose(inspector: Any, texts: list[str] | None = None) -> dict[s
     return reports
 
 
-def caught_table(reports: dict[str, Any]) -> str:
+def caught_table(reports: dict[str, Report]) -> str:
     """A text table: one line per model (healthy, then each fault), one status column per check, and
     whether the fault's own check caught it (``caught``/``MISSED``)."""
-    from .debug import CHECKS
-
     head = f"{'':18s}" + " ".join(f"{c[:10]:>10s}" for c in CHECKS)
     lines = [head]
     for name, report in reports.items():
@@ -148,6 +149,12 @@ def caught_table(reports: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def all_caught(reports: dict[str, Any]) -> bool:
-    """True when the healthy model passes every check and every planted fault fails its own check."""
+def all_caught(reports: dict[str, Report]) -> bool:
+    """True when the healthy model passes every check and every planted fault fails its own check.
+
+    ``reports`` is what :func:`break_and_diagnose` returns; without a ``"healthy"`` report it raises
+    :class:`~hf_attn_inspect.core.errors.InputError`.
+    """
+    if "healthy" not in reports:
+        raise InputError("reports need a 'healthy' report (see break_and_diagnose)")
     return reports["healthy"].ok and all(reports[n][FAULTS[n].check].status == "fail" for n in reports if n in FAULTS)

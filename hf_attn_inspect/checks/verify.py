@@ -15,9 +15,12 @@ from typing import Any, Sequence
 
 import pandas as pd
 import torch
+from transformers.utils import ModelOutput
 
+from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site, original_attention_function, passthrough_name, use_implementation
-from ..capture.inspector import AttentionInspector, Batch
+from ..core.errors import InputError
+from .diagnose import query_key_valid
 
 __all__ = ["verify", "VerificationReport", "LayerCheck", "DEFAULT_TEXTS"]
 
@@ -86,7 +89,8 @@ class _OutputProbe(Probe):
         self.weights: dict[tuple[str, int], torch.Tensor] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):
+    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         output, weights = super().attend(site, module, query, key, value, mask, scaling, **kwargs)
         self.outputs[(site.stack, site.layer)] = output.detach().float()
         return output, weights
@@ -102,19 +106,13 @@ class _PassthroughProbe(Probe):
         self.implementation = implementation
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):
+    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         fn = original_attention_function(self.implementation, module)
         output, weights = fn(module, query, key, value, mask, scaling=scaling, **kwargs)
         output = output.transpose(1, 2)  # attention functions return [B, T, H, D]
         self.outputs[(site.stack, site.layer)] = output.detach().float()
         return output, weights
-
-
-def _valid_masks(batch: Batch, stack: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = batch.inputs["attention_mask"].bool().to(device)
-    dec = batch.inputs.get("decoder_attention_mask")
-    dec = enc if dec is None else dec.bool().to(device)
-    return {"self": (enc, enc), "encoder": (enc, enc), "decoder": (dec, dec), "cross": (dec, enc)}[stack]
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor, vq: torch.Tensor, vk: torch.Tensor | None) -> float:
@@ -134,8 +132,12 @@ def verify(
     pairs: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Check every layer of ``inspector``'s model on one padded batch of ``texts`` (default: 4 sentences
-    of different lengths) and return a :class:`VerificationReport` with the per-layer max abs differences."""
+    of different lengths; ``pairs``: second texts of sentence pairs) and return a :class:`VerificationReport`
+    with the per-layer largest absolute differences over real tokens. A blank text or a negative
+    ``tolerance`` raises :class:`~hf_attn_inspect.core.errors.InputError`."""
     texts = list(texts or DEFAULT_TEXTS)
+    if tolerance < 0 or math.isnan(tolerance):
+        raise InputError(f"tolerance must be 0 or more, got {tolerance}")
     model = inspector.model
     implementation = getattr(model.config, "_attn_implementation", None) or "eager"
     report = VerificationReport(inspector.name, implementation, tolerance)
@@ -152,9 +154,11 @@ def verify(
     else:
         report.notes.append("model does not use transformers' attention interface: weights come from eager "
                             "output_attentions, outputs not comparable")
+    valid = query_key_valid(batch)
     for key in sorted(ours.weights, key=lambda k: (["self", "encoder", "decoder", "cross"].index(k[0]), k[1])):
         stack, layer = key
-        vq, vk = _valid_masks(batch, stack, ours.weights[key].device)
+        device = ours.weights[key].device
+        vq, vk = (v.to(device) for v in valid[stack])
         w_ref = eager_weights.get(key)
         wd = float("nan") if w_ref is None else _max_diff(ours.weights[key], w_ref.to(ours.weights[key].device), vq, vk)
         od = float("nan")
@@ -164,7 +168,7 @@ def verify(
     return report
 
 
-def _eager_weights(output: Any, enc_dec: bool) -> dict[tuple[str, int], torch.Tensor]:
+def _eager_weights(output: ModelOutput, enc_dec: bool) -> dict[tuple[str, int], torch.Tensor]:
     groups = (
         [("encoder", "encoder_attentions"), ("decoder", "decoder_attentions"), ("cross", "cross_attentions")]
         if enc_dec

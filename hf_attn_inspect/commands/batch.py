@@ -7,7 +7,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_options
+    from .options import add_model_options
 
     p = subparsers.add_parser(
         "batch",
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..runs.dataset import analyze_dataset
-    from ..cli import load_inspector
+    from .options import load_inspector
     from ..core.errors import InputError
 
     if args.limit is not None and args.limit < 0:

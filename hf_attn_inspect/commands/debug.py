@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_model_options, load_inspector
+from .options import add_model_options, load_inspector
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checks.debug import diagnose
+    from ..checks.diagnose import diagnose
     from ..core.errors import InputError
 
     if any(not t.strip() for t in args.texts):

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..cli import add_model_options, load_inspector
+from .options import add_model_options, load_inspector
 from ..core.errors import InputError, OutputError
 
 

@@ -2,23 +2,21 @@
 
 Writes to DIR: ``head_metrics.csv`` (one row per layer and head), ``sinks.csv`` (first-token share by
 query-position bin), ``distance.csv`` (attention mass by distance bucket), and the figures
-``sinks.png``, ``distance.png`` and ``first_token_heads.png``. Every file is written to a temporary name
-first and renamed, so an interrupted run leaves no half-written file.
+``sinks.png``, ``distance.png`` and ``first_token_heads.png``
+(:func:`hf_attn_inspect.views.long_context.save_long_context_report`). Every file is written to a temporary
+name first and renamed, so an interrupted run leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import InputError, OutputError
 
-FILES = ("head_metrics.csv", "sinks.csv", "distance.csv", "sinks.png", "distance.png", "first_token_heads.png")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli import add_model_options
+    from .options import add_model_options
 
     p = subparsers.add_parser(
         "long",
@@ -54,10 +52,10 @@ def _read_text(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import load_inspector
-    from ..core.files import atomic_path
-    from ..runs.long_context import long_context_report, plot_distance_mass, plot_head_metric, plot_sink_curve
+    from .options import load_inspector
+    from ..runs.long_context import long_context_report
     from ..stats.metrics import LOCAL_WINDOW
+    from ..views.long_context import save_long_context_report
 
     for name, value in (("--bins", args.bins), ("--q-tile", args.q_tile), ("--k-tile", args.k_tile)):
         if value < 1:
@@ -78,10 +76,6 @@ def run(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot create output directory '{out}': {exc.strerror}") from None
 
     inspector = load_inspector(args)
-    if args.layers is not None:
-        bad = [layer for layer in args.layers if not 0 <= layer < inspector.num_layers]
-        if bad:
-            raise InputError(f"layer {bad[0]} does not exist; this model has layers 0-{inspector.num_layers - 1}")
     report = long_context_report(
         inspector,
         text,
@@ -96,42 +90,16 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def save_fig(draw: Callable[[object], object], size: tuple[float, float]) -> Callable[[str], None]:
-        def write(tmp: str) -> None:
-            fig, ax = plt.subplots(figsize=size)
-            try:
-                draw(ax)
-                fig.tight_layout()
-                fig.savefig(tmp, dpi=100, format="png")
-            finally:
-                plt.close(fig)
-
-        return write
+    written = save_long_context_report(report, out)
 
     nl = report.metrics["layer"].nunique()
     nh = report.metrics["head"].nunique()
-    writers = {
-        "head_metrics.csv": lambda p: report.metrics.to_csv(p, index=False),
-        "sinks.csv": lambda p: report.sinks.to_csv(p, index=False),
-        "distance.csv": lambda p: report.distance.to_csv(p, index=False),
-        "sinks.png": save_fig(lambda ax: plot_sink_curve(report.sinks, ax=ax), (8, 4.5)),
-        "distance.png": save_fig(lambda ax: plot_distance_mass(report.distance, ax=ax), (9, 0.45 * nl + 2)),
-        "first_token_heads.png": save_fig(lambda ax: plot_head_metric(report.metrics, "first_token", ax=ax),
-                                          (0.4 * nh + 3, 0.4 * nl + 2)),
-    }
-    for name, write in writers.items():
-        with atomic_path(out / name) as tmp:
-            write(tmp)
-
-    m = report.metrics
-    top = m.sort_values("first_token", ascending=False).head(3)
+    top = report.metrics.sort_values("first_token", ascending=False).head(3)
     near = report.distance[report.distance["high"].between(0, 4)].groupby("layer")["mass"].sum() / nh
     print(f"{report.model_name}: {report.n_tokens} tokens{' (truncated)' if report.truncated else ''}, "
           f"{nl} layers x {nh} heads, {'causal' if report.causal else 'bidirectional'} attention")
     print("strongest sink heads (mean attention on the first token): " + ", ".join(
         f"L{int(r.layer)}H{int(r.head)} {r.first_token:.2f}" for r in top.itertuples()))
     print("attention within 4 tokens, per layer: " + ", ".join(f"L{int(k)} {v:.2f}" for k, v in near.items()))
-    print(f"wrote {', '.join(FILES)} to {out}")
+    print(f"wrote {', '.join(p.name for p in written)} to {out}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_model_options, load_inspector
+from .options import add_model_options, load_inspector
 
 
 def register(sub: argparse._SubParsersAction) -> None:

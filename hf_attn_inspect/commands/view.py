@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import add_model_options, load_inspector
+from .options import add_model_options, load_inspector
 from ..core.errors import InputError
 
 

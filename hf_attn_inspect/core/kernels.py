@@ -1,18 +1,59 @@
-"""Reference scaled-dot-product attention that also returns its weights.
+"""The attention kernels: every way hf-attn-inspect computes attention, behind one interface.
 
-This is the chapter's ``scaled_dot_product_attention_with_weights`` made robust enough to stand in for a
-model's own attention: any leading batch/head dimensions, boolean or additive masks, grouped-query
-attention, causal masking, half-precision inputs and fully masked rows. Every captured weight in
-hf-attn-inspect comes from :func:`scaled_dot_product_attention_with_weights`.
+All kernels take the same arguments, in the layout of transformers' attention functions:
+
+- ``query`` ``[batch, heads, T, d]``, ``key``/``value`` ``[batch, kv_heads, S, d]`` with ``kv_heads``
+  dividing ``heads`` (grouped-query attention: query head ``h`` uses key head ``h // (heads // kv_heads)``);
+- ``mask``: None, a tensor broadcasting to ``[batch, 1|heads, T, S]`` read by
+  :func:`~hf_attn_inspect.core.masks.mask_to_keep` (boolean/integer/0-1 float = keep, other float =
+  additive), or, for the output and statistics kernels, a :class:`~hf_attn_inspect.core.masks.LazyMask`
+  evaluated tile by tile;
+- ``scale`` (default ``1/sqrt(d)``) and, where supported, a Gemma-2 style ``softcap``.
+
+Weights are always ``softmax(q k^T * scale (+ softcap) + mask)`` with the scores and softmax in float32,
+masked keys exactly 0 and fully masked rows all 0. The kernels differ only in what they return:
+
+- :func:`scaled_dot_product_attention_with_weights` -> ``(output, weights)``: the reference, exact for
+  every mask and dtype; every weight shown to a user comes from it.
+- :func:`fast_attention_with_weights` -> ``(output, weights)``: the same numbers for the common case
+  (float32, no grouped heads, additive or no mask) without the reference's mask analysis, written into
+  a reusable buffer.
+- :func:`fast_attention_output` -> ``output``: torch's fused ``scaled_dot_product_attention``, for
+  probes that need the layer's output but compute no weights.
+- :func:`attention_row_stats` -> ``{name: [batch, heads, T]}``: the per-row statistics of the weights
+  (entropy, neighbour shares, distances, ... the row quantities of
+  :mod:`hf_attn_inspect.stats.metrics`), streamed from ``query`` and ``key`` in ``[q_tile, k_tile]``
+  blocks, so no ``[T, S]`` matrix is ever held.
+
+Adding a fused kernel (e.g. Triton) happens here and only here: give it the signature of the kernel it
+replaces, dispatch to it at the top of that function for the inputs it supports (device, dtype, mask
+kind) and keep the PyTorch code as the fallback and as the reference its tests compare against. Every
+caller (the probes of :mod:`hf_attn_inspect.capture` and :mod:`hf_attn_inspect.stats`, ``scripts/bench_gpu.py``)
+goes through these four functions and does not change.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["scaled_dot_product_attention_with_weights", "repeat_kv", "mask_to_keep"]
+from .errors import InputError
+from .masks import LazyMask, mask_to_keep
+
+__all__ = [
+    "LOCAL_WINDOW",
+    "repeat_kv",
+    "scaled_dot_product_attention_with_weights",
+    "fast_attention_with_weights",
+    "fast_attention_output",
+    "attention_row_stats",
+]
+
+#: Default half-width ``w`` (in tokens) of the ``local_window`` row quantity: the weight within ``|i - j| <= w``.
+LOCAL_WINDOW = 4
 
 
 def repeat_kv(key: torch.Tensor, num_query_heads: int) -> torch.Tensor:
@@ -26,30 +67,8 @@ def repeat_kv(key: torch.Tensor, num_query_heads: int) -> torch.Tensor:
         return key
     num_kv = key.shape[-3]
     if num_query_heads % num_kv:
-        raise ValueError(f"{num_query_heads} query heads cannot share {num_kv} key/value heads evenly")
+        raise InputError(f"{num_query_heads} query heads cannot share {num_kv} key/value heads evenly")
     return key.repeat_interleave(num_query_heads // num_kv, dim=-3)
-
-
-def mask_to_keep(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Split a mask into a boolean *keep* mask and an optional finite additive bias.
-
-    Boolean and integer masks follow the chapter's convention: non-zero (True) = attend, 0 = masked.
-    Float masks are additive (0 = attend, ``-inf`` or the dtype's minimum = masked, other values are a
-    bias added to the scores), except a float mask made only of 0s and 1s with at least one 1, which
-    is read as a 0/1 keep mask. Returns ``(keep, bias)`` with ``bias`` ``None`` when there is none.
-    """
-    if mask.dtype == torch.bool:
-        return mask, None
-    if not mask.is_floating_point():
-        return mask != 0, None
-    is_binary = bool(((mask == 0) | (mask == 1)).all()) and bool((mask == 1).any())
-    if is_binary:
-        return mask != 0, None
-    masked = mask <= torch.finfo(mask.dtype).min / 2  # also catches -inf
-    bias = torch.where(masked, torch.zeros((), dtype=mask.dtype, device=mask.device), mask)
-    if not bool((bias != 0).any()):
-        bias = None
-    return ~masked, bias
 
 
 def scaled_dot_product_attention_with_weights(
@@ -101,3 +120,412 @@ def scaled_dot_product_attention_with_weights(
         weights = torch.softmax(scores, dim=-1)
     output = torch.matmul(weights, value.float()).to(query.dtype)
     return output, weights
+
+
+def fast_attention_with_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float | None,
+    scratch: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and float32 weights of float32 attention without grouped heads, with an additive (or no) mask.
+
+    Same numbers as :func:`scaled_dot_product_attention_with_weights` (scores, softmax and weighted sum in
+    float32) for ``query``/``key``/``value`` of one dtype with as many key as query heads, without its mask
+    analysis: ``mask`` (the model's additive eager mask, 0 / dtype minimum) is added to the scores as is,
+    so masked keys get exactly 0. Rows whose keys are all masked (padding queries) come out uniform
+    instead of 0; they are padding, which every statistic ignores. The scores are computed into
+    ``scratch`` when it has the ``[batch, heads, T, S]`` shape (a buffer reused from layer to layer) and
+    the softmax is done in place: on CPU, allocating fresh ``[batch, heads, T, S]`` tensors costs more
+    than the arithmetic. The returned weights may therefore be ``scratch`` itself.
+    """
+    scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    shape = (*query.shape[:-1], key.shape[-2])
+    if scratch is not None and tuple(scratch.shape) == shape:
+        scores = torch.matmul(query, key.transpose(-1, -2), out=scratch)
+    else:
+        scores = torch.matmul(query, key.transpose(-1, -2))
+    scores.mul_(scale)
+    if mask is not None:
+        scores.add_(mask)
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    scores.div_(scores.sum(-1, keepdim=True))
+    return torch.matmul(scores, value), scores
+
+
+# ------------------------------------------------------------------------------------- fused output
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw: torch.Tensor | float | bool | None) -> torch.Tensor:
+    """torch's fused sdpa, with grouped key/value heads (``enable_gqa``, or repeated on older torch)."""
+    if k.shape[1] != q.shape[1]:
+        try:
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+        except (TypeError, RuntimeError):
+            k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, **kw)
+
+
+def fast_attention_output(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | LazyMask | None,
+    *,
+    scale: float | None,
+    softcap: float | None = None,
+    q_tile: int = 1024,
+) -> torch.Tensor:
+    """The attention output ``[batch, heads, T, d]`` computed with torch's fused ``scaled_dot_product_attention``.
+
+    Plain causal masks use ``is_causal`` (with right padding the real rows are unaffected; padding rows
+    may then attend to padding keys, which no real token ever reads), bidirectional masks a
+    ``[batch, 1, 1, S]`` key mask; any other :class:`LazyMask` (sliding window, chunked...) or a softcap
+    is computed in query chunks of ``q_tile`` rows, so no ``[T, S]`` mask is built. Tensor masks are
+    passed to sdpa as they are (boolean = keep, float = additive). Rounding differs from the reference
+    kernels by the fused kernel's own (about 1e-6 relative in float32).
+    """
+    if mask is not None and not isinstance(mask, (torch.Tensor, LazyMask)):
+        raise InputError(f"mask must be a tensor, a LazyMask or None, got {type(mask).__name__}")
+    t, s = query.shape[-2], key.shape[-2]
+    if isinstance(mask, torch.Tensor):
+        keep, bias = mask_to_keep(mask)
+        add = torch.zeros(keep.shape, dtype=query.dtype, device=query.device).masked_fill(
+            ~keep, torch.finfo(query.dtype).min
+        )
+        if bias is not None:
+            add = add + bias.to(query.dtype)
+        if softcap is None:
+            return _sdpa(query, key, value, attn_mask=add, scale=scale)
+        mask = _TensorBlocks(add)
+    if softcap is None and (mask is None or isinstance(mask, LazyMask)):
+        if mask is None:
+            return _sdpa(query, key, value, scale=scale)
+        pad = mask.key_padding
+        if mask.bidirectional:
+            attn = None if pad is None else pad[:, None, None, :].to(query.device)
+            return _sdpa(query, key, value, attn_mask=attn, scale=scale)
+        right_padded = pad is None or bool((pad[:, :-1] >= pad[:, 1:]).all())
+        if mask.plain_causal and t == s and mask.q_offset == 0 and mask.kv_offset == 0 and right_padded:
+            return _sdpa(query, key, value, is_causal=True, scale=scale)
+    # general case: chunks of query rows with their own (small) additive mask
+    outs = []
+    minimum = torch.finfo(query.dtype).min
+    for q0 in range(0, t, q_tile):
+        q1 = min(t, q0 + q_tile)
+        add = None
+        if mask is not None:
+            keep = mask.block(q0, q1, 0, s).to(query.device)
+            add = torch.zeros(keep.shape, dtype=torch.float32, device=query.device).masked_fill(~keep, minimum)
+            if isinstance(mask, _TensorBlocks):
+                add = mask.bias(q0, q1)
+        if softcap is None:
+            outs.append(_sdpa(query[..., q0:q1, :], key, value, attn_mask=None if add is None else add.to(query.dtype), scale=scale))
+        else:
+            kk, vv = repeat_kv(key, query.shape[1]), repeat_kv(value, query.shape[1])
+            sc = torch.matmul(query[..., q0:q1, :].float(), kk.float().transpose(-1, -2))
+            sc = sc * (1.0 / math.sqrt(query.shape[-1]) if scale is None else scale)
+            sc = torch.tanh(sc / softcap) * softcap
+            if add is not None:
+                sc = sc + add.float()
+            outs.append(torch.matmul(torch.softmax(sc, -1), vv.float()).to(query.dtype))
+    return torch.cat(outs, dim=-2)
+
+
+class _TensorBlocks:
+    """Slices of an additive tensor mask, for the chunked softcap path."""
+
+    def __init__(self, add: torch.Tensor) -> None:
+        self.add = add
+
+    def bias(self, q0: int, q1: int) -> torch.Tensor:
+        return self.add[..., q0:q1, :] if self.add.shape[-2] > 1 else self.add
+
+    def block(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        return self.bias(q0, q1)[..., k0:k1] > torch.finfo(self.add.dtype).min / 2
+
+
+# ---------------------------------------------------------------------------------- tiled statistics
+_Blocks = Callable[[int, int, int, int], "tuple[torch.Tensor | None, torch.Tensor | None]"]
+
+
+def _block_fn(mask: torch.Tensor | LazyMask | None) -> _Blocks:
+    """Normalise ``mask`` (None, tensor, or object with ``block``) to ``f(q0,q1,k0,k1) -> (keep, bias)`` 4-D."""
+    if mask is None:
+        return lambda q0, q1, k0, k1: (None, None)
+    if hasattr(mask, "block"):
+        return lambda q0, q1, k0, k1: (mask.block(q0, q1, k0, k1), None)
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"mask must be a tensor, a LazyMask or None, got {type(mask).__name__}")
+    m = mask
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    keep, bias = mask_to_keep(m)
+
+    def fn(q0: int, q1: int, k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kb = keep[..., q0:q1, k0:k1] if keep.shape[-2] > 1 else keep[..., k0:k1]
+        bb = None
+        if bias is not None:
+            bb = bias[..., q0:q1, k0:k1] if bias.shape[-2] > 1 else bias[..., k0:k1]
+        return kb, bb
+
+    return fn
+
+
+def _to5(x: torch.Tensor, hkv: int, g: int) -> torch.Tensor:
+    """``[B, 1|H, q, k]`` -> ``[B, 1|Hkv, 1|G, q, k]`` matching the grouped score layout."""
+    b, h = x.shape[0], x.shape[1]
+    if h == 1:
+        return x.unsqueeze(2)
+    return x.reshape(b, hkv, g, *x.shape[2:])
+
+
+def attention_row_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scale: float | None = None,
+    mask: torch.Tensor | LazyMask | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    key_valid: torch.Tensor | None = None,
+    special: torch.Tensor | None = None,
+    punctuation: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
+    distance_edges: Sequence[int] | None = None,
+    q_tile: int = 256,
+    k_tile: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Per-row attention quantities of every head, streamed from ``query`` and ``key`` tile by tile.
+
+    ``query`` is ``[batch, heads, T, d]`` and ``key`` ``[batch, kv_heads, S, d]`` (``kv_heads`` dividing
+    ``heads``: grouped-query heads share their key without it being repeated). Weights are
+    ``softmax(q k^T * scale (+ softcap) + mask)`` exactly as in
+    :func:`~hf_attn_inspect.core.kernels.scaled_dot_product_attention_with_weights`: ``mask`` is None, a boolean
+    or additive tensor broadcasting to ``[batch, 1|heads, T, S]``, or a :class:`LazyMask`; ``causal``
+    additionally masks keys after the query and ``window`` keys ``window`` or more tokens away (query
+    ``i`` sits at position ``S - T + i``). Rows whose keys are all masked get all-zero weights.
+    ``key_valid`` (boolean ``[batch, S]``) zeroes weights on padding keys without renormalising, as
+    :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` does; ``special``/``punctuation`` are boolean
+    ``[batch, S]`` key masks (missing ones give 0). Returns ``{name: float32 [batch, heads, T]}`` for
+    every per-row quantity of :data:`hf_attn_inspect.stats.metrics.ROW_QUANTITIES` (``entropy`` in nats,
+    ``diagonal``, ``previous_token``, ``next_token``, ``first_token``, ``special_tokens``, ``punctuation``,
+    ``max_weight``, ``mean_distance`` in tokens, ``local_window`` within ``local_window`` tokens, ``mass`` =
+    ``sum_j a_ij``, ``sq_sum`` = ``sum_j a_ij^2``, ``above`` = number of keys with ``a_ij >
+    sparsity_threshold``) plus ``lse`` (log-sum-exp of the scores, ``-inf`` on fully masked rows), and,
+    when ``distance_edges`` is given, ``within`` ``[batch, heads, T, E]``: the weight at ``|i - j| <= edge``
+    for each edge. Memory: ``O(batch * heads * q_tile * k_tile)``.
+
+    This is a tiled PyTorch implementation (two passes per query tile, flash-attention style: row maximum
+    and normaliser first, then ``p_ij = exp(s_ij - lse_i)`` block by block); a fused kernel producing the
+    same dictionary belongs here (see the module docstring).
+    """
+    if query.dim() != 4 or key.dim() != 4:
+        raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
+    if query.shape[2] == 0 or key.shape[2] == 0:
+        raise InputError("query and key need at least one token each")
+    b, h, t, d = query.shape
+    hkv, s = key.shape[1], key.shape[2]
+    if h % hkv:
+        raise InputError(f"{h} query heads cannot share {hkv} key heads evenly")
+    g = h // hkv
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    q_tile, k_tile = max(1, int(q_tile)), max(1, int(k_tile))
+    dev = query.device
+    offset = s - t
+    blocks = _block_fn(mask)
+    edges = sorted(set(int(e) for e in (distance_edges or ())))
+    all_edges = sorted(set(edges) | {int(local_window)})
+    qg = query.reshape(b, hkv, g, t, d)
+    kv5 = None
+    if key_valid is not None:
+        kvb = key_valid.to(dev).bool()
+        if not bool(kvb.all()):
+            kv5 = kvb.reshape(b, 1, 1, 1, s)
+    # keys augmented with columns so that one GEMM e @ kaug gives, per row: e@K (entropy), sum e (mass),
+    # sum e (j - k0) and sum e ((k1-1) - j) (distances, filled per tile), and the special/punctuation shares
+    extra_names = [n for n, km in (("special_tokens", special), ("punctuation", punctuation)) if km is not None]
+    kaug = torch.zeros(b, hkv, 1, s, d + 4 + len(extra_names), device=dev)
+    kaug[..., :d] = key.unsqueeze(2).float()
+    kaug[..., d] = 1.0
+    for c, km in enumerate(km for km in (special, punctuation) if km is not None):
+        kaug[..., d + 4 + c] = km.to(dev).float().reshape(b, 1, 1, s)
+    col_one, col_fwd, col_bwd = d, d + 1, d + 2  # col d+3: spare (the -m column of the augmented query)
+    ninf = float("-inf")
+    zero = torch.zeros((), device=dev)
+    bilinear = softcap is None
+
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, rows: slice, value: torch.Tensor) -> None:
+        """Write one query tile's ``value`` of the row quantity ``name`` (allocated on first use)."""
+        if name not in out:
+            out[name] = torch.zeros(b, hkv, g, t, device=dev)
+        out[name][..., rows] = value
+
+    within_all = torch.zeros(b, hkv, g, t, len(all_edges), device=dev)
+    max_edge = max(all_edges)
+
+    for q0 in range(0, t, q_tile):
+        q1 = min(t, q0 + q_tile)
+        tq = q1 - q0
+        qs = qg[..., q0:q1, :].float() * scale
+        pmin, pmax = q0 + offset, q1 - 1 + offset
+        qpos = torch.arange(pmin, pmax + 1, device=dev)
+        tiles = []
+        for k0 in range(0, s, k_tile):
+            k1 = min(s, k0 + k_tile)
+            if causal and k0 > pmax:
+                break
+            if window is not None and (k1 - 1 <= pmin - window or (not causal and k0 >= pmax + window)):
+                continue
+            if k1 - 1 <= pmin:
+                lo, hi, side = pmin - (k1 - 1), pmax - k0, 1  # every key at or before every query
+            elif k0 >= pmax:
+                lo, hi, side = k0 - pmax, k1 - 1 - pmin, -1  # every key at or after every query
+            else:
+                lo, hi, side = 0, max(pmax - k0, k1 - 1 - pmin), (1 if causal else 0)  # causal: later keys masked
+            index_mask = (causal and k1 - 1 > pmin) or (window is not None and hi >= window)
+            tiles.append((k0, k1, lo, hi, side, index_mask))
+
+        def scores(qmat: torch.Tensor, kmat: torch.Tensor, k0: int, k1: int, index_mask: bool):
+            sc = torch.matmul(qmat, kmat[..., k0:k1, :].transpose(-1, -2))
+            if softcap is not None:
+                sc = torch.tanh(sc / softcap) * softcap
+            keep, bias = blocks(q0, q1, k0, k1)
+            if bias is not None:
+                bias = _to5(bias.to(dev).float(), hkv, g)
+                sc = sc + bias
+            allow = None
+            if index_mask:
+                dd = qpos[:, None] - torch.arange(k0, k1, device=dev)[None, :]
+                if causal:
+                    allow = dd >= 0
+                if window is not None:
+                    near = dd < window if causal else dd.abs() < window
+                    allow = near if allow is None else allow & near
+            if keep is not None and not bool(keep.all()):
+                k5 = _to5(keep.to(dev).bool(), hkv, g)
+                allow = k5 if allow is None else allow & k5
+            if allow is not None:
+                sc.masked_fill_(~allow, ninf)
+            return sc, bias
+
+        # pass 1: row max m and normaliser l = sum_j exp(s_ij - m)
+        m = torch.full((b, hkv, g, tq), ninf, device=dev)
+        l = torch.zeros_like(m)
+        kf = kaug[..., :d]
+        for k0, k1, _, _, _, index_mask in tiles:
+            sc, _ = scores(qs, kf, k0, k1, index_mask)
+            m_new = torch.maximum(m, sc.amax(-1))
+            m_safe = torch.where(torch.isinf(m_new), zero, m_new)
+            l = l * torch.exp(m - m_safe) + sc.sub_(m_safe.unsqueeze(-1)).exp_().sum(-1)
+            m = m_new
+        m_safe = torch.where(torch.isinf(m), zero, m)
+        has = l > 0
+        inv_l = torch.where(has, 1.0 / l.clamp_min(1e-38), zero)
+        log_l = torch.where(has, torch.log(l.clamp_min(1e-38)), zero)
+        thr_l = (sparsity_threshold * l).unsqueeze(-1)  # p > thr  <=>  e > thr * l   (e = exp(s - m), p = e / l)
+
+        # pass 2: e = exp(s - m) block by block (the -m comes out of the GEMM through an extra column)
+        qaug = torch.zeros(*qs.shape[:-1], kaug.shape[-1], device=dev)
+        qaug[..., :d] = qs
+        qaug[..., d + 3] = -m_safe
+        kaug[..., d + 3] = 1.0
+        es = torch.zeros_like(m)
+        sq = torch.zeros_like(m)
+        above_n = torch.zeros_like(m)
+        mass = torch.zeros_like(m)
+        dist_sum = torch.zeros_like(m)
+        first = torch.zeros_like(m)
+        extra_acc = torch.zeros(*m.shape, len(extra_names), device=dev)
+        nbr = torch.zeros(*m.shape, 3, device=dev)  # diagonal, previous, next
+        emax = torch.zeros_like(m) if kv5 is not None else None
+        within = torch.zeros(*m.shape, len(all_edges), device=dev)
+        for k0, k1, lo, hi, side, index_mask in tiles:
+            kaug[..., k0:k1, col_fwd] = torch.arange(0, k1 - k0, device=dev, dtype=torch.float32)
+            kaug[..., k0:k1, col_bwd] = torch.arange(k1 - 1 - k0, -1, -1, device=dev, dtype=torch.float32)
+            if bilinear:
+                e, bias = scores(qaug, kaug, k0, k1, index_mask)
+                e = e.exp_()
+            else:  # softcap is not linear in the score: subtract the row max after it
+                sc_full, bias = scores(qs, kf, k0, k1, index_mask)
+                sc_full = sc_full - m_safe.unsqueeze(-1)
+                e = torch.exp(sc_full)
+            if kv5 is not None:
+                kvt = kv5[..., k0:k1]
+                if not bool(kvt.all()):
+                    e = e * kvt
+                emax = torch.maximum(emax, e.amax(-1))
+            agg = torch.matmul(e, kaug[..., k0:k1, :])  # [.., tq, d + 4 + extras]
+            rowsum = agg[..., col_one]
+            mass += rowsum
+            if bilinear:  # sum_j e_ij (s_ij - m_i) = q_i . (sum_j e_ij k_j) - m_i sum_j e_ij
+                es += (agg[..., :d] * qs).sum(-1) - m_safe * rowsum
+                if bias is not None:
+                    es += (e * torch.where(e > 0, bias, zero)).sum(-1)
+            else:
+                es += torch.where(e > 0, e * sc_full, zero).sum(-1)
+            sq += torch.linalg.vector_norm(e, dim=-1).square()
+            above = e > thr_l
+            if kv5 is not None and sparsity_threshold < 0:
+                above = above & kv5[..., k0:k1]
+            above_n += torch.count_nonzero(above, dim=-1)
+            if extra_names:
+                extra_acc += agg[..., d + 4 :]
+            if side == 1:  # |i - j| = (i - (k1-1)) + ((k1-1) - j)
+                dist_sum += agg[..., col_bwd] + rowsum * (qpos - (k1 - 1)).float()
+            elif side == -1:  # |i - j| = (k0 - i) + (j - k0)
+                dist_sum += agg[..., col_fwd] + rowsum * (k0 - qpos).float()
+            else:
+                dd = qpos[:, None] - torch.arange(k0, k1, device=dev)[None, :]
+                dist_sum += (e * dd.abs().float()).sum(-1)
+            if k0 == 0:
+                first = e[..., 0].clone()
+            if lo <= max_edge:
+                # keys within |i - j| <= r of row i are one contiguous range: prefix sums answer every edge
+                rel = (qpos - k0).unsqueeze(-1)  # row i's own column in this tile (may lie outside)
+                if lo <= 1:
+                    cols = rel + torch.tensor([0, -1, 1], device=dev)
+                    inside = (cols >= 0) & (cols < k1 - k0)
+                    picked = e.gather(-1, cols.clamp(0, k1 - k0 - 1).expand(*e.shape[:-1], 3))
+                    nbr += torch.where(inside, picked, zero)
+                todo = [(i, r) for i, r in enumerate(all_edges) if lo <= r < hi]
+                for i, r in enumerate(all_edges):
+                    if hi <= r:
+                        within[..., i] += rowsum
+                if todo:
+                    csum = torch.nn.functional.pad(e.cumsum(-1), (1, 0))  # csum[.., c] = sum of columns < c
+                    radius = torch.tensor([r for _, r in todo], device=dev)
+                    left = (rel - radius).clamp(0, k1 - k0)
+                    right = (rel + radius + 1).clamp(0, k1 - k0)
+                    shape = (*e.shape[:-1], len(todo))
+                    part = csum.gather(-1, right.expand(shape)) - csum.gather(-1, left.expand(shape))
+                    within[..., [i for i, _ in todo]] += part
+
+        sl = slice(q0, q1)
+        il = inv_l
+        mass = mass * il
+        put("entropy", sl, torch.where(has, log_l * mass - es * il, zero))
+        put("diagonal", sl, nbr[..., 0] * il)
+        put("previous_token", sl, nbr[..., 1] * il)
+        put("next_token", sl, nbr[..., 2] * il)
+        put("first_token", sl, first * il)
+        for name in ("special_tokens", "punctuation"):  # 0 when the key mask is not given
+            put(name, sl, extra_acc[..., extra_names.index(name)] * il if name in extra_names else zero)
+        put("max_weight", sl, il if emax is None else emax * il)
+        put("mean_distance", sl, dist_sum * il)
+        put("local_window", sl, within[..., all_edges.index(int(local_window))] * il)
+        put("mass", sl, mass)
+        put("sq_sum", sl, sq * il.square())
+        put("above", sl, above_n)
+        put("lse", sl, torch.where(has, m_safe + log_l, torch.full_like(l, ninf)))
+        within_all[..., sl, :] = within * il.unsqueeze(-1)
+
+    result = {name: v.reshape(b, h, t) for name, v in out.items()}
+    if edges:
+        idx = torch.tensor([all_edges.index(e) for e in edges], device=dev)
+        result["within"] = within_all.index_select(-1, idx).reshape(b, h, t, len(edges))
+    return result

@@ -2,29 +2,26 @@
 
 Everything here comes from :func:`hf_attn_inspect.stats.streaming.run_streaming`, so a document of tens of
 thousands of tokens is analysed without any ``[T, T]`` weight matrix. :func:`long_context_report`
-returns three tables; the ``plot_*`` functions draw them (axes-level, they never show or print).
+returns three tables; :mod:`hf_attn_inspect.views.long_context` draws them and writes the report files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ..capture.inspector import AttentionInspector
 from ..core.errors import InputError
 from ..stats.metrics import LOCAL_WINDOW, METRICS, reduce_rows
-from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, KeyMasks, distance_bucket_mass, run_streaming
+from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, distance_bucket_mass, run_streaming
 
 __all__ = [
     "LongContextReport",
     "long_context_report",
     "position_bins",
-    "plot_sink_curve",
-    "plot_distance_mass",
-    "plot_head_metric",
 ]
 
 
@@ -59,7 +56,7 @@ def position_bins(n: int, bins: int = 32) -> np.ndarray:
 
 
 def long_context_report(
-    inspector: Any,
+    inspector: AttentionInspector,
     text: str,
     *,
     max_length: int | None = None,
@@ -71,12 +68,24 @@ def long_context_report(
 ) -> LongContextReport:
     """Analyse one long ``text`` with streaming statistics and return a :class:`LongContextReport`.
 
-    ``max_length`` (default: the model's maximum) truncates longer texts with a warning. Encoder-decoder
-    models are analysed on their encoder. Memory is ``O(T)`` per head plus one
-    ``[heads, q_tile, k_tile]`` block; no ``[T, T]`` tensor is created.
+    ``max_length`` (default: the model's maximum) truncates longer texts with a warning. ``layers``
+    (0-based, default all) limits the layers analysed; ``bins`` is the number of query-position bins of
+    the sink table and ``local_window`` the half-width of the ``local_window`` metric, in tokens.
+    Encoder-decoder models are analysed on their encoder. Memory is ``O(T)`` per head plus one
+    ``[heads, q_tile, k_tile]`` block; no ``[T, T]`` tensor is created. Bad input (an empty text, a layer
+    the model lacks, a tile or bin count below 1) raises :class:`InputError`.
     """
     if not isinstance(text, str) or not text.strip():
         raise InputError("the text is empty; give a file with some text in it")
+    for name, value in (("bins", bins), ("q_tile", q_tile), ("k_tile", k_tile)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if local_window < 0:
+        raise InputError(f"local_window must be 0 or more, got {local_window}")
+    if layers is not None:
+        bad = [layer for layer in layers if not 0 <= layer < inspector.num_layers]
+        if bad:
+            raise InputError(f"layer {bad[0]} does not exist; this model has layers 0-{inspector.num_layers - 1}")
     batch = inspector.encode([text], max_length=max_length)
     keep = ["entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
             "max_weight", "mean_distance", "local_window", "mass", "sq_sum", "above", "within"]
@@ -85,11 +94,9 @@ def long_context_report(
     stack = "encoder" if "encoder" in probe.rows else "self"
     rows = probe.stacked(stack)  # {name: [1, L, H, T]}
     layer_ids = sorted(probe.rows[stack])
-    valid = probe.masks.get(stack, KeyMasks()).valid
+    valid = batch.masks(stack).valid
     n = int(batch.lengths[0])
-    if valid is None:
-        valid = torch.ones(1, rows["entropy"].shape[-1], dtype=torch.bool)
-    causal = bool(probe.causal.get(stack, False))
+    causal = stack in batch.causal_stacks
     metrics = reduce_rows({k: v for k, v in rows.items() if k != "within"}, valid, causal=causal)
     nl, nh = rows["entropy"].shape[1:3]
     lid = np.repeat(layer_ids, nh)
@@ -118,70 +125,3 @@ def long_context_report(
     distance = distance.sort_values(["layer", "head", "bucket"], ignore_index=True)
     distance["bucket"] = distance["bucket"].astype(str)
     return LongContextReport(metrics_df, sinks, distance, n, inspector.name, bool(batch.truncated[0]), causal)
-
-
-def plot_sink_curve(sinks: pd.DataFrame, ax: Any = None, *, per_head: bool = False) -> Any:
-    """Line plot of the first-token (sink) share against query position, one line per layer (mean over heads).
-
-    ``sinks`` is :attr:`LongContextReport.sinks`; x is the bin's middle query position (log scale), y
-    the mean weight on token 0. ``per_head=True`` draws one faint line per head as well. Returns the axes.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    df = sinks.assign(position=(sinks["start"] + sinks["end"] - 1) / 2.0)
-    cmap = plt.get_cmap("viridis")
-    layers = sorted(df["layer"].unique())
-    for i, layer in enumerate(layers):
-        color = cmap(i / max(1, len(layers) - 1))
-        sub = df[df["layer"] == layer]
-        if per_head:
-            for _, head in sub.groupby("head"):
-                ax.plot(head["position"], head["first_token"], color=color, alpha=0.2, lw=0.8)
-        mean = sub.groupby("position", as_index=False)["first_token"].mean()
-        ax.plot(mean["position"], mean["first_token"], color=color, lw=1.8, label=f"layer {layer}")
-    if df["position"].max() > 1:
-        ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("query position (tokens)")
-    ax.set_ylabel("attention on first token")
-    ax.set_ylim(0, 1)
-    ax.set_title("Attention sinks: first-token share by query position")
-    ax.legend(fontsize="small", ncol=2)
-    return ax
-
-
-def plot_distance_mass(distance: pd.DataFrame, ax: Any = None) -> Any:
-    """Heatmap of attention mass by distance bucket (columns) for each layer (rows), mean over heads.
-
-    ``distance`` is :attr:`LongContextReport.distance`; cells are shares of a query row's attention
-    (each row of the heatmap sums to 1). Returns the axes.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 0.5 * distance["layer"].nunique() + 1.5))
-    table = distance.groupby(["layer", "bucket"], sort=False)["mass"].mean().unstack("bucket")
-    table = table[[b for b in DISTANCE_BUCKETS if b in table.columns]]
-    sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="magma", annot=table.shape[0] * table.shape[1] <= 120,
-                fmt=".2f", cbar_kws={"label": "attention mass"})
-    ax.set_xlabel("distance |i - j| (tokens)")
-    ax.set_ylabel("layer")
-    ax.set_title("Attention mass by distance")
-    return ax
-
-
-def plot_head_metric(metrics: pd.DataFrame, metric: str = "first_token", ax: Any = None) -> Any:
-    """Heatmap of one metric per (layer, head) from a ``layer``/``head``/metrics table. Returns the axes."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if metric not in metrics.columns:
-        raise InputError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
-    table = metrics.pivot(index="layer", columns="head", values=metric)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(0.45 * table.shape[1] + 2.5, 0.45 * table.shape[0] + 1.5))
-    sns.heatmap(table, ax=ax, cmap="viridis", cbar_kws={"label": metric})
-    ax.set_title(f"{metric} per head")
-    return ax

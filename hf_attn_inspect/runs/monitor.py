@@ -1,4 +1,4 @@
-"""Watch attention change during training: a probe batch measured every N steps, trends and animations.
+"""Watch attention change during training: a probe batch measured every N steps, logged as JSON lines.
 
 :class:`AttentionMonitor` runs a fixed batch of probe texts through the model being trained with the one
 capture path (:meth:`AttentionInspector.run`: eval mode and no gradients for the call, the model's mode and
@@ -20,6 +20,9 @@ A log record (one JSON object per line) holds ``step``, ``layers``, ``heads``, `
 Warnings name the heads that entered either state since the previous record; at the first record only a
 majority of heads in one state (the chapter's "more than 50 %") is reported. They go to the record and to
 the ``hf_attn_inspect`` logger.
+
+This module returns data; the figures of a log (trends over steps, animations of one head) are drawn by
+:mod:`hf_attn_inspect.views.training`.
 """
 
 from __future__ import annotations
@@ -27,36 +30,43 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import TrainerControl, TrainerState
 
-from ..capture.interface import Probe, Site
-from ..core.errors import InputError, OutputError
+from ..capture.inputs import KeyMasks
 from ..capture.inspector import AttentionInspector
-from ..core.tokens import punctuation_mask
-from ..stats.metrics import METRICS, sentence_metrics
+from ..capture.interface import Probe, Site
+from ..core.errors import CaptureError, InputError, OutputError
+from ..stats.metrics import METRICS, entropy_ratio, sentence_metrics
+
+if TYPE_CHECKING:  # importing the Trainer pulls in its whole training stack; only its type is needed here
+    from transformers import Trainer
 
 __all__ = [
     "AttentionMonitor",
     "AttentionStatsCallback",
+    "MonitorLog",
+    "Record",
     "read_log",
-    "plot_training_trends",
-    "animate_attention",
 ]
 
 logger = logging.getLogger("hf_attn_inspect")
 
-HeadSpec = Sequence[tuple[int, int]] | str | None
+#: Heads to keep the weights of: ``(layer, head)`` pairs, ``"all"`` or None.
+HeadSpec = Union[Sequence[tuple[int, int]], str, None]
+#: One log record (a JSON object; format in the module docstring).
+Record = dict[str, Any]
 
 
 class _StatsProbe(Probe):
     """Reduces each layer of one stack to per-head metrics (mean over probe texts) as the layer runs."""
 
-    def __init__(self, stack: str, masks: dict[str, torch.Tensor], store: set[tuple[int, int]] | str | None, first_len: int):
+    def __init__(self, stack: str, masks: KeyMasks, store: set[tuple[int, int]] | str | None, first_len: int):
         self.stack = stack
         self.masks = masks
         self.store = store
@@ -74,11 +84,10 @@ class _StatsProbe(Probe):
         if site.stack != self.stack:
             return
         w = weights.detach().float()
-        valid = self.masks["valid"].to(w.device)
-        m = sentence_metrics(w, valid, special=self.masks["special"], punctuation=self.masks["punctuation"], causal=self._causal)
-        ratio = torch.where(m["max_entropy"] > 0, m["entropy"] / m["max_entropy"].clamp_min(1e-12), torch.ones_like(m["entropy"]))
+        valid = self.masks.valid.to(w.device)
+        m = sentence_metrics(w, valid, special=self.masks.special, punctuation=self.masks.punctuation, causal=self._causal)
         self.metrics[site.layer] = {k: v.mean(0).cpu() for k, v in m.items()}
-        self.ratio[site.layer] = ratio.mean(0).cpu()
+        self.ratio[site.layer] = entropy_ratio(m["entropy"], m["max_entropy"]).mean(0).cpu()
         if self.store is not None:
             n = self.first_len
             heads = range(w.shape[1]) if self.store == "all" else [h for (l, h) in self.store if l == site.layer]
@@ -92,14 +101,15 @@ class AttentionMonitor:
     ``record(step)`` runs the probe batch (eval mode, no gradients, mode restored), appends one record to
     :attr:`records` and, when ``log_path`` is given, one JSON line to that file; it returns the record
     (format in the module docstring). ``store_heads`` is a list of ``(layer, head)`` pairs or ``"all"``:
-    their attention on the first probe text is kept in each record (for :func:`animate_attention`).
-    ``stack`` picks the attention of encoder-decoder models (default: encoder).
+    their attention on the first probe text is kept in each record (for
+    :func:`~hf_attn_inspect.views.training.animate_attention`). ``stack`` picks the attention of
+    encoder-decoder models (default: encoder). Thresholds are shares in 0..1 (see the module docstring).
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        tokenizer: Any,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         probe_texts: Sequence[str] | str,
         *,
         log_path: str | os.PathLike | None = None,
@@ -118,8 +128,11 @@ class AttentionMonitor:
         if self.stack not in dims or self.stack == "cross":
             raise InputError(f"cannot monitor stack '{self.stack}'; choose one of {', '.join(s for s in dims if s != 'cross')}")
         self.layers, self.heads = dims[self.stack]
-        if store_heads is not None and store_heads != "all":
-            store_heads = {(int(l), int(h)) for l, h in store_heads}
+        if store_heads is not None and store_heads != "all" and not isinstance(store_heads, str):
+            try:
+                store_heads = {(int(l), int(h)) for l, h in store_heads}
+            except (TypeError, ValueError):
+                raise InputError("store_heads must be a list of (layer, head) pairs or 'all'") from None
             for l, h in store_heads:
                 if not (0 <= l < self.layers and 0 <= h < self.heads):
                     raise InputError(f"head ({l}, {h}) is out of range; the model has {self.layers} layers x {self.heads} heads")
@@ -128,30 +141,30 @@ class AttentionMonitor:
         self.store_heads = store_heads
         self.texts = texts
         self.batch = self.inspector.encode(texts, max_length=max_length)
-        valid = self.batch.valid
-        punct = torch.zeros_like(valid)
-        for i in range(len(texts)):
-            toks = self.batch.tokens(i)
-            punct[i, : len(toks)] = punctuation_mask(toks)
-        self.masks = {"valid": valid, "special": self.batch.special_mask, "punctuation": punct}
+        self.masks = self.batch.masks(self.stack)
         self.tokens = self.batch.tokens(0)
         self.collapse_threshold = collapse_threshold
         self.uniform_threshold = uniform_threshold
         self.log_path = Path(log_path) if log_path is not None else None
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
         self._previous: dict[str, set[tuple[int, int]]] | None = None
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> PreTrainedModel:
+        """The model being monitored."""
         return self.inspector.model
 
-    def record(self, step: int, **extra: Any) -> dict[str, Any]:
-        """Measure the probe batch now and log it under ``step`` (``extra`` keys, e.g. ``epoch``, are added)."""
+    def record(self, step: int, **extra: Any) -> Record:
+        """Measure the probe batch now and log it under ``step`` (``extra`` keys, e.g. ``epoch``, are added).
+
+        Returns the record (format in the module docstring): per-head metric means over the probe texts,
+        the entropy ratio (0..1), the collapsed/uniform heads and the warnings of this step.
+        """
         probe = _StatsProbe(self.stack, self.masks, self.store_heads, len(self.tokens))
         self.inspector.run(self.batch, probe)
         missing = [l for l in range(self.layers) if l not in probe.metrics]
         if missing:
-            raise InputError(f"layer {missing[0]} produced no attention during the probe run")
+            raise CaptureError(f"layer {missing[0]} produced no attention during the probe run")
         metrics = {k: torch.stack([probe.metrics[l][k] for l in range(self.layers)]) for k in METRICS}  # [L, H]
         ratio = torch.stack([probe.ratio[l] for l in range(self.layers)])
         states = {
@@ -159,7 +172,7 @@ class AttentionMonitor:
             "uniform": _pairs(ratio >= self.uniform_threshold),
         }
         warnings_ = self._warnings(step, states)
-        record: dict[str, Any] = {"step": int(step), **extra, "layers": self.layers, "heads": self.heads}
+        record: Record = {"step": int(step), **extra, "layers": self.layers, "heads": self.heads}
         record["metrics"] = {k: _rounded(v) for k, v in metrics.items()}
         record["entropy_ratio"] = _rounded(ratio)
         record.update({k: sorted([list(p) for p in v]) for k, v in states.items()})
@@ -195,7 +208,7 @@ class AttentionMonitor:
         return out
 
     @staticmethod
-    def summary(record: dict[str, Any]) -> dict[str, float]:
+    def summary(record: Record) -> dict[str, float]:
         """A few scalars of one record for training logs (TensorBoard, W&B): means over all heads of
         entropy (nats), max weight, first-token and special-token shares, and the collapsed/uniform counts."""
         m = record["metrics"]
@@ -213,13 +226,7 @@ def _rounded(t: torch.Tensor, digits: int = 6) -> list:
     return np.round(t.detach().cpu().double().numpy(), digits).tolist()
 
 
-try:  # the callback needs transformers' TrainerCallback (always installed with transformers)
-    from transformers import TrainerCallback as _TrainerCallback
-except ImportError:  # pragma: no cover
-    _TrainerCallback = object  # type: ignore[misc,assignment]
-
-
-class AttentionStatsCallback(_TrainerCallback):
+class AttentionStatsCallback(TrainerCallback):
     """A transformers ``TrainerCallback`` that records attention statistics every ``every_n_steps`` steps.
 
     At steps ``0`` (before training, when ``record_initial``) and every multiple of ``every_n_steps`` it
@@ -237,7 +244,7 @@ class AttentionStatsCallback(_TrainerCallback):
         probe_texts: Sequence[str] | str,
         *,
         every_n_steps: int = 50,
-        tokenizer: Any = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         log_file: str = "attention_stats.jsonl",
         store_heads: HeadSpec = None,
         record_initial: bool = True,
@@ -256,21 +263,25 @@ class AttentionStatsCallback(_TrainerCallback):
         self.options = {"max_length": max_length, "collapse_threshold": collapse_threshold, "uniform_threshold": uniform_threshold}
         self.monitor: AttentionMonitor | None = None
         self.log_path: Path | None = None
-        self.trainer: Any = None
+        self.trainer: Trainer | None = None
 
-    def attach(self, trainer: Any) -> "AttentionStatsCallback":
+    def attach(self, trainer: Trainer) -> AttentionStatsCallback:
         """Add this callback to ``trainer`` and log summaries through ``trainer.log`` (reaches TensorBoard/W&B)."""
         self.trainer = trainer
         trainer.add_callback(self)
         return self
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
+        """The records logged so far (empty before training starts)."""
         return [] if self.monitor is None else self.monitor.records
 
-    def _monitor(self, args: Any, model: Any, tokenizer: Any) -> AttentionMonitor:
+    def _monitor(self, args: TrainingArguments, model: PreTrainedModel | None,
+                 tokenizer: PreTrainedTokenizerBase | None) -> AttentionMonitor:
         if self.monitor is None or self.monitor.model is not model:
             tok = self.tokenizer or tokenizer
+            if model is None:
+                raise InputError("AttentionStatsCallback got no model from the Trainer")
             if tok is None:
                 raise InputError("AttentionStatsCallback needs a tokenizer: pass tokenizer=... or give the Trainer a processing_class")
             path = Path(self.log_file)
@@ -280,7 +291,8 @@ class AttentionStatsCallback(_TrainerCallback):
             self.monitor = AttentionMonitor(model, tok, self.probe_texts, log_path=path, store_heads=self.store_heads, **self.options)
         return self.monitor
 
-    def _record(self, args: Any, state: Any, model: Any, tokenizer: Any) -> None:
+    def _record(self, args: TrainingArguments, state: TrainerState, model: PreTrainedModel | None,
+                tokenizer: PreTrainedTokenizerBase | None) -> None:
         monitor = self._monitor(args, model, tokenizer)
         extra = {} if state.epoch is None else {"epoch": float(state.epoch)}
         record = monitor.record(state.global_step, **extra)
@@ -290,24 +302,39 @@ class AttentionStatsCallback(_TrainerCallback):
         else:
             state.log_history.append({**summary, "step": state.global_step})
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, processing_class: Any = None, **kwargs: Any):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: PreTrainedModel | None = None, processing_class: PreTrainedTokenizerBase | None = None,
+                       **kwargs: Any) -> TrainerControl:
+        """Open the monitor (a fresh log for a run starting at step 0) and record step 0 when ``record_initial``."""
         monitor = self._monitor(args, model, processing_class)
         if state.global_step == 0 and monitor.log_path is not None and monitor.log_path.exists() and not monitor.records:
-            monitor.log_path.unlink()
+            try:
+                monitor.log_path.unlink()
+            except OSError as exc:
+                raise OutputError(f"cannot replace the attention log {monitor.log_path}: {exc.strerror or exc}") from None
         if self.record_initial and state.global_step == 0:
             self._record(args, state, model, processing_class)
         return control
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, processing_class: Any = None, **kwargs: Any):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: PreTrainedModel | None = None, processing_class: PreTrainedTokenizerBase | None = None,
+                    **kwargs: Any) -> TrainerControl:
+        """Record the probe batch at every multiple of ``every_n_steps``."""
         if state.global_step % self.every_n_steps == 0:
             self._record(args, state, model, processing_class)
         return control
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_log(log: Any) -> list[dict[str, Any]]:
+#: Anything :func:`read_log` accepts.
+MonitorLog = Union[str, os.PathLike, Sequence[Record], AttentionMonitor, AttentionStatsCallback]
+
+
+def read_log(log: MonitorLog) -> list[Record]:
     """The records of a monitor log: a JSONL path, a list of records, an :class:`AttentionMonitor` or an
-    :class:`AttentionStatsCallback`. A torn last line (a run killed while writing) is ignored."""
+    :class:`AttentionStatsCallback` (record format in the module docstring). A torn last line (a run
+    killed while writing) is ignored; a missing file or any other line that is not JSON raises
+    :class:`InputError`."""
     if isinstance(log, AttentionMonitor):
         return list(log.records)
     if isinstance(log, AttentionStatsCallback):
@@ -317,7 +344,12 @@ def read_log(log: Any) -> list[dict[str, Any]]:
         if not path.is_file():
             raise InputError(f"attention log {path} does not exist")
         records = []
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError(f"attention log {path} is not UTF-8 JSON lines") from None
+        except OSError as exc:
+            raise InputError(f"cannot read the attention log {path}: {exc.strerror or exc}") from None
         for i, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -331,161 +363,3 @@ def read_log(log: Any) -> list[dict[str, Any]]:
     if isinstance(log, (list, tuple)) and all(isinstance(r, dict) for r in log):
         return list(log)
     raise InputError(f"expected an attention log (JSONL path, records, monitor or callback), not {type(log).__name__}")
-
-
-# --------------------------------------------------------------------------------------------- trends
-def plot_training_trends(
-    log: Any,
-    metric: str = "entropy",
-    heads: Sequence[tuple[int, int]] | str | None = None,
-    *,
-    ax: Any = None,
-) -> Any:
-    """``metric`` over training steps: one line per head in ``heads`` (``(layer, head)`` pairs, or ``"all"``),
-    or with ``heads=None`` one line per layer (the mean over its heads).
-
-    ``log`` is anything :func:`read_log` accepts; ``metric`` is one of
-    :data:`~hf_attn_inspect.stats.metrics.METRICS` or ``entropy_ratio``. Values are the per-head means over the
-    probe texts stored in each record. Returns the axes.
-    """
-    import matplotlib.pyplot as plt
-
-    records = read_log(log)
-    if not records:
-        raise InputError("the attention log has no records")
-    if metric != "entropy_ratio" and metric not in METRICS:
-        raise InputError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}, entropy_ratio")
-    steps = np.array([r["step"] for r in records])
-    values = np.array([r["entropy_ratio"] if metric == "entropy_ratio" else r["metrics"][metric] for r in records])  # [S, L, H]
-    layers, nheads = values.shape[1:]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
-    if heads is None:
-        for l in range(layers):
-            ax.plot(steps, values[:, l, :].mean(-1), marker="o", ms=3, label=f"layer {l}")
-    else:
-        pairs = [(l, h) for l in range(layers) for h in range(nheads)] if heads == "all" else [(int(l), int(h)) for l, h in heads]
-        for l, h in pairs:
-            if not (0 <= l < layers and 0 <= h < nheads):
-                raise InputError(f"head ({l}, {h}) is out of range; the log has {layers} layers x {nheads} heads")
-            ax.plot(steps, values[:, l, h], marker="o", ms=3, label=f"L{l} H{h}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(metric.replace("_", " ") + (" (nats)" if metric in ("entropy", "max_entropy") else ""))
-    ax.set_title(f"{metric.replace('_', ' ')} during training" + (" (mean per layer)" if heads is None else ""))
-    if len(ax.lines) <= 16:
-        ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 8 else 1)
-    return ax
-
-
-# ------------------------------------------------------------------------------------------ animation
-def _frames_from_log(records: list[dict[str, Any]], layer: int, head: int) -> tuple[list[np.ndarray], list[str], list[str]]:
-    key = f"{layer},{head}"
-    chosen = [r for r in records if key in (r.get("weights") or {})]
-    if not chosen:
-        raise InputError(
-            f"the attention log holds no weights for layer {layer} head {head}; record them with "
-            f"store_heads=[({layer}, {head})] (or 'all')"
-        )
-    mats = [np.asarray(r["weights"][key], dtype=np.float32) for r in chosen]
-    labels = [f"step {r['step']}" for r in chosen]
-    return mats, labels, list(chosen[0].get("tokens") or [])
-
-
-def _frames_from_checkpoints(checkpoints: Sequence[Any], layer: int, head: int, text: str | None,
-                             tokenizer: Any) -> tuple[list[np.ndarray], list[str], list[str]]:
-    from .compare import _as_inspector
-
-    if text is None:
-        raise InputError("animating checkpoints needs the probe text: pass text=...")
-    mats, labels, tokens = [], [], []
-    for i, ckpt in enumerate(checkpoints):
-        inspector = _as_inspector(ckpt, tokenizer, None, None, f"{i + 1}")
-        result = inspector(text, layers=[layer], heads=[head])
-        mats.append(result.head(layer, head).numpy())
-        tokens = result.display_tokens
-        name = Path(str(ckpt)).name if isinstance(ckpt, (str, os.PathLike)) else f"checkpoint {i + 1}"
-        labels.append(name)
-    shapes = {m.shape for m in mats}
-    if len(shapes) != 1:
-        raise InputError("the checkpoints tokenize the text differently; animate checkpoints that share a tokenizer")
-    return mats, labels, tokens
-
-
-def animate_attention(
-    log_or_checkpoints: Any,
-    layer: int,
-    head: int,
-    path: str | os.PathLike,
-    *,
-    text: str | None = None,
-    tokenizer: Any = None,
-    fps: float = 2.0,
-    mp4: bool | None = None,
-    size: tuple[float, float] = (5.0, 5.0),
-    dpi: int = 80,
-) -> list[Path]:
-    """Animate one head's attention on the probe text across training steps or checkpoints.
-
-    ``log_or_checkpoints`` is a monitor log (anything :func:`read_log` accepts; its records must hold this
-    head's weights, see ``store_heads``) or a list of checkpoints (directories, Hub names,
-    :class:`AttentionInspector` objects or models with ``tokenizer``), each run on ``text``. Every frame is
-    the ``[query, key]`` heatmap (colour scale fixed 0..1) titled with its step or checkpoint. Writes a GIF
-    at ``path`` (suffix ``.gif`` added when missing) and, when ``mp4`` is True or None and ffmpeg is on the
-    PATH, an MP4 beside it (``mp4=True`` without ffmpeg raises :class:`OutputError`). Files are written
-    atomically; returns the paths written.
-    """
-    import matplotlib
-
-    from PIL import Image
-
-    from ..core.files import atomic_path
-
-    if isinstance(log_or_checkpoints, (list, tuple)) and log_or_checkpoints and not isinstance(log_or_checkpoints[0], dict):
-        mats, labels, tokens = _frames_from_checkpoints(log_or_checkpoints, layer, head, text, tokenizer)
-    else:
-        mats, labels, tokens = _frames_from_log(read_log(log_or_checkpoints), layer, head)
-    ffmpeg = shutil.which("ffmpeg")
-    if mp4 and not ffmpeg:
-        raise OutputError("writing an MP4 needs ffmpeg on the PATH; install it or pass mp4=False (the GIF is written either way)")
-    gif = Path(path)
-    if gif.suffix.lower() != ".gif":
-        gif = gif.with_suffix(gif.suffix + ".gif") if gif.suffix.lower() != ".mp4" else gif.with_suffix(".gif")
-    n = mats[0].shape[-1]
-    with matplotlib.rc_context({"backend": "Agg"}):
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=size, dpi=dpi)
-        image = ax.imshow(mats[0], cmap="viridis", vmin=0.0, vmax=1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        if tokens and len(tokens) == n and n <= 40:
-            ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(n), tokens, fontsize=7)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        title = ax.set_title("")
-        fig.tight_layout()
-        frames: list[Image.Image] = []
-        for mat, label in zip(mats, labels):
-            image.set_data(mat)
-            title.set_text(f"layer {layer} head {head} - {label}")
-            fig.canvas.draw()
-            frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
-        written = []
-        with atomic_path(gif) as tmp:
-            frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-        written.append(gif)
-        if ffmpeg and mp4 is not False:
-            from matplotlib.animation import FFMpegWriter
-
-            target = gif.with_suffix(".mp4")
-            with atomic_path(target) as tmp:
-                writer = FFMpegWriter(fps=fps)
-                with writer.saving(fig, tmp + ".mp4", dpi):
-                    for mat, label in zip(mats, labels):
-                        image.set_data(mat)
-                        title.set_text(f"layer {layer} head {head} - {label}")
-                        writer.grab_frame()
-                os.replace(tmp + ".mp4", tmp)
-            written.append(target)
-        plt.close(fig)
-    return written

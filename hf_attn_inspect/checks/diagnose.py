@@ -1,49 +1,38 @@
-"""Diagnose broken attention: the chapter's three debug functions and a full checklist on a real model.
+"""Diagnose broken attention on a real model: the checklist behind ``hf-attn-inspect debug``.
 
-Every check returns a :class:`Finding`: the check's name, a status (``ok``, ``warn`` or ``fail``), the
-numbers that justify it, the likely causes and the fix to try. Nothing is printed unless asked
-(``verbose=True``, :meth:`Finding.print`, :meth:`Report.print`).
-
-:func:`diagnose` runs the whole checklist on a model. Its statistics come from
-:class:`DiagnosticProbe`, a :class:`~hf_attn_inspect.capture.interface.Probe` in the one capture path: while the
-model runs, it sees every layer's post-RoPE query and key, the scale and the mask the model passes,
-and the weights and output the reference core computes, and keeps only per-head statistics (never the
-full ``[layers, heads, T, T]`` weights), except the weights of one sentence for the padding comparison.
+:func:`diagnose` runs every check of :data:`CHECKS` on one padded batch and returns a
+:class:`~hf_attn_inspect.checks.findings.Report` of :class:`~hf_attn_inspect.checks.findings.Finding`\ s. Its
+statistics come from :class:`DiagnosticProbe`, a :class:`~hf_attn_inspect.capture.interface.Probe` in the
+one capture path: while the model runs, it sees every layer's post-RoPE query and key, the scale and
+the mask the model passes, and the weights and output the reference core computes, and keeps only
+per-head statistics (never the full ``[layers, heads, T, T]`` weights), except the weights of one
+sentence for the padding comparison. The masks of real tokens come from the
+:class:`~hf_attn_inspect.capture.inputs.Batch`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import sys
-from dataclasses import dataclass, field
-from typing import Any, Sequence, TextIO
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
+from ..capture.inputs import Batch
+from ..capture.inspector import AttentionInspector, ModelSource, quiet_transformers, resolve_inspector
 from ..capture.interface import Probe, Site, attention_implementation
-from ..core.kernels import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights
 from ..core.errors import InputError
-from ..stats.metrics import sentence_metrics
+from ..core.kernels import repeat_kv
+from ..core.masks import mask_to_keep
+from ..core.tokens import Tokenizer
+from ..stats.metrics import entropy_ratio, sentence_metrics
+from .chapter import collapsed_rows
+from .findings import Finding, Report
 
-__all__ = [
-    "Finding",
-    "Report",
-    "DiagnosticProbe",
-    "DiagnoseThresholds",
-    "DEFAULT_TEXTS",
-    "CHECKS",
-    "debug_uniform_attention",
-    "debug_attention_collapse",
-    "debug_nan_attention",
-    "diagnose",
-]
+__all__ = ["DiagnosticProbe", "DiagnoseThresholds", "DEFAULT_TEXTS", "CHECKS", "diagnose", "query_key_valid"]
 
-STATUSES = ("ok", "warn", "fail")
-_MARKS = {"ok": "[ok]  ", "warn": "[warn]", "fail": "[FAIL]"}
-
+#: The checks of :func:`diagnose`, in report order.
 CHECKS = (
     "nan_inf",
     "fully_masked_rows",
@@ -56,6 +45,7 @@ CHECKS = (
     "sdpa_trap",
 )
 
+#: The texts :func:`diagnose` runs when given none: six sentences of different lengths (one padded batch).
 DEFAULT_TEXTS = [
     "The cat sat on the mat because it was warm.",
     "Attention tells each token which other tokens matter.",
@@ -66,252 +56,28 @@ DEFAULT_TEXTS = [
 ]
 
 
-@dataclass
-class Finding:
-    """The result of one check: ``status`` is ``ok``, ``warn`` or ``fail``; ``numbers`` justify it;
-    ``causes`` are the likely reasons when it is not ok and ``fix`` what to try."""
+def query_key_valid(batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{stack: (query_valid [B, Q], key_valid [B, K])}``: boolean CPU masks of real tokens (False on padding).
 
-    check: str
-    status: str
-    summary: str
-    numbers: dict[str, Any] = field(default_factory=dict)
-    causes: list[str] = field(default_factory=list)
-    fix: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-
-    @property
-    def ok(self) -> bool:
-        """True unless the check failed (a warning passes)."""
-        return self.status != "fail"
-
-    def format(self, details: bool = True) -> str:
-        """One line with the mark, the check and its summary; with ``details``, numbers, causes and fix."""
-        lines = [f"{_MARKS[self.status]} {self.check}: {self.summary}"]
-        if details:
-            if self.numbers:
-                nums = ", ".join(f"{k}={_fmt(v)}" for k, v in self.numbers.items())
-                lines.append(f"         numbers: {nums}")
-            if self.status != "ok":
-                for cause in self.causes:
-                    lines.append(f"         cause: {cause}")
-                if self.fix:
-                    lines.append(f"         fix: {self.fix}")
-        return "\n".join(lines)
-
-    def print(self, file: TextIO | None = None) -> None:
-        """Print :meth:`format` (to stdout by default)."""
-        print(self.format(), file=file or sys.stdout)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) > 8:
-        return "[" + ", ".join(map(str, v[:8])) + f", ... {len(v) - 8} more]"
-    return str(v)
-
-
-@dataclass
-class Report:
-    """The checklist's findings for one model; ``status`` is the worst of them, ``exit_code`` 0 or 1."""
-
-    model: str
-    findings: list[Finding]
-    texts: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return max((f.status for f in self.findings), key=STATUSES.index, default="ok")
-
-    @property
-    def ok(self) -> bool:
-        """True when no check failed."""
-        return self.status != "fail"
-
-    @property
-    def exit_code(self) -> int:
-        """0 when healthy (warnings allowed), 1 when a check fails (the ``debug`` command's exit code)."""
-        return 0 if self.ok else 1
-
-    @property
-    def failed(self) -> list[str]:
-        return [f.check for f in self.findings if f.status == "fail"]
-
-    def __getitem__(self, check: str) -> Finding:
-        for f in self.findings:
-            if f.check == check:
-                return f
-        raise KeyError(f"no check '{check}'; checks: {', '.join(f.check for f in self.findings)}")
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per check: ``check``, ``status``, ``summary``, ``fix``."""
-        return pd.DataFrame([{"check": f.check, "status": f.status, "summary": f.summary, "fix": f.fix} for f in self.findings])
-
-    def format(self, details: bool = True) -> str:
-        head = f"Attention checklist for {self.model} ({len(self.texts)} texts)"
-        body = [f.format(details) for f in self.findings]
-        verdict = {"ok": "healthy", "warn": "healthy, with warnings", "fail": "BROKEN: " + ", ".join(self.failed)}[self.status]
-        return "\n".join([head, "-" * len(head), *body, "-" * len(head), f"result: {verdict}"])
-
-    def print(self, file: TextIO | None = None, details: bool = True) -> None:
-        print(self.format(details), file=file or sys.stdout)
-
-
-# --------------------------------------------------------------------------- the chapter's three functions
-def debug_uniform_attention(
-    Q: torch.Tensor, K: torch.Tensor, *, scale: float | None = None, low_std: float = 0.1, verbose: bool = False
-) -> Finding:
-    """Why attention might be uniform (the chapter's check), for queries ``[..., T, d]`` and keys ``[..., S, d]``.
-
-    Numbers: mean/std of Q and K, std of the raw scores ``Q K^T`` and of the scaled scores (``scale``,
-    default ``1/sqrt(d_k)``), and ``d_k``. Fails when the scaled scores' std is below ``low_std`` (0.1:
-    then every ``exp(score)`` is within ~10% of the others and softmax is nearly ``1/n``); warns when Q
-    or K has std below ``low_std`` but the scores still vary, or when ``d_k > 512`` (check the scale).
+    Taken from the batch's masks (:meth:`~hf_attn_inspect.capture.inputs.Batch.masks`): the encoder/self
+    stacks attend from and to the input's tokens, the decoder from and to the decoder input's, and
+    cross-attention from the decoder input's tokens to the encoder's.
     """
-    Q, K = Q.detach().float(), K.detach().float()
-    d_k = K.shape[-1]
-    scale = 1.0 / math.sqrt(d_k) if scale is None else scale
-    if Q.dim() >= 3 and K.dim() >= 3 and K.shape[-3] != Q.shape[-3]:
-        K = repeat_kv(K, Q.shape[-3])
-    raw = Q @ K.transpose(-2, -1)
-    scaled = raw * scale
-    nums = {
-        "q_mean": float(Q.mean()), "q_std": float(Q.std()), "k_mean": float(K.mean()), "k_std": float(K.std()),
-        "raw_score_std": float(raw.std()), "scaled_score_std": float(scaled.std()), "d_k": d_k, "scale": float(scale),
-    }
-    causes: list[str] = []
-    if nums["q_std"] < low_std or nums["k_std"] < low_std:
-        causes.append(f"Q or K has very low variance (std < {low_std}): check initialisation of the projections")
-    if scale * math.sqrt(d_k) < 0.5:
-        causes.append(f"the scale {scale:.4g} is much smaller than 1/sqrt(d_k) = {1 / math.sqrt(d_k):.4g}")
-    if nums["scaled_score_std"] < low_std:
-        status, summary = "fail", f"scaled scores have std {nums['scaled_score_std']:.3g} < {low_std}: attention is uniform"
-    elif causes or d_k > 512:
-        status, summary = "warn", "scores vary, but " + ("Q/K variance is low" if causes else f"d_k = {d_k} is large")
-        if d_k > 512:
-            causes.append(f"large d_k ({d_k}): make sure 1/sqrt(d_k) scaling is applied")
-    else:
-        status, summary = "ok", f"scaled scores vary (std {nums['scaled_score_std']:.3g})"
-    finding = Finding("uniform_attention", status, summary, nums, causes or ["scores do not vary across keys"],
-                      "re-initialise the Q/K projections (e.g. std 0.02 with unit-variance inputs), check the scale is 1/sqrt(d_k), "
-                      "check the inputs are not constant (normalised embeddings, no zeroed hidden states)")
-    if verbose:
-        finding.print()
-    return finding
-
-
-def _collapsed_rows(weights: torch.Tensor, valid: torch.Tensor | None, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per leading index: (rows whose max weight > threshold, valid rows), over the query dimension."""
-    w = weights.float()
-    collapsed = w.amax(-1) > threshold  # [..., T]
-    rows = torch.ones_like(collapsed) if valid is None else valid.to(collapsed.device).expand_as(collapsed)
-    return (collapsed & rows).sum(-1), rows.sum(-1)
-
-
-def debug_attention_collapse(
-    attention_weights: torch.Tensor,
-    threshold: float = 0.95,
-    *,
-    valid: torch.Tensor | None = None,
-    max_share: float = 0.5,
-    verbose: bool = False,
-) -> Finding:
-    """Attention collapse (the chapter's check): rows whose largest weight exceeds ``threshold`` (0.95).
-
-    ``attention_weights`` is ``[..., T, S]``; ``valid`` an optional boolean mask of query rows
-    broadcastable to ``[..., T]``. Fails when more than ``max_share`` (50%) of the rows collapsed.
-    Numbers: collapsed and total rows, their share, and the dominant key positions (the key receiving
-    each collapsed row's maximum, with counts).
-    """
-    w = attention_weights.detach().float()
-    n_col, n_rows = _collapsed_rows(w, valid, threshold)
-    collapsed, total = int(n_col.sum()), int(n_rows.sum())
-    share = collapsed / max(total, 1)
-    top = w.argmax(-1)
-    mask = w.amax(-1) > threshold
-    if valid is not None:
-        mask = mask & valid.to(mask.device).expand_as(mask)
-    counts = torch.bincount(top[mask].flatten(), minlength=w.shape[-1]) if collapsed else torch.zeros(w.shape[-1], dtype=torch.long)
-    dominant = {int(p): int(c) for p, c in enumerate(counts.tolist()) if c}
-    nums = {"collapsed_rows": collapsed, "total_rows": total, "share": share, "threshold": threshold,
-            "dominant_positions": dict(sorted(dominant.items(), key=lambda kv: -kv[1])[:5])}
-    status = "fail" if share > max_share else "ok"
-    summary = f"{collapsed}/{total} rows ({share:.0%}) put more than {threshold:.0%} of their weight on one key"
-    finding = Finding("attention_collapse", status, summary, nums,
-                      ["scores not scaled (missing 1/sqrt(d_k))", "learning rate too high (Q/K weights grew)",
-                       "embeddings not normalised"],
-                      "check the 1/sqrt(d_k) scale, lower the learning rate or add warm-up, clip gradients, check LayerNorm")
-    if verbose:
-        finding.print()
-    return finding
-
-
-def debug_nan_attention(
-    Q: torch.Tensor,
-    K: torch.Tensor,
-    V: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-    verbose: bool = False,
-) -> Finding:
-    """Step through plain attention to find where NaN/Inf appear (the chapter's check).
-
-    ``mask`` uses the chapter's convention (1/True = attend, 0 = masked) or an additive float mask.
-    Computes scores, masks them with ``-inf``, applies a plain softmax (as a naive implementation
-    would) and multiplies by V, counting non-finite values at each step. Fails when any step has
-    NaN/Inf or any query row is fully masked (softmax of all ``-inf`` is NaN).
-    """
-    Q, K, V = Q.detach().float(), K.detach().float(), V.detach().float()
-    nums: dict[str, Any] = {
-        "q_nan": int(torch.isnan(Q).sum()), "k_nan": int(torch.isnan(K).sum()), "v_nan": int(torch.isnan(V).sum()),
-    }
-    scale = 1.0 / math.sqrt(K.shape[-1]) if scale is None else scale
-    scores = Q @ K.transpose(-2, -1) * scale
-    nums["scores_nan"] = int(torch.isnan(scores).sum())
-    nums["scores_inf"] = int(torch.isinf(scores).sum())
-    fully = 0
-    if mask is not None:
-        keep, bias = mask_to_keep(mask)
-        keep = keep.expand_as(scores) if keep.shape != scores.shape else keep
-        if bias is not None:
-            scores = scores + bias.float()
-        scores = scores.masked_fill(~keep, float("-inf"))
-        fully = int((~keep.any(-1)).sum())
-    nums["fully_masked_rows"] = fully
-    weights = torch.softmax(scores, dim=-1)
-    nums["weights_nan"] = int(torch.isnan(weights).sum())
-    output = weights @ V
-    nums["output_nan"] = int(torch.isnan(output).sum())
-    causes = []
-    if nums["q_nan"] or nums["k_nan"] or nums["v_nan"]:
-        causes.append("NaN already in Q/K/V: look upstream (embeddings, LayerNorm, a previous layer, fp16 overflow)")
-    if nums["scores_inf"] or nums["scores_nan"]:
-        causes.append("scores overflow: unscaled scores or half precision; compute scores in float32")
-    if fully:
-        causes.append("some query rows have every key masked: softmax of all -inf is exp(-inf)/exp(-inf) = NaN")
-    bad = any(nums[k] for k in ("q_nan", "k_nan", "v_nan", "scores_nan", "scores_inf", "weights_nan", "output_nan")) or fully
-    if bad:
-        first = next((k for k in ("q_nan", "k_nan", "v_nan", "scores_nan", "scores_inf", "fully_masked_rows", "weights_nan", "output_nan") if nums[k]), "")
-        summary = f"non-finite values or fully masked rows (first at: {first})"
-    else:
-        summary = "no NaN/Inf at any step and no fully masked row"
-    finding = Finding("nan_attention", "fail" if bad else "ok", summary, nums, causes,
-                      "give every query at least one key (or zero fully masked rows: torch.nan_to_num(weights, nan=0.0) "
-                      "after softmax), compute scores in float32, fix NaN inputs upstream")
-    if verbose:
-        finding.print()
-    return finding
+    enc = batch.masks("self").valid
+    out = {"self": (enc, enc), "encoder": (enc, enc)}
+    if batch.has_decoder:
+        dec = batch.masks("decoder").valid
+        out["decoder"] = (dec, dec)
+        out["cross"] = (dec, batch.masks("cross").valid)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- the probe
 class DiagnosticProbe(Probe):
     """Per-head statistics of every attention call of one batch, for :func:`diagnose`.
 
-    ``valid`` is ``{stack: (query_valid [B, Q], key_valid [B, K])}`` (real tokens, False on padding).
+    ``batch`` is the batch being run; its real-token masks (:func:`query_key_valid`, kept as ``valid``)
+    decide which query rows and keys count.
     From the query and key (:meth:`attend`): non-finite counts of Q, K, V, scores, weights and output,
     per-head std of Q and K over real tokens, variance of the scaled scores over real (query, key)
     pairs, the scale used and ``d_k``. From the weights (:meth:`record`, also fed by the eager
@@ -324,15 +90,18 @@ class DiagnosticProbe(Probe):
 
     collapse_threshold = 0.95
 
-    def __init__(self, valid: dict[str, tuple[torch.Tensor, torch.Tensor]], keep: int | None = None) -> None:
-        self.valid = valid
+    def __init__(self, batch: Batch, keep: int | None = None) -> None:
+        self.valid = query_key_valid(batch)
         self.keep = keep
         self.kept: dict[str, dict[int, torch.Tensor]] = {}
         self.qk: dict[tuple[str, int], dict[str, Any]] = {}
         self.wstats: dict[tuple[str, int], dict[str, Any]] = {}
         self._causal = False
+        self._mask: torch.Tensor | None = None
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # noqa: D102, ANN001
+    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record the query/key statistics of one call, then compute it with the reference core."""
         qv, kv = self.valid.get(site.stack, self.valid.get("self"))
         qv, kv = qv.to(query.device), kv.to(query.device)
         q, k = query.detach().float(), key.detach().float()
@@ -369,10 +138,11 @@ class DiagnosticProbe(Probe):
         return output, weights
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
+        """Record the weight statistics of one call (and the kept sentence's weights)."""
         qv, kv = self.valid.get(site.stack, self.valid.get("self"))
         w = weights.detach().float()
         qv, kv = qv.to(w.device), kv.to(w.device)
-        mask = getattr(self, "_mask", None)
+        mask = self._mask
         self._mask = None
         if mask is not None:
             keep, _ = mask_to_keep(mask)
@@ -398,9 +168,9 @@ class DiagnosticProbe(Probe):
             m = sentence_metrics(wz, qv, causal=self._causal)
             n = qv.sum(-1)
             multi = (n > 1).float()[:, None]
-            ratio = torch.where(m["max_entropy"] > 0, m["entropy"] / m["max_entropy"].clamp_min(1e-12), torch.ones_like(m["entropy"]))
+            ratio = entropy_ratio(m["entropy"], m["max_entropy"])
             stats["entropy_ratio"] = ((ratio * multi).sum(0) / multi.sum().clamp_min(1.0)).cpu()  # [H]
-        n_col, n_rows = _collapsed_rows(wz, qv[:, None, :], self.collapse_threshold)  # [B, H]
+        n_col, n_rows = collapsed_rows(wz, qv[:, None, :], self.collapse_threshold)  # [B, H]
         stats["collapsed_share"] = (n_col.sum(0).float() / n_rows.sum(0).clamp_min(1).float()).cpu()
         self.wstats[(site.stack, site.layer)] = stats
         if self.keep is not None:
@@ -445,40 +215,21 @@ class DiagnoseThresholds:
     score_var_share: float = 0.5
 
 
-def _resolve(target: Any, tokenizer: Any) -> Any:
-    from ..capture.inspector import AttentionInspector
-
-    if isinstance(target, AttentionInspector):
-        return target
-    if target is None or isinstance(target, str):
-        return AttentionInspector.from_pretrained(target)
-    if isinstance(target, torch.nn.Module):
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            name = getattr(target.config, "_name_or_path", "")
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(name)
-            except Exception:
-                raise InputError("pass tokenizer= with a model object (its tokenizer could not be loaded from the config)") from None
-        return AttentionInspector(target, tokenizer)
-    raise InputError(f"diagnose needs an AttentionInspector, a model or a model name, got {type(target).__name__}")
-
-
 def diagnose(
-    inspector_or_model: Any,
+    inspector_or_model: ModelSource,
     texts: Sequence[str] | None = None,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     probe_class: type[DiagnosticProbe] = DiagnosticProbe,
     thresholds: DiagnoseThresholds | None = None,
     max_length: int | None = 256,
 ) -> Report:
-    """Run the debugging checklist on a real model and return a :class:`Report` (one :class:`Finding` per check).
+    """Run the debugging checklist on a real model and return a :class:`~hf_attn_inspect.checks.findings.Report`
+    (one :class:`~hf_attn_inspect.checks.findings.Finding` per check).
 
-    ``inspector_or_model`` is an :class:`~hf_attn_inspect.AttentionInspector`, a model (with
-    ``tokenizer=``, else loaded from its config's name) or a model name/path (``None``: the embedded
-    default). ``texts`` (default :data:`DEFAULT_TEXTS`) run as one right-padded batch; when they all
+    ``inspector_or_model`` is anything :func:`~hf_attn_inspect.capture.inspector.resolve_inspector`
+    takes: an :class:`~hf_attn_inspect.AttentionInspector`, a model (with ``tokenizer=``, else loaded
+    from its config's name) or a model name/path (``None``: the embedded default). ``texts`` (default :data:`DEFAULT_TEXTS`) run as one right-padded batch; when they all
     have the same length a longer text is added so padding is exercised. Checks (:data:`CHECKS`):
     NaN/Inf in Q, K, V, scores, weights, output; fully masked real rows; real rows not summing to 1;
     weight on padding keys; uniform heads (with the cause: low Q/K variance, scale too small); collapsed
@@ -488,7 +239,7 @@ def diagnose(
     capture path. Thresholds: :class:`DiagnoseThresholds`.
     """
     th = thresholds or DiagnoseThresholds()
-    inspector = _resolve(inspector_or_model, tokenizer)
+    inspector = resolve_inspector(inspector_or_model, tokenizer, what="the model to diagnose")
     texts = list(DEFAULT_TEXTS if texts is None else texts)
     if not texts:
         raise InputError("no text to diagnose with")
@@ -496,16 +247,16 @@ def diagnose(
     if len(set(batch.lengths)) == 1:
         texts = texts + [DEFAULT_TEXTS[3]]
         batch = inspector.encode(texts, max_length=max_length)
-    valid = _valid_by_stack(batch)
     shortest = int(np.argmin(batch.lengths))
-    probe = probe_class(valid, keep=shortest)
-    output = inspector.run(batch, probe)
+    probe = probe_class(batch, keep=shortest)
+    inspector.run(batch, probe)
     findings = [
-        _check_nan(probe, output, batch),
+        _check_nan(probe),
         _check_fully_masked(probe),
         _check_row_sums(probe, th),
         _check_padding(probe, th),
-        *_check_heads(probe, th),
+        _check_uniform(probe, th),
+        _check_collapsed(probe, th),
         _check_scale(probe, th),
         _check_masks_dropped(inspector, probe, batch, shortest, probe_class, th, max_length),
         _check_sdpa_trap(inspector),
@@ -513,22 +264,12 @@ def diagnose(
     return Report(inspector.name, findings, texts)
 
 
-def _valid_by_stack(batch: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    enc = batch.valid.cpu()
-    out = {"self": (enc, enc), "encoder": (enc, enc)}
-    if "decoder_attention_mask" in batch.inputs:
-        dec = batch.inputs["decoder_attention_mask"].bool().cpu()
-        out["decoder"] = (dec, dec)
-        out["cross"] = (dec, enc)
-    return out
-
-
 def _sum(probe: DiagnosticProbe, key: str, source: str = "qk") -> int:
     stats = probe.qk if source == "qk" else probe.wstats
     return int(sum(s.get(key, 0) for s in stats.values()))
 
 
-def _check_nan(probe: DiagnosticProbe, output: Any, batch: Any) -> Finding:
+def _check_nan(probe: DiagnosticProbe) -> Finding:
     keys = ("q_nonfinite", "k_nonfinite", "v_nonfinite", "scores_nonfinite", "weights_nonfinite", "output_nonfinite")
     if not probe.qk:
         return Finding("nan_inf", "warn", "Q/K statistics unavailable: the model does not dispatch through the attention interface",
@@ -587,16 +328,27 @@ def _head_arrays(probe: DiagnosticProbe, key: str) -> tuple[list[tuple[str, int]
     return sites, torch.stack([probe.wstats[s][key] for s in sites])
 
 
-def _check_heads(probe: DiagnosticProbe, th: DiagnoseThresholds) -> list[Finding]:
+def _head_names(sites: list[tuple[str, int]], flags: torch.Tensor) -> list[str]:
+    """``layer.head`` (``stack:layer.head`` outside the self stack) of every flagged head of ``flags [sites, H]``."""
+    return [f"{st}:{l}.{h}" if st != "self" else f"{l}.{h}" for (st, l), row in zip(sites, flags) for h in row.nonzero().flatten().tolist()]
+
+
+def _share_finding(check: str, share: float, th: DiagnoseThresholds, label: str, ok_label: str,
+                   nums: dict[str, Any], causes: list[str], fix: str) -> Finding:
+    """Fail above ``th.fail_share`` of the heads, warn above ``th.warn_share``, else ok (with ``ok_label``)."""
+    if share > th.fail_share:
+        return Finding(check, "fail", label, nums, causes, fix)
+    if share > th.warn_share:
+        return Finding(check, "warn", label, nums, causes, fix)
+    return Finding(check, "ok", ok_label, nums)
+
+
+def _check_uniform(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     sites, ratio = _head_arrays(probe, "entropy_ratio")
-    csites, collapsed = _head_arrays(probe, "collapsed_share")
-    out = []
-    # uniform heads
     uni = ratio >= th.uniform_ratio
     n_heads = uni.numel()
     share = float(uni.float().mean()) if n_heads else 0.0
-    names = [f"{st}:{l}.{h}" if st != "self" else f"{l}.{h}" for (st, l), row in zip(sites, uni) for h in row.nonzero().flatten().tolist()]
-    nums: dict[str, Any] = {"uniform_heads": int(uni.sum()), "heads": n_heads, "share": share, "heads_listed": names}
+    nums: dict[str, Any] = {"uniform_heads": int(uni.sum()), "heads": n_heads, "share": share, "heads_listed": _head_names(sites, uni)}
     causes: list[str] = []
     if uni.any() and probe.qk:
         q_std = torch.stack([probe.qk[s]["q_std"] for s in sites if s in probe.qk])
@@ -613,32 +365,29 @@ def _check_heads(probe: DiagnosticProbe, th: DiagnoseThresholds) -> list[Finding
                 causes.append(f"scale too small: {min(scale_ok):.3g} x 1/sqrt(d_k)")
             if nums["uniform_score_std"] < 0.1 and not causes:
                 causes.append(f"scores barely vary (std {nums['uniform_score_std']:.3g}): inputs nearly constant")
-    causes = causes or ["scores do not vary across keys"]
-    fix = "re-initialise or check the Q/K projections and their inputs; keep the scale at 1/sqrt(d_k); train longer"
-    if share > th.fail_share:
-        out.append(Finding("uniform_heads", "fail", f"{int(uni.sum())}/{n_heads} heads ({share:.0%}) attend uniformly", nums, causes, fix))
-    elif share > th.warn_share:
-        out.append(Finding("uniform_heads", "warn", f"{int(uni.sum())}/{n_heads} heads ({share:.0%}) attend uniformly", nums, causes, fix))
-    else:
-        out.append(Finding("uniform_heads", "ok", f"{int(uni.sum())}/{n_heads} heads attend uniformly (isolated broad heads are normal)", nums))
-    # collapsed heads
+    return _share_finding(
+        "uniform_heads", share, th,
+        f"{int(uni.sum())}/{n_heads} heads ({share:.0%}) attend uniformly",
+        f"{int(uni.sum())}/{n_heads} heads attend uniformly (isolated broad heads are normal)",
+        nums, causes or ["scores do not vary across keys"],
+        "re-initialise or check the Q/K projections and their inputs; keep the scale at 1/sqrt(d_k); train longer",
+    )
+
+
+def _check_collapsed(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+    sites, collapsed = _head_arrays(probe, "collapsed_share")
     col = collapsed > th.collapsed_rows
     n_heads = col.numel()
     share = float(col.float().mean()) if n_heads else 0.0
-    names = [f"{st}:{l}.{h}" if st != "self" else f"{l}.{h}" for (st, l), row in zip(csites, col) for h in row.nonzero().flatten().tolist()]
     nums = {"collapsed_heads": int(col.sum()), "heads": n_heads, "share": share,
-            "mean_collapsed_row_share": float(collapsed.mean()) if n_heads else 0.0, "heads_listed": names}
-    causes = ["scores too large: missing 1/sqrt(d_k) scale or Q/K weights grown by a too high learning rate",
-              "embeddings not normalised"]
-    fix = "check the scale, lower the learning rate (warm-up), clip gradients, check LayerNorm before attention"
+            "mean_collapsed_row_share": float(collapsed.mean()) if n_heads else 0.0, "heads_listed": _head_names(sites, col)}
     label = f"{int(col.sum())}/{n_heads} heads ({share:.0%}) have more than {th.collapsed_rows:.0%} of rows on one key (> 0.95)"
-    if share > th.fail_share:
-        out.append(Finding("collapsed_heads", "fail", label, nums, causes, fix))
-    elif share > th.warn_share:
-        out.append(Finding("collapsed_heads", "warn", label, nums, causes, fix))
-    else:
-        out.append(Finding("collapsed_heads", "ok", label + " (isolated sharp heads are normal)", nums))
-    return out
+    return _share_finding(
+        "collapsed_heads", share, th, label, label + " (isolated sharp heads are normal)", nums,
+        ["scores too large: missing 1/sqrt(d_k) scale or Q/K weights grown by a too high learning rate",
+         "embeddings not normalised"],
+        "check the scale, lower the learning rate (warm-up), clip gradients, check LayerNorm before attention",
+    )
 
 
 def _check_scale(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
@@ -670,11 +419,19 @@ def _check_scale(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     return Finding("attention_scale", "ok", f"scale is 1/sqrt(d_k) = {1 / math.sqrt(d_k):.4g}; score variance at most {var:.3g}", nums)
 
 
-def _check_masks_dropped(inspector, probe, batch, shortest, probe_class, th, max_length) -> Finding:
+def _check_masks_dropped(
+    inspector: AttentionInspector,
+    probe: DiagnosticProbe,
+    batch: Batch,
+    shortest: int,
+    probe_class: type[DiagnosticProbe],
+    th: DiagnoseThresholds,
+    max_length: int | None,
+) -> Finding:
     text = batch.texts[shortest]
     pad = max(batch.lengths) - batch.lengths[shortest]
     alone_batch = inspector.encode([text], max_length=max_length)
-    alone = probe_class(_valid_by_stack(alone_batch), keep=0)
+    alone = probe_class(alone_batch, keep=0)
     inspector.run(alone_batch, alone)
     diff = 0.0
     for stack, layers in probe.kept.items():
@@ -693,9 +450,7 @@ def _check_masks_dropped(inspector, probe, batch, shortest, probe_class, th, max
     return Finding("masks_dropped", "ok", f"the shortest text's attention is the same alone and padded by {pad} tokens (max diff {diff:.2g})", nums)
 
 
-def _check_sdpa_trap(inspector) -> Finding:
-    from ..capture.inspector import _quiet_transformers
-
+def _check_sdpa_trap(inspector: AttentionInspector) -> Finding:
     model = inspector.model
     impl = attention_implementation(model) or "unknown"
     enc = inspector.encode(["Is attention returned?"])
@@ -703,7 +458,7 @@ def _check_sdpa_trap(inspector) -> Finding:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _quiet_transformers():
+        with torch.no_grad(), quiet_transformers():
             out = model(**inputs, output_attentions=True)
     except Exception as exc:  # a model may refuse output_attentions altogether
         return Finding("sdpa_trap", "warn", f"output_attentions=True raises with '{impl}': {str(exc)[:100]}", {"implementation": impl},
