@@ -9,11 +9,11 @@ __version__ = "0.1.0"
 
 # Imported on first use (they pull in matplotlib / transformers' Trainer machinery).
 _LAZY = {
-    "AttentionMonitor": "monitor",
-    "AttentionStatsCallback": "monitor",
-    "plot_training_trends": "monitor",
-    "animate_attention": "monitor",
-    "compare_models": "compare",
+    "AttentionMonitor": "runs.monitor",
+    "AttentionStatsCallback": "runs.monitor",
+    "plot_training_trends": "views.training",
+    "animate_attention": "views.training",
+    "compare_models": "runs.compare",
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "TruncationWarning",
     "default_model_path",
     "resolve_inspector",
+    "ModelSource",
     "quiet_transformers",
     "DEFAULT_MODEL_NAME",
 ]
@@ -434,7 +435,7 @@ def quiet_transformers() -> Iterator[None]:
 
 #: What :func:`resolve_inspector` accepts: an inspector, a model (with its tokenizer), a Hub name or a
 #: local directory, or None for the embedded default model.
-ModelSource = Union["AttentionInspector", torch.nn.Module, "tuple[torch.nn.Module, PreTrainedTokenizerBase]", str, os.PathLike, None]
+ModelSource = Union[AttentionInspector, torch.nn.Module, tuple[torch.nn.Module, PreTrainedTokenizerBase], str, os.PathLike, None]
 
 
 def resolve_inspector(
