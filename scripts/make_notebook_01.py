@@ -13,7 +13,8 @@ cells = [
         "import matplotlib\nmatplotlib.use('Agg')\nimport torch\n"
         "from hf_attn_inspect import AttentionInspector\n"
         "from hf_attn_inspect.views.plotting import plot_attention_heatmap, plot_multi_head_attention, plot_model_view\n"
-        "from hf_attn_inspect.stats.analysis import analyze_attention_pattern, print_attention_analysis, head_metrics\n"
+        "from hf_attn_inspect.stats.chapter import analyze_attention_pattern, print_attention_analysis\n"
+        "from hf_attn_inspect.stats.tables import head_metrics\n"
         "inspector = AttentionInspector.from_pretrained(device='cpu')\n"
         "result = inspector('The cat sat on the mat.')\nresult"
     ),

@@ -12,8 +12,10 @@ cells = [
     nbf.v4.new_code_cell(
         "import torch\n"
         "from hf_attn_inspect import AttentionInspector\n"
-        "from hf_attn_inspect.stats.analysis import head_table, format_head_table, detect_heads\n"
-        "from hf_attn_inspect.checks.debug import debug_uniform_attention, debug_attention_collapse, debug_nan_attention\n"
+        "from hf_attn_inspect.stats.patterns import head_table\n"
+        "from hf_attn_inspect.stats.tables import format_head_table\n"
+        "from hf_attn_inspect.runs.detectors import detect_heads\n"
+        "from hf_attn_inspect.checks.chapter import debug_uniform_attention, debug_attention_collapse, debug_nan_attention\n"
         "from hf_attn_inspect.checks.faults import break_and_diagnose, caught_table\n"
         "inspector = AttentionInspector.from_pretrained(device='cpu')\n"
         "texts = ['The cat sat on the mat.', 'Attention decides which tokens matter, and why.', 'Hi!']\n"

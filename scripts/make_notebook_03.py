@@ -13,7 +13,7 @@ cells = [
         "import matplotlib.pyplot as plt\n"
         "from hf_attn_inspect import AttentionInspector\n"
         "from hf_attn_inspect.stats.aggregate import attention_rollout, words\n"
-        "from hf_attn_inspect.stats.analysis import head_metrics\n"
+        "from hf_attn_inspect.stats.tables import head_metrics\n"
         "from hf_attn_inspect.views.figures import plot_attention_diff, plot_head_metric_map, plot_head_view, plot_rollout\n\n"
         "inspector = AttentionInspector.from_pretrained(device='cpu')\n"
         "result = inspector('The tokenizer splits unbelievably long words.', 'Attention still finds them.')\n"
