@@ -8,7 +8,7 @@ of the materialising analysis (full weights + ``sentence_metrics``), both relati
 sdpa forward pass. Target: statistics >= 0.8x the plain forward.
 
 Part B -- one causal attention layer, 32 heads x 128 dims, bf16, T = 4k, 16k, 32k: time of
-:func:`hf_attn_inspect.stats.streaming.attention_row_stats` relative to flash SDPA on the same layer, and peak
+:func:`hf_attn_inspect.core.kernels.attention_row_stats` relative to flash SDPA on the same layer, and peak
 extra GPU memory of each. Target: <= 2x at 32k, memory O(T).
 
 ``--smoke`` runs a reduced version on CPU (tiny shapes, float32) so the script is exercised by the tests
@@ -98,10 +98,10 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
     import transformers as tf
 
     from hf_attn_inspect import AttentionInspector
+    from hf_attn_inspect.capture.inputs import Batch, KeyMasks
     from hf_attn_inspect.capture.interface import WeightsProbe
-    from hf_attn_inspect.capture.inspector import Batch
     from hf_attn_inspect.stats.metrics import reduce_rows, sentence_metrics
-    from hf_attn_inspect.stats.streaming import KeyMasks, StreamingStatsProbe
+    from hf_attn_inspect.stats.streaming import StreamingStatsProbe
 
     if smoke:
         cfg = tf.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
@@ -119,9 +119,9 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
         ids = torch.randint(1000, cfg.vocab_size, (b, t), generator=torch.Generator().manual_seed(b * t))
         mask = torch.ones(b, t, dtype=torch.long)
         mask[b // 2 :, t - t // 4 :] = 0  # some padding, as in a real batch
-        batch = Batch(inputs={"input_ids": ids, "attention_mask": mask}, encoding={}, lengths=mask.sum(-1).tolist(),
-                      texts=[""] * b, pairs=None, truncated=[False] * b)
+        batch = Batch(inputs={"input_ids": ids, "attention_mask": mask}, texts=[""] * b)
         valid = mask.bool()
+        masks = batch.masks("self")
         dev_inputs = {k: v.to(device) for k, v in batch.inputs.items()}
 
         def plain() -> None:
@@ -129,7 +129,8 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
                 model(**dev_inputs)
 
         def streaming() -> None:
-            probe = StreamingStatsProbe({"self": KeyMasks(valid=valid.to(device))}, q_tile=t, k_tile=t)
+            probe = StreamingStatsProbe({"self": KeyMasks(masks.valid.to(device), masks.special.to(device),
+                                                          masks.punctuation.to(device))}, q_tile=t, k_tile=t)
             inspector.run(batch, probe)
             rows = probe.stacked("self")
             reduce_rows(rows, valid, causal=False)
@@ -149,7 +150,8 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
 
 # ------------------------------------------------------------------------------------- part B
 def part_b(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) -> None:
-    from hf_attn_inspect.stats.streaming import DISTANCE_EDGES, attention_row_stats
+    from hf_attn_inspect.core.kernels import attention_row_stats
+    from hf_attn_inspect.stats.streaming import DISTANCE_EDGES
 
     heads, dim = (4, 16) if smoke else (32, 128)
     lengths = [128, 256] if smoke else [4096, 16384, 32768]

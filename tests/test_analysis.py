@@ -11,18 +11,11 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionInspector, InputError
-from hf_attn_inspect.stats.analysis import (
-    DETECTOR_KINDS,
-    PatternThresholds,
-    classify_heads,
-    detect_heads,
-    format_head_table,
-    head_metrics,
-    head_table,
-    pattern_mask,
-    repeated_random_tokens,
-)
-from hf_attn_inspect.stats.metrics import METRICS
+from hf_attn_inspect.runs.detectors import DETECTOR_KINDS, detect_heads, pattern_mask, repeated_random_tokens
+from hf_attn_inspect.stats.chapter import analyze_attention_pattern, format_attention_analysis
+from hf_attn_inspect.stats.patterns import PatternThresholds, classify_heads, head_table
+from hf_attn_inspect.stats.tables import format_head_table, head_metrics
+from hf_attn_inspect.stats.metrics import METRICS, column_share, entropy_ratio
 from conftest import SENTENCES
 
 EXTRA = [
@@ -205,6 +198,81 @@ def test_detectors_on_embedded_model(inspector):
     assert prev["score"].max() > 0.9
     with pytest.raises(InputError):
         detect_heads(inspector, "bogus")
+
+
+# ------------------------------------------------------------------ the chapter's single-head analysis
+HAND = np.array([
+    [1.00, 0.00, 0.00, 0.00],
+    [0.60, 0.40, 0.00, 0.00],
+    [0.10, 0.70, 0.20, 0.00],
+    [0.25, 0.25, 0.25, 0.25],
+])
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_analyze_attention_pattern_equals_numpy_on_a_hand_made_head(threshold):
+    a = HAND
+    n = a.shape[0]
+    logs = np.log(np.where(a > 0, a, 1.0))
+    want = {
+        "diagonal_mean": np.mean(np.diag(a)),
+        "first_token_mean": np.mean(a[:, 0]),
+        "previous_token_mean": np.mean([a[i, i - 1] for i in range(1, n)]),
+        "weight_std": np.std(a),
+        "sparsity": np.mean(a <= threshold),
+        "mean_entropy": np.mean(-(a * logs).sum(1)),
+        "max_entropy": math.log(n),
+    }
+    # the same values written out by hand, so the numpy above is itself checked
+    assert want["diagonal_mean"] == pytest.approx((1.0 + 0.4 + 0.2 + 0.25) / 4)
+    assert want["previous_token_mean"] == pytest.approx((0.6 + 0.7 + 0.25) / 3)
+    assert want["sparsity"] == pytest.approx((12 if threshold == 0.3 else 13) / 16)
+    got = analyze_attention_pattern(torch.tensor(a, dtype=torch.float32), threshold=threshold)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert got["is_diagonal_dominant"] is bool(want["diagonal_mean"] > threshold)
+    assert got["attends_to_first"] is bool(want["first_token_mean"] > threshold)
+    assert got["is_previous_dominant"] is bool(want["previous_token_mean"] > threshold)
+    assert got["is_uniform"] is bool(want["weight_std"] < 0.1)
+    assert got == analyze_attention_pattern(a.astype(np.float32), threshold=threshold)  # numpy input, same result
+    text = format_attention_analysis(got)
+    assert f"mean diagonal weight: {got['diagonal_mean']:.3f}" in text
+    assert f"sparsity: {want['sparsity']:.1%}" in text
+    assert f"{got['mean_entropy']:.3f} / {want['max_entropy']:.3f} nats" in text
+
+
+def test_analyze_attention_pattern_refuses_non_square_weights():
+    with pytest.raises(InputError):
+        analyze_attention_pattern(torch.ones(3, 4) / 4)
+
+
+def test_entropy_ratio_is_one_for_one_token_rows():
+    ent = torch.tensor([0.5, math.log(3), 0.0])
+    max_ent = torch.tensor([math.log(2), math.log(3), 0.0])
+    torch.testing.assert_close(entropy_ratio(ent, max_ent), torch.tensor([0.5 / math.log(2), 1.0, 1.0]))
+
+
+def test_column_share_is_the_largest_mean_column_over_real_tokens():
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 3, 2, 6, 6, generator=g)  # [B, L, H, T, T]
+    w = w / w.sum(-1, keepdim=True)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    w[1, ..., 4:] = 0.0
+    w[1, ..., 4:, :] = 0.0
+    w[1, ..., :4, 5] = 0.0
+    w[1, ..., 4, :] = 5.0  # a padding query row with huge weights must not count
+    share, key = column_share(w, valid)
+    assert share.shape == key.shape == (2, 3, 2)
+    a = w.double().numpy()
+    for b, n in ((0, 6), (1, 4)):
+        cols = a[b, :, :, :n, :n].mean(-2)  # [L, H, n]: mean over the n real query rows
+        np.testing.assert_allclose(share[b].numpy(), cols.max(-1), atol=1e-6)
+        assert (key[b].numpy() == cols.argmax(-1)).all()
+    # 4-D weights [B, H, T, T] (one layer, as in the dataset probe) give the same as that layer of the 5-D call
+    s4, k4 = column_share(w[:, 1], valid)
+    torch.testing.assert_close(s4, share[:, 1])
+    assert torch.equal(k4, key[:, 1])
 
 
 # ------------------------------------------------------------------ a tiny decoder learns induction

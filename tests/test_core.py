@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_attn_inspect.core.kernels import mask_to_keep, repeat_kv, scaled_dot_product_attention_with_weights as sdpaw
+from hf_attn_inspect import InputError
+from hf_attn_inspect.core.kernels import fast_attention_with_weights, repeat_kv
+from hf_attn_inspect.core.kernels import scaled_dot_product_attention_with_weights as sdpaw
+from hf_attn_inspect.core.masks import mask_to_keep
+from hf_attn_inspect.core.tokens import clean_token, is_punctuation, punctuation_mask, punctuation_table
 
 
 @st.composite
@@ -90,5 +94,133 @@ def test_explicit_scale_and_chapter_example():
 
 
 def test_uneven_gqa_is_refused():
-    with pytest.raises(ValueError, match="evenly"):
+    with pytest.raises(InputError, match="evenly"):
         repeat_kv(torch.randn(1, 3, 2, 4), 4)
+
+
+# ------------------------------------------------------------------ mask conventions
+def test_float_zero_one_mask_is_a_keep_mask():
+    """A float mask of only 0s and 1s with at least one 1 means keep (1) / masked (0), not an additive bias."""
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    keep, bias = mask_to_keep(mask)
+    assert keep.dtype == torch.bool and keep.tolist() == [[True, False, True], [False, True, False]]
+    assert bias is None
+    # used as attention mask: the 0 keys get exactly zero weight, like the boolean mask
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 1, 2, 4, generator=g), torch.randn(1, 1, 3, 4, generator=g), torch.randn(1, 1, 3, 4, generator=g)
+    _, w_float = sdpaw(q, k, v, mask)
+    _, w_bool = sdpaw(q, k, v, mask.bool())
+    assert torch.equal(w_float, w_bool) and (w_float[0, 0][~mask.bool()] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.zeros(2, 3),  # only 0s, no 1: "add nothing", every key kept
+        torch.tensor([[0.0, 1.0, 2.0]]),  # a 2 makes it a bias
+        torch.tensor([[0.0, 1.0, -0.5]]),
+        torch.tensor([[1.0, 1.0, 0.25]]),
+    ],
+)
+def test_other_float_masks_are_additive(mask):
+    keep, bias = mask_to_keep(mask)
+    assert keep.all()  # nothing is at the dtype minimum, so nothing is masked
+    if bool((mask != 0).any()):
+        assert bias is not None and torch.equal(bias, mask)  # added to the scores as is
+    else:
+        assert bias is None
+    q, k, v = torch.randn(1, 1, mask.shape[0], 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    _, w = sdpaw(q, k, v, mask, scale=1.0)
+    want = torch.softmax(q[0, 0] @ k[0, 0].T + mask, -1)
+    torch.testing.assert_close(w[0, 0], want)
+
+
+def test_additive_mask_with_minimum_and_bias_splits_in_two():
+    low = torch.finfo(torch.float16).min
+    mask = torch.tensor([[0.5, low, 0.0, float("-inf")]], dtype=torch.float16)
+    keep, bias = mask_to_keep(mask)
+    assert keep.tolist() == [[True, False, True, False]]
+    assert bias.tolist() == [[0.5, 0.0, 0.0, 0.0]]
+
+
+def test_fast_attention_with_weights_equals_reference():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[1, 5:] = False
+    additive = torch.zeros(2, 1, 7, 7).masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
+    scratch = torch.empty(2, 3, 7, 7)
+    out, w = fast_attention_with_weights(q, k, v, additive, 0.3, scratch)
+    ref_out, ref_w = sdpaw(q, k, v, additive, scale=0.3)
+    torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    assert w.data_ptr() == scratch.data_ptr()  # the buffer was reused
+    assert (w[1, :, :, 5:] == 0).all()
+    out2, w2 = fast_attention_with_weights(q, k, v, None, None)  # default scale 1/sqrt(d), no mask
+    torch.testing.assert_close(w2, sdpaw(q, k, v)[1], atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ token rules (core/tokens.py)
+@pytest.mark.parametrize(
+    "token, shown",
+    [("Ġcat", " cat"), ("▁the", " the"), ("Ċ", "\\n"), ("ĉ", "\\t"), ("ĠĠ", "  "), ("[CLS]", "[CLS]"),
+     ("##ing", "##ing"), ("", "")],
+)
+def test_clean_token_makes_markers_visible(token, shown):
+    assert clean_token(token) == shown
+
+
+@pytest.mark.parametrize(
+    "token, punct",
+    [
+        (".", True), (",", True), ("...", True), ("!?", True), ("#", True), ("«", True), ("—", True), ("。", True),
+        ("##.", True),  # WordPiece continuation of a punctuation mark
+        ("Ġ.", True), ("▁,", True), ("Ġ\"", True),  # byte-level / SentencePiece space marker removed
+        ("a", False), ("a.", False), ("3.14", False), ("[SEP]", False), ("</s>", False),
+        ("$", False), ("+", False), ("=", False),  # symbols (S*), not punctuation (P*)
+        ("", False), ("Ġ", False), ("▁", False), ("##", False),  # blank once markers are removed
+    ],
+)
+def test_is_punctuation_rule(token, punct):
+    assert is_punctuation(token) is punct
+
+
+def test_punctuation_mask_is_the_rule_per_token():
+    tokens = ["[CLS]", "Hello", "Ġ,", "world", "##!", "[SEP]"]
+    mask = punctuation_mask(tokens)
+    assert mask.dtype == torch.bool and mask.tolist() == [False, False, True, False, True, False]
+    empty = punctuation_mask([])
+    assert empty.dtype == torch.bool and empty.shape == (0,)
+
+
+class _Vocab:
+    """A minimal tokenizer (the core.tokens.Tokenizer protocol) that counts vocabulary look-ups."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+        self.lookups = 0
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def convert_ids_to_tokens(self, ids):
+        self.lookups += 1
+        return [self.tokens[i] for i in ids]
+
+
+def test_punctuation_table_is_the_rule_per_id_and_cached():
+    vocab = _Vocab(["[PAD]", ".", "the", "##,", "Ġ!", None, "a-b", "-"])
+    table = punctuation_table(vocab)
+    assert table.dtype == torch.bool
+    assert table.tolist() == [False, True, False, True, True, False, False, True]  # None (no token) is not punctuation
+    assert punctuation_table(vocab) is table and vocab.lookups == 1  # computed once per tokenizer
+
+
+def test_punctuation_table_agrees_with_the_mask_on_a_real_tokenizer(tiny_tokenizer):
+    text = "Hello, world! (A test); it's 3.14 -- ok?"
+    ids = tiny_tokenizer(text)["input_ids"]
+    table = punctuation_table(tiny_tokenizer)
+    assert len(table) == len(tiny_tokenizer)
+    by_id = table[torch.tensor(ids)]
+    by_token = punctuation_mask(tiny_tokenizer.convert_ids_to_tokens(ids))
+    assert torch.equal(by_id, by_token) and by_id.sum() >= 6  # , ! ( ) ; ' . - - ? are there

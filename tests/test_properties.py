@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_attn_inspect import scaled_dot_product_attention_with_weights
-from hf_attn_inspect.stats.analysis import classify_heads, head_metrics
+from hf_attn_inspect.stats.patterns import classify_heads
+from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.stats.metrics import METRICS, sentence_metrics
 
 SHARES = ("diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation", "max_weight",

@@ -12,18 +12,19 @@ from hypothesis import strategies as st
 
 from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector
-from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.capture.inputs import Batch
 from hf_attn_inspect.capture.interface import Probe
+from hf_attn_inspect.core.kernels import attention_row_stats
 from hf_attn_inspect.core.kernels import scaled_dot_product_attention_with_weights as reference
 from hf_attn_inspect.stats.metrics import METRICS, ROW_QUANTITIES, row_quantities, sentence_metrics
 from hf_attn_inspect.stats.streaming import (
     DISTANCE_EDGES,
     StreamingStatsProbe,
-    attention_row_stats,
     distance_bucket_mass,
     streaming_head_metrics,
     streaming_metrics,
 )
+from hf_attn_inspect.stats.tables import head_metrics
 
 from memory_guard import MaxTensorTracker
 
@@ -114,6 +115,7 @@ def test_fully_masked_rows_give_zero_not_nan():
     keep = torch.ones(1, 1, 9, 9, dtype=torch.bool)
     keep[..., 4, :] = False  # row 4 sees nothing
     rows = attention_row_stats(q, k, mask=keep, q_tile=4, k_tile=4)
+    assert set(rows) == set(ROW_QUANTITIES) | {"lse"}  # the kernel returns exactly the metrics' row quantities
     for name in ROW_QUANTITIES:
         assert torch.isfinite(rows[name]).all(), name
         assert (rows[name][..., 4] == 0).all(), name
@@ -164,6 +166,28 @@ def test_property_any_tiles_padding_windows(t, q_tile, k_tile, causal, window, l
     for name in ("mass", "diagonal", "previous_token", "next_token", "first_token", "max_weight", "local_window"):
         torch.testing.assert_close(rows[name][vr], want_rows[name][vr], atol=1e-5, rtol=1e-5)
     assert (rows["mass"] <= 1 + 1e-5).all() and (rows["entropy"] >= -1e-5).all()
+
+
+def test_lazy_mask_blocks_equal_the_full_mask():
+    """A LazyMask tile is the same slice of the mask transformers would have materialised."""
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+    from hf_attn_inspect.core.masks import lazy_mask
+
+    padding = torch.ones(2, 11, dtype=torch.long)
+    padding[1, 8:] = 0
+    for fn, causal in ((causal_mask_function, True), (sliding_window_causal_mask_function(3), False)):
+        lazy = lazy_mask(2, 11, 11, mask_function=fn, attention_mask=padding)
+        assert lazy.shape == (2, 1, 11, 11) and lazy.plain_causal is causal and not lazy.bidirectional
+        assert torch.equal(lazy.key_padding, padding.bool())
+        full = lazy.block(0, 11, 0, 11)
+        i, j = torch.arange(11)[:, None], torch.arange(11)[None, :]
+        want = (j <= i) & padding.bool()[:, None, None, :]
+        if not causal:
+            want &= i - j < 3
+        assert torch.equal(full, want)
+        assert torch.equal(lazy.block(3, 7, 2, 9), full[..., 3:7, 2:9])
+    assert lazy_mask(1, 4, 4, attention_mask=torch.ones(1, 4)).padding is None  # all real: no padding kept
 
 
 # ------------------------------------------------------------------------------------ in models
@@ -217,10 +241,8 @@ def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokeni
     ins = AttentionInspector(tiny_model("llama"), tiny_tokenizer)
     ids = torch.randint(1000, 30000, (1, 4096), generator=torch.Generator().manual_seed(0))
     from hf_attn_inspect.capture.interface import WeightsProbe
-    from hf_attn_inspect.capture.inspector import Batch
 
-    batch = Batch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, encoding={}, lengths=[4096],
-                  texts=["x"], pairs=None, truncated=[False])
+    batch = Batch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, texts=["x"])
     weights_probe = WeightsProbe(layers=[1])
     ins.run(batch, weights_probe)
     w = weights_probe.weights["self"][1]  # [1, 4, T, T]

@@ -1,8 +1,8 @@
 """Per-head attention metrics as tensor operations: every sentence, layer and head at once.
 
-This is the single implementation of the metric definitions. The DataFrame API of
-:mod:`hf_attn_inspect.stats.analysis`, the dataset engine, comparison and the explorer all call
-:func:`sentence_metrics`. Definitions, for one sentence with ``n`` real tokens and weights ``a_ij`` (row
+This is the single implementation of the metric definitions. The tables of
+:mod:`hf_attn_inspect.stats.tables`, the pattern classes of :mod:`hf_attn_inspect.stats.patterns`, the
+dataset engine, comparison and the explorer all call :func:`sentence_metrics`. Definitions, for one sentence with ``n`` real tokens and weights ``a_ij`` (row
 ``i`` = query, column ``j`` = key), averaged over the valid query rows ``i < n`` unless said otherwise:
 
 - ``entropy``: ``-sum_j a_ij ln(a_ij + 1e-10)`` in nats; ``max_entropy``: ``ln`` of the number of keys
@@ -13,73 +13,72 @@ This is the single implementation of the metric definitions. The DataFrame API o
   only of punctuation.
 - ``max_weight``: the row maximum ("confidence"); ``mean_distance``: ``sum_j a_ij |i - j|`` in tokens.
 - ``local_window``: the weight within ``|i - j| <= w`` tokens of the query (``w`` = ``local_window``,
-  default :data:`LOCAL_WINDOW`), the query itself included.
+  default :data:`hf_attn_inspect.core.kernels.LOCAL_WINDOW`, 4), the query itself included.
 - ``weight_std``: population standard deviation of all ``n x n`` weights (the chapter's ``weights.std()``);
   ``sparsity``: share of those ``n x n`` weights ``<= sparsity_threshold`` (the chapter's, default 0.3).
 
 Padding rows and columns never count. A metric with no eligible row (``previous_token`` of a one-token
 sentence) is 0.
 
+Two derived quantities used by the pattern classes: :func:`entropy_ratio` (``entropy / max_entropy``,
+1 for one-token rows) and :func:`column_share` (the largest mean column weight ``max_j mean_i a_ij``).
+
 Every metric is a mean (or, for ``weight_std``/``sparsity``, a pooled statistic) of *per-row* quantities
 (:data:`ROW_QUANTITIES`), reduced by :func:`reduce_rows`. :func:`sentence_metrics` computes those rows from
-full ``[T, T]`` weights; :mod:`hf_attn_inspect.stats.streaming` computes the same rows tile by tile from the
-query and key without ever holding a ``[T, T]`` matrix; both reduce them with :func:`reduce_rows`.
+full ``[T, T]`` weights; :func:`hf_attn_inspect.core.kernels.attention_row_stats` computes the same rows
+tile by tile from the query and key without ever holding a ``[T, T]`` matrix; both reduce them with
+:func:`reduce_rows`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..core.errors import InputError
+from ..core.kernels import LOCAL_WINDOW
 
 __all__ = [
     "METRICS",
     "ROW_QUANTITIES",
-    "LOCAL_WINDOW",
     "sentence_metrics",
     "row_quantities",
     "reduce_rows",
+    "entropy_ratio",
+    "column_share",
     "EPS",
 ]
 
 EPS = 1e-10
 
-#: Default half-width ``w`` of the ``local_window`` metric, in tokens.
-LOCAL_WINDOW = 4
-
-METRICS = (
-    "entropy",
-    "max_entropy",
-    "diagonal",
-    "previous_token",
-    "next_token",
-    "first_token",
-    "special_tokens",
-    "punctuation",
-    "max_weight",
-    "weight_std",
-    "sparsity",
-    "mean_distance",
-    "local_window",
+#: The one table of metrics, in output order, with how :func:`reduce_rows` builds each from the per-row
+#: quantities: ``row`` = mean over the valid query rows of the row quantity of the same name; ``pair`` =
+#: the same over the ``n - 1`` rows that have such a neighbour; ``keys`` = from the number of visible keys;
+#: ``cells`` = pooled over the ``n x n`` valid cells through the power sums :data:`_CELL_SUMS`.
+_DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("entropy", "row"),
+    ("max_entropy", "keys"),
+    ("diagonal", "row"),
+    ("previous_token", "pair"),
+    ("next_token", "pair"),
+    ("first_token", "row"),
+    ("special_tokens", "row"),
+    ("punctuation", "row"),
+    ("max_weight", "row"),
+    ("weight_std", "cells"),
+    ("sparsity", "cells"),
+    ("mean_distance", "row"),
+    ("local_window", "row"),
 )
+#: Per-row power sums behind the ``cells`` metrics: ``mass`` (``sum_j a_ij``), ``sq_sum`` (``sum_j a_ij^2``)
+#: and ``above`` (number of valid keys with ``a_ij > sparsity_threshold``).
+_CELL_SUMS = ("mass", "sq_sum", "above")
+
+#: Names of every metric, in the column order of the per-head tables.
+METRICS: tuple[str, ...] = tuple(name for name, _ in _DEFINITIONS)
 
 #: Per-row quantities (``[..., T]``, one value per query row) from which :func:`reduce_rows` builds every
-#: metric: the row metrics themselves, plus ``mass`` (``sum_j a_ij``), ``sq_sum`` (``sum_j a_ij^2``) and
-#: ``above`` (number of valid keys with ``a_ij > sparsity_threshold``) for ``weight_std`` and ``sparsity``.
-ROW_QUANTITIES = (
-    "entropy",
-    "diagonal",
-    "previous_token",
-    "next_token",
-    "first_token",
-    "special_tokens",
-    "punctuation",
-    "max_weight",
-    "mean_distance",
-    "local_window",
-    "mass",
-    "sq_sum",
-    "above",
-)
+#: metric: the ``row``/``pair`` metrics themselves, plus the power sums ``mass``, ``sq_sum`` and ``above``.
+ROW_QUANTITIES: tuple[str, ...] = tuple(name for name, kind in _DEFINITIONS if kind in ("row", "pair")) + _CELL_SUMS
 
 
 def sentence_metrics(
@@ -103,7 +102,7 @@ def sentence_metrics(
     w = weights.float()
     b, t = w.shape[0], w.shape[-1]
     if w.shape[-2] != t:
-        raise ValueError(f"metrics need square self-attention [.., T, T], got {tuple(w.shape)}")
+        raise InputError(f"metrics need square self-attention [.., T, T], got {tuple(w.shape)}")
     if valid is None:
         valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
     rows, w, cells, scratch = _rows(
@@ -142,7 +141,16 @@ def row_quantities(
                  local_window=local_window, power_sums=True)[0]
 
 
-def _rows(w, valid, *, special, punctuation, sparsity_threshold, local_window, power_sums):
+def _rows(
+    w: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    special: torch.Tensor | None,
+    punctuation: torch.Tensor | None,
+    sparsity_threshold: float,
+    local_window: int,
+    power_sums: bool,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row quantities plus the padding-zeroed weights, the cell mask and a scratch buffer for reuse.
 
     Every full-size temporary goes into one scratch buffer: on CPU, fresh ``[.., T, T]`` allocations
@@ -202,12 +210,12 @@ def reduce_rows(rows: dict[str, torch.Tensor], valid: torch.Tensor, *, causal: b
         return (x.float() * v).sum(-1) / count
 
     out: dict[str, torch.Tensor] = {}
-    for name in ("entropy", "diagonal", "first_token", "special_tokens", "punctuation", "max_weight",
-                 "mean_distance", "local_window"):
-        out[name] = mean(rows[name])
     pairs = (n - 1).clamp_min(1.0)
-    out["previous_token"] = mean(rows["previous_token"], pairs)
-    out["next_token"] = mean(rows["next_token"], pairs)
+    for name, kind in _DEFINITIONS:
+        if kind == "row":
+            out[name] = mean(rows[name])
+        elif kind == "pair":
+            out[name] = mean(rows[name], pairs)
     if causal:
         keys = torch.log(torch.arange(1, t + 1, device=ref.device, dtype=torch.float32))
         out["max_entropy"] = mean(keys)
@@ -223,3 +231,33 @@ def reduce_rows(rows: dict[str, torch.Tensor], valid: torch.Tensor, *, causal: b
     out["sparsity"] = (n_raw * n_raw - mean(rows["above"], 1.0)) / cells
     shape = ref.shape[:-1]
     return {k: out[k].expand(shape).contiguous() for k in METRICS}
+
+
+def entropy_ratio(entropy: torch.Tensor, max_entropy: torch.Tensor) -> torch.Tensor:
+    """``entropy / max_entropy`` elementwise: 1 means the head is as spread out as the visible keys allow.
+
+    ``entropy`` and ``max_entropy`` are the metrics of the same name (nats, any matching shape). Where
+    ``max_entropy`` is 0 (one-token sentences: a single key, no choice) the ratio is 1. Used by the pattern
+    classes (``uniform``/``broad``), the monitor and the diagnosis.
+    """
+    return torch.where(max_entropy > 0, entropy / max_entropy.clamp_min(1e-12), torch.ones_like(max_entropy))
+
+
+def column_share(weights: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest mean column weight ``max_j mean_i a_ij`` of each sentence and head, and its key ``j``.
+
+    ``weights`` is ``[batch, ..., T, T]``; ``valid`` the boolean ``[batch, T]`` mask of real tokens
+    (default: all real). The mean runs over the ``n`` valid query rows and only valid keys compete, so
+    padding never counts. A share near 1 means every query puts its weight on the same key (a "column"
+    head, e.g. on ``[CLS]``/``[SEP]``). Returns ``(share, key)``, float32 and int64 ``[batch, ...]``.
+    """
+    w = weights.float()
+    b, t = w.shape[0], w.shape[-1]
+    extra = (1,) * (w.dim() - 3)
+    if valid is None:
+        valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
+    v = valid.to(w.device).float()
+    cols = torch.matmul(v.reshape(b, *extra, 1, t), w).squeeze(-2)  # sum over the valid query rows
+    cols = cols * v.reshape(b, *extra, t) / v.sum(-1).clamp_min(1.0).reshape(b, *extra, 1)
+    share, key = cols.max(-1)
+    return share, key
