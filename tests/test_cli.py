@@ -34,7 +34,7 @@ def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
 
 
 def test_inspect_all_heads_prints_every_head_with_its_class(tmp_path, capsys, inspector):
-    from hf_attn_inspect.stats.analysis import head_table
+    from hf_attn_inspect.stats.patterns import head_table
 
     assert main(["inspect", "The cat sat on the mat.", "--all-heads", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

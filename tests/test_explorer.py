@@ -13,7 +13,7 @@ import torch
 
 from hf_attn_inspect import AttentionResult, OutputError
 from hf_attn_inspect.stats.aggregate import attention_rollout, words
-from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.views.explorer import LEVELS, dequantize_rows, explorer_html, quantize_rows, write_explorer
 
@@ -358,11 +358,14 @@ def long_natural_text() -> str:
     import inspect as pyinspect
 
     import hf_attn_inspect
-    from hf_attn_inspect import aggregate, analysis, capture, core, explorer, inspector, metrics, result
+    from hf_attn_inspect.capture import inspector, interface, result
+    from hf_attn_inspect.core import kernels
+    from hf_attn_inspect.stats import aggregate, chapter, metrics, patterns, tables
+    from hf_attn_inspect.views import explorer
 
-    docs = [pyinspect.getdoc(m) or "" for m in (hf_attn_inspect, aggregate, analysis, capture, core, explorer,
-                                                 inspector, metrics, result)]
-    for module in (aggregate, analysis, explorer, metrics, result):
+    docs = [pyinspect.getdoc(m) or "" for m in (hf_attn_inspect, aggregate, tables, patterns, chapter, interface, kernels,
+                                                 explorer, inspector, metrics, result)]
+    for module in (aggregate, tables, patterns, chapter, explorer, metrics, result):
         docs += [pyinspect.getdoc(f) or "" for _, f in pyinspect.getmembers(module, pyinspect.isfunction)]
     return re.sub(r"\s+", " ", " ".join(docs))
 

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hf_attn_inspect import AttentionResult, InputError  # noqa: E402
-from hf_attn_inspect.stats.analysis import head_metrics  # noqa: E402
+from hf_attn_inspect.stats.tables import head_metrics  # noqa: E402
 from hf_attn_inspect.views.figures import plot_attention_diff, plot_head_metric_map, plot_head_view, plot_rollout  # noqa: E402
 from hf_attn_inspect.views.plotting import MAX_TICK_LABELS, save_figure  # noqa: E402
 

@@ -301,24 +301,39 @@ def _check_fully_masked(probe: DiagnosticProbe) -> Finding:
     return Finding("fully_masked_rows", "ok", "every real query row has at least one key", nums)
 
 
+def _largest(probe: DiagnosticProbe, key: str) -> float:
+    """The largest per-call weight statistic ``key`` over every layer (0 when nothing was recorded)."""
+    return max((s[key] for s in probe.wstats.values()), default=0.0)
+
+
+def _at_most(check: str, value: float, tolerance: float, nums: dict[str, Any], fail: str, ok: str,
+             causes: list[str], fix: str) -> Finding:
+    """Fail (with ``causes`` and ``fix``) when ``value`` exceeds ``tolerance``, else ok."""
+    if value > tolerance:
+        return Finding(check, "fail", fail, nums, causes, fix)
+    return Finding(check, "ok", ok, nums)
+
+
 def _check_row_sums(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
-    err = max((s["row_sum_error"] for s in probe.wstats.values()), default=0.0)
-    nums = {"max_row_sum_error": err, "tolerance": th.row_sum_tol}
-    if err > th.row_sum_tol:
-        return Finding("row_sums", "fail", f"weights of some real rows sum to 1 +/- {err:.3g}", nums,
-                       ["softmax over the wrong dimension", "weights rescaled after softmax (dropout in eval mode, manual edits)"],
-                       "apply softmax over the key dimension (dim=-1) and call model.eval()")
-    return Finding("row_sums", "ok", f"every real row sums to 1 (max error {err:.2g}); fully masked rows are counted separately", nums)
+    err = _largest(probe, "row_sum_error")
+    return _at_most(
+        "row_sums", err, th.row_sum_tol, {"max_row_sum_error": err, "tolerance": th.row_sum_tol},
+        f"weights of some real rows sum to 1 +/- {err:.3g}",
+        f"every real row sums to 1 (max error {err:.2g}); fully masked rows are counted separately",
+        ["softmax over the wrong dimension", "weights rescaled after softmax (dropout in eval mode, manual edits)"],
+        "apply softmax over the key dimension (dim=-1) and call model.eval()",
+    )
 
 
 def _check_padding(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
-    leak = max((s["padding_weight"] for s in probe.wstats.values()), default=0.0)
-    nums = {"max_weight_on_padding": leak, "tolerance": th.padding_tol}
-    if leak > th.padding_tol:
-        return Finding("padding_leak", "fail", f"real tokens put up to {leak:.3g} of their attention on padding", nums,
-                       ["the attention mask is not passed to the attention function", "mask built with the wrong padding side"],
-                       "pass attention_mask to the model and make sure the attention function applies it")
-    return Finding("padding_leak", "ok", "no attention weight on padding keys", nums)
+    leak = _largest(probe, "padding_weight")
+    return _at_most(
+        "padding_leak", leak, th.padding_tol, {"max_weight_on_padding": leak, "tolerance": th.padding_tol},
+        f"real tokens put up to {leak:.3g} of their attention on padding",
+        "no attention weight on padding keys",
+        ["the attention mask is not passed to the attention function", "mask built with the wrong padding side"],
+        "pass attention_mask to the model and make sure the attention function applies it",
+    )
 
 
 def _head_arrays(probe: DiagnosticProbe, key: str) -> tuple[list[tuple[str, int]], torch.Tensor]:

@@ -53,7 +53,7 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stats.analysis import analyze_attention_pattern, format_attention_analysis
+    from ..stats.chapter import analyze_attention_pattern, format_attention_analysis
     from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
     from ..core.tokens import clean_token
 
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         title = f"ATTENTION PATTERN ANALYSIS  layer {args.layer}, head {args.head}"
         print(format_attention_analysis(analyze_attention_pattern(weights), title=title))
     if args.all_heads:
-        from ..stats.analysis import format_head_table, head_table
+        from ..stats.patterns import head_table
+        from ..stats.tables import format_head_table
 
         which = "decoder" if args.attention == "decoder" else "self"
         if args.attention == "cross":

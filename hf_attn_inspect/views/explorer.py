@@ -1,10 +1,10 @@
 """A self-contained, offline, interactive HTML explorer of one :class:`~hf_attn_inspect.AttentionResult`.
 
-One file holds the page, its plain JavaScript and CSS (``hf_attn_inspect/static/``) and the data; it
+One file holds the page, its plain JavaScript and CSS (``hf_attn_inspect/views/static/``) and the data; it
 makes no network request (a Content-Security-Policy forbids any) and opens anywhere: a browser, VS Code,
 Colab, Jupyter, an e-mail attachment. Views: head view (lines from query tokens to key tokens, one colour
 per head), matrix view (heatmap; the value, query and key under the pointer), model view (layers x heads
-thumbnails; click to open a head) and the per-head metrics of :func:`hf_attn_inspect.stats.analysis.head_metrics`.
+thumbnails; click to open a head) and the per-head metrics of :func:`hf_attn_inspect.stats.tables.head_metrics`.
 Controls: layer, heads (several at once), average heads, rollout
 (:func:`hf_attn_inspect.stats.aggregate.attention_rollout`), hide special tokens, sub-word or word level (the
 merge of :func:`hf_attn_inspect.stats.aggregate.aggregate_words`, applied in the page), sentence-pair filter,
@@ -29,18 +29,39 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..stats.aggregate import attention_rollout, word_labels, word_units
-from ..core.errors import InputError, OutputError
-from ..core.files import atomic_path, write_text
 from ..capture.result import AttentionResult
+from ..core.errors import InputError, OutputError
+from ..core.files import write_text
+from ..core.tokens import clean_token
+from ..stats.aggregate import attention_rollout, word_labels, word_units
+from ..stats.metrics import METRICS
+from ..stats.tables import head_metrics
 
-__all__ = ["LEVELS", "explorer_html", "write_explorer", "show", "quantize_rows", "dequantize_rows", "class_lookup"]
+if TYPE_CHECKING:
+    from IPython.display import HTML
+
+__all__ = [
+    "LEVELS",
+    "HeadClasses",
+    "explorer_html",
+    "write_explorer",
+    "show",
+    "iframe_html",
+    "quantize_rows",
+    "dequantize_rows",
+    "class_lookup",
+]
+
+#: A class name per head: a DataFrame with ``layer``, ``head`` and a ``class`` column (or ``head_class``,
+#: ``label``, ``category``, ``pattern``), a Series indexed by ``(layer, head)``, or a dict
+#: ``{(layer, head): name}``; model indices, 0-based.
+HeadClasses = Union[pd.DataFrame, pd.Series, Mapping[tuple[int, int], str]]
 
 #: Quantisation levels per row: weights become integers 0..LEVELS times ``row max / LEVELS``.
 LEVELS = 128
@@ -82,9 +103,12 @@ def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
     return packed, _pack(np.ascontiguousarray(step, dtype="<f4").tobytes())
 
 
-def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
-    from ..core.tokens import clean_token
-
+def _axis(
+    tokens: list[str],
+    word_ids: Sequence[int | None] | None,
+    special: Sequence[bool] | None,
+    segments: Sequence[int | None] | None,
+) -> dict[str, Any]:
     n = len(tokens)
     special = [bool(s) for s in (special or [False] * n)]
     segments = list(segments) if segments is not None else [None] * n
@@ -107,9 +131,10 @@ def _axis(tokens: list[str], word_ids, special, segments) -> dict[str, Any]:
     }
 
 
-def class_lookup(classes: Any) -> dict[tuple[int, int], str]:
+def class_lookup(classes: HeadClasses | None) -> dict[tuple[int, int], str]:
     """``{(layer, head): class name}`` from a DataFrame (``layer``, ``head`` and a ``class`` column), a Series
-    indexed by ``(layer, head)`` or a dict; ``None`` gives an empty dict. Model indices, 0-based."""
+    indexed by ``(layer, head)`` or a dict (:data:`HeadClasses`); ``None`` gives an empty dict. Model
+    indices, 0-based. Anything else raises :class:`~hf_attn_inspect.core.errors.InputError`."""
     if classes is None:
         return {}
     if isinstance(classes, pd.DataFrame):
@@ -122,7 +147,7 @@ def class_lookup(classes: Any) -> dict[tuple[int, int], str]:
     raise InputError("classes must be a DataFrame (layer, head, class), a Series or a dict {(layer, head): class}")
 
 
-def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[str] | None:
+def _classes(classes: HeadClasses | None, layer_ids: list[int], head_ids: list[int]) -> list[str] | None:
     if classes is None:
         return None
     lookup = class_lookup(classes)
@@ -130,9 +155,6 @@ def _classes(classes: Any, layer_ids: list[int], head_ids: list[int]) -> list[st
 
 
 def _metrics(result: AttentionResult, which: str) -> dict[str, Any] | None:
-    from ..stats.analysis import head_metrics
-    from ..stats.metrics import METRICS
-
     df = head_metrics(result, which=which)
     cols = list(METRICS)
     values = df[cols].to_numpy(dtype=np.float64)
@@ -140,7 +162,7 @@ def _metrics(result: AttentionResult, which: str) -> dict[str, Any] | None:
     return {"columns": cols, "values": np.round(values, 6).tolist()}
 
 
-def _payload(result: AttentionResult, classes: Any, metrics: bool, rollout: bool) -> dict[str, Any]:
+def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool, rollout: bool) -> dict[str, Any]:
     axes = {"enc": _axis(result.tokens, result.word_ids, result.special_tokens_mask, result.segment_ids)}
     names = [("self", "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
     if result.is_encoder_decoder:
@@ -172,8 +194,6 @@ def _payload(result: AttentionResult, classes: Any, metrics: bool, rollout: bool
             r_packed, r_steps = _encode(roll)
             entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
         stacks[which] = entry
-    from ..stats.metrics import METRICS
-
     return {
         "version": 1,
         "levels": LEVELS,
@@ -205,7 +225,7 @@ def _static(name: str) -> str:
 def explorer_html(
     result: AttentionResult,
     *,
-    classes: Any = None,
+    classes: HeadClasses | None = None,
     metrics: bool = True,
     rollout: bool = True,
     title: str | None = None,
@@ -233,9 +253,19 @@ def explorer_html(
     return head + data + rest
 
 
-def write_explorer(result: AttentionResult, path: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns the path."""
-    return write_text(explorer_html(result, **kwargs), path)
+def write_explorer(
+    result: AttentionResult,
+    path: str | os.PathLike,
+    *,
+    classes: HeadClasses | None = None,
+    metrics: bool = True,
+    rollout: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Write :func:`explorer_html` of ``result`` (same options) to ``path`` atomically (temporary file,
+    then rename); returns the path."""
+    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title)
+    return write_text(page, path)
 
 
 def iframe_html(page: str, height: int = 720) -> str:
@@ -250,12 +280,22 @@ def iframe_html(page: str, height: int = 720) -> str:
     )
 
 
-def show(result: AttentionResult, *, height: int = 720, **kwargs: Any) -> Any:
-    """Display the explorer inline in Jupyter / VS Code / Colab (an ``<iframe srcdoc>``); returns the display object.
+def show(
+    result: AttentionResult,
+    *,
+    height: int = 720,
+    classes: HeadClasses | None = None,
+    metrics: bool = True,
+    rollout: bool = True,
+    title: str | None = None,
+) -> HTML | str:
+    """Display the explorer (:func:`explorer_html`, same options) inline in Jupyter / VS Code / Colab.
 
-    Outside IPython the page is written to a temporary file and opened in the default web browser.
+    In IPython it displays an ``<iframe srcdoc>`` ``height`` pixels high and returns the ``HTML`` display
+    object. Outside IPython the page is written to a temporary file, opened in the default web browser,
+    and the file's path is returned.
     """
-    text = explorer_html(result, **kwargs)
+    text = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title)
     try:
         from IPython import get_ipython
         from IPython.display import HTML, display

@@ -11,16 +11,21 @@ queries; rows still sum to 1).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..stats.aggregate import attention_rollout, head_average, words
-from ..core.errors import InputError
-from .plotting import ANNOTATE_MAX_TOKENS, MAX_TICK_LABELS, thin_ticks
 from ..capture.result import AttentionResult
+from ..core.errors import InputError
+from ..core.tokens import clean_token
+from ..stats.aggregate import aggregate_words, attention_rollout, head_average, word_units, words
+from .explorer import HeadClasses, class_lookup
+from .plotting import ANNOTATE_MAX_TOKENS, MAX_TICK_LABELS, Weights, plot_attention_heatmap, thin_ticks
+
+if TYPE_CHECKING:  # matplotlib is imported when a function draws
+    from matplotlib.axes import Axes
 
 __all__ = ["plot_attention_diff", "plot_head_metric_map", "plot_head_view", "plot_rollout"]
 
@@ -40,8 +45,6 @@ def _level(result: AttentionResult, level: str) -> AttentionResult:
 
 
 def _labels(result: AttentionResult, which: str) -> tuple[list[str], list[str]]:
-    from ..core.tokens import clean_token
-
     _, q, k = result.stack(which)
     return [clean_token(t) for t in q], [clean_token(t) for t in k]
 
@@ -60,21 +63,21 @@ def _select(result: AttentionResult, layer: int | None, head: int | None, which:
     return att[li, result.head_index(head)].float().numpy(), name + f", head {head}"
 
 
-def _as_matrix(x: Any) -> np.ndarray:
+def _as_matrix(x: Weights) -> np.ndarray:
     arr = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise InputError(f"expected a [query, key] matrix, got shape {arr.shape}")
     return arr
 
 
-def _annotate(ax, w: np.ndarray, fmt: str, dark) -> None:
+def _annotate(ax: Axes, w: np.ndarray, fmt: str, dark: Callable[[float], bool]) -> None:
     for i in range(w.shape[0]):
         for j in range(w.shape[1]):
             ax.text(j, i, format(w[i, j], fmt), ha="center", va="center", fontsize=7,
                     color="white" if dark(w[i, j]) else "black")
 
 
-def _new_ax(nq: int, nk: int, ax):
+def _new_ax(nq: int, nk: int, ax: Axes | None) -> Axes:
     if ax is not None:
         return ax
     _, ax = _plt().subplots(figsize=(min(4 + 0.35 * nk, 16), min(3 + 0.3 * nq, 14)))
@@ -82,8 +85,8 @@ def _new_ax(nq: int, nk: int, ax):
 
 
 def plot_attention_diff(
-    a: AttentionResult | Any,
-    b: AttentionResult | Any,
+    a: AttentionResult | Weights,
+    b: AttentionResult | Weights,
     *,
     layer: int | None = None,
     head: int | None = None,
@@ -92,10 +95,10 @@ def plot_attention_diff(
     tokens: Sequence[str] | None = None,
     names: tuple[str, str] = ("a", "b"),
     annotate: bool | str = "auto",
-    ax=None,
+    ax: Axes | None = None,
     cmap: str = "RdBu_r",
     title: str | None = None,
-):
+) -> Axes:
     """Draw ``a - b`` for two results (or two ``[query, key]`` matrices) on the same tokens; return the axes.
 
     The colour scale is diverging, centred at 0 and symmetric: ``[-m, m]`` with ``m = max |a - b|``, so
@@ -136,13 +139,13 @@ def plot_head_metric_map(
     metrics: pd.DataFrame,
     metric: str = "entropy",
     *,
-    classes: Any = None,
+    classes: HeadClasses | bool | None = None,
     annotate: bool = True,
-    ax=None,
+    ax: Axes | None = None,
     cmap: str = "viridis",
     title: str | None = None,
-):
-    """Draw a layers x heads heatmap of one metric of :func:`hf_attn_inspect.stats.analysis.head_metrics`; return the axes.
+) -> Axes:
+    """Draw a layers x heads heatmap of one metric of :func:`hf_attn_inspect.stats.tables.head_metrics`; return the axes.
 
     ``metrics`` has ``layer``, ``head`` and the ``metric`` column (one row per head; several rows per
     head, e.g. ``per_sentence=True``, are averaged). Each cell shows the value when ``annotate``; with
@@ -151,8 +154,6 @@ def plot_head_metric_map(
     ``metrics``) each cell also names the class of its head.
     """
     import seaborn as sns
-
-    from .explorer import class_lookup
 
     if not isinstance(metrics, pd.DataFrame) or not {"layer", "head", metric} <= set(metrics.columns):
         raise InputError(f"metrics must be a DataFrame with columns layer, head and {metric!r} (see head_metrics)")
@@ -180,7 +181,7 @@ def plot_head_metric_map(
 
 
 def plot_head_view(
-    data: AttentionResult | Any,
+    data: AttentionResult | Weights,
     tokens: Sequence[str] | None = None,
     *,
     layer: int | None = None,
@@ -188,9 +189,9 @@ def plot_head_view(
     which: str = "self",
     level: str = "token",
     threshold: float = 0.02,
-    ax=None,
+    ax: Axes | None = None,
     title: str | None = None,
-):
+) -> Axes:
     """The static head view: query tokens left, key tokens right, a line per weight; return the axes.
 
     A line joins query ``i`` to key ``j`` with opacity equal to the weight (weights below ``threshold``
@@ -265,10 +266,10 @@ def plot_rollout(
     level: str = "token",
     residual: float = 0.5,
     annotate: bool | str = "auto",
-    ax=None,
+    ax: Axes | None = None,
     cmap: str = "Blues",
     title: str | None = None,
-):
+) -> Axes:
     """Draw attention rollout after ``layer`` (``kind="rollout"``) or that layer's head average (``kind="mean"``); return the axes.
 
     Rollout is :func:`hf_attn_inspect.stats.aggregate.attention_rollout` (Abnar & Zuidema 2020) computed on
@@ -276,9 +277,6 @@ def plot_rollout(
     reaches position ``i`` after ``layer`` (a model layer index, default the last captured). Colour runs
     from 0 to the matrix maximum; values are written in cells up to 16 tokens.
     """
-    from ..stats.aggregate import aggregate_words, word_units
-    from .plotting import plot_attention_heatmap
-
     if not isinstance(result, AttentionResult):
         raise InputError("plot_rollout needs an AttentionResult")
     li = _layer_pos(result, layer)

@@ -11,12 +11,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
+import torch
 
 from ..core.errors import InputError
 from ..core.files import atomic_path
+
+if TYPE_CHECKING:  # matplotlib is imported when a function draws, so importing this module stays cheap
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_attention_heatmap",
@@ -24,14 +29,20 @@ __all__ = [
     "plot_model_view",
     "thin_ticks",
     "save_figure",
+    "Weights",
 ]
 
+#: Values are written in the cells of a heatmap up to this many tokens per side (``annotate="auto"``).
 ANNOTATE_MAX_TOKENS = 16
+#: At most this many tick labels per axis (:func:`thin_ticks`).
 MAX_TICK_LABELS = 40
 
+#: Attention weights as the plotting functions take them: a tensor (any device, any dtype) or an array.
+Weights = Union[torch.Tensor, np.ndarray]
 
-def _as_array(weights, ndim: int, what: str) -> np.ndarray:
-    if hasattr(weights, "detach"):
+
+def _as_array(weights: Weights, ndim: int, what: str) -> np.ndarray:
+    if isinstance(weights, torch.Tensor):
         weights = weights.detach().float().cpu().numpy()
     arr = np.asarray(weights, dtype=np.float32)
     if arr.ndim != ndim:
@@ -49,7 +60,7 @@ def _font_size(n: int) -> float:
     return float(np.clip(10 - 4 * math.log10(max(n, 1) / 8 + 1e-9), 5, 9)) if n > 8 else 9.0
 
 
-def thin_ticks(ax, labels: Sequence[str] | None, n: int, axis: str, max_labels: int = MAX_TICK_LABELS) -> None:
+def thin_ticks(ax: Axes, labels: Sequence[str] | None, n: int, axis: str, max_labels: int = MAX_TICK_LABELS) -> None:
     """Label every ``k``-th of ``n`` positions on ``axis`` ('x' or 'y') so at most ``max_labels`` show.
 
     Font size shrinks with ``n`` (9 pt down to 5 pt); x labels are rotated 90 degrees. With more than
@@ -71,18 +82,18 @@ def thin_ticks(ax, labels: Sequence[str] | None, n: int, axis: str, max_labels: 
 
 
 def plot_attention_heatmap(
-    attention_weights,
+    attention_weights: Weights,
     x_labels: Sequence[str] | None = None,
     y_labels: Sequence[str] | None = None,
     *,
-    ax=None,
+    ax: Axes | None = None,
     title: str | None = "Attention weights",
     cmap: str = "Blues",
     vmin: float = 0.0,
     vmax: float | None = 1.0,
     annotate: bool | str = "auto",
     colorbar: bool = True,
-):
+) -> Axes:
     """Draw one head's ``[query, key]`` weights as a heatmap and return the axes.
 
     Rows are query tokens (``y_labels``), columns key tokens (``x_labels``); colour runs from ``vmin``
@@ -116,15 +127,15 @@ def plot_attention_heatmap(
 
 
 def plot_multi_head_attention(
-    attention_weights,
+    attention_weights: Weights,
     tokens: Sequence[str] | None = None,
     *,
     head_ids: Sequence[int] | None = None,
-    fig=None,
+    fig: Figure | None = None,
     ncols: int = 4,
     title: str | None = "Multi-head attention",
     cmap: str = "Blues",
-):
+) -> Figure:
     """Draw every head of one layer (``[heads, query, key]``) in a grid and return the figure.
 
     One panel per head titled with its model index (``head_ids``, default 0..H-1), all on the same
@@ -165,14 +176,14 @@ def plot_multi_head_attention(
 
 
 def plot_model_view(
-    attentions,
+    attentions: Weights,
     *,
     layer_ids: Sequence[int] | None = None,
     head_ids: Sequence[int] | None = None,
-    fig=None,
+    fig: Figure | None = None,
     cmap: str = "Blues",
     title: str | None = "Model view (rows: layers, columns: heads)",
-):
+) -> Figure:
     """Draw a layers x heads grid of thumbnails of ``[layers, heads, query, key]`` weights; return the figure.
 
     Each thumbnail is one head's full matrix on a 0..1 scale without tick labels; rows are labelled
@@ -202,7 +213,7 @@ def plot_model_view(
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
     """Save ``fig`` atomically to ``path`` (format from the suffix: .png, .svg, .pdf) and close it."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
