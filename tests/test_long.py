@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.runs.long_context import long_context_report, position_bins
 from hf_attn_inspect.stats.metrics import METRICS

@@ -14,7 +14,7 @@ import tiny_models
 from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector, AttentionMonitor, AttentionStatsCallback, InputError
 from hf_attn_inspect import animate_attention, plot_training_trends
-from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.stats.metrics import METRICS
 from hf_attn_inspect.runs.monitor import read_log
 

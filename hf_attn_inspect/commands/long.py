@@ -54,7 +54,7 @@ def _read_text(path: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from .options import load_inspector
     from ..runs.long_context import long_context_report
-    from ..stats.metrics import LOCAL_WINDOW
+    from ..core.kernels import LOCAL_WINDOW
     from ..views.long_context import save_long_context_report
 
     for name, value in (("--bins", args.bins), ("--q-tile", args.q_tile), ("--k-tile", args.k_tile)):

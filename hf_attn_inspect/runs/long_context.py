@@ -15,7 +15,8 @@ import pandas as pd
 
 from ..capture.inspector import AttentionInspector
 from ..core.errors import InputError
-from ..stats.metrics import LOCAL_WINDOW, METRICS, reduce_rows
+from ..core.kernels import LOCAL_WINDOW
+from ..stats.metrics import METRICS, reduce_rows
 from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, distance_bucket_mass, run_streaming
 
 __all__ = [
