@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from hf_attn_inspect import AttentionMonitor, animate_attention, default_model_path, plot_training_trends
+    from hf_attn_inspect.capture.inspector import resolve_inspector
     from hf_attn_inspect.runs.compare import compare_models
     from hf_attn_inspect.runs.sources import load_dataset_texts
+    from hf_attn_inspect.views.comparison import describe_changes, write_comparison
+    from hf_attn_inspect.views.plotting import save_figure
 
     hf_logging.set_verbosity_error()
     out = Path(args.out)
@@ -122,20 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.save_pretrained(out / "after")
     print(f"held-out accuracy: {before_acc:.2f} before, {after_acc:.2f} after fine-tuning")
 
-    df = compare_models(out / "before", out / "after", None, out=out / "compare", limit=args.compare_limit, device="cpu", top=4)
+    before = resolve_inspector(out / "before", device="cpu")
+    after = resolve_inspector(out / "after", device="cpu")
+    df = compare_models(before, after, None, out=out / "compare", limit=args.compare_limit)
+    write_comparison(out / "compare", df, before, after, top=4)
     top = df.head(4)
     heads = [(int(r.layer), int(r.head)) for r in top.itertuples()]
-    import matplotlib.pyplot as plt
 
-    ax = plot_training_trends(monitor, "entropy")
-    ax.figure.savefig(out / "trends_entropy.png", dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
-    ax = plot_training_trends(monitor, "max_weight", heads=heads)
-    ax.figure.savefig(out / "trends_top_heads.png", dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+    save_figure(plot_training_trends(monitor, "entropy").figure, out / "trends_entropy.png", dpi=110)
+    save_figure(plot_training_trends(monitor, "max_weight", heads=heads).figure, out / "trends_top_heads.png", dpi=110)
     written = animate_attention(monitor, heads[0][0], heads[0][1], out / "top_head.gif")
-
-    from hf_attn_inspect.runs.compare import describe_changes
 
     print(f"\nwhere attention moved (JS divergence before -> after, nats, on {df.attrs['n_sentences']} sentences):")
     for _, row in top.iterrows():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -10,19 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_attn_inspect import AttentionInspector, InputError, OutputError
-from hf_attn_inspect import batch as batch_mod
-from hf_attn_inspect.stats.analysis import head_metrics
-from hf_attn_inspect.runs.dataset import (
-    PATTERN_CLASSES,
-    SentenceStatsProbe,
-    ShardStats,
-    analyze_dataset,
-)
-from hf_attn_inspect.capture.interface import use_implementation
+from hf_attn_inspect import AttentionInspector, InputError, OutputError, default_model_path
 from hf_attn_inspect.cli import main
+from hf_attn_inspect.core.tokens import punctuation_mask
+from hf_attn_inspect.runs.dataset import PATTERN_CLASSES, SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
-from hf_attn_inspect.stats.metrics import METRICS, punctuation_mask
+from hf_attn_inspect.stats.metrics import METRICS
+from hf_attn_inspect.stats.tables import head_metrics
+from hf_attn_inspect.views.reports import write_dataset_report
 
 N = 1000
 BAD_ROWS = [None, "", "   ", 42]
@@ -79,21 +77,32 @@ def big_run(inspector, big_dataset):
 
 
 @pytest.fixture(scope="module")
-def reference(inspector, big_dataset):
-    """Eager attention, one sentence at a time, with transformers' own output_attentions; numpy metrics."""
+def reference(big_dataset):
+    """transformers' own eager attention (a fresh model loaded with attn_implementation="eager",
+    output_attentions=True), length-sorted padded batches of 64; each sentence's unpadded [L, H, n, n]
+    block goes to the numpy metrics. Nothing of the package's capture is involved."""
+    from transformers import AutoModel, AutoTokenizer
+
     texts, _ = big_dataset
-    model, tok = inspector.model, inspector.tokenizer
-    per: dict[str, list] = {k: [] for k in METRICS + ("column_share",)}
-    with use_implementation(model, "eager"), torch.no_grad():
-        for text in texts:
-            enc = tok(text, return_tensors="pt", return_special_tokens_mask=True, truncation=True, max_length=512)
-            special = enc.pop("special_tokens_mask")[0].numpy().astype(bool)
-            out = model(**enc, output_attentions=True)
-            a = torch.stack([x[0] for x in out.attentions]).numpy()
-            punct = punctuation_mask(tok.convert_ids_to_tokens(enc["input_ids"][0])).numpy()
-            for k, v in numpy_metrics(a, special, punct).items():
-                per[k].append(v)
-    return {k: np.stack(v) for k, v in per.items()}  # each [N, L, H]
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    model = AutoModel.from_pretrained(default_model_path(), attn_implementation="eager").eval()
+    per: dict[str, list] = {k: [None] * len(texts) for k in METRICS + ("column_share",)}
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=512)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    with torch.no_grad():
+        for b0 in range(0, len(texts), 64):
+            rows = order[b0:b0 + 64].tolist()
+            enc = tok([texts[i] for i in rows], return_tensors="pt", return_special_tokens_mask=True,
+                      truncation=True, max_length=512, padding=True)
+            special = enc.pop("special_tokens_mask").numpy().astype(bool)
+            att = torch.stack(model(**enc, output_attentions=True).attentions, 1).numpy()  # [B, L, H, T, T]
+            for j, i in enumerate(rows):
+                n = int(enc["attention_mask"][j].sum())
+                assert enc["attention_mask"][j, :n].all()  # right padding: the real tokens come first
+                punct = punctuation_mask(tok.convert_ids_to_tokens(enc["input_ids"][j, :n])).numpy()
+                for k, v in numpy_metrics(att[j, :, :, :n, :n], special[j, :n], punct).items():
+                    per[k][i] = v
+    return {k: np.stack(v) for k, v in per.items()}  # each [N, L, H], dataset order
 
 
 def test_head_stats_equal_independent_eager_numpy(big_run, reference):
@@ -148,49 +157,141 @@ class Crash(RuntimeError):
     pass
 
 
-def test_killed_run_resumes_to_identical_results(inspector, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
     texts = sample_sentences(100)
-    kw = dict(batch_size=16, shard_size=25, report=False)
+    kw = dict(batch_size=16, shard_size=25)  # 4 shards of 25 rows, 2 batches (16 + 9) each
     full = tmp_path / "full"
     analyze_dataset(inspector, texts, out=full, **kw)
 
+    made: list[int] = []
+    crash = {"at": 4}  # the 5th batch is the first of the third shard (rows 50-75)
+
+    class CrashingProbe(SentenceStatsProbe):
+        def __init__(self, *args, **kwargs):
+            if crash["at"] is not None and len(made) == crash["at"]:
+                raise Crash("killed")
+            super().__init__(*args, **kwargs)
+            made.append(int(self.valid.shape[0]))
+
     part = tmp_path / "part"
-    real_save = batch_mod._save_shard
-    saved = []
-
-    def crashing_save(out_dir, shard, stats):
-        if len(saved) == 2:
-            raise Crash("killed")
-        real_save(out_dir, shard, stats)
-        saved.append(shard)
-
-    monkeypatch.setattr(batch_mod, "_save_shard", crashing_save)
     with pytest.raises(Crash):
-        analyze_dataset(inspector, texts, out=part, **kw)
-    monkeypatch.setattr(batch_mod, "_save_shard", real_save)
-    assert saved == [0, 1]
+        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+    assert sorted((part / "shards").iterdir()) == [shard_path(part, 0), shard_path(part, 1)]
     assert not (part / "head_stats.csv").exists()
     assert json.loads((part / "run.json").read_text())["status"] == "running"
     # an unfinished run is neither silently restarted nor overwritten
     with pytest.raises(OutputError, match="--resume"):
-        analyze_dataset(inspector, texts, out=part, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
     # resume with different settings is refused
     with pytest.raises(OutputError, match="batch_size"):
-        analyze_dataset(inspector, texts, out=part, resume=True, batch_size=8, shard_size=25)
+        analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, batch_size=8, shard_size=25)
 
-    ran = []
-    real_run = batch_mod._run_shard
-    monkeypatch.setattr(batch_mod, "_run_shard", lambda *a, **k: ran.append(a[2]) or real_run(*a, **k))
-    analyze_dataset(inspector, texts, out=part, resume=True, **kw)
-    assert ran == [50, 75]  # only the shards that were not finished
+    kept = {i: shard_path(part, i).stat().st_ino for i in (0, 1)}
+    made.clear()
+    crash["at"] = None
+    analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, **kw)
+    assert made == [16, 9, 16, 9]  # only the two shards that were not finished (rows 50-100) ran
+    assert {i: shard_path(part, i).stat().st_ino for i in (0, 1)} == kept  # finished shards were not rewritten
     assert (part / "head_stats.csv").read_bytes() == (full / "head_stats.csv").read_bytes()
     run = json.loads((part / "run.json").read_text())
     assert run["status"] == "finished" and run["shards_resumed"] == 2
     # a finished run is never overwritten silently
     with pytest.raises(OutputError, match="--overwrite"):
-        analyze_dataset(inspector, texts, out=part, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
     analyze_dataset(inspector, texts[:10], out=part, overwrite=True, **kw)
     assert pd.read_csv(part / "head_stats.csv")["n_sentences"].iloc[0] == 10
+
+
+# ----------------------------------------------------------------------------- the run loop alone
+def _counting(calls: list, fail_at: int | None = None, shard_size: int = 10):
+    """A compute function: sentence values = their row numbers, one skipped row in the first shard."""
+
+    def compute(start, stop, bar):
+        if fail_at is not None and start // shard_size == fail_at:
+            raise Crash(f"killed in shard {fail_at}")
+        calls.append((start, stop))
+        stats = ShardStats.empty(1, 2, ("row",), ("all",))
+        rows = torch.arange(min(start + (start == 0), stop), stop, dtype=torch.float32)  # row 0 is "empty"
+        stats.add_values(rows[:, None, None, None].expand(-1, 1, 2, 1), torch.zeros(len(rows), 1, 2, dtype=torch.long))
+        stats.rows = stop - start
+        stats.skipped = {"empty": int(start == 0)}
+        stats.truncated = int(start == 10)
+        return stats
+
+    return compute
+
+
+def test_run_sharded_merges_and_counts():
+    calls: list = []
+    run = run_sharded(35, 10, _counting(calls), column="text")
+    assert calls == [(0, 10), (10, 20), (20, 30), (30, 35)]
+    assert run.shards_total == 4 and run.shards_resumed == 0 and run.analysed_now == 34
+    assert run.counts == {"rows": 35, "analysed": 34, "skipped": {"empty": 1}, "skipped_total": 1, "truncated": 1}
+    np.testing.assert_array_equal(run.total.sums[..., 0], np.full((1, 2), float(sum(range(1, 35)))))
+    np.testing.assert_array_equal(run.total.sumsq[..., 0], np.full((1, 2), float(sum(i * i for i in range(1, 35)))))
+    assert run.total.class_counts.tolist() == [[[34], [34]]]
+    with pytest.raises(InputError, match="no usable text in column 'text'"):
+        run_sharded(0, 10, _counting([]))
+    with pytest.raises(InputError, match="shard size"):
+        run_sharded(5, 0, _counting([]))
+
+
+def test_run_sharded_writes_atomic_shards_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    params = {"shard_size": 10, "model": "m"}
+    calls: list = []
+    with pytest.raises(Crash):
+        run_sharded(35, 10, _counting(calls, fail_at=2), out_dir=out, params=params)
+    assert calls == [(0, 10), (10, 20)]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.npz", "shard-000001.npz"]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    for i in (0, 1):
+        assert stat.S_IMODE(shard_path(out, i).stat().st_mode) == 0o666 & ~umask
+        saved = ShardStats.load(shard_path(out, i))
+        assert saved.n == (9 if i == 0 else 10) and saved.rows == 10
+    running = json.loads((out / "run.json").read_text())
+    assert running["status"] == "running" and running["shards_total"] == 4 and running["parameters"] == params
+    # an unfinished run: refused without resume, and resumed only with the same parameters
+    with pytest.raises(OutputError, match="--resume"):
+        run_sharded(35, 10, _counting([]), out_dir=out, params=params)
+    with pytest.raises(OutputError, match=r"different settings \(model\)"):
+        run_sharded(35, 10, _counting([]), out_dir=out, params={**params, "model": "other"}, resume=True)
+    calls.clear()
+    resumed = run_sharded(35, 10, _counting(calls), out_dir=out, params=params, resume=True)
+    assert calls == [(20, 30), (30, 35)]  # the finished shards are read back, not recomputed
+    assert resumed.shards_resumed == 2 and resumed.analysed_now == 15
+    whole = run_sharded(35, 10, _counting([]))
+    np.testing.assert_array_equal(resumed.total.sums, whole.total.sums)
+    np.testing.assert_array_equal(resumed.total.sumsq, whole.total.sumsq)
+    assert resumed.counts == whole.counts
+    # a damaged shard is recomputed on resume
+    shard_path(out, 1).write_bytes(b"not a shard")
+    calls.clear()
+    run_sharded(35, 10, _counting(calls), out_dir=out, params=params, resume=True)
+    assert calls == [(10, 20)]
+
+
+def test_run_sharded_refuses_finished_runs_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    params = {"shard_size": 10}
+    run_sharded(25, 10, _counting([]), out_dir=out, params=params)
+    # the engine marks the run finished and writes its outputs once the loop returns
+    (out / "run.json").write_text(json.dumps({"status": "finished", "parameters": params}))
+    (out / "table.csv").write_text("old")
+    (out / "keep.txt").write_text("not an output")
+    for kw in ({}, {"resume": True}):
+        with pytest.raises(OutputError, match="finished run; pass --overwrite"):
+            run_sharded(25, 10, _counting([]), out_dir=out, params=params, **kw)
+    calls: list = []
+    run_sharded(15, 10, _counting(calls), out_dir=out, params=params, overwrite=True, outputs=("table.csv",))
+    assert calls == [(0, 10), (10, 15)]
+    assert not (out / "table.csv").exists() and (out / "keep.txt").exists()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-000000.npz", "shard-000001.npz"]
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="not a directory"):
+        run_sharded(5, 10, _counting([]), out_dir=tmp_path / "file", params=params)
 
 
 def test_shards_combine_exactly(inspector):
@@ -208,6 +309,23 @@ def test_shards_combine_exactly(inspector):
     ab = a + b
     np.testing.assert_allclose(ab.sums, torch.cat([va, vb]).double().sum(0).numpy(), rtol=1e-12)
     assert ab.n == 9 and ab.class_counts[..., 0].max() == 5 and ab.class_counts[..., 1].max() == 4
+
+
+def test_api_report_matches_the_command(inspector, tmp_path):
+    """analyze_dataset(out=...) writes the data, write_dataset_report the figures and report.md."""
+    out = tmp_path / "api"
+    df = analyze_dataset(inspector, sample_sentences(12), batch_size=8, out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["head_stats.csv", "head_stats.parquet", "layer_stats.csv",
+                                                    "run.json", "shards"]
+    written = write_dataset_report(out, df)
+    assert [p.relative_to(out).as_posix() for p in written] == [
+        "figures/entropy.png", "figures/special_tokens.png", "figures/previous_token.png", "figures/classes.png",
+        "report.md"]
+    assert "12 sentences analysed of 12 rows" in (out / "report.md").read_text()
+    bare = df.copy()
+    bare.attrs.clear()
+    with pytest.raises(InputError, match="run record"):
+        write_dataset_report(tmp_path / "x", bare)
 
 
 # ----------------------------------------------------------------------------- other models, pairs, probes

@@ -15,10 +15,11 @@ from PIL import Image
 import tiny_models
 from conftest import SENTENCES
 from hf_attn_inspect import AttentionInspector, InputError, OutputError
-from hf_attn_inspect.stats.analysis import head_metrics
+from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.runs.compare import compare_models, js_divergence_rows
 from hf_attn_inspect.stats.metrics import METRICS
+from hf_attn_inspect.views.comparison import comparison_report, describe_changes, write_comparison
 
 TEXTS = SENTENCES[:4]
 ALTERED = [(1, 4), (3, 9)]
@@ -45,12 +46,21 @@ def test_js_rows_known_values():
     p = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]])
     q = torch.tensor([[0.0, 1.0], [0.5, 0.5], [0.75, 0.25]])
     js = js_divergence_rows(p, q)
-    m = np.array([0.5, 0.5])
     expect = 0.5 * (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)) * 2
     assert js[0].item() == pytest.approx(math.log(2), abs=1e-7)
     assert js[1].item() == 0.0
     assert js[2].item() == pytest.approx(expect, abs=1e-7)
-    assert m.sum() == 1.0
+    # the mixture m = (p + q) / 2 is taken per row: rows with different mixtures in one call give each
+    # row's own divergence (symmetric in p and q), the same as the plain-loop definition
+    rng = np.random.default_rng(0)
+    pa = rng.dirichlet(np.ones(7), size=5)
+    pb = rng.dirichlet(np.full(7, 0.3), size=5)
+    pa[0, :3] = 0.0
+    pa[0] /= pa[0].sum()  # zero entries count as 0 ln 0 = 0
+    rows = js_divergence_rows(torch.from_numpy(pa), torch.from_numpy(pb))
+    np.testing.assert_array_equal(rows.numpy(), js_divergence_rows(torch.from_numpy(pb), torch.from_numpy(pa)).numpy())
+    for i in range(5):
+        assert rows[i].item() == pytest.approx(_numpy_js(pa[i : i + 1], pb[i : i + 1]), abs=1e-6)
 
 
 def test_model_against_itself_is_zero(inspector):
@@ -170,7 +180,7 @@ def test_resume_from_shards(tmp_path, tiny_tokenizer):
     a = AttentionInspector(tiny_models.build("bert", seed=0), tiny_tokenizer)
     b = AttentionInspector(tiny_models.build("bert", seed=1), tiny_tokenizer)
     out = tmp_path / "run"
-    opts = {"batch_size": 2, "shard_size": 3, "classes": False, "top": 1}
+    opts = {"batch_size": 2, "shard_size": 3, "classes": False}
     full = compare_models(a, b, SENTENCES, out=out, **opts)
     csv = (out / "head_divergence.csv").read_text()
     shards = sorted((out / "shards").glob("shard-*.npz"))
@@ -204,7 +214,7 @@ def test_resume_from_shards(tmp_path, tiny_tokenizer):
 
 
 def test_pattern_classes_of_both_models(tiny_tokenizer):
-    from hf_attn_inspect.stats.analysis import classify_heads
+    from hf_attn_inspect.stats.patterns import classify_heads
 
     a = AttentionInspector(tiny_models.build("bert", seed=0), tiny_tokenizer)
     b = AttentionInspector(tiny_models.build("bert", seed=1), tiny_tokenizer)
@@ -216,7 +226,9 @@ def test_pattern_classes_of_both_models(tiny_tokenizer):
 
 def test_compare_to_dir_outputs(tmp_path, inspector, altered):
     out = tmp_path / "cmp"
-    df = compare_models(inspector, altered, TEXTS, out=out, top=2, classes=False)
+    df = compare_models(inspector, altered, TEXTS, out=out, classes=False)
+    assert sorted(p.name for p in out.iterdir()) == ["head_divergence.csv", "run.json", "shards"]  # the engine's data
+    assert write_comparison(out, df, inspector, altered, top=2) == ["divergence_map.png", "head_diffs.png"]
     csv = pd.read_csv(out / "head_divergence.csv")
     assert list(csv.columns[:3]) == ["layer", "head", "js_divergence"]
     assert [f"delta_{k}" for k in METRICS] == list(csv.columns[3 : 3 + len(METRICS)])
@@ -234,6 +246,31 @@ def test_compare_to_dir_outputs(tmp_path, inspector, altered):
     assert "max weight" in first.split("\n2.")[0] and "-> 0.000" in first.split("\n2.")[0]  # weight std -> 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["counts"]["analysed"] == 4 and run["first_text"] == TEXTS[0]
+    assert run["figures"] == ["divergence_map.png", "head_diffs.png"]
+
+
+def test_describe_changes_ranks_by_spread_over_heads():
+    """Changes count relative to each metric's spread over A's heads, not in raw units."""
+    base = {f"{side}_{k}": 0.0 for k in METRICS for side in ("a", "b", "delta")}
+    rows = []
+    for h in range(4):
+        row = dict(base, layer=0, head=h, js_divergence=0.1 * (4 - h))
+        row["a_entropy"] = 1.0 + h  # entropy spreads over 1..4 nats across heads: std 1.29
+        row["a_first_token"] = 0.1 + 0.01 * h  # first-token share spreads over 0.10..0.13: std 0.0129
+        row["b_entropy"], row["b_first_token"] = row["a_entropy"], row["a_first_token"]
+        rows.append(row)
+    rows[0].update(b_entropy=1.5, delta_entropy=0.5, b_first_token=0.2, delta_first_token=0.1, b_max_weight=0.3,
+                   delta_max_weight=0.3)
+    df = pd.DataFrame(rows)
+    # max weight has no spread over heads (std 0 counts as 1): 0.3; first-token 0.1 / 0.0129 = 7.7; entropy 0.39
+    assert describe_changes(df.iloc[0], df) == [
+        "first-token share 0.100 -> 0.200", "entropy (nats) 1.000 -> 1.500", "max weight 0.000 -> 0.300"]
+    assert describe_changes(df.iloc[0], df, n=1) == ["first-token share 0.100 -> 0.200"]
+    df.attrs.update(model_a="a", model_b="b", n_sentences=3)
+    report = comparison_report(df, top=1)
+    assert "1. layer 0 head 0: JS 0.4000; first-token share 0.100 -> 0.200; entropy (nats) 1.000 -> 1.500" in report
+    with pytest.raises(InputError, match="missing a_entropy"):
+        describe_changes(df.iloc[0].drop("a_entropy"), df)
 
 
 def test_cli(tmp_path, tiny_tokenizer, capsys):

@@ -37,9 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs.dataset import analyze_dataset
-    from .options import load_inspector
     from ..core.errors import InputError
+    from ..runs.dataset import analyze_dataset
+    from ..runs.sources import load_dataset_texts
+    from ..views.reports import write_dataset_report
+    from .options import load_inspector
 
     if args.limit is not None and args.limit < 0:
         raise InputError(f"--limit must be >= 0, got {args.limit}")
@@ -48,16 +50,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other; pick one")
     # Check the dataset before loading the model: a wrong column fails in a second.
-    from ..runs.sources import load_dataset_texts
-
-    ds, _ = load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column,
-                               limit=args.limit)
+    load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit)
     inspector = load_inspector(args)
     df = analyze_dataset(
         inspector, args.dataset, args.column, config=args.config, split=args.split, limit=args.limit,
         batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size, out=args.out,
         resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
     )
+    write_dataset_report(args.out, df)
     c = df.attrs.get("counts", {})
     print(f"analysed {c.get('analysed', 0):,} of {c.get('rows', 0):,} rows "
           f"({c.get('skipped_total', 0)} skipped, {c.get('truncated', 0)} truncated); "

@@ -40,8 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runs.compare import compare_models
+    from ..capture.inspector import resolve_inspector
     from ..core.errors import InputError
+    from ..runs.compare import compare_models
+    from ..views.comparison import write_comparison
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
@@ -51,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
     source = args.text if args.text is not None else args.dataset
+    a = resolve_inspector(models[0], device=args.device, dtype=args.dtype, what="model A")
+    b = resolve_inspector(models[1], a.tokenizer, device=args.device, dtype=args.dtype, what="model B")
     df = compare_models(
-        models[0], models[1], source, out=args.out,
-        top=args.top, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
+        a, b, source, out=args.out, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
         split=args.split, limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
-        stack=args.stack, device=args.device, dtype=args.dtype, progress=not args.quiet and sys.stderr.isatty(),
+        stack=args.stack, progress=not args.quiet and sys.stderr.isatty(),
     )
+    write_comparison(args.out, df, a, b, top=args.top)
     n = df.attrs["counts"]["analysed"]
     print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
     for row in df.head(max(args.top, 5)).itertuples():

@@ -12,12 +12,17 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence, Union
 
 from ..core.errors import InputError
 
+if TYPE_CHECKING:  # datasets is imported on first load (it is slow to import)
+    from datasets import Dataset, DatasetDict
+
 __all__ = [
     "DatasetInfo",
+    "DatasetSource",
     "SAMPLE_NAME",
     "load_dataset_texts",
     "parse_columns",
@@ -26,6 +31,10 @@ __all__ = [
 ]
 
 SAMPLE_NAME = "sample"
+
+#: What :func:`load_dataset_texts` reads: None (the shipped sample), a local file or folder, a Hub name,
+#: a ``datasets.Dataset`` / ``DatasetDict``, or a list of texts (or of ``(text, pair)`` tuples).
+DatasetSource = Union["Dataset", "DatasetDict", str, os.PathLike, Sequence[Union[str, "tuple[str, str]", None]], None]
 
 # File suffix -> `datasets` packaged builder.
 _BUILDERS = {
@@ -47,7 +56,7 @@ def sample_dataset_path() -> str:
     336 hand-written English sentences (3 to 54 words; questions, numbers, quotes, punctuation) with
     columns ``text`` and ``label`` (1 = positive, 0 = negative sentiment, exactly balanced).
     """
-    return str(Path(__file__).resolve().parent / "data" / "sentences.csv")
+    return str(Path(__file__).resolve().parent.parent / "data" / "sentences.csv")
 
 
 def sample_sentences(n: int | None = None, seed: int = 0) -> list[str]:
@@ -88,9 +97,11 @@ class DatasetInfo:
 
     @property
     def is_pair(self) -> bool:
+        """True when two columns (a sentence pair) are analysed."""
         return len(self.columns) == 2
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
+        """The fields as a JSON-ready dict (``columns`` as a list), as ``run.json`` records them."""
         d = asdict(self)
         d["columns"] = list(self.columns)
         return d
@@ -109,7 +120,7 @@ def parse_columns(column: str | Sequence[str]) -> tuple[str, ...]:
     return cols
 
 
-def _hf_datasets():
+def _hf_datasets() -> ModuleType:
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -117,7 +128,7 @@ def _hf_datasets():
     return datasets
 
 
-def _quiet(datasets) -> None:
+def _quiet(datasets: ModuleType) -> None:
     try:
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
@@ -125,7 +136,7 @@ def _quiet(datasets) -> None:
         pass
 
 
-def _pick_split(dd, split: str | None, source: str):
+def _pick_split(dd: "DatasetDict", split: str | None, source: str) -> "tuple[Dataset, str]":
     names = list(dd.keys())
     if split is None:
         split = "train" if "train" in dd else names[0]
@@ -134,7 +145,7 @@ def _pick_split(dd, split: str | None, source: str):
     return dd[split], split
 
 
-def _load_local(path: Path, split: str | None, datasets) -> tuple[Any, str, str]:
+def _load_local(path: Path, split: str | None, datasets: ModuleType) -> "tuple[Dataset, str, str]":
     """Load a local file or folder with the matching `datasets` builder -> (dataset, kind, split)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
@@ -158,7 +169,7 @@ def _load_local(path: Path, split: str | None, datasets) -> tuple[Any, str, str]
             )
         data_files = [str(path)]
         kind = builder
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, str] = {}
     if builder == "csv" and all(f.lower().endswith(".tsv") for f in data_files):
         kwargs["sep"] = "\t"
     try:
@@ -169,7 +180,7 @@ def _load_local(path: Path, split: str | None, datasets) -> tuple[Any, str, str]
     return ds, kind, split
 
 
-def _load_hub(name: str, config: str | None, split: str | None, datasets) -> tuple[Any, str]:
+def _load_hub(name: str, config: str | None, split: str | None, datasets: ModuleType) -> "tuple[Dataset, str]":
     try:
         dd = datasets.load_dataset(name, config)
     except Exception as exc:
@@ -189,10 +200,10 @@ def _one_line(exc: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
 
 
-def _from_memory(data: Sequence[Any], cols: tuple[str, ...], datasets):
+def _from_memory(data: Sequence[object], cols: tuple[str, ...], datasets: ModuleType) -> "Dataset":
     """A Dataset from a list; items that are not strings become None (Arrow columns hold one type)."""
 
-    def text(x: Any) -> str | None:
+    def text(x: object) -> str | None:
         return x if isinstance(x, str) else None
 
     items = list(data)
@@ -210,13 +221,13 @@ def _from_memory(data: Sequence[Any], cols: tuple[str, ...], datasets):
 
 
 def load_dataset_texts(
-    dataset: Any = None,
+    dataset: DatasetSource = None,
     *,
     config: str | None = None,
     split: str | None = None,
     column: str | Sequence[str] = "text",
     limit: int | None = None,
-):
+) -> "tuple[Dataset, DatasetInfo]":
     """Load a dataset and check its text column(s); returns ``(datasets.Dataset, DatasetInfo)``.
 
     ``dataset`` is ``None`` (the sample shipped with the package, see :func:`sample_dataset_path`), a
