@@ -15,7 +15,8 @@ from PIL import Image
 from hf_attn_inspect import AttentionInspector, InputError, OutputError, default_model_path
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.core.tokens import punctuation_mask
-from hf_attn_inspect.runs.dataset import PATTERN_CLASSES, SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.runs.dataset import SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.stats.patterns import PATTERN_CLASSES
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
 from hf_attn_inspect.stats.metrics import METRICS

@@ -353,7 +353,7 @@ class AttentionInspector:
                     "decoder_attentions": stacks["decoder"][1][:, b, :, :m, :m].clone(),
                     "cross_attentions": stacks["cross"][1][:, b, :, :m, :n].clone() if "cross" in stacks else None,
                     "decoder_word_ids": batch.decoder_encoding.word_ids(b)[:m],
-                    "decoder_special_tokens_mask": batch.decoder_encoding["special_tokens_mask"][b][:m].bool().tolist(),
+                    "decoder_special_tokens_mask": batch.decoder_special[b, :m].tolist(),
                 }
             enc = batch.encoding
             out.append(
@@ -364,7 +364,7 @@ class AttentionInspector:
                     head_ids=list(head_ids),
                     word_ids=enc.word_ids(b)[:n],
                     segment_ids=enc.sequence_ids(b)[:n],
-                    special_tokens_mask=enc["special_tokens_mask"][b][:n].bool().tolist(),
+                    special_tokens_mask=batch.special[b, :n].tolist(),
                     model_name=self.name,
                     text=batch.texts[b],
                     text_pair=None if batch.pairs is None else batch.pairs[b],

@@ -45,7 +45,7 @@ from ..stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site
 from ..core.kernels import fast_attention_with_weights, scaled_dot_product_attention_with_weights
-from ..core.errors import InputError
+from ..core.errors import CaptureError, InputError
 from ..core.files import atomic_write, write_json
 from ..stats.metrics import METRICS, column_share, sentence_metrics
 from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
@@ -56,10 +56,8 @@ if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its type i
 
 __all__ = [
     "OUTPUTS",
-    "PATTERN_CLASSES",
     "SentenceStatsProbe",
     "analyze_dataset",
-    "classify_sentence_heads",
     "head_stats_frame",
     "layer_stats_frame",
     "write_tables",
@@ -160,7 +158,7 @@ class SentenceStatsProbe(Probe):
     def per_sentence(self) -> torch.Tensor:
         """``[batch, layers, heads, metrics]`` float32 on the CPU, layers in model order."""
         if not self.values:
-            raise InputError("the model produced no attention for the analysed stack")
+            raise CaptureError("the model produced no attention for the analysed stack")
         return torch.stack([self.values[k] for k in sorted(self.values)], 1).cpu()
 
 

@@ -307,8 +307,6 @@ def show(
         return frame
     import webbrowser
 
-    fd, tmp = tempfile.mkstemp(prefix="hf-attn-inspect-", suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    webbrowser.open(Path(tmp).as_uri())
-    return tmp
+    page = write_text(text, Path(tempfile.mkdtemp(prefix="hf-attn-inspect-")) / "explorer.html")
+    webbrowser.open(page.as_uri())
+    return str(page)
