@@ -69,11 +69,21 @@ def test_inspect_pair_layer_head_svg_html(tmp_path, capsys):
         (["verify", " "], "empty"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    proc = run_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "inspect" else run_cli(*args)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message, capsys):
+    """In-process through the console entry point's ``main`` (the subprocess test below covers the real program)."""
+    argv = [*args, "--out", str(tmp_path / "o")] if args[0] == "inspect" else list(args)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_bad_input_in_the_real_program_is_one_line_exit_2(tmp_path):
+    proc = run_cli("inspect", "   ", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert lines == ["error: text is empty or blank"], proc.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
