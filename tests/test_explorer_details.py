@@ -90,12 +90,13 @@ def test_hovered_token_shows_lines_when_every_weight_is_small(browser, tmp_path)
 
 # ------------------------------------------------------------------ item 19
 def test_truncated_input_shows_only_the_kept_text(browser, inspector, tmp_path):  # noqa: F811
-    text = "The cat sat on the mat and looked at the dog who sat on the rug near the door of the house all day long."
+    # an emoji (one [UNK] token, two UTF-16 units in the browser) before the cut: offsets count code points
+    text = "The \U0001F431 cat sat on the mat and looked at the dog who sat on the rug near the door all day long."
     with pytest.warns(TruncationWarning):
         r = inspector(text, max_length=12)
     assert r.truncated and r.seq_len == 12
     kept = r.kept_chars[0]
-    assert text[:kept] == "The cat sat on the mat and looked at the"  # the 10 word tokens between [CLS] and [SEP]
+    assert text[:kept] == "The \U0001F431 cat sat on the mat and looked at"  # the 10 tokens between [CLS] and [SEP]
     assert inspector(text[:kept]).tokens == r.tokens
     assert not inspector(text).truncated and inspector(text).kept_chars is None
     path = tmp_path / "cut.html"
@@ -103,8 +104,8 @@ def test_truncated_input_shows_only_the_kept_text(browser, inspector, tmp_path):
     pg = Page(browser, path)
     try:
         header = pg.page.locator("#input-text").text_content()
-        assert "looked at the" in header and "dog" not in header
-        assert f"[cut: {len(text) - kept} more characters were not analysed]" in header
+        assert f"looked at \u2026 [cut: {len(text) - kept} more characters were not analysed]" in header
+        assert "dog" not in header and "\U0001F431" in header
         note = pg.page.locator("#truncation-note").text_content()
         assert "cut to 12 tokens" in note
         pg.page.screenshot(path=str(tmp_path / "cut.png"))

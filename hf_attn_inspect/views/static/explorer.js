@@ -475,12 +475,14 @@
       if (text === null || text === undefined) return;
       const s = document.createElement("span"); s.className = "seg"; s.textContent = name + ":";
       it.appendChild(s);
-      /* a truncated input: show only what the model read, and say how much was cut */
-      const keep = DATA.truncated && Number.isInteger(kept[k]) ? Math.min(kept[k], text.length) : text.length;
-      it.appendChild(document.createTextNode(text.slice(0, keep)));
-      if (keep < text.length) {
+      /* a truncated input: show only what the model read, and say how much was cut (offsets count code
+         points, as Python does, so the text is split by code point, not by UTF-16 unit) */
+      const chars = Array.from(text);
+      const keep = DATA.truncated && Number.isInteger(kept[k]) ? Math.min(kept[k], chars.length) : chars.length;
+      it.appendChild(document.createTextNode(keep < chars.length ? chars.slice(0, keep).join("") : text));
+      if (keep < chars.length) {
         const c = document.createElement("span"); c.className = "cut";
-        c.textContent = " \u2026 [cut: " + (text.length - keep).toLocaleString("en") + " more characters were not analysed]";
+        c.textContent = " \u2026 [cut: " + (chars.length - keep).toLocaleString("en") + " more characters were not analysed]";
         it.appendChild(c);
       }
       it.appendChild(document.createTextNode("  "));
