@@ -21,7 +21,7 @@ def run_cli(*args, cwd=None):
 def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
     proc = run_cli("inspect", "The cat sat on the mat.", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ATTENTION PATTERN ANALYSIS" in proc.stdout and "mean entropy" in proc.stdout
+    assert "layer 0, head 0 pattern: broad (" in proc.stdout and "mean_entropy" in proc.stdout
     assert "[CLS] the cat sat on the mat . [SEP]" in proc.stdout
     pngs = sorted((tmp_path / "attention_out").glob("*.png"))
     assert [p.name for p in pngs] == ["head_L0_H0.png", "layer_0_heads.png", "model_view.png"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -16,6 +16,9 @@ from .inputs import Batch
 from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
 from ..core.errors import CaptureError, InputError, ModelLoadError
 from .result import AttentionResult
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 __all__ = [
     "AttentionInspector",
@@ -356,6 +359,12 @@ class AttentionInspector:
                     "decoder_special_tokens_mask": batch.decoder_special[b, :m].tolist(),
                 }
             enc = batch.encoding
+            cut = bool(batch.truncated and batch.truncated[b])
+            if cut:
+                dec = batch.decoder_encoding  # encoder-decoder: the second text is the decoder's
+                second = (None if batch.pairs is None else _kept_chars(enc, b, n, 1) if dec is None
+                          else _kept_chars(dec, b, batch.decoder_lengths[b], 0))
+                kw["kept_chars"] = [_kept_chars(enc, b, n, 0), second]
             out.append(
                 AttentionResult(
                     tokens=batch.tokens(b),
@@ -369,10 +378,25 @@ class AttentionInspector:
                     text=batch.texts[b],
                     text_pair=None if batch.pairs is None else batch.pairs[b],
                     is_causal=causal,
+                    truncated=cut,
                     **kw,
                 )
             )
         return out
+
+
+def _kept_chars(enc: "BatchEncoding", b: int, n: int, seq: int) -> int | None:
+    """Characters of text ``seq`` (0 first, 1 second of a pair) covered by sentence ``b``'s first ``n``
+    tokens: the end offset of its last kept token (0 when none was kept; None without character offsets)."""
+    try:
+        ids = enc.sequence_ids(b)[:n]
+        last = max((i for i, s in enumerate(ids) if s == seq), default=None)
+        if last is None:
+            return 0
+        span = enc.token_to_chars(b, last)
+    except (ValueError, TypeError):  # slow (Python) tokenizers keep no offsets
+        return None
+    return None if span is None else int(span.end)
 
 
 def _stack_layers(per_layer: dict[int, torch.Tensor]) -> tuple[list[int], torch.Tensor]:

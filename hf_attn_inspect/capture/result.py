@@ -34,7 +34,10 @@ class AttentionResult:
     ``segment_ids`` to the first (0) or second (1) text of a pair. For encoder-decoder models,
     ``attentions``/``tokens`` are the encoder's self-attention and input, and ``decoder_attentions``
     ``[layers, heads, dec, dec]`` and ``cross_attentions`` ``[layers, heads, dec, enc]`` come with
-    ``decoder_tokens``.
+    ``decoder_tokens``. ``truncated`` is True when the input was longer than the model's maximum (or
+    ``max_length``) and was cut; then ``kept_chars`` gives, for ``text`` and ``text_pair``, how many of
+    their characters the kept tokens cover (``text[:kept_chars[0]]`` is what was analysed; None where the
+    tokenizer has no character offsets).
     """
 
     tokens: list[str]
@@ -53,6 +56,8 @@ class AttentionResult:
     cross_attentions: torch.Tensor | None = None
     decoder_word_ids: list[int | None] | None = None
     decoder_special_tokens_mask: list[bool] | None = None
+    truncated: bool = False
+    kept_chars: list[int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.attentions.dim() != 4:

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="for encoder-decoder models: encoder self-, decoder self- or cross-attention")
     p.add_argument("--out", default="attention_out", help="output directory (default ./attention_out)")
     p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
+    p.add_argument("--scale", default=None, choices=["sqrt", "linear"],
+                   help="colour scale of the images: sqrt (colour ~ square root of the weight, faint weights stay "
+                   "visible) or linear (default: sqrt above 150 tokens, else linear)")
     p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
@@ -53,8 +56,10 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stats.chapter import analyze_attention_pattern, format_attention_analysis
-    from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
+    from ..stats.chapter import analyze_attention_pattern, format_raw_fields
+    from ..views.plotting import (
+        default_scale, plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure,
+    )
     from ..core.tokens import clean_token
 
     if not args.text.strip():
@@ -79,12 +84,13 @@ def run(args: argparse.Namespace) -> int:
     weights = result.head(args.layer, args.head, args.attention)
     name = f"{args.attention}_" if args.attention != "self" else ""
     written = []
-    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}")
+    scale = args.scale or default_scale(max(att.shape[-2:]))
+    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}", scale=scale)
     written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
     fig = plot_multi_head_attention(result.layer(args.layer, args.attention), q_labels if q_labels == k_labels else None,
-                                    title=f"layer {args.layer}: all heads")
+                                    title=f"layer {args.layer}: all heads", scale=scale)
     written.append(save_figure(fig, out / f"{name}layer_{args.layer}_heads.{args.format}"))
-    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids)
+    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids, scale=scale)
     written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
     if args.html:
         from ..views.explorer import write_explorer
@@ -94,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {inspector.name}")
     print(f"tokens ({len(q_tokens)}): {' '.join(q_tokens)}")
     if weights.shape[0] == weights.shape[1]:
-        title = f"ATTENTION PATTERN ANALYSIS  layer {args.layer}, head {args.head}"
-        print(format_attention_analysis(analyze_attention_pattern(weights), title=title))
+        from ..stats.patterns import describe_pattern, head_table
+
+        table = head_table(result, which="decoder" if args.attention == "decoder" else "self")
+        row = table[(table["layer"] == args.layer) & (table["head"] == args.head)].iloc[0]
+        print(f"layer {args.layer}, head {args.head} pattern: {describe_pattern(row)}")
+        print("  (the package's classification, hf_attn_inspect.stats.patterns; --all-heads lists every head)")
+        print(format_raw_fields(analyze_attention_pattern(weights)))
     if args.all_heads:
         from ..stats.patterns import head_table
         from ..stats.tables import format_head_table

@@ -53,7 +53,11 @@ def _read_text(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .options import load_inspector
-    from ..runs.long_context import long_context_report
+    import sys
+    import warnings
+
+    from ..capture.inspector import TruncationWarning
+    from ..runs.long_context import document_tokens, long_context_report
     from ..core.kernels import LOCAL_WINDOW
     from ..views.long_context import save_long_context_report
 
@@ -76,16 +80,24 @@ def run(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot create output directory '{out}': {exc.strerror}") from None
 
     inspector = load_inspector(args)
-    report = long_context_report(
-        inspector,
-        text,
-        max_length=args.max_length,
-        layers=args.layers,
-        bins=args.bins,
-        local_window=LOCAL_WINDOW if args.local_window is None else args.local_window,
-        q_tile=args.q_tile,
-        k_tile=args.k_tile,
-    )
+    limit = args.max_length or inspector.max_length
+    n_input = document_tokens(inspector, text)
+    if n_input > limit:
+        why = "--max-length" if args.max_length else "the model's maximum"
+        print(f"note: the text has {n_input:,} tokens; only the first {limit:,} ({why}) are analysed, "
+              "the rest is cut", file=sys.stderr, flush=True)
+    with warnings.catch_warnings():  # said above, once, before the work starts
+        warnings.simplefilter("ignore", TruncationWarning)
+        report = long_context_report(
+            inspector,
+            text,
+            max_length=args.max_length,
+            layers=args.layers,
+            bins=args.bins,
+            local_window=LOCAL_WINDOW if args.local_window is None else args.local_window,
+            q_tile=args.q_tile,
+            k_tile=args.k_tile,
+        )
 
     import matplotlib
 
@@ -96,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     nh = report.metrics["head"].nunique()
     top = report.metrics.sort_values("first_token", ascending=False).head(3)
     near = report.distance[report.distance["high"].between(0, 4)].groupby("layer")["mass"].sum() / nh
-    print(f"{report.model_name}: {report.n_tokens} tokens{' (truncated)' if report.truncated else ''}, "
+    cut = f" (cut from {report.n_input_tokens:,}: the rest of the text was not analysed)" if report.truncated else ""
+    print(f"{report.model_name}: {report.n_tokens} tokens{cut}, "
           f"{nl} layers x {nh} heads, {'causal' if report.causal else 'bidirectional'} attention")
     print("strongest sink heads (mean attention on the first token): " + ", ".join(
         f"L{int(r.layer)}H{int(r.head)} {r.first_token:.2f}" for r in top.itertuples()))

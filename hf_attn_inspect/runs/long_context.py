@@ -22,6 +22,7 @@ from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, distance_bucket_
 __all__ = [
     "LongContextReport",
     "long_context_report",
+    "document_tokens",
     "position_bins",
 ]
 
@@ -36,7 +37,11 @@ class LongContextReport:
       ``start <= i < end``) and ``first_token``, the mean weight query rows in that bin give to token 0.
     - ``distance``: one row per (layer, head, bucket): ``bucket`` (label of ``|i - j|`` in tokens, e.g.
       ``2-4``), ``low``/``high`` (inclusive bounds; ``high`` is -1 for the open last bucket) and ``mass``,
-      the mean share of a query row's attention at that distance (the buckets of a head sum to 1).
+      the mean share of a query row's attention at that distance (the buckets of a head sum to 1). Only
+      the buckets a distance of the analysed length can reach are listed (``low <= n_tokens - 1``): a
+      512-token input has no ``1025-4096`` or ``>4096`` rows.
+    - ``n_tokens``: the tokens analysed; ``n_input_tokens``: the tokens of the whole text, more than
+      ``n_tokens`` when ``truncated`` (the text was cut to the model's maximum or ``max_length``).
     """
 
     metrics: pd.DataFrame
@@ -46,6 +51,15 @@ class LongContextReport:
     model_name: str
     truncated: bool
     causal: bool
+    n_input_tokens: int | None = None
+
+    @property
+    def truncation_note(self) -> str:
+        """``"input cut to 512 of 2,003 tokens"`` when the text was truncated, else ``""`` (for titles and reports)."""
+        if not self.truncated:
+            return ""
+        whole = f" of {self.n_input_tokens:,}" if self.n_input_tokens else ""
+        return f"input cut to {self.n_tokens:,}{whole} tokens"
 
 
 def position_bins(n: int, bins: int = 32) -> np.ndarray:
@@ -54,6 +68,12 @@ def position_bins(n: int, bins: int = 32) -> np.ndarray:
         return np.array([0, max(n, 1)])
     inner = np.unique(np.geomspace(1, n, num=max(2, bins)).astype(int))
     return np.unique(np.concatenate([[0], inner[inner < n], [n]]))
+
+
+def document_tokens(inspector: AttentionInspector, text: str) -> int:
+    """Number of tokens of ``text`` for the inspector's tokenizer, special tokens included, before any
+    truncation (what ``long`` compares with the model's maximum)."""
+    return len(inspector.tokenizer(text, truncation=False)["input_ids"])
 
 
 def long_context_report(
@@ -122,7 +142,10 @@ def long_context_report(
         dist_parts.append(pd.DataFrame({"layer": lid, "head": hid, "bucket": label, "low": lows[i], "high": highs[i],
                                         "mass": buckets[..., i].reshape(-1).numpy()}))
     distance = pd.concat(dist_parts, ignore_index=True)
+    distance = distance[distance["low"] <= max(n - 1, 0)].copy()  # drop buckets no distance of this length reaches
     distance["bucket"] = pd.Categorical(distance["bucket"], categories=list(DISTANCE_BUCKETS), ordered=True)
     distance = distance.sort_values(["layer", "head", "bucket"], ignore_index=True)
     distance["bucket"] = distance["bucket"].astype(str)
-    return LongContextReport(metrics_df, sinks, distance, n, inspector.name, bool(batch.truncated[0]), causal)
+    truncated = bool(batch.truncated[0])
+    return LongContextReport(metrics_df, sinks, distance, n, inspector.name, truncated, causal,
+                             document_tokens(inspector, text) if truncated else n)

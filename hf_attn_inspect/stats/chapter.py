@@ -16,7 +16,7 @@ import torch
 from ..core.errors import InputError
 from .metrics import sentence_metrics
 
-__all__ = ["analyze_attention_pattern", "format_attention_analysis", "print_attention_analysis"]
+__all__ = ["analyze_attention_pattern", "format_attention_analysis", "format_raw_fields", "print_attention_analysis"]
 
 
 def analyze_attention_pattern(attention_weights: torch.Tensor | np.ndarray, threshold: float = 0.3) -> dict[str, float | bool]:
@@ -69,6 +69,21 @@ def format_attention_analysis(analysis: dict[str, float | bool], title: str = "A
         "=" * 50,
     ]
     return "\n".join(lines)
+
+
+def format_raw_fields(analysis: dict[str, float | bool], threshold: float = 0.3) -> str:
+    """The numbers of :func:`analyze_attention_pattern` under their own key names, without the chapter's
+    yes/no flags (``is_uniform`` is ``weight_std < 0.1``, which calls most heads of a short text uniform);
+    ``sparsity`` is the share of weights at or below ``threshold``. ``hf-attn-inspect inspect`` prints
+    this under the package's one verdict (:func:`hf_attn_inspect.stats.patterns.describe_pattern`)."""
+    a = analysis
+    return "\n".join([
+        "the chapter's raw fields (analyze_attention_pattern; numbers only, not a verdict):",
+        f"  diagonal_mean {a['diagonal_mean']:.3f}   first_token_mean {a['first_token_mean']:.3f}   "
+        f"previous_token_mean {a['previous_token_mean']:.3f}",
+        f"  weight_std {a['weight_std']:.3f}   sparsity {a['sparsity']:.1%} (weights <= {threshold})   "
+        f"mean_entropy {a['mean_entropy']:.3f} / max_entropy {a['max_entropy']:.3f} nats",
+    ])
 
 
 def print_attention_analysis(analysis: dict[str, float | bool], file: TextIO | None = None) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "classify_sentence_heads",
     "classify_heads",
     "head_table",
+    "describe_pattern",
 ]
 
 
@@ -171,3 +172,38 @@ def head_table(
     (the table ``hf-attn-inspect inspect --all-heads`` prints; format it with
     :func:`~hf_attn_inspect.stats.tables.format_head_table`)."""
     return classify_heads(result, thresholds=thresholds, which=which)
+
+
+def describe_pattern(row: Mapping[str, object], thresholds: PatternThresholds | None = None) -> str:
+    """One sentence saying why a head got its class: ``row`` is one row of :func:`classify_heads` /
+    :func:`head_table` (a ``pandas.Series`` or a dict with ``pattern``, ``column_target``, the rule's
+    metrics and ``entropy_ratio``).
+
+    The sentence names the deciding number and its threshold (:class:`PatternThresholds`), e.g.
+    ``broad (entropy 0.86 of its maximum; broad from 0.78, uniform from 0.95)`` or
+    ``column (0.62 of its attention on one key, [SEP]; threshold 0.6)``; shares are of each query row's
+    attention, averaged over rows.
+    """
+    th = thresholds or PatternThresholds()
+    cls = str(row["pattern"])
+    ratio = float(row["entropy_ratio"])
+    entropy = f"entropy {ratio:.2f} of its maximum"
+    if cls in ("previous", "next", "diagonal"):
+        key = {"previous": "previous_token", "next": "next_token", "diagonal": "diagonal"}[cls]
+        where = {"previous": "the previous token", "next": "the next token", "diagonal": "the token itself"}[cls]
+        return f"{cls} ({float(row[key]):.2f} of its attention on {where}; threshold {getattr(th, cls)})"
+    if cls == "column":
+        return (f"column ({float(row['column_share']):.2f} of its attention on one key, {row['column_target']}; "
+                f"threshold {th.column})")
+    if cls == "uniform":
+        return f"uniform ({entropy}; uniform from {th.uniform}: close to averaging all tokens)"
+    if cls == "broad":
+        return f"broad ({entropy}; broad from {th.broad}, uniform from {th.uniform})"
+    if cls == "sparse":
+        return (f"sparse (mean row maximum {float(row['max_weight']):.2f}, threshold {th.sparse}, on keys that "
+                f"change from row to row; {entropy})")
+    shares = {"previous token": "previous_token", "next token": "next_token", "itself": "diagonal",
+              "one key": "column_share"}
+    name, key = max(shares.items(), key=lambda kv: float(row[kv[1]]))
+    return (f"mixed (no rule applies: largest share {float(row[key]):.2f} on {name}, {entropy}, "
+            f"mean row maximum {float(row['max_weight']):.2f})")

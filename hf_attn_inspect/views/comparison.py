@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..capture.inspector import AttentionInspector
@@ -34,21 +35,28 @@ def plot_divergence_map(df: pd.DataFrame, ax: "Axes | None" = None, *, value: st
                         cmap: str = "magma") -> "Axes":
     """Heatmap of ``value`` (default the JS divergence, nats) with layers as rows and heads as columns.
 
-    ``df`` is the frame of :func:`~hf_attn_inspect.runs.compare.compare_models`. Returns the axes (a new
-    figure when ``ax`` is None).
+    ``df`` is the frame of :func:`~hf_attn_inspect.runs.compare.compare_models`. The colour scale starts
+    at 0 (a divergence cannot be negative) and ends at the largest value; when every head is identical
+    (all 0) it ends at ln 2, the divergence of disjoint rows, and the title says so. Returns the axes (a
+    new figure when ``ax`` is None).
     """
+    import math
+
     import matplotlib.pyplot as plt
 
     grid = df.pivot(index="layer", columns="head", values=value).sort_index().sort_index(axis=1)
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.0, 0.45 * grid.shape[1] + 2), max(3.0, 0.4 * grid.shape[0] + 1.5)))
-    image = ax.imshow(grid.to_numpy(), cmap=cmap, aspect="auto", vmin=0.0)
+    top = float(np.nanmax(grid.to_numpy())) if grid.size else 0.0
+    identical = not top > 0.0
+    image = ax.imshow(grid.to_numpy(), cmap=cmap, aspect="auto", vmin=0.0, vmax=math.log(2) if identical else top)
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("Jensen-Shannon divergence A vs B (nats)" if value == "js_divergence" else value)
-    ax.figure.colorbar(image, ax=ax)
+    title = "Jensen-Shannon divergence A vs B (nats)" if value == "js_divergence" else value
+    ax.set_title(title + ("\nall 0: A and B attend identically" if identical else ""))
+    ax.figure.colorbar(image, ax=ax, label="nats (0 = identical, ln 2 = disjoint)" if value == "js_divergence" else value)
     return ax
 
 
@@ -75,13 +83,16 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
         for ax, mat, name in ((axes[row][0], wa, "A"), (axes[row][1], wb, "B")):
             image = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=1.0)
             ax.set_title(f"{name}  L{layer} H{head}")
-            fig.colorbar(image, ax=ax, fraction=0.046)
+            fig.colorbar(image, ax=ax, fraction=0.046, label="attention weight")
         plot_attention_diff(result_b, result_a, layer=layer, head=head, which=which, names=("B", "A"),
                             ax=axes[row][2], annotate=False, title=f"B - A  L{layer} H{head}")
+        axes[row][2].set_ylabel("")  # the query label sits once per row, on A's panel
         for ax in axes[row][:2]:
             if n <= 40:
                 ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
                 ax.set_yticks(range(n), tokens, fontsize=7)
+            ax.set_xlabel("key")
+        axes[row][0].set_ylabel("query")
     fig.tight_layout()
     return fig
 

@@ -200,6 +200,8 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
         "model": result.model_name,
         "text": result.text,
         "text_pair": result.text_pair,
+        "truncated": bool(getattr(result, "truncated", False)),
+        "kept_chars": list(getattr(result, "kept_chars", None) or [None, None]),
         "has_pair": any(s == 1 for s in (result.segment_ids or [])),
         "is_causal": result.is_causal,
         "is_encoder_decoder": result.is_encoder_decoder,

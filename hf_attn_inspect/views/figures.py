@@ -101,8 +101,9 @@ def plot_attention_diff(
 ) -> Axes:
     """Draw ``a - b`` for two results (or two ``[query, key]`` matrices) on the same tokens; return the axes.
 
-    The colour scale is diverging, centred at 0 and symmetric: ``[-m, m]`` with ``m = max |a - b|``, so
-    red means ``a`` attends more, blue means ``b`` does. For results, ``layer`` is a model layer index
+    The colour scale is diverging, centred at 0 and symmetric: ``[-m, m]`` with ``m = max |a - b|`` (1 when
+    the two are identical, and the title then says so), so red means ``a`` attends more, blue means ``b``
+    does; the colour bar's ticks carry their own exponent (no offset text). For results, ``layer`` is a model layer index
     (default: the last captured) and ``head`` a head index (default: the mean of all heads). Both
     results must hold the same tokens (e.g. two checkpoints, or one model with and without a change).
     """
@@ -121,15 +122,19 @@ def plot_attention_diff(
             raise InputError(f"the matrices differ in shape: {wa.shape} vs {wb.shape}")
         xlab = ylab = list(tokens) if tokens is not None else None
     diff = wa - wb
-    m = float(np.abs(diff).max()) or 1e-12
+    m = float(np.abs(diff).max())
+    identical = m == 0.0
+    m = m or 1.0  # identical: the full range a difference of weights can take
     ax = _new_ax(*diff.shape, ax)
     im = ax.imshow(diff, cmap=cmap, vmin=-m, vmax=m, aspect="auto", interpolation="nearest")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{names[0]} - {names[1]}")
+    # "{x:.2g}" writes 1e-06 in the ticks themselves: no offset/multiplier text above the bar to crowd the title
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{names[0]} - {names[1]}", format="{x:.2g}")
     thin_ticks(ax, xlab, diff.shape[1], "x")
     thin_ticks(ax, ylab, diff.shape[0], "y")
     ax.set_xlabel("key")
     ax.set_ylabel("query")
-    ax.set_title(title if title is not None else f"Attention difference {names[0]} - {names[1]}" + (f" ({desc})" if desc else ""))
+    ax.set_title((title if title is not None else f"Attention difference {names[0]} - {names[1]}" + (f" ({desc})" if desc else ""))
+                 + (" (identical)" if identical else ""))
     if (max(diff.shape) <= ANNOTATE_MAX_TOKENS) if annotate == "auto" else bool(annotate):
         _annotate(ax, diff, "+.2f", lambda v: abs(v) > 0.6 * m)
     return ax

@@ -24,12 +24,30 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "METRIC_LABELS",
     "REPORT_FILES",
     "plot_sink_curve",
     "plot_distance_mass",
     "plot_head_metric",
     "save_long_context_report",
 ]
+
+#: Words for each metric of :mod:`hf_attn_inspect.stats.metrics` in titles and colour bars.
+METRIC_LABELS = {
+    "entropy": "entropy (nats)",
+    "max_entropy": "maximum entropy (nats)",
+    "diagonal": "share of attention on the token itself",
+    "previous_token": "share of attention on the previous token",
+    "next_token": "share of attention on the next token",
+    "first_token": "share of attention on the first token",
+    "special_tokens": "share of attention on special tokens",
+    "punctuation": "share of attention on punctuation",
+    "max_weight": "mean row maximum",
+    "weight_std": "standard deviation of the weights",
+    "sparsity": "share of weights at or below 0.3",
+    "mean_distance": "mean distance |i - j| (tokens)",
+    "local_window": "share of attention within the local window",
+}
 
 #: The files :func:`save_long_context_report` writes, in order.
 REPORT_FILES = ("head_metrics.csv", "sinks.csv", "distance.csv", "sinks.png", "distance.png", "first_token_heads.png")
@@ -73,7 +91,8 @@ def plot_distance_mass(distance: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Heatmap of attention mass by distance bucket (columns) for each layer (rows), mean over heads.
 
     ``distance`` is :attr:`LongContextReport.distance`; cells are shares of a query row's attention
-    (each row of the heatmap sums to 1). Returns the axes.
+    (each row of the heatmap sums to 1). Only the buckets the table holds are drawn (the report lists
+    those a distance of the input's length can reach). Returns the axes.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -107,8 +126,9 @@ def plot_head_metric(metrics: pd.DataFrame, metric: str = "first_token", ax: Axe
     table = metrics.pivot(index="layer", columns="head", values=metric)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.45 * table.shape[1] + 2.5, 0.45 * table.shape[0] + 1.5))
-    sns.heatmap(table, ax=ax, cmap="viridis", cbar_kws={"label": metric})
-    ax.set_title(f"{metric} per head")
+    label = METRIC_LABELS.get(metric, metric.replace("_", " "))
+    sns.heatmap(table, ax=ax, cmap="viridis", cbar_kws={"label": label})
+    ax.set_title(f"{label[:1].upper()}{label[1:]} per head (mean over query rows)")
     return ax
 
 
@@ -118,8 +138,9 @@ def save_long_context_report(report: LongContextReport, out: str | os.PathLike) 
     ``head_metrics.csv`` (one row per layer and head), ``sinks.csv`` (first-token share by query-position
     bin) and ``distance.csv`` (attention mass by distance bucket) hold the report's tables; ``sinks.png``,
     ``distance.png`` and ``first_token_heads.png`` are :func:`plot_sink_curve`, :func:`plot_distance_mass`
-    and :func:`plot_head_metric` of ``first_token`` (100 dpi). Each file is written to a temporary name
-    and renamed, so an interrupted run leaves no half-written file. Returns the paths written.
+    and :func:`plot_head_metric` of ``first_token`` (100 dpi); when the text was cut to the model's
+    maximum, every figure's title says so (:attr:`LongContextReport.truncation_note`). Each file is written
+    to a temporary name and renamed, so an interrupted run leaves no half-written file. Returns the paths written.
     """
     out = Path(out)
     nl = report.metrics["layer"].nunique()
@@ -132,6 +153,8 @@ def save_long_context_report(report: LongContextReport, out: str | os.PathLike) 
             fig, ax = plt.subplots(figsize=size)
             try:
                 draw(ax)
+                if report.truncation_note:
+                    ax.set_title(f"{ax.get_title()}\n({report.truncation_note})")
                 fig.tight_layout()
                 fig.savefig(tmp, dpi=100, format="png")
             finally:
@@ -144,9 +167,11 @@ def save_long_context_report(report: LongContextReport, out: str | os.PathLike) 
         "sinks.csv": lambda p: report.sinks.to_csv(p, index=False),
         "distance.csv": lambda p: report.distance.to_csv(p, index=False),
         "sinks.png": figure(lambda ax: plot_sink_curve(report.sinks, ax=ax), (8, 4.5)),
-        "distance.png": figure(lambda ax: plot_distance_mass(report.distance, ax=ax), (9, 0.45 * nl + 2)),
+        "distance.png": figure(lambda ax: plot_distance_mass(report.distance, ax=ax).set_xlabel(
+            f"distance |i - j| (tokens; the longest in this input is {max(report.n_tokens - 1, 0):,})"),
+            (9, 0.45 * nl + 2.3)),
         "first_token_heads.png": figure(lambda ax: plot_head_metric(report.metrics, "first_token", ax=ax),
-                                        (0.4 * nh + 3, 0.4 * nl + 2)),
+                                        (max(7.0, 0.4 * nh + 3), 0.4 * nl + 2.3)),
     }
     written = []
     for name in REPORT_FILES:

@@ -29,6 +29,9 @@ __all__ = [
     "plot_model_view",
     "thin_ticks",
     "save_figure",
+    "default_scale",
+    "SCALES",
+    "SQRT_SCALE_ABOVE",
     "Weights",
 ]
 
@@ -36,6 +39,16 @@ __all__ = [
 ANNOTATE_MAX_TOKENS = 16
 #: At most this many tick labels per axis (:func:`thin_ticks`).
 MAX_TICK_LABELS = 40
+
+#: Colour scales of the weight figures: ``linear`` (colour proportional to the weight) and ``sqrt`` (colour
+#: proportional to its square root, the explorer's square-root scale: faint weights of long inputs stay visible).
+SCALES = ("linear", "sqrt")
+#: Inputs longer than this many tokens are drawn on the ``sqrt`` scale by default (:func:`default_scale`).
+SQRT_SCALE_ABOVE = 150
+#: Tick values of a colour bar on the ``sqrt`` scale (the ones inside its range are used).
+_SQRT_TICKS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+#: A model-view thumbnail holds at most this many cells per side; larger heads are max-pooled to it.
+MODEL_VIEW_CELLS = 128
 
 #: Attention weights as the plotting functions take them: a tensor (any device, any dtype) or an array.
 Weights = Union[torch.Tensor, np.ndarray]
@@ -54,6 +67,34 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def default_scale(n_tokens: int) -> str:
+    """The colour scale a figure of ``n_tokens`` tokens uses by default: ``sqrt`` above
+    :data:`SQRT_SCALE_ABOVE` (150) tokens, where a linear scale leaves most cells white, else ``linear``."""
+    return "sqrt" if n_tokens > SQRT_SCALE_ABOVE else "linear"
+
+
+def _scale_name(scale: str) -> str:
+    return {"linear": "linear colour scale", "sqrt": "square-root colour scale"}[scale]
+
+
+def _norm(scale: str, vmin: float, vmax: float):
+    """The matplotlib norm of ``scale`` (:data:`SCALES`) from ``vmin`` to ``vmax``."""
+    from matplotlib.colors import Normalize, PowerNorm
+
+    if scale not in SCALES:
+        raise InputError(f"unknown colour scale '{scale}'; choose one of {', '.join(SCALES)}")
+    return PowerNorm(0.5, vmin=vmin, vmax=vmax) if scale == "sqrt" else Normalize(vmin=vmin, vmax=vmax)
+
+
+def _colorbar(fig: Figure, image, scale: str, **kwargs):
+    """A colour bar labelled with the weight and the scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ..."""
+    bar = fig.colorbar(image, label=f"attention weight ({_scale_name(scale)})", **kwargs)
+    if scale == "sqrt":
+        lo, hi = image.norm.vmin, image.norm.vmax
+        bar.set_ticks([t for t in _SQRT_TICKS if lo <= t <= hi])
+    return bar
 
 
 def _font_size(n: int) -> float:
@@ -93,12 +134,15 @@ def plot_attention_heatmap(
     vmax: float | None = 1.0,
     annotate: bool | str = "auto",
     colorbar: bool = True,
+    scale: str = "linear",
 ) -> Axes:
     """Draw one head's ``[query, key]`` weights as a heatmap and return the axes.
 
     Rows are query tokens (``y_labels``), columns key tokens (``x_labels``); colour runs from ``vmin``
-    to ``vmax`` (default 0..1, the weight's full range; ``vmax=None`` uses the data maximum). Values are
-    written in the cells only where readable: ``annotate="auto"`` does so up to 16 x 16 tokens.
+    to ``vmax`` (default 0..1, the weight's full range; ``vmax=None`` uses the data maximum), on the
+    ``linear`` or ``sqrt`` colour ``scale`` (colour proportional to the square root of the weight, so faint
+    weights of long inputs stay visible; the colour bar names the scale). Values are written in the cells
+    only where readable: ``annotate="auto"`` does so up to 16 x 16 tokens.
     Tick labels are thinned on long inputs (:func:`thin_ticks`).
     """
     w = _as_array(attention_weights, 2, "attention_weights")
@@ -106,10 +150,10 @@ def plot_attention_heatmap(
     if ax is None:
         q, k = w.shape
         _, ax = plt.subplots(figsize=(min(4 + 0.35 * k, 16), min(3 + 0.3 * q, 14)))
-    im = ax.imshow(w, cmap=cmap, vmin=vmin, vmax=vmax if vmax is not None else float(w.max() or 1.0),
-                   aspect="auto", interpolation="nearest")
+    norm = _norm(scale, vmin, vmax if vmax is not None else float(w.max() or 1.0))
+    im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+        _colorbar(ax.figure, im, scale, ax=ax, fraction=0.046, pad=0.04)
     thin_ticks(ax, x_labels, w.shape[1], "x")
     thin_ticks(ax, y_labels, w.shape[0], "y")
     ax.set_xlabel("key")
@@ -118,11 +162,11 @@ def plot_attention_heatmap(
         ax.set_title(title)
     show = max(w.shape) <= ANNOTATE_MAX_TOKENS if annotate == "auto" else bool(annotate)
     if show:
-        top = vmax if vmax is not None else float(w.max() or 1.0)
+        shade = norm(w)
         for i in range(w.shape[0]):
             for j in range(w.shape[1]):
                 ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if w[i, j] > 0.6 * top else "black")
+                        color="white" if shade[i, j] > 0.6 else "black")
     return ax
 
 
@@ -135,12 +179,13 @@ def plot_multi_head_attention(
     ncols: int = 4,
     title: str | None = "Multi-head attention",
     cmap: str = "Blues",
+    scale: str = "linear",
 ) -> Figure:
     """Draw every head of one layer (``[heads, query, key]``) in a grid and return the figure.
 
     One panel per head titled with its model index (``head_ids``, default 0..H-1), all on the same
-    0..1 colour scale with one shared colour bar; ``tokens`` label both axes of each panel (thinned on
-    long inputs; only the left column and bottom row carry labels).
+    0..1 colour scale (``linear`` or ``sqrt``, named on the one shared colour bar); ``tokens`` label both
+    axes of each panel (thinned on long inputs; only the left column and bottom row carry labels).
     """
     w = _as_array(attention_weights, 3, "attention_weights")
     h, q, k = w.shape
@@ -157,7 +202,7 @@ def plot_multi_head_attention(
         if idx >= h:
             ax.axis("off")
             continue
-        im = ax.imshow(w[idx], cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        im = ax.imshow(w[idx], cmap=cmap, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
         ax.set_title(f"head {head_ids[idx]}", fontsize=10)
         row, col = divmod(idx, ncols)
         if tokens is not None and col == 0:
@@ -169,7 +214,7 @@ def plot_multi_head_attention(
         else:
             ax.set_xticks([])
     if im is not None:
-        fig.colorbar(im, ax=list(axes[:h]), shrink=0.6, label="attention weight")
+        _colorbar(fig, im, scale, ax=list(axes[:h]), shrink=0.6)
     if title:
         fig.suptitle(title, fontweight="bold")
     return fig
@@ -183,15 +228,23 @@ def plot_model_view(
     fig: Figure | None = None,
     cmap: str = "Blues",
     title: str | None = "Model view (rows: layers, columns: heads)",
+    scale: str | None = None,
 ) -> Figure:
     """Draw a layers x heads grid of thumbnails of ``[layers, heads, query, key]`` weights; return the figure.
 
-    Each thumbnail is one head's full matrix on a 0..1 scale without tick labels; rows are labelled
-    with the model's layer index and columns with the head index. A 512-token, 72-head input draws in
-    seconds (each thumbnail is one image, no per-cell artists).
+    Each thumbnail is one head's full matrix (rows: queries, columns: keys) on one 0..1 colour scale
+    without tick labels; rows are labelled with the model's layer index and columns with the head index,
+    and one colour bar names the ``scale``: ``linear`` or ``sqrt`` (colour proportional to the square root
+    of the weight; default :func:`default_scale`: ``sqrt`` above 150 tokens); the title says which. Heads
+    longer than 128 tokens are max-pooled to 128 x 128 cells, so one-token-wide lines stay visible. A
+    512-token, 72-head input draws in seconds (each thumbnail is one image, no per-cell artists).
     """
     w = _as_array(attentions, 4, "attentions")
     nl, nh = w.shape[:2]
+    scale = default_scale(w.shape[2]) if scale is None else scale
+    norm = _norm(scale, 0.0, 1.0)
+    pooled = max(w.shape[-2:]) > MODEL_VIEW_CELLS
+    w = _max_pool(w, MODEL_VIEW_CELLS)
     layer_ids = list(range(nl)) if layer_ids is None else list(layer_ids)
     head_ids = list(range(nh)) if head_ids is None else list(head_ids)
     plt = _plt()
@@ -201,16 +254,29 @@ def plot_model_view(
     for li in range(nl):
         for hi in range(nh):
             ax = axes[li, hi]
-            ax.imshow(w[li, hi], cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            im = ax.imshow(w[li, hi], cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if hi == 0:
                 ax.set_ylabel(f"L{layer_ids[li]}", fontsize=9, rotation=0, labelpad=14, va="center")
             if li == 0:
                 ax.set_title(f"H{head_ids[hi]}", fontsize=9)
+    _colorbar(fig, im, scale, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02, aspect=30)
     if title:
-        fig.suptitle(title, fontweight="bold")
+        fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
     return fig
+
+
+def _max_pool(w: np.ndarray, cells: int) -> np.ndarray:
+    """Max-pool the last two axes of ``w`` by one integer factor so neither exceeds ``cells`` (zeros pad the edge)."""
+    q, k = w.shape[-2:]
+    f = math.ceil(max(q, k) / cells)
+    if f <= 1:
+        return w
+    nq, nk = math.ceil(q / f), math.ceil(k / f)
+    pad = np.zeros(w.shape[:-2] + (nq * f, nk * f), dtype=w.dtype)
+    pad[..., :q, :k] = w
+    return pad.reshape(w.shape[:-2] + (nq, f, nk, f)).max(axis=(-3, -1))
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:

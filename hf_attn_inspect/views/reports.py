@@ -21,9 +21,10 @@ from ..runs.dataset import layer_stats_frame
 from ..runs.sharded import RunRecord
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["FIGURES", "dataset_report_text", "write_dataset_report"]
+__all__ = ["FIGURES", "dataset_report_text", "plot_class_map", "plot_head_stat_map", "write_dataset_report"]
 
 #: The per-head maps of ``figures/``: file stem -> (``head_stats`` column, colour-bar label, colour map);
 #: ``classes.png`` (the most frequent pattern class per head) is drawn besides them.
@@ -71,32 +72,70 @@ def _figures(fig_dir: Path, head_stats: pd.DataFrame) -> list[Path]:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    paths = []
+    for name in FIGURES:
+        ax = plot_head_stat_map(head_stats, name)
+        paths.append(_save_fig(ax.figure, fig_dir / f"{name}.png"))
+        plt.close(ax.figure)
+    ax = plot_class_map(head_stats)
+    paths.append(_save_fig(ax.figure, fig_dir / "classes.png"))
+    plt.close(ax.figure)
+    return paths
+
+
+def _cell_size(n_heads: int, annotate: bool) -> float:
+    """Inches per cell: room for a class name or a 2-decimal number at 9 pt when annotated."""
+    return 0.85 if annotate else 0.4
+
+
+def plot_head_stat_map(head_stats: pd.DataFrame, name: str, ax: "Axes | None" = None) -> "Axes":
+    """Layers x heads map of one :data:`FIGURES` entry (``entropy``, ``special_tokens``, ``previous_token``)
+    from a dataset run's ``head_stats``: cells are the mean over sentences (values written in the cells up
+    to 16 heads). Returns the axes (a new figure, about 1,100 px wide for 12 heads at the report's dpi)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if name not in FIGURES:
+        raise InputError(f"unknown figure '{name}'; choose one of {', '.join(FIGURES)}")
+    col, title, cmap = FIGURES[name]
+    n = int(head_stats["n_sentences"].iloc[0])
+    grid = _grid(head_stats, col)
+    annotate = grid.shape[1] <= 16
+    if ax is None:
+        cell = _cell_size(grid.shape[1], annotate)
+        _, ax = plt.subplots(figsize=(2.2 + cell * grid.shape[1], 1.4 + 0.55 * grid.shape[0]))
+    sns.heatmap(grid, ax=ax, cmap=cmap, annot=annotate, fmt=".2f", annot_kws={"size": 9},
+                cbar_kws={"label": title})
+    ax.set_title(f"{title}, mean over {n:,} sentences")
+    return ax
+
+
+def plot_class_map(head_stats: pd.DataFrame, ax: "Axes | None" = None) -> "Axes":
+    """Layers x heads map of each head's most frequent pattern class (``pattern``) in a dataset run's
+    ``head_stats``, one colour per class of :data:`~hf_attn_inspect.stats.patterns.PATTERN_CLASSES`: the
+    colour bar beside the map names every class in full, and each cell (up to 16 heads) holds the full class
+    name and the share of sentences in which the head had it. Returns the axes."""
+    import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.colors import ListedColormap
 
-    paths = []
     n = int(head_stats["n_sentences"].iloc[0])
-    for name, (col, title, cmap) in FIGURES.items():
-        grid = _grid(head_stats, col)
-        fig, ax = plt.subplots(figsize=(1.0 + 0.45 * grid.shape[1], 1.0 + 0.4 * grid.shape[0]))
-        sns.heatmap(grid, ax=ax, cmap=cmap, annot=grid.shape[1] <= 16, fmt=".2f", annot_kws={"size": 6},
-                    cbar_kws={"label": title})
-        ax.set_title(f"{title}, mean over {n:,} sentences")
-        paths.append(_save_fig(fig, fig_dir / f"{name}.png"))
-        plt.close(fig)
     classes = [c[len("share_"):] for c in head_stats.columns if c.startswith("share_")]
     codes = _grid(head_stats.assign(code=head_stats["pattern"].map({c: i for i, c in enumerate(classes)})), "code")
+    annotate = codes.shape[1] <= 16
     share = head_stats.apply(lambda r: r[f"share_{r['pattern']}"], axis=1)
-    labels = _grid(head_stats.assign(lbl=[f"{p[:4]}\n{s:.0%}" for p, s in zip(head_stats["pattern"], share)]), "lbl")
-    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * codes.shape[1], 1.0 + 0.5 * codes.shape[0]))
+    labels = _grid(head_stats.assign(lbl=[f"{p}\n{s:.0%}" for p, s in zip(head_stats["pattern"], share)]), "lbl")
+    if ax is None:
+        cell = _cell_size(codes.shape[1], annotate)
+        _, ax = plt.subplots(figsize=(2.6 + cell * codes.shape[1], 1.4 + 0.6 * codes.shape[0]))
     cmap = ListedColormap(sns.color_palette("tab10", len(classes)))
-    sns.heatmap(codes, ax=ax, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, annot=labels, fmt="",
-                annot_kws={"size": 6}, cbar_kws={"ticks": range(len(classes))})
+    sns.heatmap(codes, ax=ax, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, annot=labels if annotate else False,
+                fmt="", annot_kws={"size": 8}, linewidths=0.5, linecolor="white",
+                cbar_kws={"ticks": range(len(classes)), "label": "pattern class"})
     ax.collections[0].colorbar.set_ticklabels(classes)
     ax.set_title(f"most frequent pattern class per head (share of {n:,} sentences)")
-    paths.append(_save_fig(fig, fig_dir / "classes.png"))
-    plt.close(fig)
-    return paths
+    return ax
 
 
 def _save_fig(fig: "Figure", path: Path) -> Path:

@@ -183,6 +183,16 @@
 
   // ------------------------------------------------------------- head view
   const RH = 18;
+  const LINE_MIN = 0.05;
+  function rowMaxima(P) {
+    const out = new Float32Array(P.nr);
+    for (let r = 0; r < P.nr; r++) {
+      let m = 0;
+      for (let c = 0; c < P.nc; c++) if (P.data[r * P.nc + c] > m) m = P.data[r * P.nc + c];
+      out[r] = m;
+    }
+    return out;
+  }
   let headViewItems = [];
   function fillTokens(el, ax, side) {
     el.textContent = "";
@@ -206,17 +216,30 @@
       if (el) el.classList.add("hot");
     }
     const W = canvas.width;
-    let info = [];
+    let info = [], drawn = 0;
+    /* a hovered token: a line for every weight of at least LINE_MIN of its row's maximum, so the faint
+       rows of long inputs still show their strongest keys; opacity follows the weight, at least 0.1 and
+       at least 0.6 x weight / row max. Every row at once: weights from 0.025, opacity = weight (at most
+       40 lines per row, so long inputs stay fast) */
     for (const item of headViewItems) {
-      const P = item.P;
+      const P = item.P, rowMax = item.rowMax;
       const buckets = new Map();
       for (let r = 0; r < P.nr; r++) {
         if (side === "q" && r !== pos) continue;
+        const mx = rowMax[r];
+        if (!(mx > 0)) continue;
         for (let c = 0; c < P.nc; c++) {
           if (side === "k" && c !== pos) continue;
           const w = P.data[r * P.nc + c];
-          const a = Math.round(Math.min(1, w) * 20);
-          if (a < 1) continue;
+          let a;
+          if (side) {
+            if (!(w > 0) || w < LINE_MIN * mx) continue;
+            a = Math.round(Math.min(1, Math.max(w, 0.6 * w / mx, 0.1)) * 20);
+          } else {
+            a = Math.round(Math.min(1, w) * 20);
+            if (a < 1) continue;
+          }
+          drawn++;
           if (!buckets.has(a)) buckets.set(a, []);
           buckets.get(a).push(r, c);
         }
@@ -237,12 +260,13 @@
         info.push(item.name + ": strongest key " + JSON.stringify(P.cols.labels[P.cols.idx[best]]) + " " + P.data[pos * P.nc + best].toFixed(4));
       }
     }
-    if (side === "q") setInfo(info.join("   "));
+    setInfo(side === "q" ? info.join("   ") : "");  /* cleared when the pointer leaves and on every redraw */
+    canvas.dataset.lines = String(drawn);
   }
   async function renderHead(gen) {
     const sel = await selection(false);
     if (gen !== generation) return;
-    headViewItems = sel.map((s) => ({ head: s.head, name: s.name, P: project(s.m) }));
+    headViewItems = sel.map((s) => { const P = project(s.m); return { head: s.head, name: s.name, P, rowMax: rowMaxima(P) }; });
     const P = headViewItems[0].P;
     fillTokens($("hv-left"), P.rows, "q");
     fillTokens($("hv-right"), P.cols, "k");
@@ -446,11 +470,28 @@
     $("model-name").textContent = DATA.model || "";
     const it = $("input-text");
     const parts = DATA.is_encoder_decoder ? [["encoder", DATA.text], ["decoder", DATA.text_pair]] : [["A", DATA.text], ["B", DATA.text_pair]];
-    for (const [name, text] of parts) {
-      if (text === null || text === undefined) continue;
+    const kept = DATA.kept_chars || [null, null];
+    parts.forEach(([name, text], k) => {
+      if (text === null || text === undefined) return;
       const s = document.createElement("span"); s.className = "seg"; s.textContent = name + ":";
       it.appendChild(s);
-      it.appendChild(document.createTextNode(text + "  "));
+      /* a truncated input: show only what the model read, and say how much was cut (offsets count code
+         points, as Python does, so the text is split by code point, not by UTF-16 unit) */
+      const chars = Array.from(text);
+      const keep = DATA.truncated && Number.isInteger(kept[k]) ? Math.min(kept[k], chars.length) : chars.length;
+      it.appendChild(document.createTextNode(keep < chars.length ? chars.slice(0, keep).join("") : text));
+      if (keep < chars.length) {
+        const c = document.createElement("span"); c.className = "cut";
+        c.textContent = " \u2026 [cut: " + (chars.length - keep).toLocaleString("en") + " more characters were not analysed]";
+        it.appendChild(c);
+      }
+      it.appendChild(document.createTextNode("  "));
+    });
+    if (DATA.truncated) {
+      const n = document.createElement("div"); n.id = "truncation-note"; n.className = "cut";
+      n.textContent = "The input was longer than the model reads: it was cut to " + DATA.stacks[stackNames[0]].nk +
+        " tokens, and only the text shown above was analysed.";
+      it.parentNode.insertBefore(n, it.nextSibling);
     }
     const st = $("stack");
     for (const name of stackNames) option(st, name, DATA.stacks[name].label);
@@ -526,6 +567,7 @@
   async function render() {
     const gen = ++generation;
     document.body.dataset.rendering = "1";
+    setInfo("");  /* a hover line describes what was drawn before: never keep it across a redraw */
     try {
       if (state.view === "head") await renderHead(gen);
       else if (state.view === "matrix") await renderMatrix(gen);
