@@ -25,11 +25,14 @@ masked keys exactly 0 and fully masked rows all 0. The kernels differ only in wh
   :mod:`hf_attn_inspect.stats.metrics`), streamed from ``query`` and ``key`` in ``[q_tile, k_tile]``
   blocks, so no ``[T, S]`` matrix is ever held.
 
-Adding a fused kernel (e.g. Triton) happens here and only here: give it the signature of the kernel it
-replaces, dispatch to it at the top of that function for the inputs it supports (device, dtype, mask
-kind) and keep the PyTorch code as the fallback and as the reference its tests compare against. Every
-caller (the probes of :mod:`hf_attn_inspect.capture` and :mod:`hf_attn_inspect.stats`, ``scripts/bench_gpu.py``)
-goes through these four functions and does not change.
+- :func:`fused_attention_stats` -> ``(output, rows)``: a fused Triton kernel (CUDA; CPU only through
+  Triton's interpreter, for tests) giving the output and the rows of :func:`attention_row_stats` (plus the
+  column sums behind ``column_share``) in one flash-style pass; :func:`fused_available` says whether it
+  runs on a device. Triton is imported on first use only.
+
+Fused kernels live here and only here; the PyTorch code stays the fallback and the reference their tests
+compare against. The statistics probes of :mod:`hf_attn_inspect.stats` and :mod:`hf_attn_inspect.runs`
+call the fused kernel on CUDA and the PyTorch kernels elsewhere.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ __all__ = [
     "fast_attention_with_weights",
     "fast_attention_output",
     "attention_row_stats",
+    "FUSED_ENV",
+    "fused_available",
+    "fused_attention_stats",
 ]
 
 #: Default half-width ``w`` (in tokens) of the ``local_window`` row quantity: the weight within ``|i - j| <= w``.
@@ -952,8 +958,10 @@ def fused_attention_stats(
     stats = torch.empty(len(_FUSED_STATS), b, h, t, dtype=torch.float32, device=dev)
     within = torch.empty(b, h, t, len(all_edges), dtype=torch.float32, device=dev)
     col = torch.zeros(b, h, s, dtype=torch.float32, device=dev) if column_sums else stats
-    bm = int(block_m or (64 if on_gpu else 32))
-    bn = int(block_n or (64 if on_gpu else 32))
+    # GPU tiles: 64 x 64 (32 x 32 for wide float32 heads, whose tiles would not fit in shared memory)
+    wide32 = q.element_size() == 4 and d > 64
+    bm = int(block_m or (32 if wide32 or not on_gpu else 64))
+    bn = int(block_n or (32 if wide32 or not on_gpu else 64))
     bm, bn = max(16, _next_pow2(bm)), max(16, _next_pow2(bn))
     mode = _triton_mode()
     if mode is None or (mode == "interpret") == on_gpu:
@@ -976,6 +984,7 @@ def fused_attention_stats(
         CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
         HAS_BIAS=bias is not None, HAS_CLASSES=has_classes, FP32_DOT=q.dtype == torch.float32,
         WANT_OUT=out is not None, PASS2=True, WANT_COL=bool(column_sums),
+        num_warps=8 if d > 64 else 4,
     )
     rows = {name: stats[i] for i, name in enumerate(_FUSED_STATS)}
     rows["local_window"] = within[..., all_edges.index(int(local_window))]

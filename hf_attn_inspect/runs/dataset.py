@@ -76,7 +76,10 @@ class SentenceStatsProbe(Probe):
     tokens, the tokenizer's special tokens, punctuation-only tokens). Each attention call of the chosen
     ``stacks`` (default: ``self`` and ``encoder``, the model's main text stack) computes the exact
     float32 weights, passes them to :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` and keeps only
-    the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs.
+    the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs. On CUDA
+    (Triton installed) the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` gives the
+    output and the same statistics without ever forming the weights (``weight_std`` from power sums, equal
+    within float32 rounding), reduced on the device with no host synchronisation.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
     The engine calls ``probe_factory(valid=..., special=..., punctuation=..., sparsity_threshold=...)``

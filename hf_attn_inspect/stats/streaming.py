@@ -2,7 +2,10 @@
 
 Long inputs cannot have their attention weights materialised (one 32-head layer at 32k tokens is 128 GiB
 in float32). :class:`StreamingStatsProbe` receives every attention call through the one capture path
-(:mod:`hf_attn_inspect.capture.interface`): it computes the layer's output with
+(:mod:`hf_attn_inspect.capture.interface`). On CUDA (Triton installed) it replaces the attention call by the
+fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats`: output and statistics in one pass,
+per-sentence reductions on the device, one transfer per batch (:meth:`StreamingStatsProbe.finish`).
+Elsewhere (CPU, or masks the kernel does not take) it computes the layer's output with
 :func:`~hf_attn_inspect.core.kernels.fast_attention_output` (torch's fused ``scaled_dot_product_attention``;
 the model's forward pass is unchanged up to sdpa rounding) and the per-row quantities of
 :mod:`hf_attn_inspect.stats.metrics` (:data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`: entropy,
@@ -95,9 +98,13 @@ class StreamingStatsProbe(Probe):
     """A probe that keeps per-row attention statistics instead of weights.
 
     For every self-attention call (``self``/``encoder``/``decoder`` stacks; ``cross`` attention only
-    gets its output computed), :meth:`attend` returns the output of torch's fused sdpa and stores
-    :func:`~hf_attn_inspect.core.kernels.attention_row_stats` as float32 CPU tensors in
-    ``rows[stack][layer]`` (``{name: [batch, heads, T]}``); it returns no weights. ``masks`` maps a stack
+    gets its output computed), :meth:`attend` returns the output and stores the row statistics as float32
+    CPU tensors in ``rows[stack][layer]`` (``{name: [batch, heads, T]}``); it returns no weights. On CUDA
+    both come from the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` (rows copied
+    asynchronously to pinned memory, metrics kept on the device; :meth:`finish`, which
+    :meth:`~hf_attn_inspect.capture.inspector.AttentionInspector.run` calls after the forward pass, makes
+    them readable with one transfer), elsewhere from torch's fused sdpa and
+    :func:`~hf_attn_inspect.core.kernels.attention_row_stats`. ``masks`` maps a stack
     to its :class:`~hf_attn_inspect.capture.inputs.KeyMasks` (``batch.stack_masks()``: padding keys zeroed,
     special/punctuation shares; a stack without masks counts every token as real and none as special or
     punctuation); ``layers`` restricts which layers are measured;
