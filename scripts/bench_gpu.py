@@ -226,12 +226,14 @@ def profile_a(device: torch.device, dtype: torch.dtype, smoke: bool, rows: int =
     with profile(activities=activities) as prof:
         run()
         sync(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     avg = prof.key_averages()
-    try:
-        table = avg.table(sort_by=key, row_limit=rows)
-    except (AttributeError, KeyError, ValueError):
-        table = avg.table(sort_by="device_time_total" if device.type == "cuda" else "cpu_time_total", row_limit=rows)
+    if device.type == "cuda":
+        try:
+            table = avg.table(sort_by="device_time_total", row_limit=rows)
+        except (AttributeError, KeyError, ValueError):  # older torch names it cuda_time_total
+            table = avg.table(sort_by="cuda_time_total", row_limit=rows)
+    else:
+        table = avg.table(sort_by="cpu_time_total", row_limit=rows)
     print(f"\nProfile: one batch B={b} x T={t} of the statistics probe (fused kernel "
           f"{'on' if fused_available(device) else 'off'}), top {rows} operations by "
           f"{'device' if device.type == 'cuda' else 'CPU'} time")
