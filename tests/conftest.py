@@ -15,6 +15,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU, Triton kernels run in Triton's interpreter (tests/test_fused_kernel.py). Triton fixes
+# the mode when it is first imported (transformers' model code imports it), so this comes before that.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import tiny_models  # noqa: E402
 from hf_attn_inspect import AttentionInspector  # noqa: E402
 

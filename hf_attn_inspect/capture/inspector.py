@@ -261,6 +261,9 @@ class AttentionInspector:
                 if state.calls == 0:
                     output = self._run_eager_fallback(inputs, probe)
                     batch.causal_stacks = self._fallback_causal_stacks()
+            finish = getattr(probe, "finish", None)
+            if callable(finish):
+                finish()  # e.g. one device-to-host transfer for the whole batch
         finally:
             model.train(was_training)
         return output

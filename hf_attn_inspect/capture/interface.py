@@ -87,6 +87,9 @@ class Probe:
     def record(self, site: Site, weights: torch.Tensor) -> None:
         """Receive one call's weights ``[batch, heads, query, key]`` (float32, padding still included)."""
 
+    def finish(self) -> None:
+        """Called once after the forward pass: move results to the host, wait for asynchronous copies."""
+
 
 class WeightsProbe(Probe):
     """Keeps the weights of the chosen layers and heads as float32 CPU tensors, per stack and layer.

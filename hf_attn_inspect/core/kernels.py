@@ -25,11 +25,14 @@ masked keys exactly 0 and fully masked rows all 0. The kernels differ only in wh
   :mod:`hf_attn_inspect.stats.metrics`), streamed from ``query`` and ``key`` in ``[q_tile, k_tile]``
   blocks, so no ``[T, S]`` matrix is ever held.
 
-Adding a fused kernel (e.g. Triton) happens here and only here: give it the signature of the kernel it
-replaces, dispatch to it at the top of that function for the inputs it supports (device, dtype, mask
-kind) and keep the PyTorch code as the fallback and as the reference its tests compare against. Every
-caller (the probes of :mod:`hf_attn_inspect.capture` and :mod:`hf_attn_inspect.stats`, ``scripts/bench_gpu.py``)
-goes through these four functions and does not change.
+- :func:`fused_attention_stats` -> ``(output, rows)``: a fused Triton kernel (CUDA; CPU only through
+  Triton's interpreter, for tests) giving the output and the rows of :func:`attention_row_stats` (plus the
+  column sums behind ``column_share``) in one flash-style pass; :func:`fused_available` says whether it
+  runs on a device. Triton is imported on first use only.
+
+Fused kernels live here and only here; the PyTorch code stays the fallback and the reference their tests
+compare against. The statistics probes of :mod:`hf_attn_inspect.stats` and :mod:`hf_attn_inspect.runs`
+call the fused kernel on CUDA and the PyTorch kernels elsewhere.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ __all__ = [
     "fast_attention_with_weights",
     "fast_attention_output",
     "attention_row_stats",
+    "FUSED_ENV",
+    "fused_available",
+    "fused_attention_stats",
 ]
 
 #: Default half-width ``w`` (in tokens) of the ``local_window`` row quantity: the weight within ``|i - j| <= w``.
@@ -529,3 +535,466 @@ def attention_row_stats(
         idx = torch.tensor([all_edges.index(e) for e in edges], device=dev)
         result["within"] = within_all.index_select(-1, idx).reshape(b, h, t, len(edges))
     return result
+
+
+# =====================================================================================================
+# Fused Triton kernel: attention output + every per-row statistic in one launch (CUDA; CPU interpreter)
+# =====================================================================================================
+# Triton is optional: it is imported on first use only, so the package works without it. The PyTorch
+# code above stays the reference and the CPU fallback; nothing above depends on this section.
+
+#: Environment switch of the fused path: ``0`` never use it, ``1`` use it wherever it can run (also on CPU
+#: tensors, through Triton's interpreter ``TRITON_INTERPRET``: slow, for tests), unset = CUDA tensors only.
+FUSED_ENV = "HF_ATTN_INSPECT_FUSED"
+
+#: Row quantities written by the fused kernel, in the order of its statistics buffer.
+_FUSED_STATS = (
+    "entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
+    "max_weight", "mean_distance", "mass", "sq_sum", "above", "lse",
+)
+_FUSED_KERNELS: dict[str, object] = {}
+_EDGE_TENSORS: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+tl = None  # triton.language, bound on first use (the kernel below reads it as a global)
+
+
+def _triton_mode() -> str | None:
+    """``"compiled"``, ``"interpret"`` (Triton imported with ``TRITON_INTERPRET=1``) or None (no Triton).
+
+    Triton fixes the mode of its own library functions when it is first imported, so one process runs
+    either compiled kernels (CUDA tensors) or interpreted ones (CPU tensors), never both.
+    """
+    try:
+        import triton  # noqa: F401
+        import triton.language as tlang
+    except Exception:  # noqa: BLE001 - any failure to import means "no Triton here"
+        return None
+    return "interpret" if type(tlang.sum).__name__ == "InterpretedFunction" else "compiled"
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """Whether :func:`fused_attention_stats` runs for tensors on ``device`` in this process.
+
+    CUDA tensors need Triton (compiled mode). CPU tensors run only through Triton's interpreter: when
+    :data:`FUSED_ENV` is ``1`` and Triton was imported with ``TRITON_INTERPRET=1`` (tests; slow).
+    ``HF_ATTN_INSPECT_FUSED=0`` turns the fused path off everywhere. Cheap: no device synchronisation.
+    """
+    import os
+
+    flag = os.environ.get(FUSED_ENV, "").strip()
+    if flag == "0":
+        return False
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return _triton_mode() == "compiled"
+    return flag == "1" and dev.type == "cpu" and _triton_mode() == "interpret"
+
+
+def _fused_kernel():
+    """The jitted kernel (decorated once, in the mode Triton was imported in)."""
+    if "kernel" not in _FUSED_KERNELS:
+        import triton
+        import triton.language
+
+        globals()["tl"] = triton.language
+        _FUSED_KERNELS["kernel"] = triton.jit(_fused_attention_kernel)
+    return _FUSED_KERNELS["kernel"]
+
+
+def _fused_attention_kernel(
+    Q, K, V, O, BITS, BIAS, EDGES, STATS, WITHIN, COL,
+    sq_b, sq_h, sq_t, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, so_b, so_h, so_t,
+    sbias_b, sbias_h, sbias_t, sbias_s,
+    H, G, T, S, D, OFFSET, n_rows, max_edge,
+    scale, softcap, window, thr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NE: tl.constexpr, BLOCK_E: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_CLASSES: tl.constexpr, FP32_DOT: tl.constexpr,
+    WANT_OUT: tl.constexpr, PASS2: tl.constexpr, WANT_COL: tl.constexpr,
+):
+    """One program = one (batch, head) x BLOCK_M query rows. See :func:`fused_attention_stats`."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // G
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_e = tl.arange(0, BLOCK_E)
+    row_ok = offs_m < T
+    d_ok = offs_d < D
+    qpos = offs_m + OFFSET
+    q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q_first = pid_m * BLOCK_M + OFFSET
+    q_last = tl.minimum(pid_m * BLOCK_M + BLOCK_M - 1, T - 1) + OFFSET
+    lo = q_first * 0
+    hi = q_first * 0 + S
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(hi, q_last + 1), 0)
+        if HAS_WINDOW:
+            lo = tl.maximum(q_first - window + 1, 0)
+    else:
+        if HAS_WINDOW:
+            lo = tl.maximum(q_first - window + 1, 0)
+            hi = tl.maximum(tl.minimum(hi, q_last + window), 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    ninf = float("-inf")
+
+    m_i = tl.full([BLOCK_M], ninf, tl.float32)  # running max of the scores
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_j e_ij, e = exp(s - m) (every allowed key)
+    mass = tl.full([BLOCK_M], 0.0, tl.float32)  # the same over valid keys
+    es = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_valid e_ij (s_ij - m_i)
+    sq = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_valid e_ij^2
+    first = tl.full([BLOCK_M], 0.0, tl.float32)
+    diag = tl.full([BLOCK_M], 0.0, tl.float32)
+    prev = tl.full([BLOCK_M], 0.0, tl.float32)
+    nxt = tl.full([BLOCK_M], 0.0, tl.float32)
+    spec = tl.full([BLOCK_M], 0.0, tl.float32)
+    punc = tl.full([BLOCK_M], 0.0, tl.float32)
+    dist = tl.full([BLOCK_M], 0.0, tl.float32)
+    vmax = tl.full([BLOCK_M], ninf, tl.float32)  # max score over valid keys
+    within = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        col_ok = offs_n < S
+        k = tl.load(K + b * sk_b + hk * sk_h + offs_n[:, None] * sk_s + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        if FP32_DOT:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * scale
+        if HAS_SOFTCAP:  # softcap * tanh(s / softcap), tanh from exp (no tanh in older Triton)
+            x = s / softcap
+            ax = tl.where(x < 0, -x, x)
+            z = tl.exp(-2.0 * ax)
+            th = (1.0 - z) / (1.0 + z)
+            s = tl.where(x < 0, -th, th) * softcap
+        if HAS_BIAS:
+            s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t + offs_n[None, :] * sbias_s,
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        bits = tl.load(BITS + b * S + offs_n, mask=col_ok, other=0).to(tl.int32)
+        keep = (bits & 1) != 0
+        validk = (bits & 2) != 0
+        dd = qpos[:, None] - offs_n[None, :]
+        allowed = keep[None, :] & row_ok[:, None]
+        if CAUSAL:
+            allowed = allowed & (dd >= 0)
+        if HAS_WINDOW:
+            if CAUSAL:
+                allowed = allowed & (dd < window)
+            else:
+                allowed = allowed & (dd < window) & (dd > -window)
+        if HAS_BIAS:
+            allowed = allowed & (s > ninf)
+        s = tl.where(allowed, s, ninf)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == ninf, 0.0, m_new)
+        m_old = tl.where(m_i == ninf, 0.0, m_i)
+        alpha = tl.exp(m_i - m_safe)
+        e = tl.exp(s - m_safe[:, None])
+        use = allowed & validk[None, :]
+        ev = tl.where(use, e, 0.0)
+        l_i = l_i * alpha + tl.sum(e, 1)
+        es = alpha * (es - (m_safe - m_old) * mass) + tl.sum(e * (tl.where(use, s, m_safe[:, None]) - m_safe[:, None]), 1)
+        mass = mass * alpha + tl.sum(ev, 1)
+        sq = sq * alpha * alpha + tl.sum(ev * ev, 1)
+        absd = tl.where(dd < 0, -dd, dd)
+        dist = dist * alpha + tl.sum(ev * absd.to(tl.float32), 1)
+        vmax = tl.maximum(vmax, tl.max(tl.where(use, s, ninf), 1))
+        tile_min = tl.maximum(tl.maximum(start_n - q_last, q_first - (start_n + BLOCK_N - 1)), 0)
+        first = first * alpha
+        diag = diag * alpha
+        prev = prev * alpha
+        nxt = nxt * alpha
+        if start_n == 0:
+            first += tl.sum(tl.where(offs_n[None, :] == 0, ev, 0.0), 1)
+        if tile_min <= 1:  # the diagonal and its two neighbours lie in tiles near the diagonal only
+            diag += tl.sum(tl.where(dd == 0, ev, 0.0), 1)
+            prev += tl.sum(tl.where(dd == 1, ev, 0.0), 1)
+            nxt += tl.sum(tl.where(dd == -1, ev, 0.0), 1)
+        if HAS_CLASSES:
+            spec = spec * alpha + tl.sum(tl.where(((bits & 4) != 0)[None, :], ev, 0.0), 1)
+            punc = punc * alpha + tl.sum(tl.where(((bits & 8) != 0)[None, :], ev, 0.0), 1)
+        within = within * alpha[:, None]
+        if tile_min <= max_edge:  # only tiles near the diagonal hold keys within an edge
+            for ei in range(NE):
+                edge = tl.load(EDGES + ei)
+                part = tl.sum(tl.where(absd <= edge, ev, 0.0), 1)
+                within += tl.where(offs_e[None, :] == ei, part[:, None], 0.0)
+        if WANT_OUT:
+            v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_s + offs_d[None, :],
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            if FP32_DOT:
+                acc = acc * alpha[:, None] + tl.dot(e.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(e.to(v.dtype), v)
+        m_i = m_new
+
+    has = l_i > 0
+    l_safe = tl.where(has, l_i, 1.0)
+    inv_l = tl.where(has, 1.0 / l_safe, 0.0)
+    log_l = tl.where(has, tl.log(l_safe), 0.0)
+    m_fin = tl.where(m_i == ninf, 0.0, m_i)
+    lse = tl.where(has, m_fin + log_l, ninf)
+    lse_safe = tl.where(has, lse, 0.0)
+    if WANT_OUT:
+        o = acc * inv_l[:, None]
+        tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
+                 mask=row_ok[:, None] & d_ok[None, :])
+    row = STATS + pid_bh * T + offs_m
+    tl.store(row + 0 * n_rows, tl.where(has, log_l * mass * inv_l - es * inv_l, 0.0), mask=row_ok)
+    tl.store(row + 1 * n_rows, diag * inv_l, mask=row_ok)
+    tl.store(row + 2 * n_rows, prev * inv_l, mask=row_ok)
+    tl.store(row + 3 * n_rows, nxt * inv_l, mask=row_ok)
+    tl.store(row + 4 * n_rows, first * inv_l, mask=row_ok)
+    tl.store(row + 5 * n_rows, spec * inv_l, mask=row_ok)
+    tl.store(row + 6 * n_rows, punc * inv_l, mask=row_ok)
+    tl.store(row + 7 * n_rows, tl.exp(vmax - m_fin) * inv_l, mask=row_ok)
+    tl.store(row + 8 * n_rows, dist * inv_l, mask=row_ok)
+    tl.store(row + 9 * n_rows, mass * inv_l, mask=row_ok)
+    tl.store(row + 10 * n_rows, sq * inv_l * inv_l, mask=row_ok)
+    tl.store(row + 12 * n_rows, lse, mask=row_ok)
+    tl.store(WITHIN + (pid_bh * T + offs_m[:, None]) * NE + offs_e[None, :], within * inv_l[:, None],
+             mask=row_ok[:, None] & (offs_e[None, :] < NE))
+
+    if PASS2:  # quantities that need the final normaliser: the sparsity count and the column sums
+        above = tl.full([BLOCK_M], 0.0, tl.float32)
+        if WANT_COL:
+            qbits = tl.load(BITS + b * S + qpos, mask=row_ok & (qpos >= 0) & (qpos < S), other=0).to(tl.int32)
+            qvalid = ((qbits & 2) != 0) & has
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n = start_n + offs_n0
+            col_ok = offs_n < S
+            k = tl.load(K + b * sk_b + hk * sk_h + offs_n[:, None] * sk_s + offs_d[None, :],
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            if FP32_DOT:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))
+            s = s * scale
+            if HAS_SOFTCAP:
+                x = s / softcap
+                ax = tl.where(x < 0, -x, x)
+                z = tl.exp(-2.0 * ax)
+                th = (1.0 - z) / (1.0 + z)
+                s = tl.where(x < 0, -th, th) * softcap
+            if HAS_BIAS:
+                s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t + offs_n[None, :] * sbias_s,
+                             mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            bits = tl.load(BITS + b * S + offs_n, mask=col_ok, other=0).to(tl.int32)
+            dd = qpos[:, None] - offs_n[None, :]
+            use = ((bits & 1) != 0)[None, :] & ((bits & 2) != 0)[None, :] & row_ok[:, None] & has[:, None]
+            if CAUSAL:
+                use = use & (dd >= 0)
+            if HAS_WINDOW:
+                if CAUSAL:
+                    use = use & (dd < window)
+                else:
+                    use = use & (dd < window) & (dd > -window)
+            if HAS_BIAS:
+                use = use & (s > ninf)
+            p = tl.where(use, tl.exp(tl.where(use, s, 0.0) - lse_safe[:, None]), 0.0)
+            above += tl.sum(tl.where(p > thr, 1.0, 0.0), 1)
+            if WANT_COL:
+                colv = tl.sum(tl.where(qvalid[:, None], p, 0.0), 0)
+                tl.atomic_add(COL + pid_bh * S + offs_n, colv, mask=col_ok)
+        tl.store(row + 11 * n_rows, above, mask=row_ok)
+    else:
+        tl.store(row + 11 * n_rows, tl.full([BLOCK_M], 0.0, tl.float32), mask=row_ok)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def fused_attention_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    *,
+    scale: float | None = None,
+    mask: torch.Tensor | LazyMask | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    key_keep: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
+    special: torch.Tensor | None = None,
+    punctuation: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
+    distance_edges: Sequence[int] | None = None,
+    column_sums: bool = False,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Attention output and every per-row statistic in one fused Triton kernel: ``(output, rows)``.
+
+    Same inputs and the same ``rows`` as :func:`attention_row_stats` (``query`` ``[batch, heads, T, d]``,
+    ``key``/``value`` ``[batch, kv_heads, S, d]``, grouped heads read in place, never repeated; query ``i``
+    sits at position ``S - T + i``; ``mask`` None, a tensor or a plain causal/bidirectional
+    :class:`LazyMask`; ``causal``/``window``; ``key_valid`` zeroes weights on padding keys without
+    renormalising; ``special``/``punctuation`` key masks; ``softcap``), plus ``key_keep`` (boolean
+    ``[batch, S]``, keys a query may attend to) or ``lengths`` (``[batch]`` real tokens, keys ``j >=
+    length`` masked), and ``bias``, an additive float tensor broadcasting to ``[batch, 1|heads, T, S]``
+    (``-inf`` = masked). A tensor ``mask`` is read without host synchronisation: boolean/integer = keep,
+    float = additive (values at or below half the dtype's minimum = masked; unlike :func:`mask_to_keep`,
+    a float mask of 0s and 1s is additive too, as transformers' masks always are). ``output`` is ``softmax(...) @ value`` in the query's dtype (0 on fully masked
+    rows; None when ``value`` is None); ``rows`` holds float32 ``[batch, heads, T]`` tensors (``within``
+    ``[batch, heads, T, E]`` when ``distance_edges`` is given) and, with ``column_sums=True``,
+    ``column_sum`` ``[batch, heads, S]``: ``sum_i a_ij`` over the valid query rows (``key_valid`` at the
+    query's position) of the padding-zeroed weights, from which
+    :func:`~hf_attn_inspect.stats.metrics.column_share` is ``max_j column_sum_j / n``.
+
+    Algorithm: one program per (batch x head, ``block_m`` query rows) makes one pass over the key tiles
+    with the online softmax of flash attention (running max ``m``, running sum ``l``; every accumulator is
+    a sum of ``e_ij = exp(s_ij - m_i)`` terms and is rescaled by ``exp(m_old - m_new)`` when the max grows,
+    ``sum e (s - m)`` with its shift term), float32 throughout, scores and output products with full
+    float32 precision for float32 inputs (no TF32). Tiles that a causal mask or a window rule out are never
+    visited. Two quantities cannot be rescaled online, because they compare or add *normalised* weights
+    across rows or against a threshold: ``above`` (the number of keys with ``a_ij > sparsity_threshold``)
+    and ``column_sum``; they take a second pass over the same key tiles with the final ``lse`` (scores
+    only, no value product; still no ``[T, S]`` memory; column sums accumulate with atomic adds).
+    ``max_weight`` comes from the running max over valid keys, ``exp(max - lse)``. Memory: the output,
+    ``O(batch x heads x T)`` statistics and ``O(batch x heads x S)`` column sums. Rounding differs from
+    :func:`attention_row_stats` by float32 summation order (about 1e-6 relative in float32).
+    ``sparsity_threshold`` must be >= 0. Runs on CUDA tensors, or on CPU tensors through Triton's
+    interpreter (see :func:`fused_available`).
+    """
+    if query.dim() != 4 or key.dim() != 4:
+        raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
+    b, h, t, d = query.shape
+    hkv, s = key.shape[1], key.shape[2]
+    if t == 0 or s == 0:
+        raise InputError("query and key need at least one token each")
+    if h % hkv:
+        raise InputError(f"{h} query heads cannot share {hkv} key heads evenly")
+    if sparsity_threshold < 0:
+        raise InputError("the fused kernel needs sparsity_threshold >= 0; use attention_row_stats for negative ones")
+    if d > 256:
+        raise InputError(f"the fused kernel supports head dimensions up to 256, got {d}")
+    dev = query.device
+    if dev.type not in ("cuda", "cpu") or key.device != dev or (value is not None and value.device != dev):
+        raise InputError("query, key and value must be on one CUDA (or, interpreted, CPU) device")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+
+    keep_vec = torch.ones(b, s, dtype=torch.bool, device=dev)
+    if isinstance(mask, LazyMask):
+        plain = (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0
+        if not plain:
+            raise InputError("the fused kernel takes plain causal/bidirectional LazyMasks; use attention_row_stats")
+        causal = causal or mask.plain_causal
+        if mask.key_padding is not None:
+            keep_vec = keep_vec & mask.key_padding.to(dev).bool()
+    elif isinstance(mask, torch.Tensor):
+        # read without host synchronisation: boolean/integer = keep, float = additive (the masks
+        # transformers hands an attention function); values <= dtype min / 2 count as masked
+        m = mask.to(dev)
+        while m.dim() < 4:
+            m = m.unsqueeze(0)
+        if not m.is_floating_point():
+            if m.shape[1] == 1 and m.shape[2] == 1:
+                keep_vec = keep_vec & (m[:, 0, 0, :] != 0).expand(b, s)
+                m = None
+            else:
+                m = torch.zeros(m.shape, device=dev).masked_fill_(m == 0, float("-inf"))
+        else:
+            m = m.float().masked_fill(m <= torch.finfo(m.dtype).min / 2, float("-inf"))
+        if m is not None:
+            bias = m if bias is None else bias.to(dev).float() + m
+    elif mask is not None:
+        raise InputError(f"mask must be a tensor, a LazyMask or None, got {type(mask).__name__}")
+    if key_keep is not None:
+        keep_vec = keep_vec & key_keep.to(dev).bool()
+    if lengths is not None:
+        keep_vec = keep_vec & (torch.arange(s, device=dev)[None, :] < lengths.to(dev).reshape(b, 1))
+    bits = keep_vec.to(torch.int8)
+    bits = bits | (2 * (torch.ones_like(keep_vec) if key_valid is None else key_valid.to(dev).bool())).to(torch.int8)
+    has_classes = special is not None or punctuation is not None
+    if special is not None:
+        bits = bits | (4 * special.to(dev).bool()).to(torch.int8)
+    if punctuation is not None:
+        bits = bits | (8 * punctuation.to(dev).bool()).to(torch.int8)
+    bits = bits.contiguous()
+
+    bias_args = (0, 0, 0, 0)
+    if bias is not None:
+        bb = bias.to(dev)
+        while bb.dim() < 4:
+            bb = bb.unsqueeze(0)
+        bb = bb.expand(b, bb.shape[1], t, s)
+        if bb.shape[1] not in (1, h):
+            raise InputError(f"bias must broadcast to [batch, 1|heads, T, S], got {tuple(bias.shape)}")
+        bias_args = (bb.stride(0), 0 if bb.shape[1] == 1 else bb.stride(1), bb.stride(2), bb.stride(3))
+        bias = bb
+
+    edges = sorted(set(int(e) for e in (distance_edges or ())))
+    all_edges = sorted(set(edges) | {int(local_window)})
+    cache_key = (str(dev), tuple(all_edges))
+    if cache_key not in _EDGE_TENSORS:  # built once: a fresh host-to-device copy per call would synchronise
+        _EDGE_TENSORS[cache_key] = torch.tensor(all_edges, dtype=torch.int32, device=dev)
+    edges_t = _EDGE_TENSORS[cache_key]
+
+    on_gpu = dev.type == "cuda"
+    q = query if query.stride(-1) == 1 else query.contiguous()
+    k = key if key.stride(-1) == 1 else key.contiguous()
+    v = None if value is None else (value if value.stride(-1) == 1 else value.contiguous())
+    if not on_gpu and q.dtype in (torch.bfloat16, torch.float16):
+        # Triton's interpreter mis-reads 16-bit floats in tl.dot; upcasting is exact for the products
+        # (the GPU multiplies 16-bit inputs exactly and accumulates in float32 too)
+        q = q.float()
+    if v is not None and v.dtype != q.dtype:
+        v = v.to(q.dtype)
+    if k.dtype != q.dtype:
+        k = k.to(q.dtype)
+    out = None if v is None else torch.empty(b, h, t, d, dtype=query.dtype, device=dev)
+    stats = torch.empty(len(_FUSED_STATS), b, h, t, dtype=torch.float32, device=dev)
+    within = torch.empty(b, h, t, len(all_edges), dtype=torch.float32, device=dev)
+    col = torch.zeros(b, h, s, dtype=torch.float32, device=dev) if column_sums else stats
+    # GPU tiles: 64 x 64 (32 x 32 for wide float32 heads, whose tiles would not fit in shared memory)
+    wide32 = q.element_size() == 4 and d > 64
+    bm = int(block_m or (32 if wide32 or not on_gpu else 64))
+    bn = int(block_n or (32 if wide32 or not on_gpu else 64))
+    bm, bn = max(16, _next_pow2(bm)), max(16, _next_pow2(bn))
+    mode = _triton_mode()
+    if mode is None or (mode == "interpret") == on_gpu:
+        need = "Triton compiled for CUDA tensors" if on_gpu else "Triton's interpreter (TRITON_INTERPRET=1 before import)"
+        raise InputError(f"the fused kernel needs {need}; use attention_row_stats instead")
+    kernel = _fused_kernel()
+    grid = (_cdiv(t, bm), b * h)
+    o_arg = out if out is not None else q
+    v_arg = v if v is not None else k
+    kernel[grid](
+        q, k, v_arg, o_arg, bits, bias if bias is not None else stats, edges_t, stats, within, col,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v_arg.stride(0), v_arg.stride(1), v_arg.stride(2), o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
+        *bias_args,
+        h, h // hkv, t, s, d, s - t, b * h * t, max(all_edges),
+        scale, float(softcap) if softcap is not None else 1.0, int(window) if window is not None else 0,
+        float(sparsity_threshold),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, _next_pow2(d)), NE=len(all_edges),
+        BLOCK_E=max(2, _next_pow2(len(all_edges))),
+        CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        HAS_BIAS=bias is not None, HAS_CLASSES=has_classes, FP32_DOT=q.dtype == torch.float32,
+        WANT_OUT=out is not None, PASS2=True, WANT_COL=bool(column_sums),
+        num_warps=8 if d > 64 else 4,
+    )
+    rows = {name: stats[i] for i, name in enumerate(_FUSED_STATS)}
+    rows["local_window"] = within[..., all_edges.index(int(local_window))]
+    if edges:
+        rows["within"] = within[..., [all_edges.index(e) for e in edges]]
+    if column_sums:
+        rows["column_sum"] = col
+    return out, rows
+
+
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive integers (the kernel's grid size)."""
+    return -(-int(a) // int(b))

@@ -124,13 +124,14 @@ class _ReduceProbe(Probe):
         kw = {"special": self.special.to(dev), "punctuation": self.punctuation.to(dev), "causal": self.causal}
         ma = sentence_metrics(wa, valid, **kw)
         mb = sentence_metrics(wb, valid, **kw)
-        self.values[site.layer] = torch.stack([js] + [ma[k] for k in METRICS] + [mb[k] for k in METRICS], -1).cpu()
+        # kept on the device: one transfer per batch in per_sentence(), no host synchronisation per layer
+        self.values[site.layer] = torch.stack([js] + [ma[k] for k in METRICS] + [mb[k] for k in METRICS], -1)
 
     def per_sentence(self) -> torch.Tensor:
         if self.reference:
             missing = sorted(self.reference)
             raise InputError(f"model B ran no layer {missing[0]} that model A has; compare models of the same shape")
-        return torch.stack([self.values[k] for k in sorted(self.values)], 1)
+        return torch.stack([self.values[k] for k in sorted(self.values)], 1).cpu()
 
 
 # ------------------------------------------------------------------------------------- model setup

@@ -44,10 +44,15 @@ import torch
 from ..stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site
-from ..core.kernels import fast_attention_with_weights, scaled_dot_product_attention_with_weights
+from ..core.kernels import (
+    fast_attention_with_weights,
+    fused_attention_stats,
+    fused_available,
+    scaled_dot_product_attention_with_weights,
+)
 from ..core.errors import CaptureError, InputError
 from ..core.files import atomic_write, write_json
-from ..stats.metrics import METRICS, column_share, sentence_metrics
+from ..stats.metrics import METRICS, column_share, reduce_rows, sentence_metrics
 from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
 from .sources import DatasetSource, load_dataset_texts
 
@@ -71,7 +76,10 @@ class SentenceStatsProbe(Probe):
     tokens, the tokenizer's special tokens, punctuation-only tokens). Each attention call of the chosen
     ``stacks`` (default: ``self`` and ``encoder``, the model's main text stack) computes the exact
     float32 weights, passes them to :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` and keeps only
-    the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs.
+    the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs. On CUDA
+    (Triton installed) the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` gives the
+    output and the same statistics without ever forming the weights (``weight_std`` from power sums, equal
+    within float32 rounding), reduced on the device with no host synchronisation.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
     The engine calls ``probe_factory(valid=..., special=..., punctuation=..., sparsity_threshold=...)``
@@ -98,6 +106,7 @@ class SentenceStatsProbe(Probe):
         self.values: dict[int, torch.Tensor] = {}
         self.causal = False
         self._scratch: torch.Tensor | None = None
+        self._device: tuple[torch.Tensor | None, ...] | None = None
 
     def attend(
         self,
@@ -117,6 +126,13 @@ class SentenceStatsProbe(Probe):
                 query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
             )
         causal = bool(getattr(module, "is_causal", False))
+        if (
+            self.sparsity_threshold >= 0
+            and query.shape[-1] <= 256
+            and (mask is None or isinstance(mask, torch.Tensor))
+            and fused_available(query.device)
+        ):
+            return self._fused(site, query, key, value, mask, scaling, causal, kwargs.get("softcap")), None
         fast = (
             kwargs.get("softcap") is None
             and query.dtype == torch.float32
@@ -134,6 +150,37 @@ class SentenceStatsProbe(Probe):
             )
         self._reduce(site, weights, causal)
         return output, None
+
+    def _fused(
+        self,
+        site: Site,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        causal: bool,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        """The fused kernel (CUDA): output and per-row statistics in one pass, reduced here on the device.
+
+        Same definitions as :meth:`_reduce` (``weight_std`` from power sums instead of two passes, equal
+        within float32 rounding); ``column_share`` from the kernel's column sums. No host synchronisation.
+        """
+        self.causal = self.causal or causal
+        dev = query.device
+        if self._device is None or self._device[0].device != dev:
+            self._device = tuple(None if x is None else x.to(dev) for x in (self.valid, self.special, self.punctuation))
+        valid, special, punctuation = self._device
+        output, rows = fused_attention_stats(
+            query, key, value, scale=scaling, mask=mask, key_valid=valid, special=special, punctuation=punctuation,
+            softcap=softcap, sparsity_threshold=self.sparsity_threshold, column_sums=True,
+        )
+        m = reduce_rows(rows, valid, causal=causal)
+        n = valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1, 1)
+        m["column_share"] = (rows["column_sum"] / n).amax(-1)
+        self.values[site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
+        return output
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
         """Eager fallback (models without the attention interface): reduce the weights we are given."""

@@ -2,7 +2,10 @@
 
 Long inputs cannot have their attention weights materialised (one 32-head layer at 32k tokens is 128 GiB
 in float32). :class:`StreamingStatsProbe` receives every attention call through the one capture path
-(:mod:`hf_attn_inspect.capture.interface`): it computes the layer's output with
+(:mod:`hf_attn_inspect.capture.interface`). On CUDA (Triton installed) it replaces the attention call by the
+fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats`: output and statistics in one pass,
+per-sentence reductions on the device, one transfer per batch (:meth:`StreamingStatsProbe.finish`).
+Elsewhere (CPU, or masks the kernel does not take) it computes the layer's output with
 :func:`~hf_attn_inspect.core.kernels.fast_attention_output` (torch's fused ``scaled_dot_product_attention``;
 the model's forward pass is unchanged up to sdpa rounding) and the per-row quantities of
 :mod:`hf_attn_inspect.stats.metrics` (:data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`: entropy,
@@ -31,7 +34,7 @@ from ..capture.inputs import Batch, KeyMasks
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site, register_implementation
 from ..core.errors import CaptureError, InputError
-from ..core.kernels import LOCAL_WINDOW, attention_row_stats, fast_attention_output
+from ..core.kernels import LOCAL_WINDOW, attention_row_stats, fast_attention_output, fused_attention_stats, fused_available
 from ..core.masks import LazyMask, lazy_mask
 from .metrics import METRICS, reduce_rows, row_quantities
 from .tables import head_frame
@@ -95,9 +98,13 @@ class StreamingStatsProbe(Probe):
     """A probe that keeps per-row attention statistics instead of weights.
 
     For every self-attention call (``self``/``encoder``/``decoder`` stacks; ``cross`` attention only
-    gets its output computed), :meth:`attend` returns the output of torch's fused sdpa and stores
-    :func:`~hf_attn_inspect.core.kernels.attention_row_stats` as float32 CPU tensors in
-    ``rows[stack][layer]`` (``{name: [batch, heads, T]}``); it returns no weights. ``masks`` maps a stack
+    gets its output computed), :meth:`attend` returns the output and stores the row statistics as float32
+    CPU tensors in ``rows[stack][layer]`` (``{name: [batch, heads, T]}``); it returns no weights. On CUDA
+    both come from the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` (rows copied
+    asynchronously to pinned memory, metrics kept on the device; :meth:`finish`, which
+    :meth:`~hf_attn_inspect.capture.inspector.AttentionInspector.run` calls after the forward pass, makes
+    them readable with one transfer), elsewhere from torch's fused sdpa and
+    :func:`~hf_attn_inspect.core.kernels.attention_row_stats`. ``masks`` maps a stack
     to its :class:`~hf_attn_inspect.capture.inputs.KeyMasks` (``batch.stack_masks()``: padding keys zeroed,
     special/punctuation shares; a stack without masks counts every token as real and none as special or
     punctuation); ``layers`` restricts which layers are measured;
@@ -134,21 +141,50 @@ class StreamingStatsProbe(Probe):
         self.keep = None if keep is None else set(keep)
         self.rows: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         self.causal: dict[str, bool] = {}
+        self._on_device: dict[str, KeyMasks] = {}
+        self._pending = False
 
     def _wanted(self, site: Site) -> bool:
         return site.stack != "cross" and (self.layers is None or site.layer in self.layers)
 
     def _store(self, site: Site, rows: dict[str, torch.Tensor], causal: bool = False) -> None:
+        """Keep one layer's rows (or metrics) without synchronising with the device.
+
+        Metrics (``reduce=True``) stay on the device until :meth:`finish` moves them in one transfer;
+        rows go to pinned host memory with asynchronous copies (CUDA) that :meth:`finish` waits for.
+        """
         if self.reduce:
-            km = self.masks.get(site.stack)
+            km = self._device_masks(site.stack, rows["entropy"].device)
             ref = rows["entropy"]
-            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool)
-            metrics = reduce_rows(rows, valid.to(ref.device), causal=causal)
-            self.metrics.setdefault(site.stack, {})[site.layer] = {k: v.detach().cpu() for k, v in metrics.items()}
+            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
+                                                                device=ref.device)
+            metrics = reduce_rows(rows, valid, causal=causal)
+            self.metrics.setdefault(site.stack, {})[site.layer] = {k: v.detach() for k, v in metrics.items()}
             self.rows.setdefault(site.stack, {})[site.layer] = {}
+            self._pending = True
             return
-        kept = {k: v.detach().to("cpu", torch.float32) for k, v in rows.items() if self.keep is None or k in self.keep}
+        kept = {k: _to_host(v.float()) for k, v in rows.items() if self.keep is None or k in self.keep}
         self.rows.setdefault(site.stack, {})[site.layer] = kept
+        self._pending = True
+
+    def finish(self) -> None:
+        """Bring everything to the CPU: one transfer for the metrics, one wait for the rows' copies.
+
+        Called by :func:`run_streaming` after the model ran; idempotent.
+        """
+        if not self._pending:
+            return
+        self._pending = False
+        flat = [(stack, layer, name, v) for stack, layers in self.metrics.items()
+                for layer, found in layers.items() for name, v in found.items()]
+        if flat and flat[0][3].device.type != "cpu":
+            host = torch.cat([v.float().reshape(-1) for *_, v in flat]).cpu()
+            start = 0
+            for stack, layer, name, v in flat:
+                self.metrics[stack][layer][name] = host[start : start + v.numel()].reshape(v.shape)
+                start += v.numel()
+        if any(v.is_pinned() for layers in self.rows.values() for found in layers.values() for v in found.values()):
+            torch.cuda.synchronize()
 
     def attend(
         self,
@@ -164,42 +200,57 @@ class StreamingStatsProbe(Probe):
         """The layer's output from the fused kernel; the call's row statistics go to ``rows`` (or ``metrics``)."""
         softcap = kwargs.get("softcap")
         window = kwargs.get("sliding_window") or None
-        output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)
-        if self._wanted(site):
-            km = self.masks.get(site.stack)
-            is_causal = bool(getattr(module, "is_causal", False))
-            stats_mask = mask
-            if isinstance(mask, LazyMask):
-                pad = mask.key_padding
-                if (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0:
-                    # plain patterns: positions give causality, padding is a [batch, 1, 1, S] key mask
-                    stats_mask = None if pad is None else pad[:, None, None, :]
-                    causal = mask.plain_causal
-                else:
-                    causal = is_causal and not mask.use_vmap and not mask.bidirectional
+        if not self._wanted(site):
+            return fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap), None
+        dev = query.device
+        km = self._device_masks(site.stack, dev)
+        is_causal = bool(getattr(module, "is_causal", False))
+        stats_mask = mask
+        plain = True
+        if isinstance(mask, LazyMask):
+            pad = mask.key_padding
+            if (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0:
+                # plain patterns: positions give causality, padding is a [batch, 1, 1, S] key mask
+                stats_mask = None if pad is None else pad[:, None, None, :]
+                causal = mask.plain_causal
             else:
-                causal = False  # a tensor mask already says everything; no index shortcut
-            self.causal[site.stack] = self.causal.get(site.stack, False) or is_causal
-            dev = query.device
-            rows = attention_row_stats(
-                query,
-                key,
-                scale=scaling,
-                mask=stats_mask,
-                causal=causal,
-                window=window if causal else None,
-                key_valid=None if km is None else km.valid.to(dev),
-                special=None if km is None else km.special.to(dev),
-                punctuation=None if km is None else km.punctuation.to(dev),
-                softcap=softcap,
-                sparsity_threshold=self.sparsity_threshold,
-                local_window=self.local_window,
-                distance_edges=self.distance_edges,
-                q_tile=self.q_tile,
-                k_tile=self.k_tile,
-            )
-            self._store(site, rows, is_causal)
+                causal = is_causal and not mask.use_vmap and not mask.bidirectional
+                plain = False
+        else:
+            causal = False  # a tensor mask already says everything; no index shortcut
+        self.causal[site.stack] = self.causal.get(site.stack, False) or is_causal
+        common = dict(
+            scale=scaling,
+            mask=stats_mask,
+            causal=causal,
+            window=window if causal else None,
+            key_valid=None if km is None else km.valid,
+            special=None if km is None else km.special,
+            punctuation=None if km is None else km.punctuation,
+            softcap=softcap,
+            sparsity_threshold=self.sparsity_threshold,
+            local_window=self.local_window,
+            distance_edges=self.distance_edges,
+        )
+        if plain and self.sparsity_threshold >= 0 and query.shape[-1] <= 256 and fused_available(dev):
+            # one fused kernel: the layer's output and its statistics in the same pass
+            output, rows = fused_attention_stats(query, key, value, **common)
+        else:
+            output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)
+            rows = attention_row_stats(query, key, q_tile=self.q_tile, k_tile=self.k_tile, **common)
+        self._store(site, rows, is_causal)
         return output, None
+
+    def _device_masks(self, stack: str, device: torch.device) -> KeyMasks | None:
+        """The stack's key masks on ``device``, copied there once per probe (not once per layer)."""
+        km = self.masks.get(stack)
+        if km is None:
+            return None
+        cached = self._on_device.get(stack)
+        if cached is None or cached.valid.device != device:
+            cached = KeyMasks(km.valid.to(device), km.special.to(device), km.punctuation.to(device))
+            self._on_device[stack] = cached
+        return cached
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
         """Eager fallback: the row statistics of full weights ``[batch, heads, T, T]`` (self-attention only)."""
@@ -227,6 +278,16 @@ class StreamingStatsProbe(Probe):
         order = sorted(layers)
         names = layers[order[0]].keys()
         return {n: torch.stack([layers[i][n] for i in order], 1) for n in names}
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 on the CPU; from CUDA an asynchronous copy into pinned memory (wait before reading)."""
+    x = x.detach()
+    if x.device.type != "cuda":
+        return x.to(torch.float32)
+    host = torch.empty(x.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    return host
 
 
 # ------------------------------------------------------------------------------------- high level
@@ -265,6 +326,7 @@ def run_streaming(
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
     runner.run(batch, probe, implementation=STREAMING_NAME)
+    probe.finish()
     for stack in batch.causal_stacks:
         probe.causal[stack] = True
     if not probe.rows:
