@@ -152,6 +152,13 @@ def processes(device: str | None = None) -> Processes:
         or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
         or (device is not None and device.startswith("cpu"))
     )
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if not cpu and local >= torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        raise InputError(
+            f"process {local} on this machine has no GPU of its own (the machine has {gpus}); launch at most "
+            f"{gpus} processes per machine (--nproc-per-node / --num_processes), or pass --device cpu"
+        )
     try:
         state = PartialState(cpu=cpu, timeout=timedelta(seconds=wait))
         group = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=wait))
