@@ -138,22 +138,22 @@ def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspe
 
 WORKER = textwrap.dedent("""
     import sys
-    from hf_attn_inspect.runs.compare import compare_models
+    from hf_attn_inspect.cli import main
     from hf_attn_inspect.runs.dataset import analyze_dataset
     from hf_attn_inspect.runs.distributed import process_device, processes
     from hf_attn_inspect import AttentionInspector
 
     a, b, out = sys.argv[1:4]
-    df = compare_models(a, b, None, limit=200, shard_size=16, batch_size=8, out=out + "/compare", classes=False)
+    code = main(["compare", a, b, "--limit", "200", "--shard-size", "16", "--batch-size", "8", "--quiet",
+                 "--out", out + "/compare"])
     inspector = AttentionInspector.from_pretrained(a, device=process_device())
     stats = analyze_dataset(inspector, None, limit=200, shard_size=16, streaming=True, out=out + "/stream")
     me = processes()
-    print(f"rank {me.rank} of {me.world_size} on {me.device}: {df['js_divergence'].sum():.9g} "
-          f"{stats['entropy_mean'].sum():.9g}")
+    print(f"rank {me.rank} of {me.world_size} on {me.device}: {code} {stats['entropy_mean'].sum():.9g}")
 """)
 
 
-def test_accelerate_launch_python_api_compare_and_streaming(two_models, tmp_path):
+def test_accelerate_launch_compare_cli_and_streaming_api(two_models, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out = tmp_path / "two"
@@ -164,14 +164,15 @@ def test_accelerate_launch_python_api_compare_and_streaming(two_models, tmp_path
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # both ranks return the same tables (on the CPU here, no GPU) ...
+    # both ranks end well and return the same table (on the CPU here, no GPU); rank 0 alone reports ...
     lines = sorted(l for l in proc.stdout.splitlines() if l.startswith("rank "))
     assert [l.split(":")[0] for l in lines] == ["rank 0 of 2 on cpu", "rank 1 of 2 on cpu"]
-    assert lines[0].split(":")[1] == lines[1].split(":")[1]
+    assert lines[0].split(":")[1] == lines[1].split(":")[1] and lines[0].split(":")[1].split()[0] == "0"
+    assert proc.stdout.count("compared 8 heads on 200 texts") == 1
+    assert (out / "compare" / "divergence_map.png").exists() and (out / "compare" / "report.md").exists()
     # ... and rank 0 wrote the files one process writes, byte for byte
     one = tmp_path / "one"
-    compare_models(*two_models, None, limit=200, shard_size=16, batch_size=8, out=one / "compare", classes=False,
-                   device="cpu")
+    compare_models(*two_models, None, limit=200, shard_size=16, batch_size=8, out=one / "compare", device="cpu")
     inspector = tiny_models_inspector(two_models[0])
     analyze_dataset(inspector, None, limit=200, shard_size=16, out=one / "stream")  # not streamed: the same rows
     assert (out / "compare" / "head_divergence.csv").read_bytes() == (one / "compare" / "head_divergence.csv").read_bytes()
