@@ -28,9 +28,9 @@ from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import StreamRows, load_dataset_texts, sample_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
-# The shipped sample, 160 rows in shards of 16: 10 shards, 5 per rank with 2 processes.
-BATCH = ["--limit", "160", "--shard-size", "16", "--batch-size", "16"]
-BATCH_KW = {"limit": 160, "shard_size": 16, "batch_size": 16}
+# The shipped sample, 96 rows in shards of 16: 6 shards, 3 per rank with 2 processes.
+BATCH = ["--limit", "96", "--shard-size", "16", "--batch-size", "16"]
+BATCH_KW = {"limit": 96, "shard_size": 16, "batch_size": 16}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -91,12 +91,12 @@ def test_torchrun_batch_equals_one_process(one_process, tmp_path):
         assert (out / name).read_bytes() == (one_process / name).read_bytes(), name
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["world_size"] == 2
-    # shards are dealt out in rounds: 5 of the 10 to each rank, and their rows add up to the dataset
-    assert [(r["rank"], r["shards"], r["rows"]) for r in run["ranks"]] == [(0, 5, 80), (1, 5, 80)]
-    assert run["counts"]["analysed"] == 160
-    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{i:06d}.npz" for i in range(10)]
+    # shards are dealt out in rounds: 3 of the 6 to each rank, and their rows add up to the dataset
+    assert [(r["rank"], r["shards"], r["rows"]) for r in run["ranks"]] == [(0, 3, 48), (1, 3, 48)]
+    assert run["counts"]["analysed"] == 96
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-{i:06d}.npz" for i in range(6)]
     assert (out / "report.md").exists() and (out / "figures").is_dir()
-    assert proc.stdout.count("analysed 160 of 160 rows") == 1  # rank 0 alone says what was done
+    assert proc.stdout.count("analysed 96 of 96 rows") == 1  # rank 0 alone says what was done
 
 
 def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspector, tmp_path):
@@ -106,7 +106,8 @@ def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspe
                     "--no-progress"], **{TIMEOUT_ENV: str(timeout)})
     try:
         deadline = time.time() + 240
-        while not shard_path(out, 1).exists():  # rank 1's first shard: it is midway
+        # rank 1's first shard: it is midway (it cannot start its third shard before rank 0 ends its second)
+        while not shard_path(out, 1).exists():
             assert procs[1].poll() is None and time.time() < deadline, procs[1].communicate()[1][-2000:]
             time.sleep(0.005)
         procs[1].send_signal(signal.SIGKILL)
@@ -125,14 +126,14 @@ def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspe
     assert not (out / "head_stats.csv").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     finished = {int(p.stem.split("-")[1]) for p in (out / "shards").glob("shard-*.npz")}
-    assert 1 in finished and len(finished) < 10
+    assert 1 in finished and len(finished) < 6
     # one process finishes what two began: the missing shards only, and the same file as one process
     df = analyze_dataset(inspector, None, out=out, resume=True, **BATCH_KW)
     run = json.loads((out / "run.json").read_text())
     assert run["shards_resumed"] == len(finished) and run["world_size"] == 1
-    assert run["ranks"] == [{"rank": 0, "shards": 10 - len(finished), "rows": 16 * (10 - len(finished)),
-                             "analysed": 16 * (10 - len(finished))}]
-    assert df.attrs["counts"]["analysed"] == 160
+    assert run["ranks"] == [{"rank": 0, "shards": 6 - len(finished), "rows": 16 * (6 - len(finished)),
+                             "analysed": 16 * (6 - len(finished))}]
+    assert df.attrs["counts"]["analysed"] == 96
     assert (out / "head_stats.csv").read_bytes() == (one_process / "head_stats.csv").read_bytes()
 
 
