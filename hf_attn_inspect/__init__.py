@@ -1,7 +1,7 @@
 """hf-attn-inspect: see and debug the attention of any Hugging Face transformer, exactly."""
 
 from .core.kernels import scaled_dot_product_attention_with_weights
-from .core.errors import AttnInspectError, CaptureError, InputError, ModelLoadError, OutputError
+from .core.errors import AttnInspectError, CaptureError, DistributedError, InputError, ModelLoadError, OutputError
 from .capture.inspector import AttentionInspector, TruncationWarning, default_model_path
 from .capture.result import AttentionResult
 
@@ -35,6 +35,7 @@ __all__ = [
     "AttentionResult",
     "AttnInspectError",
     "CaptureError",
+    "DistributedError",
     "InputError",
     "ModelLoadError",
     "OutputError",

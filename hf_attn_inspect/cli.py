@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AttnInspectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not exc.relayed:  # another process of a distributed run reports it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
     p.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
     p.add_argument("--limit", type=int, default=None, help="analyse only the first N rows")
+    p.add_argument("--streaming", action="store_true",
+                   help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
     from ..runs.dataset import analyze_dataset
+    from ..runs.distributed import process_device, processes
     from ..runs.sources import load_dataset_texts
     from ..views.reports import write_dataset_report
     from .options import load_inspector
@@ -50,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other; pick one")
     # Check the dataset before loading the model: a wrong column fails in a second.
-    load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit)
+    load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit,
+                       streaming=args.streaming)
+    args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
     df = analyze_dataset(
         inspector, args.dataset, args.column, config=args.config, split=args.split, limit=args.limit,
         batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size, out=args.out,
-        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, streaming=args.streaming,
     )
+    if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
+        return 0
     write_dataset_report(args.out, df)
     c = df.attrs.get("counts", {})
     print(f"analysed {c.get('analysed', 0):,} of {c.get('rows', 0):,} rows "

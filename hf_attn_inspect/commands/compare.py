@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
     p.add_argument("--column", default="text", help="text column, or two separated by a comma for sentence pairs")
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    p.add_argument("--streaming", action="store_true",
+                   help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per padded batch (default 16)")
     p.add_argument("--shard-size", type=int, default=2048, help="rows per resumable shard (default 2048)")
     p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..capture.inspector import resolve_inspector
     from ..core.errors import InputError
     from ..runs.compare import compare_models
+    from ..runs.distributed import process_device, processes
     from ..views.comparison import write_comparison
 
     if args.limit is not None and args.limit < 1:
@@ -53,13 +56,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
     source = args.text if args.text is not None else args.dataset
-    a = resolve_inspector(models[0], device=args.device, dtype=args.dtype, what="model A")
-    b = resolve_inspector(models[1], a.tokenizer, device=args.device, dtype=args.dtype, what="model B")
+    device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
+    a = resolve_inspector(models[0], device=device, dtype=args.dtype, what="model A")
+    b = resolve_inspector(models[1], a.tokenizer, device=device, dtype=args.dtype, what="model B")
     df = compare_models(
         a, b, source, out=args.out, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
         split=args.split, limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
-        stack=args.stack, progress=not args.quiet and sys.stderr.isatty(),
+        stack=args.stack, progress=not args.quiet and sys.stderr.isatty(), streaming=args.streaming,
     )
+    if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
+        return 0
     write_comparison(args.out, df, a, b, top=args.top)
     n = df.attrs["counts"]["analysed"]
     print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")

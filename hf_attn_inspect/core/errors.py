@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class AttnInspectError(Exception):
-    """Base class of every deliberate hf-attn-inspect error (one-line, actionable message)."""
+    """Base class of every deliberate hf-attn-inspect error (one-line, actionable message).
+
+    ``relayed`` is True on the other processes of a distributed run when the error is the main
+    process's (which reports it), so the command line prints it once, not once per process.
+    """
+
+    relayed: bool = False
 
 
 class InputError(AttnInspectError, ValueError):
@@ -28,4 +34,9 @@ class OutputError(AttnInspectError, OSError):
     """A result could not be written (directory not writable, existing run not to be overwritten)."""
 
 
-__all__ = ["AttnInspectError", "InputError", "ModelLoadError", "CaptureError", "OutputError"]
+class DistributedError(AttnInspectError):
+    """A process of a run launched on several processes failed, died or stopped answering; the finished
+    shards stay in the output folder and ``--resume`` finishes the run with any number of processes."""
+
+
+__all__ = ["AttnInspectError", "InputError", "ModelLoadError", "CaptureError", "OutputError", "DistributedError"]

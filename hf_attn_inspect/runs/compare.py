@@ -27,6 +27,7 @@ Numbers per (layer, head), all sentences weighing the same:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import warnings
@@ -47,7 +48,8 @@ from ..core.tokens import Tokenizer
 from ..stats.metrics import METRICS, sentence_metrics
 from ..stats.patterns import classify_heads
 from .sharded import Progress, ShardStats, clean_rows, package_versions, run_sharded
-from .sources import DatasetSource, load_dataset_texts
+from .distributed import process_device
+from .sources import DatasetSource, StreamRows, load_dataset_texts
 
 if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its type is needed here
     from datasets import Dataset
@@ -174,7 +176,7 @@ def _check_tokens(ea: Batch, eb: Batch, first_row: int | None) -> None:
 
 
 # -------------------------------------------------------------------------------------------- engine
-def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: "Dataset", start: int, stop: int,
+def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: "Dataset | StreamRows", start: int, stop: int,
                columns: tuple[str, ...], batch_size: int, limit_len: int, stack: str, dims: tuple[int, int],
                bar: Progress | None) -> ShardStats:
     texts, pairs, skipped = clean_rows(ds, start, stop, columns)
@@ -201,11 +203,11 @@ def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: "Dataset", st
             stats.add_values(values, torch.zeros(values.shape[:3], dtype=torch.long))
             if bar is not None:
                 bar.update(len(idx))
-    stats.rows = stop - start
+    stats.rows = len(texts) + sum(skipped.values())  # rows read: fewer than stop - start at a stream's end
     stats.truncated = truncated
     stats.skipped = skipped
     if bar is not None:
-        bar.update(stop - start - stats.n)
+        bar.update(stats.rows - stats.n)
     return stats
 
 
@@ -226,15 +228,16 @@ def _frame(stats: ShardStats) -> pd.DataFrame:
     return df.sort_values(["js_divergence", "layer", "head"], ascending=[False, True, True], kind="stable").reset_index(drop=True)
 
 
-def _first_rows(ds: "Dataset", columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
-    """The first ``n`` usable texts (and pairs) of the dataset, skipping rows as the batch engine does."""
+def _first_rows(ds: "Dataset | StreamRows", columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
+    """The first ``n`` usable texts (and pairs) of the dataset (or a fresh stream), skipping rows as the
+    batch engine does."""
     texts: list[str] = []
     pairs: list[str] = []
-    for start in range(0, ds.num_rows, 256):
-        t, p, _ = clean_rows(ds, start, min(ds.num_rows, start + 256), columns)
+    for start in itertools.count(0, 256):
+        t, p, skipped = clean_rows(ds, start, start + 256, columns)
         texts += t
         pairs += p or []
-        if len(texts) >= n:
+        if len(texts) >= n or len(t) + sum(skipped.values()) < 256:
             break
     return texts[:n], (pairs[:n] if len(columns) == 2 else None)
 
@@ -281,6 +284,7 @@ def compare_models(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    streaming: bool = False,
 ) -> pd.DataFrame:
     """Per-head difference between the attention of models A and B on the same inputs.
 
@@ -305,15 +309,24 @@ def compare_models(
     otherwise). The figures and ``report.md`` are written by
     :func:`hf_attn_inspect.views.comparison.write_comparison`. Raises :class:`InputError` when the models
     differ in layers/heads or their tokenizers split a text differently (naming text and token).
-    ``classes=False`` skips the pattern classes.
+    ``classes=False`` skips the pattern classes. ``streaming=True`` reads the dataset as a stream (same
+    rows, same numbers; see :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`).
+
+    Launched on several processes (``accelerate launch`` / ``torchrun``), models given by name load on
+    each rank's own device (:func:`~hf_attn_inspect.runs.distributed.process_device`), the shards are
+    shared out, every rank returns the same table and only rank 0 writes ``head_divergence.csv`` and
+    ``run.json`` (with ``world_size`` and ``ranks``).
     """
+    device = process_device(device)
     ia = resolve_inspector(a, tokenizer, device=device, dtype=dtype, what="model A")
     ib = resolve_inspector(b, tokenizer or ia.tokenizer, device=device, dtype=dtype, what="model B")
     which = _main_stack(ia, stack)
     dims = _check_shapes(ia, ib, which)
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch size and shard size must be at least 1")
-    ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit)
+    ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit,
+                                  streaming=streaming)
+    rows = StreamRows(ds, info.columns) if streaming else ds
     limit_len = max_length or min(ia.max_length, ib.max_length)
     params = {
         "kind": "compare",
@@ -328,25 +341,26 @@ def compare_models(
     }
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
-        return _run_shard(ia, ib, ds, start, stop, info.columns, batch_size, limit_len, which, dims, bar)
+        return _run_shard(ia, ib, rows, start, stop, info.columns, batch_size, limit_len, which, dims, bar)
 
     run_ = run_sharded(
-        ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
+        None if streaming else ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
         overwrite=overwrite, progress=progress, desc="compare", column=info.columns[0],
     )
     total, counts = run_.total, run_.counts
     df = _frame(total)
-    first_texts, first_pairs = _first_rows(ds, info.columns, CLASS_SAMPLE)
+    first_texts, first_pairs = _first_rows(StreamRows(ds, info.columns) if streaming else ds, info.columns, CLASS_SAMPLE)
     if classes:
         df = _add_classes(df, ia, ib, first_texts, first_pairs, which, limit_len)
     run = {"status": "finished", "parameters": params, "versions": package_versions(), "counts": counts,
            "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed, "first_text": first_texts[0],
            "pattern_classes": "class_a" in df, "elapsed_s": round(run_.elapsed, 3),
+           "world_size": run_.world_size, "ranks": run_.ranks,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs.update({"counts": counts, "n_sentences": total.n, "model_a": ia.name, "model_b": ib.name, "stack": which,
                      "max_length": limit_len, "first_text": first_texts[0],
                      "first_pair": None if first_pairs is None else first_pairs[0], "run": run})
-    if out is not None:
+    if out is not None and run_.is_main:
         atomic_write(Path(out) / "head_divergence.csv", lambda fh: df.to_csv(fh, index=False))
         write_json(run, Path(out) / "run.json")
     return df

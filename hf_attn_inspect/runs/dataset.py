@@ -54,7 +54,7 @@ from ..core.errors import CaptureError, InputError
 from ..core.files import atomic_write, write_json
 from ..stats.metrics import METRICS, column_share, reduce_rows, sentence_metrics
 from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
-from .sources import DatasetSource, load_dataset_texts
+from .sources import DatasetSource, StreamRows, load_dataset_texts
 
 if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its type is needed here
     from datasets import Dataset
@@ -278,6 +278,7 @@ def analyze_dataset(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    streaming: bool = False,
 ) -> pd.DataFrame:
     """Analyse every text of ``dataset`` and return the ``head_stats`` table (one row per layer and head).
 
@@ -298,11 +299,19 @@ def analyze_dataset(
     ``resume=True`` continues a stopped run, ``overwrite=True`` replaces a previous one; at the end the
     tables (:func:`write_tables`) and ``run.json`` are written. The figures and ``report.md`` come from
     :func:`hf_attn_inspect.views.reports.write_dataset_report`. ``progress=True`` shows a tqdm bar with
-    sentences per second on stderr.
+    sentences per second on stderr. ``streaming=True`` reads the dataset as a stream (see
+    :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`): same rows, same numbers, nothing loaded
+    or converted before the first batch.
+
+    Launched on several processes (``accelerate launch`` / ``torchrun``; put each rank's model on
+    :func:`~hf_attn_inspect.runs.distributed.process_device`), the shards are shared out among them,
+    every rank returns the same table, and only rank 0 writes the tables and ``run.json`` (which records
+    ``world_size`` and what each rank computed, ``ranks``).
     """
     if batch_size < 1 or shard_size < 1:
         raise InputError("batch size and shard size must be at least 1")
-    ds, info = load_dataset_texts(dataset, config=config, split=split, column=column, limit=limit)
+    ds, info = load_dataset_texts(dataset, config=config, split=split, column=column, limit=limit, streaming=streaming)
+    rows = StreamRows(ds, info.columns) if streaming else ds
     probe_factory = probe or SentenceStatsProbe
     classify = classify or classify_sentence_heads
     limit_len = max_length or inspector.max_length
@@ -320,11 +329,11 @@ def analyze_dataset(
     }
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
-        return _run_shard(inspector, ds, start, stop, info.columns, batch_size, limit_len, sparsity_threshold,
+        return _run_shard(inspector, rows, start, stop, info.columns, batch_size, limit_len, sparsity_threshold,
                           probe_factory, classify, bar)
 
     run_ = run_sharded(
-        ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
+        None if streaming else ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
         overwrite=overwrite, progress=progress, desc="batch", column=info.columns[0],
     )
     elapsed = run_.elapsed
@@ -332,10 +341,11 @@ def analyze_dataset(
     run = {"status": "finished", "parameters": params, "versions": package_versions(), "counts": run_.counts,
            "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed, "elapsed_s": round(elapsed, 3),
            "sentences_per_s": round(run_.analysed_now / elapsed, 2) if elapsed > 0 else None,
+           "world_size": run_.world_size, "ranks": run_.ranks,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs["counts"] = run_.counts
     df.attrs["run"] = run
-    if out is not None:
+    if out is not None and run_.is_main:
         write_tables(out, df)
         write_json(run, Path(out) / "run.json")
     return df
@@ -343,7 +353,7 @@ def analyze_dataset(
 
 def _run_shard(
     inspector: AttentionInspector,
-    ds: "Dataset",
+    ds: "Dataset | StreamRows",
     start: int,
     stop: int,
     columns: tuple[str, ...],
@@ -390,9 +400,9 @@ def _run_shard(
     if stats is None:  # nothing usable in this shard
         names = tuple(getattr(probe_factory, "metric_names", METRICS))
         stats = ShardStats.empty(nl, nh, names, classify({k: torch.zeros(1) for k in names})[0])
-    stats.rows = stop - start
+    stats.rows = len(texts) + sum(skipped.values())  # rows read: fewer than stop - start at a stream's end
     stats.truncated = truncated
     stats.skipped = skipped
     if bar is not None:
-        bar.update(stop - start - stats.n)
+        bar.update(stats.rows - stats.n)
     return stats

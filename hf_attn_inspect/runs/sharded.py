@@ -16,13 +16,19 @@ With an output directory:
 - a finished run (``"status": "finished"``) is never replaced unless ``overwrite=True``, and an
   unfinished one is neither silently restarted nor overwritten.
 
+Launched on several processes (``accelerate launch`` / ``torchrun``; see
+:mod:`hf_attn_inspect.runs.distributed`), the same loop deals the shards out to the ranks, every rank
+writes its shards to the shared output folder, and rank 0 merges them in shard order: the numbers are
+those of one process, and a run stopped with any number of processes resumes with any other number.
+
 The engine writes its own tables and the final ``run.json`` (``"status": "finished"``) once the loop
-returns. :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
+returns (on rank 0 only: :attr:`ShardedRun.is_main`). :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
 skipped and counted), :func:`package_versions` the version record of ``run.json`` files.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -37,8 +43,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.errors import InputError, OutputError
+from ..core.errors import AttnInspectError, DistributedError, InputError, OutputError
 from ..core.files import atomic_write, write_json
+from .distributed import Processes, processes
 
 if TYPE_CHECKING:  # datasets is imported by the engines that load data; only its type is needed here
     from datasets import Dataset
@@ -158,7 +165,10 @@ class ShardedRun:
     ``total`` is the sum of every shard's :class:`ShardStats`; ``counts`` holds ``rows`` (rows read),
     ``analysed`` (sentences analysed), ``skipped`` (by reason), ``skipped_total`` and ``truncated``;
     ``shards_total`` is the number of shards, ``shards_resumed`` how many came from an earlier run's
-    files, ``analysed_now`` the sentences computed by this call and ``elapsed`` its seconds.
+    files, ``analysed_now`` the sentences computed by this call (all processes together) and ``elapsed``
+    its seconds. ``world_size`` is the number of processes that ran it, ``ranks`` what each computed
+    (``rank``, ``shards``, ``rows``, ``analysed``), ``is_main`` whether this process is the one that
+    writes the outputs (rank 0; always True in a single process).
     """
 
     total: ShardStats
@@ -167,6 +177,9 @@ class ShardedRun:
     shards_resumed: int
     analysed_now: int
     elapsed: float
+    world_size: int = 1
+    ranks: list[dict[str, int]] = field(default_factory=list)
+    is_main: bool = True
 
 
 def shard_path(out_dir: str | os.PathLike, shard: int) -> Path:
@@ -175,7 +188,7 @@ def shard_path(out_dir: str | os.PathLike, shard: int) -> Path:
 
 
 def run_sharded(
-    n_rows: int,
+    n_rows: int | None,
     shard_size: int,
     compute: ShardCompute,
     *,
@@ -191,53 +204,185 @@ def run_sharded(
     """Run ``compute(start, stop, bar)`` over rows ``[0, n_rows)`` shard by shard and merge the results.
 
     Rows are cut into ``ceil(n_rows / shard_size)`` shards (at least one); their statistics are added in
-    shard order. With ``out_dir`` (see the module docstring), the directory is checked with
-    :func:`prepare_out_dir` (``params`` are the run's settings, compared on ``resume``; ``outputs`` the
-    files of a finished run that ``overwrite`` deletes besides ``run.json`` and the shards), ``run.json``
-    says ``running`` and every finished shard is written atomically; a shard that raises leaves the
-    shards before it on disk for ``resume``. ``progress=True`` shows a tqdm bar labelled ``desc`` on
-    stderr. Raises :class:`InputError` when ``shard_size`` is below 1 or no row of ``column`` was
-    usable, :class:`OutputError` for the output-directory refusals.
+    shard order. ``n_rows=None`` is a stream of unknown length: shards are computed until one comes back
+    with fewer than ``shard_size`` rows (``ShardStats.rows``), the last one. With ``out_dir`` (see the
+    module docstring), the directory is checked with :func:`prepare_out_dir` (``params`` are the run's
+    settings, compared on ``resume``; ``outputs`` the files of a finished run that ``overwrite`` deletes
+    besides ``run.json`` and the shards), ``run.json`` says ``running`` and every finished shard is
+    written atomically; a shard that raises leaves the shards before it on disk for ``resume``.
+    ``progress=True`` shows a tqdm bar labelled ``desc`` on stderr.
+
+    Launched on several processes (``torchrun``/``accelerate launch``, see
+    :mod:`hf_attn_inspect.runs.distributed`), the shards still to compute are dealt out in rounds: in
+    round ``k`` rank ``r`` computes the ``k * world_size + r``-th of them (in shard order) and writes it
+    to the shared ``out_dir``; after each round the ranks exchange their shard statistics (a meeting
+    point with a timeout). Rank 0 alone checks the folder, writes ``run.json`` and shows progress (all
+    ranks' rows), and adds the shards in shard order, so the numbers are the same as one process's; every
+    rank returns the merged result. A rank that raises makes every rank raise (its own error on that
+    rank, :class:`DistributedError` naming it on the others); one that died or stopped answering makes
+    the others raise :class:`DistributedError`; the finished shards stay on disk for ``resume`` with
+    any number of processes. Raises :class:`InputError` when ``shard_size`` is below 1 or no row of
+    ``column`` was usable, :class:`OutputError` for the output-directory refusals.
     """
     if shard_size < 1:
         raise InputError(f"shard size must be at least 1, got {shard_size}")
     params = dict(params or {})
-    n_shards = max(1, math.ceil(n_rows / shard_size))
-    done: dict[int, ShardStats] = {}
+    procs = processes()
+    n_shards = None if n_rows is None else max(1, math.ceil(n_rows / shard_size))
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        done = prepare_out_dir(out, params, resume=resume, overwrite=overwrite, outputs=outputs)
-        write_json({"status": "running", "parameters": params, "versions": package_versions(),
-                    "shards_total": n_shards, "shards_done": len(done)}, out / "run.json")
+    done = _start(procs, out, params, n_shards, resume=resume, overwrite=overwrite, outputs=outputs)
     bar = None
-    if progress:
+    if progress and procs.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_rows, unit="sent", desc=desc, dynamic_ncols=True,
                    initial=sum(s.rows for s in done.values()))
     started = time.perf_counter()
-    analysed_now = 0
-    total: ShardStats | None = None
+    merged = _Merge(dict(done) if procs.is_main else {})
+    ranks = [{"rank": r, "shards": 0, "rows": 0, "analysed": 0} for r in range(procs.world_size)]
+    todo = (i for i in (range(n_shards) if n_shards is not None else itertools.count()) if i not in done)
     try:
-        for shard in range(n_shards):
-            if shard in done:
-                stats = done[shard]
-            else:
-                stats = compute(shard * shard_size, min(n_rows, (shard + 1) * shard_size), bar)
-                analysed_now += stats.n
-                if out is not None:
-                    stats.save(shard_path(out, shard))
-            total = stats if total is None else total + stats
+        while True:
+            round_ = list(itertools.islice(todo, procs.world_size))
+            if not round_:
+                break
+            mine = round_[procs.rank] if procs.rank < len(round_) else None
+            report, failure = _compute_one(procs, mine, n_rows, shard_size, compute, bar, out)
+            try:
+                reports = procs.exchange(report)
+            except DistributedError as exc:
+                raise DistributedError(f"{exc}{_resume_hint(out)}") from None
+            _raise_failures(procs, reports, failure, out)
+            for r, rep in enumerate(reports):
+                stats = rep["stats"]
+                if stats is None:
+                    continue
+                if n_rows is None and stats.rows == 0:  # past a stream's end
+                    merged.empty = merged.empty or stats
+                    continue
+                ranks[r]["shards"] += 1
+                ranks[r]["rows"] += stats.rows
+                ranks[r]["analysed"] += stats.n
+                if bar is not None and r != procs.rank:
+                    bar.update(stats.rows)
+                if procs.is_main:
+                    merged.add(rep["shard"], stats)
+            if n_rows is None:  # a stream: the first short shard is the last one
+                ends = [rep["shard"] + (rep["stats"].rows > 0) for rep in reports
+                        if rep["stats"] is not None and rep["stats"].rows < shard_size]
+                if ends:
+                    n_shards = min(ends)
+                    break
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - started
-    assert total is not None  # n_shards >= 1
+    assert n_shards is not None  # known, or set when the stream ended
+    total = procs.share(merged.finish(n_shards) if procs.is_main else None)
+    n_shards = max(1, n_shards)
     if total.n == 0:
         raise InputError(f"no usable text in column {column!r} ({total.rows} rows, all empty or not text)")
     counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
               "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
-    return ShardedRun(total, counts, n_shards, len(done), analysed_now, elapsed)
+    return ShardedRun(total, counts, n_shards, len(done), sum(r["analysed"] for r in ranks), elapsed,
+                      procs.world_size, ranks, procs.is_main)
+
+
+def _start(procs: Processes, out: Path | None, params: RunRecord, n_shards: int | None, *, resume: bool,
+           overwrite: bool, outputs: Sequence[str]) -> dict[int, ShardStats]:
+    """Rank 0 checks the output folder and marks the run ``running``; every rank learns which shards are
+    finished (non-main ranks get their numbers only, as empty placeholders) or raises rank 0's refusal."""
+    done: dict[int, ShardStats] = {}
+    refusal: AttnInspectError | None = None
+    if out is not None and procs.is_main:
+        try:
+            done = prepare_out_dir(out, params, resume=resume, overwrite=overwrite, outputs=outputs)
+            write_json({"status": "running", "parameters": params, "versions": package_versions(),
+                        "shards_total": n_shards, "shards_done": len(done)}, out / "run.json")
+        except AttnInspectError as exc:
+            refusal = exc
+    if procs.world_size > 1:
+        verdict = procs.share((refusal, sorted(done)) if procs.is_main else None)
+        if not procs.is_main:
+            refusal, numbers = verdict
+            done = {i: ShardStats.empty(0, 0, (), ()) for i in numbers}
+            if refusal is not None:
+                refusal.relayed = True
+    if refusal is not None:
+        raise refusal
+    return done
+
+
+def _compute_one(procs: Processes, shard: int | None, n_rows: int | None, shard_size: int, compute: ShardCompute,
+                 bar: Progress | None, out: Path | None) -> tuple[dict[str, object], Exception | None]:
+    """Compute (and save) this rank's ``shard`` of the round; returns its report for the others and the
+    exception it raised (in a distributed run; a single process raises it at once)."""
+    report: dict[str, object] = {"shard": shard, "stats": None, "error": None}
+    if shard is None:
+        return report, None
+    start = shard * shard_size
+    stop = start + shard_size if n_rows is None else min(n_rows, start + shard_size)
+    try:
+        stats = compute(start, stop, bar)
+        if out is not None and (n_rows is not None or stats.rows > 0):  # nothing to keep past a stream's end
+            stats.save(shard_path(out, shard))
+    except Exception as exc:
+        if procs.world_size == 1:
+            raise
+        report["error"] = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return report, exc
+    report["stats"] = stats
+    return report, None
+
+
+def _raise_failures(procs: Processes, reports: list[dict[str, object]], own: Exception | None, out: Path | None) -> None:
+    """After a round: when a rank failed, raise on every rank (the failing rank re-raises its own error)."""
+    failed = [(r, rep) for r, rep in enumerate(reports) if rep["error"] is not None]
+    if not failed:
+        return
+    if own is not None:
+        raise own
+    r, rep = failed[0]
+    error = DistributedError(f"rank {r} of {procs.world_size} failed in shard {rep['shard']}: {rep['error']}{_resume_hint(out)}")
+    error.relayed = not procs.is_main  # rank 0 reports it
+    raise error
+
+
+def _resume_hint(out: Path | None) -> str:
+    if out is None:
+        return ""
+    return (f"; the finished shards are kept in {str(out / SHARDS_DIR)!r}: rerun with --resume "
+            "(with any number of processes) to finish the run")
+
+
+class _Merge:
+    """Adds shard statistics in shard order as they arrive (out of order across ranks and rounds)."""
+
+    def __init__(self, done: dict[int, ShardStats]) -> None:
+        self.waiting = done
+        self.next = 0
+        self.total: ShardStats | None = None
+        self.empty: ShardStats | None = None
+
+    def add(self, shard: int, stats: ShardStats) -> None:
+        self.waiting[shard] = stats
+        while self.next in self.waiting:
+            stats = self.waiting.pop(self.next)
+            self.total = stats if self.total is None else self.total + stats
+            self.next += 1
+
+    def finish(self, n_shards: int) -> ShardStats:
+        """The sum of shards ``0 .. n_shards - 1`` (all must have arrived); a stream without rows gives
+        the empty statistics of the shard past its end."""
+        missing = [i for i in range(self.next, n_shards) if i not in self.waiting]
+        if missing:
+            raise DistributedError(f"shard {missing[0]} never arrived; rerun with --resume")
+        for i in range(self.next, n_shards):
+            stats = self.waiting.pop(i)
+            self.total = stats if self.total is None else self.total + stats
+        total = self.total if self.total is not None else self.empty
+        assert total is not None  # at least one shard was computed or read
+        return total
 
 
 # --------------------------------------------------------------------------- output directory

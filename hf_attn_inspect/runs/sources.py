@@ -4,7 +4,9 @@ Everything goes through the `datasets` library, so a Hub name, a CSV / JSON / JS
 and a folder of such files all come back as one :class:`datasets.Dataset` (all columns kept, so a
 ``label`` column stays available for fine-tuning demos). :func:`load_dataset_texts` also checks the
 text column(s) (``"text"`` or a pair ``"premise,hypothesis"``) and returns a small :class:`DatasetInfo`
-describing what was loaded, for ``run.json`` files.
+describing what was loaded, for ``run.json`` files. With ``streaming=True`` it returns a
+:class:`datasets.IterableDataset` instead (rows read as they are needed, nothing downloaded or converted
+first), which :class:`StreamRows` reads forward in row ranges for the sharded run loop.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 from ..core.errors import InputError
 
 if TYPE_CHECKING:  # datasets is imported on first load (it is slow to import)
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict, IterableDataset
 
 __all__ = [
     "DatasetInfo",
     "DatasetSource",
     "SAMPLE_NAME",
+    "StreamRows",
     "load_dataset_texts",
     "parse_columns",
     "sample_dataset_path",
@@ -87,13 +90,14 @@ class DatasetInfo:
     source: str  # "sample", a local path, a Hub name, or "in-memory"
     kind: str  # "sample", "csv", "json", "parquet", "text", "folder", "hub", "in-memory"
     columns: tuple[str, ...]  # the text column, or the two columns of a pair
-    num_rows: int  # rows after --limit
-    total_rows: int  # rows before --limit
+    num_rows: int | None  # rows after --limit (None: a stream, not counted in advance)
+    total_rows: int | None  # rows before --limit (None: a stream)
     available_columns: list[str] = field(default_factory=list)
     config: str | None = None
     split: str | None = None
     limit: int | None = None
     fingerprint: str | None = None
+    streaming: bool = False
 
     @property
     def is_pair(self) -> bool:
@@ -145,7 +149,7 @@ def _pick_split(dd: "DatasetDict", split: str | None, source: str) -> "tuple[Dat
     return dd[split], split
 
 
-def _load_local(path: Path, split: str | None, datasets: ModuleType) -> "tuple[Dataset, str, str]":
+def _load_local(path: Path, split: str | None, datasets: ModuleType, streaming: bool = False) -> "tuple[Dataset, str, str]":
     """Load a local file or folder with the matching `datasets` builder -> (dataset, kind, split)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
@@ -173,16 +177,17 @@ def _load_local(path: Path, split: str | None, datasets: ModuleType) -> "tuple[D
     if builder == "csv" and all(f.lower().endswith(".tsv") for f in data_files):
         kwargs["sep"] = "\t"
     try:
-        dd = datasets.load_dataset(builder, data_files={"train": data_files}, **kwargs)
+        dd = datasets.load_dataset(builder, data_files={"train": data_files}, streaming=streaming, **kwargs)
     except Exception as exc:
         raise InputError(f"could not read {str(path)!r} as {builder}: {_one_line(exc)}") from exc
     ds, split = _pick_split(dd, split, str(path))
     return ds, kind, split
 
 
-def _load_hub(name: str, config: str | None, split: str | None, datasets: ModuleType) -> "tuple[Dataset, str]":
+def _load_hub(name: str, config: str | None, split: str | None, datasets: ModuleType,
+              streaming: bool = False) -> "tuple[Dataset, str]":
     try:
-        dd = datasets.load_dataset(name, config)
+        dd = datasets.load_dataset(name, config, streaming=streaming)
     except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
         hint = (" (offline: only datasets already in the local cache can be used)" if offline else "")
@@ -190,7 +195,7 @@ def _load_hub(name: str, config: str | None, split: str | None, datasets: Module
             f"could not load dataset {name!r}{hint}: {_one_line(exc)}; give a Hub name, "
             "a local .csv/.json/.jsonl/.parquet/.txt file or folder, or omit --dataset for the sample"
         ) from exc
-    if isinstance(dd, datasets.Dataset):
+    if isinstance(dd, (datasets.Dataset, datasets.IterableDataset)):
         return dd, split or "train"
     return _pick_split(dd, split, name)
 
@@ -227,7 +232,8 @@ def load_dataset_texts(
     split: str | None = None,
     column: str | Sequence[str] = "text",
     limit: int | None = None,
-) -> "tuple[Dataset, DatasetInfo]":
+    streaming: bool = False,
+) -> "tuple[Dataset | IterableDataset, DatasetInfo]":
     """Load a dataset and check its text column(s); returns ``(datasets.Dataset, DatasetInfo)``.
 
     ``dataset`` is ``None`` (the sample shipped with the package, see :func:`sample_dataset_path`), a
@@ -239,6 +245,11 @@ def load_dataset_texts(
     the available ones. ``limit`` keeps the first ``limit`` rows (in file order). All columns are kept
     in the returned dataset; rows are not filtered here (empty or non-string texts are the analysis
     engine's business, which skips and counts them).
+
+    ``streaming=True`` returns a :class:`datasets.IterableDataset` in the same row order (Hub and local
+    files are read as they are iterated, nothing is downloaded or converted first; an in-memory dataset
+    is wrapped); ``info.num_rows`` and ``info.total_rows`` are then None (not counted in advance) and
+    ``limit`` takes the first rows of the stream. Read it in row ranges with :class:`StreamRows`.
     """
     datasets = _hf_datasets()
     _quiet(datasets)
@@ -247,23 +258,23 @@ def load_dataset_texts(
         raise InputError(f"--limit must be >= 0, got {limit}")
 
     if dataset is None or (isinstance(dataset, str) and dataset == SAMPLE_NAME):
-        ds, kind, split_used = _load_local(Path(sample_dataset_path()), split, datasets)
+        ds, kind, split_used = _load_local(Path(sample_dataset_path()), split, datasets, streaming)
         source, kind = SAMPLE_NAME, "sample"
-    elif isinstance(dataset, datasets.Dataset):
+    elif isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
         ds, source, kind, split_used = dataset, "in-memory", "in-memory", split
-    elif isinstance(dataset, datasets.DatasetDict):
+    elif isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         ds, split_used = _pick_split(dataset, split, "in-memory")
         source, kind = "in-memory", "in-memory"
     elif isinstance(dataset, (str, os.PathLike)):
         text = os.fspath(dataset)
         path = Path(text).expanduser()
         if path.exists():
-            ds, kind, split_used = _load_local(path, split, datasets)
+            ds, kind, split_used = _load_local(path, split, datasets, streaming)
             source = str(path)
         elif any(text.lower().endswith(s) for s in _BUILDERS) or text.startswith((".", "/", "~")):
             raise InputError(f"dataset file {text!r} does not exist")
         else:
-            ds, split_used = _load_hub(text, config, split, datasets)
+            ds, split_used = _load_hub(text, config, split, datasets, streaming)
             source, kind = text, "hub"
     elif isinstance(dataset, Sequence):
         ds = _from_memory(dataset, cols, datasets)
@@ -273,27 +284,80 @@ def load_dataset_texts(
             f"dataset must be a path, a Hub name, a datasets.Dataset or a list of strings, "
             f"not {type(dataset).__name__}"
         )
+    if streaming and isinstance(ds, datasets.Dataset):
+        ds = ds.to_iterable_dataset()
+    elif not streaming and isinstance(ds, datasets.IterableDataset):
+        raise InputError("an IterableDataset is read as a stream: pass streaming=True (--streaming)")
 
-    available = list(ds.column_names)
+    available = list(ds.column_names or [])
+    if not available and isinstance(ds, datasets.IterableDataset):  # a stream whose columns are known once read
+        first = next(iter(ds.take(1)), None)
+        available = list(first or {})
     missing = [c for c in cols if c not in available]
     if missing:
         raise InputError(
             f"column {missing[0]!r} not found in dataset {source!r}; available columns: "
             f"{', '.join(available) or '(none)'} (choose with --column)"
         )
-    total = ds.num_rows
-    if limit is not None and int(limit) < total:
-        ds = ds.select(range(int(limit)))
+    if isinstance(ds, datasets.IterableDataset):
+        total = None
+        if limit is not None:
+            ds = ds.take(int(limit))
+        num_rows = None
+    else:
+        total = ds.num_rows
+        if limit is not None and int(limit) < total:
+            ds = ds.select(range(int(limit)))
+        num_rows = ds.num_rows
     info = DatasetInfo(
         source=source,
         kind=kind,
         columns=cols,
-        num_rows=ds.num_rows,
+        num_rows=num_rows,
         total_rows=total,
         available_columns=available,
         config=config,
         split=split_used,
         limit=None if limit is None else int(limit),
-        fingerprint=getattr(ds, "_fingerprint", None),
+        fingerprint=None if streaming else getattr(ds, "_fingerprint", None),
+        streaming=streaming,
     )
     return ds, info
+
+
+class StreamRows:
+    """Rows of a :class:`datasets.IterableDataset` by row range, read forward: ``rows[start:stop]`` is a
+    dict of column lists (like ``Dataset[start:stop]``), shorter at the stream's end, empty past it.
+
+    Ranges must come in increasing order (each ``start`` at or after the previous ``stop``); the rows
+    between them are read and dropped, so one process of a distributed run reads the stream once and
+    keeps only its own shards. Only ``columns`` are kept; ``chunk`` rows are read at a time.
+    """
+
+    def __init__(self, ds: "IterableDataset", columns: Sequence[str], chunk: int = 1024) -> None:
+        self.columns = tuple(columns)
+        self._batches: Iterator[dict[str, list[object]]] = iter(ds.iter(batch_size=chunk))
+        self._buffer: dict[str, list[object]] = {c: [] for c in self.columns}
+        self._position = 0  # row number of the first buffered row
+        self._ended = False
+
+    def _buffered(self) -> int:
+        return len(self._buffer[self.columns[0]])
+
+    def __getitem__(self, rows: slice) -> dict[str, list[object]]:
+        start, stop = int(rows.start or 0), int(rows.stop)
+        if start < self._position:
+            raise InputError(f"a stream is read forward only: rows {start}:{stop} were already passed")
+        while self._buffered() < stop - self._position and not self._ended:
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self._ended = True
+                break
+            for c in self.columns:
+                self._buffer[c].extend(batch[c])
+        lo, hi = start - self._position, stop - self._position
+        out = {c: v[lo:hi] for c, v in self._buffer.items()}
+        self._buffer = {c: v[hi:] for c, v in self._buffer.items()}
+        self._position = stop  # every row before stop is passed (or the stream ended before it)
+        return out
