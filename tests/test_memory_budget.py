@@ -137,6 +137,23 @@ def test_long_capture_metrics_equal_streaming_and_classes_equal_stored(inspector
     assert list(cap.table["class"]) == list(stored["class"])
 
 
+@pytest.mark.parametrize("family, stack", [("bart", "self"), ("bart", "decoder"), ("bart", "cross"), ("gpt2", "self"),
+                                           ("deberta", "self")])
+def test_long_capture_every_family_matches_stored_weights(tiny_model, tiny_tokenizer, family, stack):
+    """Encoder-decoder stacks, a causal LM, and DeBERTa (eager fallback: weights arrive through ``record``)."""
+    ins = AttentionInspector(tiny_model(family), tiny_tokenizer)
+    text = "the cat sat on the mat , and the dog ran to the park . " * 6
+    pair = "a dog ran . " * 5 if family == "bart" else None
+    cap = capture_within_budget(ins, text, pair, stack=stack, max_memory="200MB", max_blocks=16)
+    r = ins(text, pair)
+    att = {"self": r.attentions, "encoder": r.attentions, "decoder": r.decoder_attentions, "cross": r.cross_attentions}
+    np.testing.assert_allclose(cap.pooled.numpy(), pool_blocks(att[cap.stack], cap.q_edges, cap.k_edges).numpy(), atol=1e-6)
+    want = head_table(r, which="decoder" if cap.metrics_stack == "decoder" else "self")
+    np.testing.assert_allclose(cap.table[list(METRICS)].to_numpy(), want[list(METRICS)].to_numpy(), atol=2e-5)
+    assert list(cap.table["class"]) == list(want["class"])
+    torch.testing.assert_close(cap.layer_weights, att[cap.stack][0], atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- command line
 def test_inspect_long_input_within_budget_writes_pooled_figures(tmp_path, capsys):
     out = tmp_path / "o"

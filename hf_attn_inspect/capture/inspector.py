@@ -442,7 +442,7 @@ class AttentionInspector:
         t = int(batch.inputs["attention_mask"].shape[-1])
         raise MemoryBudgetError(
             f"capturing full attention weights of {t} tokens needs about {estimate.describe()}, more than the "
-            f"memory budget of {budget.describe()}; ways out: keep less with layers=[...]/heads=[...] (view --layers) "
+            f"memory budget of {budget.describe()}; ways out: keep less with layers=[...]/heads=[...] or view --layers "
             f"(one layer needs about {format_bytes(one_layer)}, one head of one layer {format_bytes(one_head)}), "
             "raise the budget with max_memory= / --max-memory, or measure without [T, T] memory "
             "(stats.streaming.streaming_head_metrics, the `long` command; `inspect` draws pooled attention)",

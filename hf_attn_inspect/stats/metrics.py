@@ -187,18 +187,24 @@ def _rows(
     rows["previous_token"] = _band(w, q_offset, -1)
     rows["next_token"] = _band(w, q_offset, 1)
     rows["first_token"] = w[..., 0]
-    for name, keys_mask in (("special_tokens", special), ("punctuation", punctuation)):
-        if keys_mask is None:
+    given = [(n, km) for n, km in (("special_tokens", special), ("punctuation", punctuation)) if km is not None]
+    if given:  # both key shares in one product: one read of w, no [.., T, T] temporary
+        keys = torch.stack([km.to(w.device).float() for _, km in given], -1).reshape(b, *extra, t, len(given))
+        shares = torch.matmul(w, keys)
+        for c, (name, _) in enumerate(given):
+            rows[name] = shares[..., c]
+    for name in ("special_tokens", "punctuation"):
+        if name not in rows:
             rows[name] = torch.zeros_like(rows["first_token"])
-        else:
-            km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
-            rows[name] = torch.mul(w, km, out=tmp).sum(-1)
     rows["max_weight"] = w.amax(-1)
     rows["mean_distance"] = torch.mul(w, dist, out=tmp).sum(-1)
-    rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
+    if 2 * local_window + 1 <= t // 4:  # a narrow band: its 2w + 1 diagonals, not a pass over the matrix
+        rows["local_window"] = torch.stack([_band(w, q_offset, d) for d in range(-local_window, local_window + 1)]).sum(0)
+    else:
+        rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
     if power_sums:  # only weight_std's power sums need these; sentence_metrics computes it in two passes
         rows["mass"] = w.sum(-1)
-        rows["sq_sum"] = torch.mul(w, w, out=tmp).sum(-1)
+        rows["sq_sum"] = torch.linalg.vector_norm(w, dim=-1).square()
     if sparsity_threshold >= 0:  # padding cells are 0, never above a non-negative threshold
         above = torch.gt(w, sparsity_threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
         rows["above"] = above.sum(-1, dtype=torch.float32)
