@@ -92,6 +92,31 @@ def test_enough_for_one_layer_returns_that_layer_when_asked(inspector):
     torch.testing.assert_close(got.attentions[0], want, atol=0, rtol=0)
 
 
+def test_row_quantities_of_row_blocks_equal_the_full_matrix_rows():
+    """Long inputs are measured a block of query rows at a time (q_offset): the same rows as the full matrix."""
+    torch.manual_seed(0)
+    b, h, t = 2, 3, 23
+    w = torch.softmax(torch.randn(b, h, t, t) * 3, -1)
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[1, 17:] = False  # padding in the second sentence
+    special = torch.zeros(b, t, dtype=torch.bool)
+    special[:, 0] = True
+    punct = torch.rand(b, t) > 0.7
+    from hf_attn_inspect.stats.metrics import row_quantities
+
+    for lw in (1, 4, 30):  # the band path and the mask path of local_window
+        full = row_quantities(w, valid, special=special, punctuation=punct, local_window=lw)
+        parts = [row_quantities(w[..., q0 : q0 + 5, :], valid, special=special, punctuation=punct, local_window=lw, q_offset=q0)
+                 for q0 in range(0, t, 5)]
+        for name, value in full.items():
+            torch.testing.assert_close(torch.cat([p[name] for p in parts], -1), value, atol=1e-6, rtol=1e-6)
+        # independent check of the band quantities on one row
+        i = 9
+        want_local = w[0, 1, i, max(0, i - lw) : i + lw + 1].sum()
+        torch.testing.assert_close(full["local_window"][0, 1, i], want_local, atol=1e-6, rtol=1e-6)
+    assert float(full["previous_token"][0, 0, 0]) == 0 and float(full["next_token"][0, 0, t - 1]) == 0
+
+
 # ------------------------------------------------------------------------------------------- pooling
 @pytest.mark.parametrize("family", ["embedded", "llama"])
 def test_pooled_block_sums_equal_full_block_sums(inspector, tiny_model, tiny_tokenizer, family):

@@ -185,7 +185,7 @@ def plot_pooled_model_view(
         n_tokens = int(np.asarray(q_edges)[-1])
         size = int(np.asarray(q_edges)[1] - np.asarray(q_edges)[0])
         title = (f"Model view of {n_tokens:,} tokens, pooled: {nq} x {nk} blocks of {size} tokens\n"
-                 "(rows: layers, columns: heads; full weights were not kept)")
+                 "(rows: layers, columns: heads; drawn from block sums, not full weights)")
     if title:
         fig.suptitle(title, fontweight="bold", fontsize=10)
     return fig
