@@ -162,9 +162,10 @@ def plot_pooled_model_view(
     nl, nh, nq, nk = shares.shape
     layer_ids = list(range(nl)) if layer_ids is None else list(layer_ids)
     head_ids = list(range(nh)) if head_ids is None else list(head_ids)
-    if fig is None:
-        fig = plt.figure(figsize=(1.5 * nh + 2.2, 1.5 * nl + 1.6))
-    axes = fig.subplots(nl, nh, squeeze=False, gridspec_kw={"wspace": 0.06, "hspace": 0.06})
+    if fig is None:  # constrained layout keeps the two-line title clear of the head labels
+        fig = plt.figure(figsize=(1.5 * nh + 2.2, 1.5 * nl + 1.8), layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    axes = fig.subplots(nl, nh, squeeze=False)
     norm = _norm(float(shares.max()))
     mesh = None
     for li in range(nl):
