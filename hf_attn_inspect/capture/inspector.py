@@ -14,7 +14,8 @@ from transformers.utils import ModelOutput
 from ..core.tokens import punctuation_table
 from .inputs import Batch
 from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
-from ..core.errors import CaptureError, InputError, ModelLoadError
+from ..core.errors import CaptureError, InputError, MemoryBudgetError, MemoryExhaustedError, ModelLoadError
+from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, is_out_of_memory, memory_budget
 from .result import AttentionResult
 
 if TYPE_CHECKING:
@@ -253,9 +254,12 @@ class AttentionInspector:
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
         was_training = model.training
         model.eval()
+        states = []
+        failure = None
         try:
             with torch.no_grad():
                 with capture(model, probe, implementation) as state:
+                    states.append(state)
                     output = model(**inputs)
                 batch.causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:
@@ -264,9 +268,25 @@ class AttentionInspector:
             finish = getattr(probe, "finish", None)
             if callable(finish):
                 finish()  # e.g. one device-to-host transfer for the whole batch
+        except BaseException as exc:  # noqa: BLE001 - only allocation failures are translated
+            if not is_out_of_memory(exc):
+                raise
+            failure = self._oom_message(exc, batch, probe, states[0].site if states else None)
         finally:
             model.train(was_training)
+        if failure is not None:  # raised outside the handler, so the failed frames' tensors are freed
+            raise MemoryExhaustedError(failure) from None
         return output
+
+    def _oom_message(self, exc: BaseException, batch: Batch, probe: Probe, site: Site | None) -> str:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(". ") or type(exc).__name__
+        where = f"layer {site.layer}'s {site.stack} attention" if site is not None else "the model's forward pass"
+        shape = f"{batch.size} x {batch.inputs['attention_mask'].shape[-1]} tokens"
+        return (
+            f"out of memory while computing {where} ({type(probe).__name__}, {shape}) with {self.name}: {reason}; "
+            "keep fewer layers or heads, give a smaller max_memory / --max-memory so the estimate leaves more "
+            "headroom, or measure without [T, T] memory (streaming statistics, the `long` command)"
+        )
 
     def _run_eager_fallback(self, inputs: dict[str, torch.Tensor], probe: Probe) -> ModelOutput:
         with use_implementation(self.model, "eager"):
@@ -305,13 +325,19 @@ class AttentionInspector:
         max_length: int | None = None,
         truncation: bool = True,
         batch_size: int = 8,
+        max_memory: int | str | None = None,
     ) -> AttentionResult | list[AttentionResult]:
         """Capture attention for one text (returns one result) or a list of texts (returns a list).
 
         ``text_pair`` is a second text (sentence-pair input; the decoder text for encoder-decoder
         models). ``layers``/``heads`` restrict what is kept (0-based model indices; out-of-range raises
         :class:`InputError` listing the valid range). Texts are run ``batch_size`` at a time, right-padded;
-        every result is cut to its own tokens.
+        every result is cut to its own tokens. Before each batch runs, :meth:`estimate_memory`'s bytes are
+        compared with the memory budget (``max_memory``: bytes or ``"8GB"``; default half of the memory
+        available to the process, :func:`~hf_attn_inspect.core.memory.memory_budget`); a batch that does
+        not fit raises :class:`~hf_attn_inspect.core.errors.MemoryBudgetError` naming the estimate, the
+        budget and the ways out, before anything big is allocated. An allocation failure during the run
+        raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
         """
         single = isinstance(text_or_texts, str)
         texts = [text_or_texts] if single else list(text_or_texts)
@@ -322,14 +348,113 @@ class AttentionInspector:
             pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
         layer_list = self._check_indices(layers, "layer", 0)
         head_list = self._check_indices(heads, "head", 1)
+        budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
         for start in range(0, len(texts), batch_size):
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+            self.check_budget(self.batch_estimate(batch, layer_list, head_list), budget, batch, layer_list, head_list)
             probe = WeightsProbe(layer_list, head_list)
             self.run(batch, probe)
             results.extend(self._results(batch, probe, layer_list, head_list))
         return results[0] if single else results
+
+    # ---------------------------------------------------------------- memory
+    def estimate_memory(
+        self,
+        text_or_texts: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        max_length: int | None = None,
+        truncation: bool = True,
+        batch_size: int = 8,
+    ) -> MemoryEstimate:
+        """Bytes that ``self(text_or_texts, text_pair, layers=..., heads=...)`` would need, for its largest batch.
+
+        ``kept`` is the float32 weights it returns (stacks x kept layers x kept heads x T_q x T_k x 4, counted
+        twice: the per-layer tensors and the stacked result exist together for a moment); ``transient`` the
+        working buffers of one attention call (scores and weights of every head of one layer), the model's
+        masks, a rough allowance for its activations and, for language models, the ``[T, vocab]`` logits.
+        Tokenization only; the model does not run.
+        """
+        texts = [text_or_texts] if isinstance(text_or_texts, str) else list(text_or_texts)
+        pairs = None if text_pair is None else ([text_pair] if isinstance(text_pair, str) else list(text_pair))
+        layer_list = self._check_indices(layers, "layer", 0)
+        head_list = self._check_indices(heads, "head", 1)
+        worst: MemoryEstimate | None = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            for start in range(0, len(texts), batch_size):
+                chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
+                batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+                est = self.batch_estimate(batch, layer_list, head_list)
+                worst = est if worst is None or est.total > worst.total else worst
+        if worst is None:
+            raise InputError("no text given")
+        return worst
+
+    def stack_shapes(self, batch: Batch) -> dict[str, tuple[int, int, int, int]]:
+        """``{stack: (layers, heads, T_q, T_k)}`` of the attention the model computes on ``batch`` (padded lengths)."""
+        t = int(batch.inputs["attention_mask"].shape[-1])
+        td = int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else t
+        lengths = {"self": (t, t), "encoder": (t, t), "decoder": (td, td), "cross": (td, t)}
+        return {stack: (nl, nh, *lengths[stack]) for stack, (nl, nh) in self.dims().items()}
+
+    def working_bytes(self, batch: Batch, *, logits: bool = True) -> int:
+        """Rough bytes of what the model itself allocates on ``batch`` besides attention: hidden states and
+        MLP activations, plus (``logits``) the ``[batch, T, vocab]`` float32 logits of a language-model head."""
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        hidden = next((v for n in ("hidden_size", "n_embd", "d_model") if isinstance(v := getattr(cfg, n, None), int)), 1024)
+        inter = next((v for n in ("intermediate_size", "n_inner", "encoder_ffn_dim") if isinstance(v := getattr(cfg, n, None), int)), 4 * hidden)
+        b = batch.size
+        t = int(batch.inputs["attention_mask"].shape[-1]) + (int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else 0)
+        size = b * t * (8 * hidden + 3 * inter) * 4
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        vocab = getattr(cfg, "vocab_size", None)
+        if logits and head is not None and isinstance(vocab, int):
+            size += b * t * vocab * 4
+        return size
+
+    def batch_estimate(self, batch: Batch, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> MemoryEstimate:
+        """:meth:`estimate_memory` of one encoded ``batch`` for the full-weights capture of ``layers``/``heads``."""
+        b = batch.size
+        kept = transient = masks = 0
+        parts = []
+        for stack, (nl, nh, tq, tk) in self.stack_shapes(batch).items():
+            kl = nl if layers is None else len([i for i in layers if i < nl])
+            kh = nh if heads is None else len([i for i in heads if i < nh])
+            kept += 2 * b * kl * kh * tq * tk * 4
+            transient = max(transient, 4 * b * nh * tq * tk * 4)
+            masks += 2 * b * tq * tk * 4
+            parts.append(f"{kl} layer{'s' * (kl != 1)} x {kh} head{'s' * (kh != 1)} x {tq} x {tk}")
+        detail = f"float32 weights{' x ' + str(b) + ' texts' if b > 1 else ''}: " + " + ".join(parts) + " x 4 bytes, x2 while stacked"
+        return MemoryEstimate(kept, transient + masks + self.working_bytes(batch), detail)
+
+    def check_budget(
+        self,
+        estimate: MemoryEstimate,
+        budget: MemoryBudget,
+        batch: Batch,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+    ) -> None:
+        """Raise :class:`MemoryBudgetError` when ``estimate`` exceeds ``budget``, naming both and the ways out."""
+        if estimate.total <= budget.bytes:
+            return
+        one_layer = self.batch_estimate(batch, [0], heads).total
+        one_head = self.batch_estimate(batch, [0], [0]).total
+        t = int(batch.inputs["attention_mask"].shape[-1])
+        raise MemoryBudgetError(
+            f"capturing full attention weights of {t} tokens needs about {estimate.describe()}, more than the "
+            f"memory budget of {budget.describe()}; ways out: keep less with layers=[...]/heads=[...] or view --layers "
+            f"(one layer needs about {format_bytes(one_layer)}, one head of one layer {format_bytes(one_head)}), "
+            "raise the budget with max_memory= / --max-memory, or measure without [T, T] memory "
+            "(stats.streaming.streaming_head_metrics, the `long` command; `inspect` draws pooled attention)",
+            estimate=estimate.total,
+            budget=budget.bytes,
+        )
 
     def _check_indices(self, values: Sequence[int] | None, what: str, axis: int) -> list[int] | None:
         if values is None:
@@ -343,6 +468,7 @@ class AttentionInspector:
 
     def _results(self, batch: Batch, probe: WeightsProbe, layers, heads) -> list[AttentionResult]:
         stacks = {name: _stack_layers(d) for name, d in probe.weights.items()}
+        probe.weights.clear()  # the per-layer tensors are in the stacks now; free them before the results' copies
         main = stacks.get("self") if "self" in stacks else stacks.get("encoder")
         if main is None:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")

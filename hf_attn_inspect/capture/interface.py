@@ -121,6 +121,7 @@ class _CaptureState:
         self._names = {id(m): n for n, m in model.named_modules()}
         self._enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
         self._sites: dict[int, Site] = {}
+        self.site: Site | None = None  # the latest call's site (named in out-of-memory messages)
 
     def site_of(self, module: torch.nn.Module) -> Site:
         site = self._sites.get(id(module))
@@ -128,6 +129,7 @@ class _CaptureState:
             name = self._names.get(id(module), "")
             site = Site(_stack_of(name, self._enc_dec), _layer_of(name, module), name)
             self._sites[id(module)] = site
+        self.site = site
         if getattr(module, "is_causal", False):
             self.causal_stacks.add(site.stack)
         return site

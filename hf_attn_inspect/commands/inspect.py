@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .budget import add_memory_option, inspect_long_input
 from .options import add_model_options, load_inspector
 from ..core.errors import InputError, OutputError
 
@@ -35,7 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
-    p.set_defaults(func=run)
+    add_memory_option(p)
+    p.set_defaults(func=run_all_or_nothing)
+
+
+def run_all_or_nothing(args: argparse.Namespace) -> int:
+    """:func:`run`, leaving no output file behind when it fails (also when memory runs out while drawing)."""
+    from ..core.files import files_kept_on_success
+    from ..core.memory import oom_guard
+
+    with files_kept_on_success(args.out), oom_guard("writing inspect's figures", "try a smaller --max-memory"):
+        return run(args)
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:
@@ -77,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
     layers, heads = dims[stack]
     _check_index(args.layer, layers, "layer")
     _check_index(args.head, heads, "head")
+    code = inspect_long_input(args, inspector, out, stack)
+    if code is not None:  # the full weights do not fit the memory budget: pooled figures, streamed metrics
+        return code
 
-    result = inspector(args.text, args.pair, max_length=args.max_length, truncation=not args.no_truncate)
+    result = inspector(args.text, args.pair, max_length=args.max_length, truncation=not args.no_truncate,
+                       max_memory=args.max_memory)
     att, q_tokens, k_tokens = result.stack(args.attention)
     q_labels, k_labels = [clean_token(t) for t in q_tokens], [clean_token(t) for t in k_tokens]
     weights = result.head(args.layer, args.head, args.attention)

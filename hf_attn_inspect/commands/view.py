@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .budget import add_memory_option
 from .options import add_model_options, load_inspector
 from ..core.errors import InputError
 
@@ -21,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="attention.html", help="HTML file to write (default: attention.html)")
     p.add_argument("--max-length", type=int, default=None, help="truncate the input to this many tokens")
     p.add_argument("--no-rollout", action="store_true", help="leave the precomputed attention rollout out")
+    p.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
+                   help="keep only these layers (0-based): what a long input's full weights fit in memory for")
     add_model_options(p)
+    add_memory_option(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.max_length < 2:
         raise InputError("--max-length must be at least 2")
     inspector = load_inspector(args)
-    result = inspector(args.text, args.pair, max_length=args.max_length)
+    result = inspector(args.text, args.pair, max_length=args.max_length, layers=args.layers, max_memory=args.max_memory)
     path = write_explorer(result, out, rollout=not args.no_rollout)
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({result.seq_len} tokens, {result.num_layers} layers x {result.num_heads} heads, {size:.2f} MB)")

@@ -39,4 +39,31 @@ class DistributedError(AttnInspectError):
     shards stay in the output folder and ``--resume`` finishes the run with any number of processes."""
 
 
-__all__ = ["AttnInspectError", "InputError", "ModelLoadError", "CaptureError", "OutputError", "DistributedError"]
+class MemoryBudgetError(AttnInspectError):
+    """What a call would keep does not fit the memory budget; refused before anything big is allocated.
+
+    ``estimate`` and ``budget`` are in bytes; the message names both and the ways out (keep fewer layers or
+    heads, raise the budget, or compute statistics without ``[T, T]`` memory).
+    """
+
+    def __init__(self, message: str, *, estimate: int = 0, budget: int = 0) -> None:
+        super().__init__(message)
+        self.estimate = int(estimate)
+        self.budget = int(budget)
+
+
+class MemoryExhaustedError(MemoryBudgetError):
+    """An allocation failed while a run was computing something (the estimate was wrong, or another
+    process took the memory); the message names what was being computed."""
+
+
+__all__ = [
+    "AttnInspectError",
+    "InputError",
+    "ModelLoadError",
+    "CaptureError",
+    "OutputError",
+    "DistributedError",
+    "MemoryBudgetError",
+    "MemoryExhaustedError",
+]

@@ -16,7 +16,7 @@ from typing import IO, Any, Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write", "write_text", "write_json"]
+__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "files_kept_on_success"]
 
 
 @contextmanager
@@ -65,3 +65,23 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON (values JSON cannot hold written with ``str``) atomically; returns ``path``."""
     return atomic_write(path, lambda fh: json.dump(data, fh, indent=2, default=str))
+
+
+@contextmanager
+def files_kept_on_success(folder: str | os.PathLike) -> Iterator[Path]:
+    """All or nothing for a set of files: on any error inside the block, the files that appeared directly in
+    ``folder`` during the block are deleted (and ``folder`` itself when the block created it and it is left
+    empty), then the error propagates. Files that were there before are never touched. Yields ``folder``."""
+    folder = Path(folder)
+    existed = folder.is_dir()
+    before = set(folder.iterdir()) if existed else set()
+    try:
+        yield folder
+    except BaseException:
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path not in before and path.is_file():
+                    path.unlink(missing_ok=True)
+            if not existed and not any(folder.iterdir()):
+                folder.rmdir()
+        raise

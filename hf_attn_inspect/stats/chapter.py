@@ -8,7 +8,7 @@ chapter's numbers and the tables' numbers cannot drift apart.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Mapping, TextIO
 
 import numpy as np
 import torch
@@ -16,7 +16,13 @@ import torch
 from ..core.errors import InputError
 from .metrics import sentence_metrics
 
-__all__ = ["analyze_attention_pattern", "format_attention_analysis", "format_raw_fields", "print_attention_analysis"]
+__all__ = [
+    "analyze_attention_pattern",
+    "analysis_from_metrics",
+    "format_attention_analysis",
+    "format_raw_fields",
+    "print_attention_analysis",
+]
 
 
 def analyze_attention_pattern(attention_weights: torch.Tensor | np.ndarray, threshold: float = 0.3) -> dict[str, float | bool]:
@@ -33,6 +39,13 @@ def analyze_attention_pattern(attention_weights: torch.Tensor | np.ndarray, thre
     if w.dim() != 2 or w.shape[0] != w.shape[1]:
         raise InputError(f"expected one head's [T, T] weights, got shape {tuple(w.shape)}")
     m = {k: float(v.reshape(-1)[0]) for k, v in sentence_metrics(w[None], sparsity_threshold=threshold).items()}
+    return analysis_from_metrics(m, threshold)
+
+
+def analysis_from_metrics(m: Mapping[str, float], threshold: float = 0.3) -> dict[str, float | bool]:
+    """:func:`analyze_attention_pattern`'s dictionary from one head's metrics (the names of
+    :data:`~hf_attn_inspect.stats.metrics.METRICS`, e.g. a row of a per-head table), for heads whose weights
+    were never stored (long inputs); ``sparsity`` must have been measured with the same ``threshold``."""
     return {
         "diagonal_mean": m["diagonal"],
         "is_diagonal_dominant": m["diagonal"] > threshold,

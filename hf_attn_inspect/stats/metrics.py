@@ -130,15 +130,28 @@ def row_quantities(
     punctuation: torch.Tensor | None = None,
     sparsity_threshold: float = 0.3,
     local_window: int = LOCAL_WINDOW,
+    q_offset: int = 0,
 ) -> dict[str, torch.Tensor]:
     """The :data:`ROW_QUANTITIES` of full weights ``[batch, ..., T, T]``: ``{name: [batch, ..., T]}``.
 
     Padding rows and columns (``valid`` False) are zeroed first, so they contribute nothing; row ``i``'s
     ``previous_token`` is ``a_i,i-1`` (0 for ``i = 0``), ``next_token`` is ``a_i,i+1`` (0 for the last row).
+    ``weights`` may also be a block of consecutive query rows ``[batch, ..., rows, T]`` starting at query
+    ``q_offset`` (every key present): the result is then ``{name: [batch, ..., rows]}``, the same values as
+    those rows of the full matrix, so long inputs can be measured block by block.
     """
     w = weights.float()
     return _rows(w, valid, special=special, punctuation=punctuation, sparsity_threshold=sparsity_threshold,
-                 local_window=local_window, power_sums=True)[0]
+                 local_window=local_window, power_sums=True, q_offset=q_offset)[0]
+
+
+def _band(w: torch.Tensor, q_offset: int, delta: int) -> torch.Tensor:
+    """``a_i,i+delta`` of each row ``i`` of a row block starting at query ``q_offset`` (0 outside the matrix)."""
+    tq, t = w.shape[-2], w.shape[-1]
+    cols = torch.arange(tq, device=w.device) + q_offset + delta
+    inside = (cols >= 0) & (cols < t)
+    index = cols.clamp(0, t - 1).reshape(*(1,) * (w.dim() - 2), tq, 1).expand(*w.shape[:-1], 1)
+    return torch.where(inside, w.gather(-1, index).squeeze(-1), torch.zeros((), dtype=w.dtype, device=w.device))
 
 
 def _rows(
@@ -150,39 +163,48 @@ def _rows(
     sparsity_threshold: float,
     local_window: int,
     power_sums: bool,
+    q_offset: int = 0,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row quantities plus the padding-zeroed weights, the cell mask and a scratch buffer for reuse.
 
     Every full-size temporary goes into one scratch buffer: on CPU, fresh ``[.., T, T]`` allocations
-    cost more than the arithmetic.
+    cost more than the arithmetic. ``w`` may be the query rows ``q_offset ..`` of the matrix.
     """
     b, t = w.shape[0], w.shape[-1]
+    tq = w.shape[-2]
     extra = (1,) * (w.dim() - 3)
     valid = valid.to(w.device).bool()
-    cells = (valid[:, :, None] & valid[:, None, :]).float().reshape(b, *extra, t, t)
-    w = torch.mul(w, cells)
+    cells = (valid[:, q_offset : q_offset + tq, None] & valid[:, None, :]).float().reshape(b, *extra, tq, t)
+    if not bool(valid.all()):  # nothing to zero when every token is real (a pass saved on long inputs)
+        w = torch.mul(w, cells)
     tmp = torch.empty_like(w)
-    pad = torch.zeros(w.shape[:-2] + (1,), dtype=w.dtype, device=w.device)
+    qidx = torch.arange(q_offset, q_offset + tq, device=w.device, dtype=torch.float32)
     idx = torch.arange(t, device=w.device, dtype=torch.float32)
-    dist = (idx[:, None] - idx[None, :]).abs()
+    dist = (qidx[:, None] - idx[None, :]).abs()
     rows: dict[str, torch.Tensor] = {}
     rows["entropy"] = -torch.add(w, EPS, out=tmp).log_().mul_(w).sum(-1)
-    rows["diagonal"] = w.diagonal(dim1=-2, dim2=-1)
-    rows["previous_token"] = torch.cat([pad, w.diagonal(offset=-1, dim1=-2, dim2=-1)], -1)
-    rows["next_token"] = torch.cat([w.diagonal(offset=1, dim1=-2, dim2=-1), pad], -1)
+    rows["diagonal"] = _band(w, q_offset, 0)
+    rows["previous_token"] = _band(w, q_offset, -1)
+    rows["next_token"] = _band(w, q_offset, 1)
     rows["first_token"] = w[..., 0]
-    for name, keys_mask in (("special_tokens", special), ("punctuation", punctuation)):
-        if keys_mask is None:
+    given = [(n, km) for n, km in (("special_tokens", special), ("punctuation", punctuation)) if km is not None]
+    if given:  # both key shares in one product: one read of w, no [.., T, T] temporary
+        keys = torch.stack([km.to(w.device).float() for _, km in given], -1).reshape(b, *extra, t, len(given))
+        shares = torch.matmul(w, keys)
+        for c, (name, _) in enumerate(given):
+            rows[name] = shares[..., c]
+    for name in ("special_tokens", "punctuation"):
+        if name not in rows:
             rows[name] = torch.zeros_like(rows["first_token"])
-        else:
-            km = keys_mask.to(w.device).float().reshape(b, *extra, 1, t)
-            rows[name] = torch.mul(w, km, out=tmp).sum(-1)
     rows["max_weight"] = w.amax(-1)
     rows["mean_distance"] = torch.mul(w, dist, out=tmp).sum(-1)
-    rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
+    if 2 * local_window + 1 <= t // 4:  # a narrow band: its 2w + 1 diagonals, not a pass over the matrix
+        rows["local_window"] = torch.stack([_band(w, q_offset, d) for d in range(-local_window, local_window + 1)]).sum(0)
+    else:
+        rows["local_window"] = torch.mul(w, (dist <= local_window).float(), out=tmp).sum(-1)
     if power_sums:  # only weight_std's power sums need these; sentence_metrics computes it in two passes
         rows["mass"] = w.sum(-1)
-        rows["sq_sum"] = torch.mul(w, w, out=tmp).sum(-1)
+        rows["sq_sum"] = torch.linalg.vector_norm(w, dim=-1).square()
     if sparsity_threshold >= 0:  # padding cells are 0, never above a non-negative threshold
         above = torch.gt(w, sparsity_threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
         rows["above"] = above.sum(-1, dtype=torch.float32)

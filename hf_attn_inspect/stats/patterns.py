@@ -26,6 +26,7 @@ __all__ = [
     "pattern_index",
     "classify_sentence_heads",
     "classify_heads",
+    "name_patterns",
     "head_table",
     "describe_pattern",
 ]
@@ -156,6 +157,16 @@ def classify_heads(
         target = np.char.add("pos ", key_np.astype(str)).astype(object)
     tgt = pd.DataFrame({"cell": np.tile(np.arange(key_np.shape[1] * key_np.shape[2]), key_np.shape[0]), "t": target.ravel()})
     df["column_target"] = tgt.groupby("cell")["t"].agg(lambda s: s.value_counts().index[0]).sort_index().to_numpy()
+    return name_patterns(df, th)
+
+
+def name_patterns(df: pd.DataFrame, thresholds: PatternThresholds | None = None) -> pd.DataFrame:
+    """Add ``pattern`` (one of :data:`PATTERN_CLASSES`, :func:`pattern_index`'s rule) and ``class`` (``pattern``
+    with the column's target appended, ``column [SEP]``) to a per-head table that has the rule's inputs
+    (``previous_token``, ``next_token``, ``diagonal``, ``column_share``, ``entropy``, ``max_entropy``,
+    ``max_weight``) and ``column_target``; returns the table. Used by :func:`classify_heads` and by the
+    long-input capture, whose metrics come from statistics instead of stored weights."""
+    th = thresholds or PatternThresholds()
     pattern = np.array(PATTERN_CLASSES)[pattern_index({k: df[k].to_numpy() for k in _RULE_INPUTS}, th).numpy()]
     df["pattern"] = pattern
     df["class"] = np.where(df["pattern"] == "column", "column " + df["column_target"].astype(str), df["pattern"])
