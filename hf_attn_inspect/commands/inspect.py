@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
 
-from .options import add_model_options, load_inspector
-from ..core.errors import InputError, OutputError
+from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples, load_inspector
+from ..core.errors import InputError
+from ..core.files import check_output_dir, check_replaceable, record_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plot a text's attention (head, layer, model view) and analyse one head",
         description="Run TEXT through the model, write the chosen head's heatmap, the chosen layer's heads and "
         "the layers x heads model view as images, and print the pattern analysis of the chosen head.",
+        epilog=examples(
+            'hf-attn-inspect inspect "The cat sat on the mat."',
+            'hf-attn-inspect inspect "The cat sat." --pair "It slept." --layer 5 --head 11 --format svg --out figs',
+        ),
     )
     p.add_argument("text", metavar="TEXT", help="the text to inspect")
     add_model_options(p)
@@ -28,23 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="for encoder-decoder models: encoder self-, decoder self- or cross-attention")
     p.add_argument("--out", default="attention_out", help="output directory (default ./attention_out)")
     p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
+    add_max_length_option(p)
+    add_output_options(p)
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
     p.set_defaults(func=run)
-
-
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and prove it is writable, before any model work is done."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-    return out
 
 
 def _check_index(value: int, limit: int, what: str) -> None:
@@ -53,17 +44,21 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stats.chapter import analyze_attention_pattern, format_attention_analysis
-    from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
-    from ..core.tokens import clean_token
-
     if not args.text.strip():
         raise InputError("text is empty or blank")
     if args.pair is not None and not args.pair.strip():
         raise InputError("--pair text is empty or blank")
-    if args.max_length is not None and args.max_length < 2:
-        raise InputError("--max-length must be at least 2")
-    out = prepare_output_dir(args.out)
+    check_common(args)
+    out = check_output_dir(args.out)  # created with the first image, not before
+    name = f"{args.attention}_" if args.attention != "self" else ""
+    files = [f"{name}head_L{args.layer}_H{args.head}.{args.format}", f"{name}layer_{args.layer}_heads.{args.format}",
+             f"{name}model_view.{args.format}"] + (["attention.html"] if args.html else [])
+    check_replaceable(out, files, overwrite=args.overwrite)
+
+    from ..stats.chapter import analyze_attention_pattern, format_attention_analysis
+    from ..views.plotting import plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure
+    from ..core.tokens import clean_token
+
     inspector = load_inspector(args)
     dims = inspector.dims()
     stack = {"self": "encoder" if inspector.is_encoder_decoder else "self"}.get(args.attention, args.attention)
@@ -77,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     att, q_tokens, k_tokens = result.stack(args.attention)
     q_labels, k_labels = [clean_token(t) for t in q_tokens], [clean_token(t) for t in k_tokens]
     weights = result.head(args.layer, args.head, args.attention)
-    name = f"{args.attention}_" if args.attention != "self" else ""
+    record_outputs(out, files)
     written = []
     ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}")
     written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
