@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hf_attn_inspect.cli import main
-from hf_attn_inspect.core.files import RECORD_NAME, check_output_dir, check_replaceable, record_outputs
+from hf_attn_inspect.core import files
 from hf_attn_inspect.core.errors import OutputError
 
 
@@ -54,8 +54,8 @@ def test_every_output_follows_the_umask(tmp_path, tiny_dir, text_file, mask, cap
             out = tmp_path / name / "out"  # two missing levels: both created with the first file
             assert main(_commands(model, out, text_file)[name]) == 0, capsys.readouterr().err
             paths = [out.parent, *out.rglob("*")]
-            files = [p for p in paths if p.is_file()]
-            assert len(files) >= 4, name
+            written = [p for p in paths if p.is_file()]
+            assert len(written) >= 4, name
             for p in paths:
                 want = (0o777 if p.is_dir() else 0o666) & ~mask
                 assert stat.S_IMODE(p.stat().st_mode) == want, f"{name}: {p.relative_to(tmp_path)} is {oct(p.stat().st_mode)}"
@@ -103,7 +103,7 @@ def test_files_of_an_earlier_run_of_ours_are_replaced(tmp_path, tiny_dir, text_f
     for name in ("inspect", "long"):
         argv = [a.replace(str(tmp_path / "out"), str(tmp_path / name)) for a in cmds[name]]
         assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
-        assert (tmp_path / name / RECORD_NAME).is_file()
+        assert (tmp_path / name / files.RECORD_NAME).is_file()
     page = tmp_path / "page.html"
     argv = ["view", "The cat sat.", "--model", model, "-o", str(page)]
     assert main(argv) == 0 and main(argv) == 0, capsys.readouterr().err
@@ -117,6 +117,7 @@ def test_files_of_an_earlier_run_of_ours_are_replaced(tmp_path, tiny_dir, text_f
 
 def test_check_replaceable_and_record(tmp_path):
     folder = tmp_path / "f"
+    check_replaceable, record_outputs = files.check_replaceable, files.record_outputs
     check_replaceable(folder, ["a.csv"])  # a missing folder holds nothing to protect
     folder.mkdir()
     (folder / "a.csv").write_text("user")
@@ -126,7 +127,7 @@ def test_check_replaceable_and_record(tmp_path):
     check_replaceable(folder, ["a.csv"], owned=["a.csv"])
     record_outputs(folder, ["a.csv", "sub/b.png"])
     check_replaceable(folder, ["a.csv", "sub/b.png"])
-    assert json.loads((folder / RECORD_NAME).read_text())["files"] == ["a.csv", "sub/b.png"]
+    assert json.loads((folder / files.RECORD_NAME).read_text())["files"] == ["a.csv", "sub/b.png"]
 
 
 # ----------------------------------------------------------------------------- item 3: failed runs block nothing
@@ -176,6 +177,7 @@ def test_errors_leave_no_output_folder(tmp_path, argv, text_file, capsys):
 
 
 def test_check_output_dir_creates_nothing(tmp_path):
+    check_output_dir = files.check_output_dir
     target = tmp_path / "a" / "b"
     assert check_output_dir(target) == target and not (tmp_path / "a").exists()
     (tmp_path / "file").write_text("x")
