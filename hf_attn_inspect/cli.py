@@ -13,8 +13,12 @@ Every deliberate error (:class:`~hf_attn_inspect.core.errors.AttnInspectError`) 
 # * ``run(args)`` first checks everything that needs no model: ``check_common(args)``, the command's own
 #   flag values, texts and input files, ``core.files.check_output_dir`` for outputs; only then does it
 #   import the engines (``from ..runs.x import ...`` inside the function) and load the model.
-# * tests/test_cli_consistency.py asserts that torch and transformers are not imported by ``--help`` or
-#   by those early errors, for every registered command.
+# * Files: a command writing files takes ``add_output_options`` (``--overwrite``), refuses files it did
+#   not write with ``core.files.check_replaceable`` before loading the model, and calls
+#   ``core.files.record_outputs`` just before its first write (the folder is created by that write).
+# * tests/test_cli_consistency.py asserts that torch and transformers are not imported by ``--help`` of
+#   every registered command nor by the early errors it lists (add a new command's cases there), and
+#   that shared options and the two examples are alike on every command.
 
 from __future__ import annotations
 
