@@ -1,11 +1,24 @@
 """The ``hf-attn-inspect`` command line: one sub-command per module in :mod:`hf_attn_inspect.commands`.
 
-The command modules import only what they need to build their parsers; each loads models and engines
-inside its ``run`` function, so ``--help`` stays fast.
-
 Every deliberate error (:class:`~hf_attn_inspect.core.errors.AttnInspectError`) becomes one line
 ``error: ...`` on stderr and exit code 2; warnings become one ``warning: ...`` line each.
 """
+
+# Lazy imports: how a command module is written (so --help and bad input answer in a fraction of a second).
+#
+# * At module level a command imports only the standard library, ``.options`` and ``..core.errors`` /
+#   ``..core.files`` (none of them imports torch, transformers, datasets, pandas or matplotlib; the
+#   package ``__init__`` is lazy too). ``register(subparsers)`` builds the parser from these alone, with
+#   the shared options of ``commands/options.py`` and ``epilog=examples(...)`` (two example lines).
+# * ``run(args)`` first checks everything that needs no model: ``check_common(args)``, the command's own
+#   flag values, texts and input files, ``core.files.check_output_dir`` for outputs; only then does it
+#   import the engines (``from ..runs.x import ...`` inside the function) and load the model.
+# * Files: a command writing files takes ``add_output_options`` (``--overwrite``), refuses files it did
+#   not write with ``core.files.check_replaceable`` before loading the model, and calls
+#   ``core.files.record_outputs`` just before its first write (the folder is created by that write).
+# * tests/test_cli_consistency.py asserts that torch and transformers are not imported by ``--help`` of
+#   every registered command nor by the early errors it lists (add a new command's cases there), and
+#   that shared options and the two examples are alike on every command.
 
 from __future__ import annotations
 
@@ -26,12 +39,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-attn-inspect",
         description="See and debug the attention of Hugging Face transformer models.",
+        epilog="Run 'hf-attn-inspect COMMAND --help' for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in sub.choices.values():  # keep the line breaks of each command's examples
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is reported with the usage of the command it was given to."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _quiet_libraries() -> None:
+    """transformers logs only errors and shows no progress bars; set through the environment when it is
+    not imported yet (so it is not imported for this), directly when it is (a notebook calling main)."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
@@ -43,14 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     warnings.showwarning = _one_line_warning
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except AttnInspectError as exc:

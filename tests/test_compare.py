@@ -292,7 +292,7 @@ def test_cli(tmp_path, tiny_tokenizer, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--overwrite" in err and "\n" not in err
     assert main(["compare", dirs[0], str(tmp_path / "missing"), "--text", "x", "--out", str(tmp_path / "o2")]) == 2
-    assert capsys.readouterr().err.startswith("error: cannot load model")
+    assert capsys.readouterr().err.startswith(f"error: model directory '{tmp_path / 'missing'}' does not exist")
     assert not (tmp_path / "o2" / "head_divergence.csv").exists()
     assert main(["compare", dirs[0], "default", "--text", "x", "--out", str(tmp_path / "o3"), "--device", "cpu"]) == 2
     assert "same layers and heads" in capsys.readouterr().err

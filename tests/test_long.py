@@ -16,6 +16,7 @@ from PIL import Image
 
 from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.cli import main
+from hf_attn_inspect.core.files import RECORD_NAME
 from hf_attn_inspect.runs.long_context import long_context_report, position_bins
 from hf_attn_inspect.stats.metrics import METRICS
 from hf_attn_inspect.stats.streaming import DISTANCE_BUCKETS
@@ -71,7 +72,7 @@ def test_long_command_writes_report(tmp_path, capsys):
         with Image.open(out / name) as img:
             img.verify()
             assert img.size[0] > 300 and img.size[1] > 150
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != RECORD_NAME], "no temporary files left"
 
 
 @pytest.mark.parametrize(

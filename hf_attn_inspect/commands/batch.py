@@ -6,9 +6,11 @@ import argparse
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from .options import add_model_options
+from .options import (add_max_length_option, add_model_options, add_output_options, add_quiet_option, check_common,
+                      examples, show_progress)
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "batch",
         help="analyse the attention of every head over a whole dataset",
@@ -16,6 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run the model over every text of a dataset and write per-head statistics (mean and std over "
             "sentences of every metric, pattern-class shares), per-layer statistics, figures, a report "
             "and run.json into --out. Written shard by shard: a stopped run continues with --resume."
+        ),
+        epilog=examples(
+            "hf-attn-inspect batch --limit 100 --out runs/sample",
+            "hf-attn-inspect batch --dataset my.csv --column text --max-length 128 --out runs/mine --resume",
         ),
     )
     add_model_options(p)
@@ -29,38 +35,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--streaming", action="store_true",
                    help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    add_max_length_option(p)
     p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
     p.add_argument("--out", "-o", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_options(p, resume=True)
+    add_quiet_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
-    from ..runs.dataset import analyze_dataset
-    from ..runs.distributed import process_device, processes
+    from ..core.files import check_output_dir
     from ..runs.sources import load_dataset_texts
-    from ..views.reports import write_dataset_report
-    from .options import load_inspector
 
-    if args.limit is not None and args.limit < 0:
-        raise InputError(f"--limit must be >= 0, got {args.limit}")
+    check_common(args)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise InputError("--batch-size and --shard-size must be at least 1")
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite exclude each other; pick one")
+    check_output_dir(args.out)
     # Check the dataset before loading the model: a wrong column fails in a second.
     load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit,
                        streaming=args.streaming)
+
+    from ..runs.dataset import OUTPUTS, analyze_dataset
+    from ..runs.distributed import process_device, processes
+    from ..runs.sharded import check_out_dir
+    from ..views.reports import write_dataset_report
+    from .options import load_inspector
+
+    if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
+        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
     args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
     df = analyze_dataset(
         inspector, args.dataset, args.column, config=args.config, split=args.split, limit=args.limit,
         batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size, out=args.out,
-        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, streaming=args.streaming,
+        resume=args.resume, overwrite=args.overwrite, progress=show_progress(args), streaming=args.streaming,
     )
     if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
         return 0

@@ -39,7 +39,7 @@ def inspect_long_input(args: argparse.Namespace, inspector: "AttentionInspector"
     saying which), ``head_metrics.csv`` (every head's metrics and class) and prints the drawn head's
     analysis and what was kept.
     """
-    from ..core.files import atomic_write
+    from ..core.files import atomic_write, check_replaceable, record_outputs
     from ..core.memory import format_bytes, memory_budget
     from ..core.tokens import clean_token
     from ..runs.long_inputs import capture_within_budget
@@ -59,6 +59,11 @@ def inspect_long_input(args: argparse.Namespace, inspector: "AttentionInspector"
     )
     li = cap.layer_ids.index(args.layer)
     prefix = f"{args.attention}_" if args.attention != "self" else ""
+    names = [f"{prefix}head_L{args.layer}_H{args.head}.{args.format}", f"{prefix}layer_{args.layer}_heads.{args.format}",
+             f"{prefix}model_view.{args.format}", f"{prefix}head_metrics.csv"]
+    check_replaceable(out, names[-1:], overwrite=args.overwrite)  # the images were checked by inspect itself
+    record_outputs(out, names)
+    scale = args.scale or "sqrt"  # a long input: faint weights stay visible
     q_labels = [clean_token(t) for t in cap.tokens]
     k_labels = [clean_token(t) for t in cap.key_tokens]
     nq, nk = cap.pooled.shape[-2:]
@@ -66,14 +71,15 @@ def inspect_long_input(args: argparse.Namespace, inspector: "AttentionInspector"
     pooled_note = f"pooled: {nq} x {nk} blocks of {size} tokens"
     written = []
     if cap.head_weights is not None:
-        ax = plot_attention_heatmap(cap.head_weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}")
+        ax = plot_attention_heatmap(cap.head_weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}",
+                                    scale=scale)
     else:
         ax = plot_pooled_heatmap(cap.pooled[li, args.head], cap.q_edges, cap.k_edges,
                                  title=f"layer {args.layer}, head {args.head} ({cap.n_tokens:,} tokens, {pooled_note})")
     written.append(save_figure(ax.figure, out / f"{prefix}head_L{args.layer}_H{args.head}.{args.format}"))
     if cap.layer_weights is not None:
         fig = plot_multi_head_attention(cap.layer_weights, q_labels if q_labels == k_labels else None,
-                                        title=f"layer {args.layer}: all heads")
+                                        title=f"layer {args.layer}: all heads", scale=scale)
     else:
         fig = plot_pooled_heads(cap.pooled[li], cap.q_edges, cap.k_edges, head_ids=cap.head_ids,
                                 title=f"layer {args.layer}: all heads ({cap.n_tokens:,} tokens, {pooled_note})")

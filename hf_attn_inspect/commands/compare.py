@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .options import (add_device_options, add_max_length_option, add_output_options, add_quiet_option, check_common,
+                      examples, show_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,6 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run two models with the same tokenizer on the same texts and rank their heads by the "
         "Jensen-Shannon divergence (nats) between their attention rows. Writes head_divergence.csv, "
         "divergence_map.png, head_diffs.png, report.md and run.json to --out.",
+        epilog=examples(
+            "hf-attn-inspect compare default ./finetuned --limit 200 --out cmp",
+            'hf-attn-inspect compare default ./finetuned --text "The cat sat on the mat." --out cmp --overwrite',
+        ),
     )
     p.add_argument("model_a", help="model A: Hub name or local checkpoint directory ('default' = the embedded model)")
     p.add_argument("model_b", help="model B: Hub name or local checkpoint directory ('default' = the embedded model)")
@@ -28,41 +34,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
     p.add_argument("--batch-size", type=int, default=16, help="texts per padded batch (default 16)")
     p.add_argument("--shard-size", type=int, default=2048, help="rows per resumable shard (default 2048)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    add_max_length_option(p)
     p.add_argument("--stack", default=None, choices=["self", "encoder", "decoder"],
                    help="which attention of encoder-decoder models (default: encoder)")
     p.add_argument("--top", type=int, default=4, help="number of most-changed heads drawn as diff heatmaps (default 4)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
+    add_device_options(p)
     p.add_argument("--out", "-o", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished comparison in --out")
-    p.add_argument("--resume", action="store_true", help="continue a stopped comparison from its shards in --out")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_output_options(p, resume=True)
+    add_quiet_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..capture.inspector import resolve_inspector
     from ..core.errors import InputError
-    from ..runs.compare import compare_models
+    from ..core.files import check_output_dir
+    from ..runs.sources import load_dataset_texts
+
+    check_common(args)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise InputError(f"--batch-size and --shard-size must be at least 1, got {args.batch_size}, {args.shard_size}")
+    if args.top < 0:
+        raise InputError(f"--top must be 0 or more, got {args.top}")
+    if args.text is not None and all(not t.strip() for t in args.text):
+        raise InputError("--text is empty or blank; give a text to compare on")
+    check_output_dir(args.out)
+    models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
+    source = args.text if args.text is not None else args.dataset
+    load_dataset_texts(source, config=args.config, split=args.split, column=args.column, limit=args.limit,
+                       streaming=args.streaming)
+
+    from ..capture.inspector import resolve_inspector
+    from ..runs.compare import OUTPUTS, compare_models
+    from ..runs.sharded import check_out_dir
     from ..runs.distributed import process_device, processes
     from ..views.comparison import write_comparison
 
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.top < 0:
-        raise InputError(f"--top must be 0 or more, got {args.top}")
-    models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
-    source = args.text if args.text is not None else args.dataset
+    if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
+        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
     device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     a = resolve_inspector(models[0], device=device, dtype=args.dtype, what="model A")
     b = resolve_inspector(models[1], a.tokenizer, device=device, dtype=args.dtype, what="model B")
     df = compare_models(
         a, b, source, out=args.out, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
         split=args.split, limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
-        stack=args.stack, progress=not args.quiet and sys.stderr.isatty(), streaming=args.streaming,
+        stack=args.stack, progress=show_progress(args), streaming=args.streaming,
     )
     if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
         return 0

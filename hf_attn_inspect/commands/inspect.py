@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from .budget import add_memory_option, inspect_long_input
-from .options import add_model_options, load_inspector
-from ..core.errors import InputError, OutputError
+from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples, load_inspector
+from ..core.errors import InputError
+from ..core.files import check_output_dir, check_replaceable, record_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plot a text's attention (head, layer, model view) and analyse one head",
         description="Run TEXT through the model, write the chosen head's heatmap, the chosen layer's heads and "
         "the layers x heads model view as images, and print the pattern analysis of the chosen head.",
+        epilog=examples(
+            'hf-attn-inspect inspect "The cat sat on the mat."',
+            'hf-attn-inspect inspect "The cat sat." --pair "It slept." --layer 5 --head 11 --format svg --out figs',
+        ),
     )
     p.add_argument("text", metavar="TEXT", help="the text to inspect")
     add_model_options(p)
@@ -32,33 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", default=None, choices=["sqrt", "linear"],
                    help="colour scale of the images: sqrt (colour ~ square root of the weight, faint weights stay "
                    "visible) or linear (default: sqrt above 150 tokens, else linear)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate to this many tokens (default: model maximum)")
+    add_max_length_option(p)
+    add_output_options(p)
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
     add_memory_option(p)
-    p.set_defaults(func=run_all_or_nothing)
-
-
-def run_all_or_nothing(args: argparse.Namespace) -> int:
-    """:func:`run`, leaving no output file behind when it fails (also when memory runs out while drawing)."""
-    from ..core.files import files_kept_on_success
-    from ..core.memory import oom_guard
-
-    with files_kept_on_success(args.out), oom_guard("writing inspect's figures", "try a smaller --max-memory"):
-        return run(args)
-
-
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and prove it is writable, before any model work is done."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
-    return out
+    p.set_defaults(func=run)
 
 
 def _check_index(value: int, limit: int, what: str) -> None:
@@ -67,19 +50,32 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.text.strip():
+        raise InputError("text is empty or blank")
+    if args.pair is not None and not args.pair.strip():
+        raise InputError("--pair text is empty or blank")
+    check_common(args)
+    out = check_output_dir(args.out)  # created with the first image, not before
+    name = f"{args.attention}_" if args.attention != "self" else ""
+    files = [f"{name}head_L{args.layer}_H{args.head}.{args.format}", f"{name}layer_{args.layer}_heads.{args.format}",
+             f"{name}model_view.{args.format}"] + (["attention.html"] if args.html else [])
+    check_replaceable(out, files, overwrite=args.overwrite)
+
+    from ..core.files import files_kept_on_success
+    from ..core.memory import oom_guard
+
+    # all or nothing: no output file is left behind when it fails (also when memory runs out while drawing)
+    with files_kept_on_success(out), oom_guard("writing inspect's figures", "try a smaller --max-memory"):
+        return _inspect(args, out, name, files)
+
+
+def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -> int:
     from ..stats.chapter import analyze_attention_pattern, format_raw_fields
     from ..views.plotting import (
         default_scale, plot_attention_heatmap, plot_model_view, plot_multi_head_attention, save_figure,
     )
     from ..core.tokens import clean_token
 
-    if not args.text.strip():
-        raise InputError("text is empty or blank")
-    if args.pair is not None and not args.pair.strip():
-        raise InputError("--pair text is empty or blank")
-    if args.max_length is not None and args.max_length < 2:
-        raise InputError("--max-length must be at least 2")
-    out = prepare_output_dir(args.out)
     inspector = load_inspector(args)
     dims = inspector.dims()
     stack = {"self": "encoder" if inspector.is_encoder_decoder else "self"}.get(args.attention, args.attention)
@@ -97,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     att, q_tokens, k_tokens = result.stack(args.attention)
     q_labels, k_labels = [clean_token(t) for t in q_tokens], [clean_token(t) for t in k_tokens]
     weights = result.head(args.layer, args.head, args.attention)
-    name = f"{args.attention}_" if args.attention != "self" else ""
+    record_outputs(out, files)
     written = []
     scale = args.scale or default_scale(max(att.shape[-2:]))
     ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}", scale=scale)

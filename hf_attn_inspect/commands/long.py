@@ -12,23 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import InputError, OutputError
+from ..core.errors import InputError
+from ..core.files import check_output_dir, check_replaceable, record_outputs
+from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .options import add_model_options
-
     p = subparsers.add_parser(
         "long",
         help="long-document attention report (sinks, distance profile, per-head metrics) without [T, T] memory",
         description="Analyse one long text with streaming attention statistics: per layer and head metrics, "
         "first-token (sink) share by query position and attention mass by distance bucket, as CSV and figures.",
+        epilog=examples(
+            "hf-attn-inspect long report.txt --out long_out",
+            "hf-attn-inspect long book.txt --model ./my-llama --max-length 16384 --layers 0 5 --out long_out --overwrite",
+        ),
     )
     p.add_argument("text_file", metavar="TEXT_FILE", help="UTF-8 text file holding the document ('-' for stdin)")
     p.add_argument("--out", "-o", required=True, help="output directory (created if missing)")
+    add_output_options(p)
     add_model_options(p)
-    p.add_argument("--max-length", type=int, default=None,
-                   help="truncate the document to this many tokens (default: the model's maximum)")
+    add_max_length_option(p)
     p.add_argument("--layers", type=int, nargs="+", default=None, help="0-based layers to analyse (default: all)")
     p.add_argument("--local-window", type=int, default=None, help="half-width w of the local_window metric (tokens)")
     p.add_argument("--bins", type=int, default=32, help="number of query-position bins of the sink curve (default 32)")
@@ -52,33 +56,27 @@ def _read_text(path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .options import load_inspector
-    import sys
-    import warnings
-
-    from ..capture.inspector import TruncationWarning
-    from ..runs.long_context import document_tokens, long_context_report
-    from ..core.kernels import LOCAL_WINDOW
-    from ..views.long_context import save_long_context_report
-
     for name, value in (("--bins", args.bins), ("--q-tile", args.q_tile), ("--k-tile", args.k_tile)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
-    if args.max_length is not None and args.max_length < 2:
-        raise InputError(f"--max-length must be at least 2, got {args.max_length}")
+    check_common(args)
     if args.local_window is not None and args.local_window < 0:
         raise InputError(f"--local-window must be 0 or more, got {args.local_window}")
     text = _read_text(args.text_file)
     if not text.strip():
         raise InputError(f"text file '{args.text_file}' is empty; give a file with some text in it")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out '{out}' is a file; give a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory '{out}': {exc.strerror}") from None
+    out = check_output_dir(args.out)  # created with the first file, not before
 
+    import sys
+    import warnings
+
+    from .options import load_inspector
+    from ..capture.inspector import TruncationWarning
+    from ..runs.long_context import document_tokens, long_context_report
+    from ..core.kernels import LOCAL_WINDOW
+    from ..views.long_context import REPORT_FILES, save_long_context_report
+
+    check_replaceable(out, REPORT_FILES, overwrite=args.overwrite)
     inspector = load_inspector(args)
     limit = args.max_length or inspector.max_length
     n_input = document_tokens(inspector, text)
@@ -102,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    record_outputs(out, REPORT_FILES)
     written = save_long_context_report(report, out)
 
     nl = report.metrics["layer"].nunique()

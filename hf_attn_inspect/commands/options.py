@@ -1,25 +1,93 @@
-"""Options shared by every model-running command, and the inspector they describe."""
+"""Options shared by the commands, their checks, and the inspector they describe.
+
+One definition per option, so a flag means the same on every command that has it: ``--model`` and the
+model options (``--device``, ``--dtype``, ``--revision``, ``--trust-remote-code``), ``--max-length``,
+``-q/--quiet`` (no progress bar), ``--overwrite`` and ``--resume``. :func:`check_common` validates them
+before any model is loaded, :func:`examples` builds the examples every command's ``--help`` ends with.
+This module imports neither torch nor transformers (see the comment at the top of ``cli.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
+
+from ..core.errors import InputError
 
 if TYPE_CHECKING:  # the model stack is imported only when a command runs, so --help stays fast
     from ..capture.inspector import AttentionInspector
 
-__all__ = ["add_model_options", "load_inspector"]
+__all__ = [
+    "add_device_options",
+    "add_max_length_option",
+    "add_model_options",
+    "add_output_options",
+    "add_quiet_option",
+    "check_common",
+    "examples",
+    "load_inspector",
+    "show_progress",
+]
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Add the options every model-running command shares: --model, --device, --dtype, --revision, --trust-remote-code."""
-    parser.add_argument("--model", "-m", default=None,
-                        help="Hub name or local directory (default: the embedded all-MiniLM-L6-v2, offline)")
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` and ``--dtype`` (every model-running command has them)."""
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32, exact)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options every one-model command shares: --model, --device, --dtype, --revision, --trust-remote-code."""
+    parser.add_argument("--model", "-m", default=None,
+                        help="Hub name or local directory (default: the embedded all-MiniLM-L6-v2, offline)")
+    add_device_options(parser)
     parser.add_argument("--revision", default=None, help="model revision on the Hub")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code")
+
+
+def add_max_length_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """Add ``--max-length N``: truncate inputs to N tokens (at least 2; default: the model's maximum)."""
+    where = f"default {default}" if default is not None else "default: the model's maximum"
+    parser.add_argument("--max-length", type=int, default=default, metavar="N",
+                        help=f"truncate inputs to N tokens ({where})")
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``-q/--quiet`` (``--no-progress`` is the same flag): no progress bar. Without it a progress bar
+    is shown on stderr when stderr is a terminal."""
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bar (one is shown only when stderr is a terminal)")
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """Add ``--overwrite`` (replace files that an earlier run, or someone else, left in the output) and,
+    with ``resume``, ``--resume`` (continue a stopped run from its saved shards)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing output files, including ones hf-attn-inspect did not write")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue a stopped run from its shards in --out")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Check the shared options' values (before any model is loaded): ``--max-length`` at least 2,
+    ``--resume`` and ``--overwrite`` not together. Raises :class:`InputError`."""
+    max_length = getattr(args, "max_length", None)
+    if max_length is not None and max_length < 2:
+        raise InputError(f"--max-length must be at least 2, got {max_length}")
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        raise InputError("--resume and --overwrite exclude each other; pick one")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw a progress bar: not ``--quiet`` and stderr is a terminal."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def examples(*lines: str) -> str:
+    """The ``examples:`` block that ends a command's ``--help`` (one command line per argument)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def load_inspector(args: argparse.Namespace) -> "AttentionInspector":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_model_options, load_inspector
+from .options import add_model_options, examples, load_inspector
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For every layer, on one padded batch: captured weights vs eager output_attentions, and "
         "reference weights @ V vs the attention output of the model's own implementation. "
         "Exit 0 when every difference is within tolerance, 1 otherwise, 2 on bad input.",
+        epilog=examples(
+            "hf-attn-inspect verify",
+            'hf-attn-inspect verify --model ./my-model --device cpu "A first text." "A second, longer text."',
+        ),
     )
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to check (default: 4 built-in sentences of different lengths)")
     add_model_options(p)
@@ -23,10 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
-    from ..checks.verify import verify
 
     if any(not t.strip() for t in args.texts):
         raise InputError("a text is empty or blank")
+    if not args.tolerance > 0:
+        raise InputError(f"--tolerance must be above 0, got {args.tolerance}")
+
+    from ..checks.verify import verify
+
     inspector = load_inspector(args)
     report = verify(inspector, args.texts or None, tolerance=args.tolerance)
     print(report.format())

@@ -3,6 +3,13 @@
 The one way hf-attn-inspect writes a file. Every writer goes through :func:`atomic_path`: the content
 is written to a temporary file in the target folder and renamed onto the target only when it is
 complete; the final file gets ordinary permissions (0666 minus the umask), like any other program's.
+Folders are created by the first file written into them, never earlier, so a run that fails before
+writing leaves nothing behind.
+
+The command line never replaces a file that it did not write itself: :func:`check_output_dir` proves a
+folder can be written without creating it, :func:`check_replaceable` refuses an existing file unless an
+earlier run of ours wrote it (or ``--overwrite`` is given), and :func:`record_outputs` notes the files a
+command is about to write in the folder's record (``.hf-attn-inspect.json``).
 """
 
 from __future__ import annotations
@@ -12,11 +19,26 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write", "write_text", "write_json", "files_kept_on_success"]
+__all__ = [
+    "RECORD_NAME",
+    "atomic_path",
+    "atomic_write",
+    "check_output_dir",
+    "check_replaceable",
+    "files_kept_on_success",
+    "record_outputs",
+    "recorded_outputs",
+    "write_json",
+    "write_text",
+]
+
+#: The record, in an output folder, of the files our commands wrote there (``{"files": [...]}``, paths
+#: relative to the folder); a file listed there may be replaced by a later run.
+RECORD_NAME = ".hf-attn-inspect.json"
 
 
 @contextmanager
@@ -85,3 +107,66 @@ def files_kept_on_success(folder: str | os.PathLike) -> Iterator[Path]:
             if not existed and not any(folder.iterdir()):
                 folder.rmdir()
         raise
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that ``path`` is a folder that exists or could be created, and is writable.
+
+    Walks up to the nearest existing ancestor: it must be a directory the process may write to. Raises
+    :class:`~hf_attn_inspect.core.errors.OutputError` with a one-line message otherwise; returns ``path``
+    (``~`` expanded).
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"cannot write to output directory {out}: it is a file, not a directory; give a directory")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputError(f"cannot write to output directory {out}: {base} is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to output directory {out}: permission denied on {base}")
+    return out
+
+
+def recorded_outputs(folder: str | os.PathLike) -> set[str]:
+    """The files (relative paths) that the record in ``folder`` lists as written by our commands; empty
+    when there is no readable record."""
+    try:
+        data = json.loads((Path(folder) / RECORD_NAME).read_text(encoding="utf-8"))
+        return {str(f) for f in data.get("files", [])}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
+def check_replaceable(
+    folder: str | os.PathLike, names: Iterable[str], *, overwrite: bool = False, owned: Iterable[str] = ()
+) -> None:
+    """Refuse to replace a file that an earlier run of ours did not write.
+
+    ``names`` are the files (relative to ``folder``) a command is going to write. The first of them that
+    exists, is not listed in the folder's record (:func:`recorded_outputs`) and is not in ``owned``
+    (files the caller knows are its own, e.g. those of a run described by its ``run.json``) raises
+    :class:`~hf_attn_inspect.core.errors.OutputError` naming it, unless ``overwrite`` is true.
+    """
+    if overwrite:
+        return
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        return
+    ours = recorded_outputs(folder) | set(owned)
+    for name in names:
+        path = folder / name
+        if name not in ours and (path.exists() or path.is_symlink()):
+            raise OutputError(
+                f"{path} exists and was not written by hf-attn-inspect; pass --overwrite to replace it "
+                "or choose another output"
+            )
+
+
+def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` (files relative to ``folder``) to the folder's record of files our commands wrote,
+    so a later run may replace them; creates the folder. Call it just before writing the files."""
+    folder = Path(folder).expanduser()
+    files = sorted(recorded_outputs(folder) | set(names))
+    write_json({"written_by": "hf-attn-inspect", "files": files}, folder / RECORD_NAME)

@@ -242,8 +242,10 @@ def layer_stats_frame(head_stats: pd.DataFrame) -> pd.DataFrame:
 TABLES = ("head_stats.csv", "head_stats.parquet", "layer_stats.csv")
 
 #: Every file of a finished run's output directory besides ``run.json`` and ``shards/``: the tables and
-#: the view layer's ``report.md`` (deleted by ``overwrite=True``).
-OUTPUTS = TABLES + ("report.md",)
+#: the view layer's ``report.md`` and figures (deleted by ``overwrite=True``; never replaced when the
+#: folder holds no run of ours).
+OUTPUTS = TABLES + ("report.md", "figures/entropy.png", "figures/special_tokens.png", "figures/previous_token.png",
+                    "figures/classes.png")
 
 
 def write_tables(out_dir: str | os.PathLike, head_stats: pd.DataFrame) -> list[Path]:

@@ -14,7 +14,13 @@ With an output directory:
 - a stopped run continues from its finished shards with ``resume=True`` when its parameters are the
   same (a damaged shard is recomputed), and ends with the same numbers as an uninterrupted run;
 - a finished run (``"status": "finished"``) is never replaced unless ``overwrite=True``, and an
-  unfinished one is neither silently restarted nor overwritten.
+  unfinished one (stopped or interrupted) is neither silently restarted nor overwritten;
+- a run that stops on an input error, or on any error before a shard was finished, is recorded as
+  ``"status": "failed"`` (with the error) and blocks nothing: the next run starts afresh (or continues
+  with ``resume=True``); one that stops on an error after finishing shards stays unfinished, like a
+  killed run, with the error recorded;
+- a file the run would write that no run of ours wrote (no ``run.json`` of ours in the folder) is
+  never replaced without ``overwrite=True``, and the folder is created only with the first file.
 
 Launched on several processes (``accelerate launch`` / ``torchrun``; see
 :mod:`hf_attn_inspect.runs.distributed`), the same loop deals the shards out to the ranks, every rank
@@ -44,7 +50,7 @@ import pandas as pd
 import torch
 
 from ..core.errors import AttnInspectError, DistributedError, InputError, OutputError
-from ..core.files import atomic_write, write_json
+from ..core.files import atomic_write, check_output_dir, check_replaceable, write_json
 from .distributed import Processes, processes
 
 if TYPE_CHECKING:  # datasets is imported by the engines that load data; only its type is needed here
@@ -57,6 +63,7 @@ __all__ = [
     "ShardCompute",
     "ShardStats",
     "ShardedRun",
+    "check_out_dir",
     "clean_rows",
     "package_versions",
     "prepare_out_dir",
@@ -273,15 +280,25 @@ def run_sharded(
                 if ends:
                     n_shards = min(ends)
                     break
+        assert n_shards is not None  # known, or set when the stream ended
+        total = procs.share(merged.finish(n_shards) if procs.is_main else None)
+        n_shards = max(1, n_shards)
+        if total.n == 0:
+            raise InputError(f"no usable text in column {column!r} ({total.rows} rows, all empty or not text)")
+    except Exception as exc:
+        if out is not None and procs.is_main:
+            # Nothing worth resuming (bad input, or no shard finished): "failed", which blocks no later run.
+            # Finished shards: the run stays unfinished ("running"), for --resume, as after a kill.
+            shards_done = len(list((out / SHARDS_DIR).glob("shard-*.npz")))
+            failed = isinstance(exc, InputError) or shards_done == 0
+            write_json({"status": "failed" if failed else "running", "error": f"{type(exc).__name__}: {exc}",
+                        "parameters": params, "versions": package_versions(), "shards_total": n_shards,
+                        "shards_done": shards_done}, out / "run.json")
+        raise
     finally:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - started
-    assert n_shards is not None  # known, or set when the stream ended
-    total = procs.share(merged.finish(n_shards) if procs.is_main else None)
-    n_shards = max(1, n_shards)
-    if total.n == 0:
-        raise InputError(f"no usable text in column {column!r} ({total.rows} rows, all empty or not text)")
     counts = {"rows": total.rows, "analysed": total.n, "skipped": dict(total.skipped),
               "skipped_total": sum(total.skipped.values()), "truncated": total.truncated}
     return ShardedRun(total, counts, n_shards, len(done), sum(r["analysed"] for r in ranks), elapsed,
@@ -386,6 +403,48 @@ class _Merge:
 
 
 # --------------------------------------------------------------------------- output directory
+def _read_run(out: Path) -> RunRecord | None:
+    """The ``run.json`` of a run of ours in ``out`` (a dict with ``status`` and ``parameters``), else None."""
+    try:
+        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return previous if isinstance(previous, dict) and {"status", "parameters"} <= set(previous) else None
+
+
+def check_out_dir(
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    outputs: Sequence[str] = (),
+) -> RunRecord | None:
+    """Check, writing nothing, that a run may write into ``out_dir``; returns the earlier run's record, if any.
+
+    Refused with :class:`OutputError`: a path that is a file or cannot be created or written; a file
+    among ``run.json`` and ``outputs`` that exists while the folder holds no run of ours (it is the user's,
+    :func:`~hf_attn_inspect.core.files.check_replaceable`); a finished run; an unfinished one (status
+    ``running``, or shards without ``run.json``) without ``resume``. ``overwrite`` allows all but the
+    first. A run recorded as ``failed`` blocks nothing: without ``resume`` it is started afresh.
+    """
+    out = check_output_dir(out_dir)
+    if overwrite:
+        return None
+    previous = _read_run(out)
+    check_replaceable(out, ("run.json", *outputs), owned=("run.json", *outputs) if previous else ())
+    status = previous.get("status") if previous else None
+    has_shards = (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).glob("shard-*.npz"))
+    if status == "finished":
+        raise OutputError(
+            f"{str(out)!r} holds a finished run; pass --overwrite to replace it or choose another --out"
+        )
+    if (status == "running" or (previous is None and has_shards)) and not resume:
+        raise OutputError(
+            f"{str(out)!r} holds an unfinished run; pass --resume to continue it or --overwrite to start again"
+        )
+    return previous
+
+
 def prepare_out_dir(
     out_dir: str | os.PathLike,
     params: RunRecord,
@@ -396,38 +455,18 @@ def prepare_out_dir(
 ) -> dict[int, ShardStats]:
     """Check an output directory for a run with ``params`` and return the shards a resumed run already finished.
 
-    ``overwrite`` deletes ``run.json``, the shards and ``outputs`` (file names in ``out_dir``) and
-    starts afresh. Otherwise a finished run is refused, an unfinished one is refused without
-    ``resume``, and ``resume`` is refused when the earlier run's parameters differ (naming them).
-    Raises :class:`OutputError` for each refusal and when the directory cannot be created.
+    The checks of :func:`check_out_dir` come first (nothing is created: the folder appears with the
+    run's first file). ``overwrite`` deletes ``run.json``, the shards and ``outputs`` (file names in
+    ``out_dir``) and starts afresh, as does a run after a ``failed`` one without ``resume``. ``resume``
+    is refused when the earlier run's parameters differ (naming them). Raises :class:`OutputError` for
+    each refusal.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {str(out)!r} exists and is not a directory")
-    run_file = out / "run.json"
-    previous = None
-    if run_file.exists():
-        try:
-            previous = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-    has_shards = (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).glob("shard-*.npz"))
-    if overwrite:
+    out = Path(out_dir).expanduser()
+    previous = check_out_dir(out, resume=resume, overwrite=overwrite, outputs=outputs)
+    if overwrite or (not resume and previous is not None):  # replace our own earlier (or failed) run
         _clear(out, outputs)
         return {}
-    if previous is not None and previous.get("status") == "finished":
-        raise OutputError(
-            f"{str(out)!r} holds a finished run; pass --overwrite to replace it or choose another --out"
-        )
-    if (previous is not None or has_shards) and not resume:
-        raise OutputError(
-            f"{str(out)!r} holds an unfinished run; pass --resume to continue it or --overwrite to start again"
-        )
     if not resume:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create output directory {str(out)!r}: {exc.strerror}") from exc
         return {}
     as_json = json.loads(json.dumps(params, default=str))
     if previous is not None and previous.get("parameters") != as_json:
@@ -447,8 +486,9 @@ def prepare_out_dir(
 
 
 def _clear(out_dir: Path, outputs: Sequence[str]) -> None:
+    if not out_dir.is_dir():
+        return
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
         shards = out_dir / SHARDS_DIR
         if shards.is_dir():
             for p in shards.glob("shard-*.npz"):

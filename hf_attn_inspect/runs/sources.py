@@ -173,15 +173,49 @@ def _load_local(path: Path, split: str | None, datasets: ModuleType, streaming: 
             )
         data_files = [str(path)]
         kind = builder
-    kwargs: dict[str, str] = {}
-    if builder == "csv" and all(f.lower().endswith(".tsv") for f in data_files):
-        kwargs["sep"] = "\t"
+    kwargs: dict[str, object] = {}
+    if builder == "csv":
+        # texts such as "NaN", "null" or "None" are text, not pandas' missing values (an empty cell stays "")
+        kwargs["keep_default_na"] = False
+        if all(f.lower().endswith(".tsv") for f in data_files):
+            kwargs["sep"] = "\t"
     try:
         dd = datasets.load_dataset(builder, data_files={"train": data_files}, streaming=streaming, **kwargs)
     except Exception as exc:
+        if _has_no_rows(builder, data_files):
+            raise InputError(f"the dataset {str(path)!r} has no rows (only a header, or empty); add rows of text") from None
         raise InputError(f"could not read {str(path)!r} as {builder}: {_one_line(exc)}") from exc
     ds, split = _pick_split(dd, split, str(path))
     return ds, kind, split
+
+
+def _has_no_rows(builder: str, files: Sequence[str]) -> bool:
+    """True when no file holds a data row: CSV files hold at most a header line, JSON and text files no
+    non-blank line, Parquet files zero rows (read only as far as needed)."""
+    for name in files:
+        try:
+            if builder == "parquet":
+                import pyarrow.parquet as pq
+
+                if pq.ParquetFile(name).metadata.num_rows:
+                    return False
+                continue
+            allowed = 1 if builder == "csv" else 0
+            with open(name, encoding="utf-8", errors="replace") as fh:
+                lines = 0
+                for line in fh:
+                    lines += bool(line.strip())
+                    if lines > allowed:
+                        return False
+        except Exception:  # unreadable: not "no rows", the caller reports the read error
+            return False
+    return True
+
+
+def _names_a_file(text: str) -> bool:
+    """True when ``text`` is written as a local path (a data-file suffix, or starting with ``.``, ``/``,
+    ``~``), not as a Hub dataset name."""
+    return any(text.lower().endswith(s) for s in _BUILDERS) or text.startswith((".", "/", "~"))
 
 
 def _load_hub(name: str, config: str | None, split: str | None, datasets: ModuleType,
@@ -242,7 +276,9 @@ def load_dataset_texts(
     ``DatasetDict``, or an in-memory list of strings (or of ``(text, pair)`` tuples when ``column`` names
     two columns). ``split`` defaults to ``"train"`` (or the first split). ``column`` is one column name,
     or two separated by a comma for sentence pairs; a missing column raises :class:`InputError` listing
-    the available ones. ``limit`` keeps the first ``limit`` rows (in file order). All columns are kept
+    the available ones, a dataset without rows (e.g. a CSV file holding only its header) raises "has no
+    rows". ``limit`` (at least 1) keeps the first ``limit`` rows (in file order). CSV cells are text as
+    written: ``NaN``, ``null`` or ``None`` are not read as missing values. All columns are kept
     in the returned dataset; rows are not filtered here (empty or non-string texts are the analysis
     engine's business, which skips and counts them).
 
@@ -251,11 +287,15 @@ def load_dataset_texts(
     is wrapped); ``info.num_rows`` and ``info.total_rows`` are then None (not counted in advance) and
     ``limit`` takes the first rows of the stream. Read it in row ranges with :class:`StreamRows`.
     """
+    cols = parse_columns(column)
+    if limit is not None and int(limit) < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    if isinstance(dataset, (str, os.PathLike)) and dataset != SAMPLE_NAME:
+        text = os.fspath(dataset)
+        if not Path(text).expanduser().exists() and _names_a_file(text):  # before the slow import of datasets
+            raise InputError(f"dataset file {text!r} does not exist")
     datasets = _hf_datasets()
     _quiet(datasets)
-    cols = parse_columns(column)
-    if limit is not None and int(limit) < 0:
-        raise InputError(f"--limit must be >= 0, got {limit}")
 
     if dataset is None or (isinstance(dataset, str) and dataset == SAMPLE_NAME):
         ds, kind, split_used = _load_local(Path(sample_dataset_path()), split, datasets, streaming)
@@ -271,8 +311,6 @@ def load_dataset_texts(
         if path.exists():
             ds, kind, split_used = _load_local(path, split, datasets, streaming)
             source = str(path)
-        elif any(text.lower().endswith(s) for s in _BUILDERS) or text.startswith((".", "/", "~")):
-            raise InputError(f"dataset file {text!r} does not exist")
         else:
             ds, split_used = _load_hub(text, config, split, datasets, streaming)
             source, kind = text, "hub"
@@ -289,10 +327,14 @@ def load_dataset_texts(
     elif not streaming and isinstance(ds, datasets.IterableDataset):
         raise InputError("an IterableDataset is read as a stream: pass streaming=True (--streaming)")
 
+    if isinstance(ds, datasets.Dataset) and ds.num_rows == 0:
+        raise InputError(f"the dataset {source!r} has no rows; give a dataset with at least one row of text")
     available = list(ds.column_names or [])
     if not available and isinstance(ds, datasets.IterableDataset):  # a stream whose columns are known once read
         first = next(iter(ds.take(1)), None)
-        available = list(first or {})
+        if first is None:
+            raise InputError(f"the dataset {source!r} has no rows; give a dataset with at least one row of text")
+        available = list(first)
     missing = [c for c in cols if c not in available]
     if missing:
         raise InputError(
