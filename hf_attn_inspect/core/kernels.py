@@ -35,6 +35,8 @@ goes through these four functions and does not change.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import torch
@@ -284,7 +286,8 @@ _LN2 = math.log(2.0)
 #: Distance edges up to this many tokens are summed from a few gathered columns around the diagonal;
 #: larger ones from a prefix sum over the columns their band edges cross.
 _GATHER_EDGE = 8
-#: Keys are grouped ``_GROUP`` at a time (strided) for the candidate search of ``above``.
+#: Trimmed tiles keep a multiple of ``_GROUP`` keys; keys are grouped (strided) ``_GROUP`` or, when the
+#: tile allows, ``4 * _GROUP`` at a time for the candidate search of ``above``.
 _GROUP = 16
 
 
@@ -347,6 +350,82 @@ def attention_row_stats(
         raise InputError(f"{h} query heads cannot share {hkv} key heads evenly")
     if mask is not None and not isinstance(mask, torch.Tensor) and not hasattr(mask, "block"):
         raise InputError(f"mask must be a tensor, a LazyMask or None, got {type(mask).__name__}")
+    kw = dict(scale=scale, causal=causal, window=window, key_valid=key_valid, special=special,
+              punctuation=punctuation, softcap=softcap, sparsity_threshold=sparsity_threshold,
+              local_window=local_window, distance_edges=distance_edges, q_tile=q_tile, k_tile=k_tile)
+    workers = _stats_workers(query, key, mask)
+    if workers < 2:
+        return _row_stats(query, key, mask, **kw)  # type: ignore[arg-type]
+    # CPU: independent key-head groups in threads of one intra-op thread each (no barrier per tile op)
+    bounds = [hkv * i // workers for i in range(workers + 1)]
+    g = h // hkv
+
+    def part(i: int) -> dict[str, torch.Tensor]:
+        k0, k1 = bounds[i], bounds[i + 1]
+        m = mask
+        if isinstance(m, torch.Tensor) and m.dim() >= 3 and m.shape[-3] == h > 1:
+            m = m[..., k0 * g : k1 * g, :, :]
+        _WORKER.active = True
+        torch.set_num_threads(1)
+        try:
+            return _row_stats(query[:, k0 * g : k1 * g], key[:, k0:k1], m, **kw)  # type: ignore[arg-type]
+        finally:
+            _WORKER.active = False
+
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(part, range(workers)))
+    finally:
+        torch.set_num_threads(threads)  # the workers changed the default that new threads start with
+    return {name: torch.cat([p[name] for p in parts], 1) for name in parts[0]}
+
+
+_WORKER = threading.local()
+#: Below this many score elements (``T * S * heads``) the statistics run in the caller's thread.
+_PARALLEL_MIN = 1 << 22
+
+
+def _stats_workers(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | LazyMask | None) -> int:
+    """How many threads :func:`attention_row_stats` splits the key heads over (1: no split).
+
+    On CPU, a tile's dozen tensor operations each end in a barrier of torch's intra-op threads; on a
+    loaded machine every barrier waits for a descheduled thread. Independent head groups in as many
+    threads as torch may use, each running its operations single-threaded, avoid the barriers. Only with
+    OpenMP (per-thread thread counts), large enough inputs and a mask without an unusual head dimension.
+    """
+    if query.device.type != "cpu" or getattr(_WORKER, "active", False) or not torch.backends.openmp.is_available():
+        return 1
+    b, h, t, _ = query.shape
+    hkv, s = key.shape[1], key.shape[2]
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] not in (1, h):
+        return 1
+    if t * s * h < _PARALLEL_MIN:
+        return 1
+    return max(1, min(torch.get_num_threads(), hkv))
+
+
+def _row_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | LazyMask | None,
+    *,
+    scale: float | None,
+    causal: bool,
+    window: int | None,
+    key_valid: torch.Tensor | None,
+    special: torch.Tensor | None,
+    punctuation: torch.Tensor | None,
+    softcap: float | None,
+    sparsity_threshold: float,
+    local_window: int,
+    distance_edges: Sequence[int] | None,
+    q_tile: int,
+    k_tile: int,
+) -> dict[str, torch.Tensor]:
+    """The body of :func:`attention_row_stats` for validated arguments, in the calling thread."""
+    b, h, t, d = query.shape
+    hkv, s = key.shape[1], key.shape[2]
     g = h // hkv
     nr = b * hkv  # GEMM batch: one per (sequence, key head); the g query heads of a group are extra rows
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -526,7 +605,7 @@ def attention_row_stats(
             if not gemm_ref and ref_moved:
                 sc.sub_(ref.unsqueeze(-1))
             # grouped maxima (groups of keys j = a, a + n_g, a + 2 n_g, ...) and the tile maximum
-            grp = _GROUP if tk % _GROUP == 0 else 1
+            grp = 4 * _GROUP if tk % (4 * _GROUP) == 0 else (_GROUP if tk % _GROUP == 0 else 1)
             if grp > 1:
                 gmax = torch.amax(sc.view(nr, rows, grp, tk // grp), dim=-2)
                 tmax = gmax.amax(-1)
@@ -545,6 +624,7 @@ def attention_row_stats(
                 st.mul_(alpha.unsqueeze(-1))
                 sq.mul_(alpha.square())
                 ref.add_(delta)
+                tmax = tmax - delta
                 ref_moved = True
                 if gemm_ref:
                     qt[..., d] = -ref
@@ -614,8 +694,11 @@ def attention_row_stats(
             # above: keep the keys that may exceed the threshold once the normaliser is final
             if thr > 0:
                 limit = norm * thr
-                if gmax is not None:
-                    hit = gmax > torch.log2(limit).unsqueeze(-1)
+                log_limit = torch.log2(limit)
+                if not bool((tmax > log_limit).any()):
+                    pass  # no key of this tile can be above the threshold
+                elif gmax is not None:
+                    hit = gmax > log_limit.unsqueeze(-1)
                     if bool(hit.any()):
                         ri, qi, gi = hit.nonzero(as_tuple=True)
                         vals_c = e.view(nr, rows, grp, tk // grp)[ri, qi, :, gi]
