@@ -286,9 +286,6 @@ _LN2 = math.log(2.0)
 #: Distance edges up to this many tokens are summed from a few gathered columns around the diagonal;
 #: larger ones from a prefix sum over the columns their band edges cross.
 _GATHER_EDGE = 8
-#: Trimmed tiles keep a multiple of ``_GROUP`` keys; keys are grouped (strided) ``_GROUP`` or, when the
-#: tile allows, ``4 * _GROUP`` at a time for the candidate search of ``above``.
-_GROUP = 16
 
 
 def attention_row_stats(
@@ -331,14 +328,17 @@ def attention_row_stats(
     ``O(batch * heads * q_tile * k_tile)`` (two tile buffers, reused for every tile).
 
     One pass over the key tiles of each query tile (online softmax): each ``[q_tile, k_tile]`` score tile
-    is one GEMM, one grouped maximum, one in-place ``exp2`` against a per-row reference that is moved only
-    when a tile's maximum is more than ``2^16`` away from it, one GEMM of the exponentials against the
-    keys augmented with indicator columns (ones, distance, special, punctuation: entropy, mass, distance
-    and key-class shares at once) and one norm (``sq_sum``). Neighbour and local-window shares are gathered
-    from the few columns around the diagonal; ``above`` keeps only the keys that could still exceed the
-    threshold once the final normaliser is known (at most ``1 / threshold`` per row and tile, found from
-    the grouped maxima) and counts them at the end. Tiles wholly outside the causal/window band are
-    skipped and the diagonal tile is trimmed to the band.
+    is one GEMM (scaled by ``log2 e``, the row reference subtracted through an extra column, key padding
+    added through another), one row maximum, one subtraction where a row's maximum grew (so a row's
+    largest weight is ``e = 1`` exactly, as in a two-pass softmax), one in-place ``exp2``, one GEMM of the
+    exponentials against the keys augmented with indicator columns (ones, distance, special, punctuation:
+    entropy, mass, distance and key-class shares at once) and one norm (``sq_sum``). Neighbour and
+    local-window shares are gathered from the few columns around the diagonal, larger distance edges
+    from prefix sums over the columns their band edges cross; ``above`` keeps only the keys that can still
+    exceed the threshold once the final normaliser is known (at most ``1 / threshold`` per row and tile,
+    looked for only in rows whose tile maximum is above it) and counts them at the end. Tiles wholly
+    outside the causal/window band are skipped and the band's tiles are trimmed to it. On CPU, large
+    inputs are split by key heads over threads that each run single-threaded (see :func:`_stats_workers`).
     """
     if query.dim() != 4 or key.dim() != 4:
         raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
@@ -572,7 +572,6 @@ def _row_stats(
             k0, k1 = max(t0, lo_key), min(t1, hi_key + 1)
             if k0 >= k1:
                 continue
-            k1 = min(t1, k0 + -(-(k1 - k0) // _GROUP) * _GROUP)  # whole groups; the extra keys are masked
             tk = k1 - k0
             if k1 - 1 <= pmin:
                 lo, hi, side = pmin - (k1 - 1), pmax - k0, 1  # every key at or before every query
@@ -604,21 +603,12 @@ def _row_stats(
                 sc4.add_(band(pmin - k0, tq, tk))
             if not gemm_ref and ref_moved:
                 sc.sub_(ref.unsqueeze(-1))
-            # grouped maxima (groups of keys j = a, a + n_g, a + 2 n_g, ...) and the tile maximum
-            grp = 4 * _GROUP if tk % (4 * _GROUP) == 0 else (_GROUP if tk % _GROUP == 0 else 1)
-            if grp > 1:
-                gmax = torch.amax(sc.view(nr, rows, grp, tk // grp), dim=-2)
-                tmax = gmax.amax(-1)
-            else:
-                gmax = None
-                tmax = sc.amax(-1)
+            tmax = sc.amax(-1)
             # the reference follows the running row maximum (its key gets e = 1 exactly, as in a two-pass softmax)
             move = torch.isfinite(tmax) & ((tmax > 0) | (norm == 0))
             if bool(move.any()):
                 delta = torch.where(move, tmax, torch.zeros((), device=dev))
                 sc.sub_(delta.unsqueeze(-1))
-                if gmax is not None:
-                    gmax.sub_(delta.unsqueeze(-1))
                 alpha = torch.where(norm > 0, torch.exp2(-delta), torch.ones((), device=dev))
                 norm.mul_(alpha)
                 st.mul_(alpha.unsqueeze(-1))
@@ -694,23 +684,13 @@ def _row_stats(
             # above: keep the keys that may exceed the threshold once the normaliser is final
             if thr > 0:
                 limit = norm * thr
-                log_limit = torch.log2(limit)
-                if not bool((tmax > log_limit).any()):
-                    pass  # no key of this tile can be above the threshold
-                elif gmax is not None:
-                    hit = gmax > log_limit.unsqueeze(-1)
-                    if bool(hit.any()):
-                        ri, qi, gi = hit.nonzero(as_tuple=True)
-                        vals_c = e.view(nr, rows, grp, tk // grp)[ri, qi, :, gi]
-                        sel = vals_c > limit[ri, qi].unsqueeze(-1)
-                        ids = (ri * rows + qi).unsqueeze(-1).expand_as(vals_c)[sel]
-                        cand.append((ids, vals_c[sel], ref.view(-1)[ids]))
-                else:
-                    sel = e > limit.unsqueeze(-1)
-                    if bool(sel.any()):
-                        ri, qi, _ = sel.nonzero(as_tuple=True)
-                        ids = ri * rows + qi
-                        cand.append((ids, e[sel], ref.view(-1)[ids]))
+                hit = tmax > torch.log2(limit)  # rows whose tile maximum may be above the threshold
+                if bool(hit.any()):
+                    ri, qi = hit.nonzero(as_tuple=True)
+                    sub = e[ri, qi]  # those rows only, [n, tk]
+                    sel = sub > limit[ri, qi].unsqueeze(-1)
+                    ids = (ri * rows + qi).unsqueeze(-1).expand_as(sub)[sel]
+                    cand.append((ids, sub[sel], ref.view(-1)[ids]))
             elif thr == 0:
                 above += torch.gt(e, 0.0, out=scratch((nr, rows, tk))).sum(-1)
 
