@@ -382,7 +382,7 @@ def attention_row_stats(
 
 
 _WORKER = threading.local()
-#: Below this many score elements (``T * S * heads``) the statistics run in the caller's thread.
+#: Below this many score elements (``batch * heads * T * S``) the statistics run in the caller's thread.
 _PARALLEL_MIN = 1 << 22
 
 
@@ -400,7 +400,7 @@ def _stats_workers(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
     hkv, s = key.shape[1], key.shape[2]
     if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] not in (1, h):
         return 1
-    if t * s * h < _PARALLEL_MIN:
+    if b * h * t * s < _PARALLEL_MIN:
         return 1
     return max(1, min(torch.get_num_threads(), hkv))
 
