@@ -15,7 +15,7 @@ distance, local-window share, and the sums behind ``weight_std``/``sparsity``) w
 mask either: the attention implementation :data:`STREAMING_NAME` hands it a
 :class:`~hf_attn_inspect.core.masks.LazyMask` that evaluates transformers' own mask function block by block.
 
-Peak memory is one ``[batch, heads, q_tile, k_tile]`` block plus ``O(T)`` per head. The rows are reduced
+Peak memory is a few reused ``[batch, heads, q_tile, k_tile]`` buffers plus ``O(T)`` per head. The rows are reduced
 to metrics by :func:`hf_attn_inspect.stats.metrics.reduce_rows`, the same function that reduces the rows of
 materialised weights, so both paths share every definition. :func:`streaming_metrics` does this for one
 call's query and key; :func:`run_streaming` runs one batch through a model; :func:`streaming_head_metrics`
