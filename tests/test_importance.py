@@ -330,3 +330,68 @@ def test_gradient_importance_ranks_previous_token_head_in_top_two(induction):
     df = head_importance(insp, ids, method="gradient")
     top2 = {(int(r.layer), int(r.head)) for r in df.sort_values("rank").head(2).itertuples()}
     assert top2 & prev_heads, df
+
+
+# ------------------------------------------------------------------ tables, explorer, command line
+def test_head_table_and_explorer_take_the_importance_column(inspector):
+    from hf_attn_inspect.stats.patterns import head_table
+    from hf_attn_inspect.stats.tables import format_head_table
+    from hf_attn_inspect.views.explorer import explorer_html
+
+    imp = head_importance(inspector, TEXTS[:2], method="gradient")
+    result = inspector(TEXTS[4])
+    table = head_table(result, importance=imp)
+    assert len(table) == 72 and table["importance"].notna().all()
+    merged = table.merge(imp, on=["layer", "head"], suffixes=("", "_imp"))
+    np.testing.assert_allclose(merged["importance"], merged["importance_imp"])
+    assert (table["importance_rank"] == merged["rank"]).all()
+    assert "importance" in format_head_table(table).splitlines()[0]
+    page = explorer_html(result, importance=imp)
+    data = json.loads(page.split('<script type="application/json" id="hai-data">')[1].split("</script>")[0])
+    assert "importance" in data["metric_names"]
+    m = data["stacks"]["self"]["metrics"]
+    k = m["columns"].index("importance")
+    np.testing.assert_allclose([row[k] for row in m["values"]], imp["importance"], rtol=1e-5, atol=1e-6)
+
+
+def test_importance_command_writes_every_file(tmp_path, capsys):
+    from PIL import Image
+
+    from hf_attn_inspect.cli import main
+
+    out = tmp_path / "imp"
+    code = main(["importance", "--method", "gradient", "--limit", "4", "--batch-size", "4", "--prune-step", "0.5", "--heads", "5.9,5.10",
+                 "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "removing self.5.9, self.5.10" in printed
+    for name in ("head_importance.csv", "importance_map.png", "pruning_curve.csv", "pruning_curve.png", "report.md", "run.json"):
+        assert (out / name).is_file(), name
+    table = pd.read_csv(out / "head_importance.csv")
+    assert len(table) == 72 and sorted(table["rank"]) == list(range(1, 73))
+    curve = pd.read_csv(out / "pruning_curve.csv")
+    assert curve["heads_removed"].tolist() == [0, 36, 72]
+    report = (out / "report.md").read_text()
+    assert "gradient" in report and "Pruning curve" in report and "Chosen heads removed together" in report
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished" and run["ablation_effect"]["heads"] == ["self.5.9", "self.5.10"]
+    with Image.open(out / "importance_map.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+    with Image.open(out / "pruning_curve.png") as im:
+        assert im.size[0] > 400 and im.size[1] > 300
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--heads", "5-9"], "LAYER.HEAD"),
+    (["--heads", "9.0"], "does not exist"),
+    (["--label-column", "nope"], "label column 'nope' not found"),
+    (["--column", "nope"], "column 'nope' not found"),
+    (["--prune-step", "0"], "--prune-step"),
+])
+def test_importance_command_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    from hf_attn_inspect.cli import main
+
+    code = main(["importance", "--limit", "2", "--no-progress", "--out", str(tmp_path / "x"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
