@@ -123,8 +123,9 @@ def test_head_scale_groups_ablate_a_different_head_in_each_copy(tiny_model, tiny
 @pytest.mark.parametrize("family,how", [("bert", "zero"), ("gpt2", "mean"), ("bart", "zero")])
 def test_cached_layer_path_equals_plain_path(tiny_model, tiny_tokenizer, family, how):
     insp = _inspector(tiny_model, tiny_tokenizer, family)
-    fast = head_importance(insp, TEXTS, how=how, batch_size=4)
-    plain = head_importance(insp, TEXTS, how=how, batch_size=4, cache_layers=False)
+    texts = TEXTS[:3] if family == "bart" else TEXTS
+    fast = head_importance(insp, texts, how=how, batch_size=2)
+    plain = head_importance(insp, texts, how=how, batch_size=2, cache_layers=False)
     np.testing.assert_allclose(fast["importance"], plain["importance"], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(fast["stderr"], plain["stderr"], atol=1e-5, rtol=1e-3)
     assert fast["importance"].abs().max() > 1e-6  # not all zero (tiny random BERT: 1 - cos moves ~1e-5)
@@ -201,10 +202,10 @@ def test_objectives_follow_the_model_type(tiny_tokenizer, inspector):
     cfg = tf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128, num_labels=2)
     mlm = AttentionInspector(tf.BertForMaskedLM(cfg).eval(), tiny_tokenizer)
-    df = head_importance(mlm, TEXTS, seed=3)
+    df = head_importance(mlm, TEXTS[:3], seed=3)
     assert df.attrs["unit"] == "nats" and "masked" in df.attrs["objective"]
     assert df["objective"].iloc[0] > 5  # about ln(30522) = 10.3 for random weights
-    again = head_importance(mlm, TEXTS, seed=3, batch_size=2)  # the masking depends on the row, not the batch
+    again = head_importance(mlm, TEXTS[:3], seed=3, batch_size=2)  # the masking depends on the row, not the batch
     np.testing.assert_allclose(df["importance"], again["importance"], atol=1e-5)
 
     clf = AttentionInspector(tf.BertForSequenceClassification(cfg).eval(), tiny_tokenizer)
@@ -216,7 +217,7 @@ def test_objectives_follow_the_model_type(tiny_tokenizer, inspector):
         head_importance(clf, TEXTS)
 
     # a sentence encoder: 1 - cos of the pooled embedding; the intact model scores 0
-    enc = head_importance(inspector, TEXTS[:3], batch_size=3)
+    enc = head_importance(inspector, TEXTS[:2], batch_size=2)
     assert enc.attrs["unit"] == "1 - cos" and enc["objective"].abs().max() < 1e-6
     assert (enc["importance"] >= 0).all() and enc["importance"].max() > 1e-3
     assert set(enc["pattern"]) <= {"previous", "next", "diagonal", "column", "uniform", "broad", "sparse", "mixed"}
@@ -267,10 +268,10 @@ def test_model_is_unchanged_after_every_call(tiny_model, tiny_tokenizer):
     model.train()
     with ablate(insp, [("cross", 0, 1)]):
         pass
-    head_importance(insp, TEXTS[:3], how="mean")
-    head_importance(insp, TEXTS[:3], method="gradient")
-    pruning_curve(insp, TEXTS[:3], step=0.5)
-    ablation_effect(insp, TEXTS[:3], "decoder.1.1")
+    head_importance(insp, TEXTS[:2], how="mean")
+    head_importance(insp, TEXTS[:2], method="gradient")
+    pruning_curve(insp, TEXTS[:2], step=0.5, method="gradient")
+    ablation_effect(insp, TEXTS[:2], "decoder.1.1")
     assert model.training
     model.eval()
     assert model.config._attn_implementation == impl
@@ -360,7 +361,7 @@ def test_importance_command_writes_every_file(tmp_path, capsys):
     from hf_attn_inspect.cli import main
 
     out = tmp_path / "imp"
-    code = main(["importance", "--method", "gradient", "--limit", "4", "--batch-size", "4", "--prune-step", "0.5", "--heads", "5.9,5.10",
+    code = main(["importance", "--method", "gradient", "--limit", "2", "--batch-size", "2", "--prune-step", "0.5", "--heads", "5.9,5.10",
                  "--no-progress", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
