@@ -80,10 +80,10 @@ def plot_importance_map(
     if patterns and "pattern" in df.columns:
         pat = {(int(l), int(h)): str(p) for l, h, p in zip(df["layer"], df["head"], df["pattern"]) if isinstance(p, str)}
     cells = np.empty(vals.shape, dtype=object)
-    digits = 2 if lim >= 0.1 else 3
+    fmt = ".2f" if lim >= 0.1 else ".3f" if lim >= 0.01 else ".1e"
     for i, layer in enumerate(grid.index):
         for j, head in enumerate(grid.columns):
-            text = "" if not np.isfinite(vals[i, j]) else f"{vals[i, j]:.{digits}f}"
+            text = "" if not np.isfinite(vals[i, j]) else format(vals[i, j], fmt)
             p = pat.get((int(layer), int(head)), "")
             cells[i, j] = f"{text}\n{_SHORT.get(p, p[:6])}" if p else text
     if ax is None:
@@ -91,7 +91,8 @@ def plot_importance_map(
     unit = importance.attrs.get("unit", "")
     label = value + (f" ({unit})" if unit and value == "importance" else "")
     sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0.0, vmin=-lim, vmax=lim, annot=cells, fmt="",
-                annot_kws={"fontsize": 7}, cbar_kws={"label": label}, linewidths=0.5, linecolor="white")
+                annot_kws={"fontsize": 7}, cbar_kws={"label": label, "format": "%.2g"}, linewidths=0.5,
+                linecolor="white")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     method = importance.attrs.get("method", "")
@@ -115,6 +116,7 @@ def plot_pruning_curve(curve: pd.DataFrame, ax: "Axes | None" = None, *, title: 
     unit = curve.attrs.get("unit", "")
     ax.set_xlabel("heads removed (%), least important first")
     ax.set_ylabel("objective" + (f" ({unit})" if unit else ""))
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     if "accuracy" in curve.columns:
         ax2 = ax.twinx()
