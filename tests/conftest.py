@@ -72,3 +72,12 @@ def tiny_dir(tmp_path_factory):
         return cache[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_decoder():
+    """The tiny Llama of :func:`tiny_models.induction_decoder`, trained once per session to do induction."""
+    model = tiny_models.induction_decoder(0)
+    loss = tiny_models.train_induction(model)
+    assert loss < 0.5, f"training did not converge (loss {loss:.3f})"
+    return model

@@ -16,6 +16,7 @@ from hf_attn_inspect.stats.chapter import analyze_attention_pattern, format_atte
 from hf_attn_inspect.stats.patterns import PatternThresholds, classify_heads, head_table
 from hf_attn_inspect.stats.tables import format_head_table, head_metrics
 from hf_attn_inspect.stats.metrics import METRICS, column_share, entropy_ratio
+import tiny_models
 from conftest import SENTENCES
 
 EXTRA = [
@@ -276,53 +277,9 @@ def test_column_share_is_the_largest_mean_column_over_real_tokens():
 
 
 # ------------------------------------------------------------------ a tiny decoder learns induction
-V, T = 64, 12
-
-
-def _tiny_decoder(seed: int):
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    cfg = tf.LlamaConfig(vocab_size=V + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                         bos_token_id=V, eos_token_id=V, pad_token_id=V)
-    model = tf.LlamaForCausalLM(cfg)
-    model.config._attn_implementation_internal = "sdpa"
-    return model
-
-
-def _train(model, steps: int = 150, seed: int = 1) -> float:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest and does not fight the other tests
-    try:
-        return _train_steps(model, steps, seed)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_steps(model, steps: int, seed: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(steps):
-        r = torch.stack([torch.randperm(V, generator=gen)[:T] for _ in range(32)])
-        x = torch.cat([torch.full((32, 1), V), r, r], 1)
-        logits = model(input_ids=x).logits
-        # loss only on the second copy, where the next token is predictable by induction
-        loss = torch.nn.functional.cross_entropy(logits[:, T + 1:-1].reshape(-1, V + 1), x[:, T + 2:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return float(loss.detach())
-
-
-@pytest.fixture(scope="module")
-def trained_decoder():
-    model = _tiny_decoder(0)
-    loss = _train(model)
-    assert loss < 0.5, f"training did not converge (loss {loss:.3f})"
-    return model
+# (the trained model is the session fixture ``trained_decoder`` of conftest.py, shared with test_importance.py)
+V, T = tiny_models.INDUCTION_V, tiny_models.INDUCTION_T
+_tiny_decoder = tiny_models.induction_decoder
 
 
 def test_trained_tiny_decoder_has_induction_head_in_layer_2(trained_decoder):

@@ -70,3 +70,52 @@ def save(family: str, directory: Path) -> Path:
         tok.model_max_length = LONG_POSITIONS
     tok.save_pretrained(directory)
     return directory
+
+
+# ------------------------------------------------------------------ a tiny decoder that learns induction
+#: Vocabulary (token ``INDUCTION_V`` is BOS/padding) and block length of the induction decoder's inputs.
+INDUCTION_V, INDUCTION_T = 64, 12
+
+
+def induction_decoder(seed: int = 0):
+    """A 2-layer x 4-head Llama (sdpa) over ``INDUCTION_V + 1`` tokens, random weights."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    v = INDUCTION_V
+    cfg = tf.LlamaConfig(vocab_size=v + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         bos_token_id=v, eos_token_id=v, pad_token_id=v)
+    model = tf.LlamaForCausalLM(cfg)
+    model.config._attn_implementation_internal = "sdpa"
+    return model
+
+
+def train_induction(model, steps: int = 400, seed: int = 1) -> float:
+    """Train ``model`` on BOS + a random block + the same block, loss on the second copy; returns the last loss.
+
+    The block length varies from step to step (6 to 16 tokens), so no fixed positional offset solves the
+    task: the model learns the two-layer circuit, previous-token heads in layer 0 feeding induction heads
+    in layer 1 (the detector and importance tests rely on both).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest and does not fight the other tests
+    v = INDUCTION_V
+    try:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(steps):
+            t = int(torch.randint(6, 17, (1,), generator=gen))
+            r = torch.stack([torch.randperm(v, generator=gen)[:t] for _ in range(32)])
+            x = torch.cat([torch.full((32, 1), v), r, r], 1)
+            logits = model(input_ids=x).logits
+            # loss only on the second copy, where the next token is predictable by induction
+            loss = torch.nn.functional.cross_entropy(logits[:, t + 1:-1].reshape(-1, v + 1), x[:, t + 2:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        return float(loss.detach())
+    finally:
+        torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import AttentionInterface
@@ -33,6 +33,7 @@ __all__ = [
     "ATTENTION_NAME",
     "Site",
     "Probe",
+    "OutputEdit",
     "WeightsProbe",
     "capture",
     "attention_implementation",
@@ -91,6 +92,19 @@ class Probe:
         """Called once after the forward pass: move results to the host, wait for asynchronous copies."""
 
 
+class OutputEdit:
+    """Changes the per-head attention output of chosen layers (ablation, gates) in every forward pass it is
+    active for: :meth:`apply` receives ``output [batch, heads, query, head_dim]`` (each head's output before
+    the output projection) and returns the tensor the layer goes on with. Edits are pushed with
+    :func:`capture` (``edits=``) and stay active in captures nested inside it on the same model, so an
+    inspector call inside ``ablate(...)`` sees the ablated model. See :mod:`hf_attn_inspect.capture.ablation`.
+    """
+
+    def apply(self, site: Site, output: torch.Tensor) -> torch.Tensor:
+        """The edited output of one attention call (the base class returns it unchanged)."""
+        return output
+
+
 class WeightsProbe(Probe):
     """Keeps the weights of the chosen layers and heads as float32 CPU tensors, per stack and layer.
 
@@ -114,8 +128,10 @@ class WeightsProbe(Probe):
 class _CaptureState:
     """Per-call state read by the registered function: the probe and the module -> site map."""
 
-    def __init__(self, model: torch.nn.Module, probe: Probe) -> None:
+    def __init__(self, model: torch.nn.Module, probe: Probe, edits: list[OutputEdit] | None = None) -> None:
         self.probe = probe
+        self.model = model
+        self.edits: list[OutputEdit] = list(edits or [])
         self.calls = 0
         self.causal_stacks: set[str] = set()
         self._names = {id(m): n for n, m in model.named_modules()}
@@ -186,6 +202,8 @@ def _attention_function(
     state.calls += 1
     site = state.site_of(module)
     output, weights = state.probe.attend(site, module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+    for edit in state.edits:
+        output = edit.apply(site, output)
     return output.transpose(1, 2).contiguous(), weights
 
 
@@ -259,7 +277,13 @@ def use_implementation(model: torch.nn.Module, implementation: str) -> Iterator[
 
 
 @contextmanager
-def capture(model: torch.nn.Module, probe: Probe, implementation: str | None = None) -> Iterator[_CaptureState]:
+def capture(
+    model: torch.nn.Module,
+    probe: Probe,
+    implementation: str | None = None,
+    *,
+    edits: Sequence[OutputEdit] = (),
+) -> Iterator[_CaptureState]:
     """Within the block, every attention call of ``model`` goes to ``probe``; yields the capture state.
 
     ``implementation`` is the registered name the model is switched to: by default the probe's
@@ -268,9 +292,13 @@ def capture(model: torch.nn.Module, probe: Probe, implementation: str | None = N
 
     ``state.calls`` counts the attention calls seen (0 means the model does not dispatch through
     transformers' attention interface), ``state.causal_stacks`` names the stacks whose modules are causal.
+    ``edits`` (:class:`OutputEdit`) change the heads' outputs after the probe computed them; the edits of
+    an enclosing capture of the same model apply first.
     """
     implementation = implementation or getattr(probe, "implementation", None) or ATTENTION_NAME
-    state = _CaptureState(model, probe)
+    outer = _active()
+    inherited = outer.edits if outer is not None and outer.model is model else []
+    state = _CaptureState(model, probe, [*inherited, *edits])
     if not hasattr(_local, "stack"):
         _local.stack = []
     _local.stack.append(state)

@@ -65,6 +65,7 @@ __all__ = [
     "ShardedRun",
     "check_out_dir",
     "clean_rows",
+    "clean_rows_indexed",
     "package_versions",
     "prepare_out_dir",
     "release_free_memory",
@@ -507,11 +508,19 @@ def clean_rows(ds: "Dataset", start: int, stop: int, columns: Sequence[str]) -> 
     counted as ``skipped["non_string"]``, rows where one is empty or blank as ``skipped["empty"]``;
     the others keep dataset order.
     """
+    texts, pairs, skipped, _ = clean_rows_indexed(ds, start, stop, columns)
+    return texts, pairs, skipped
+
+
+def clean_rows_indexed(
+    ds: "Dataset", start: int, stop: int, columns: Sequence[str]
+) -> tuple[list[str], list[str] | None, dict[str, int], list[int]]:
+    """:func:`clean_rows` plus the dataset row index of every kept text (to read other columns, e.g. labels)."""
     chunk = ds[start:stop]
     firsts = chunk[columns[0]]
     seconds = chunk[columns[1]] if len(columns) == 2 else [None] * len(firsts)
-    texts, pairs, skipped = [], [], {"empty": 0, "non_string": 0}
-    for a, b in zip(firsts, seconds):
+    texts, pairs, kept, skipped = [], [], [], {"empty": 0, "non_string": 0}
+    for i, (a, b) in enumerate(zip(firsts, seconds)):
         parts = (a,) if len(columns) == 1 else (a, b)
         if any(not isinstance(p, str) for p in parts):
             skipped["non_string"] += 1
@@ -520,7 +529,8 @@ def clean_rows(ds: "Dataset", start: int, stop: int, columns: Sequence[str]) -> 
         else:
             texts.append(a)
             pairs.append(b)
-    return texts, (pairs if len(columns) == 2 else None), skipped
+            kept.append(start + i)
+    return texts, (pairs if len(columns) == 2 else None), skipped, kept
 
 
 def package_versions() -> dict[str, str]:

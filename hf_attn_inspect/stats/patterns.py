@@ -178,11 +178,23 @@ def head_table(
     *,
     which: str = "self",
     thresholds: PatternThresholds | None = None,
+    importance: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every head's metrics and its pattern class: :func:`classify_heads` of one result or a list of them
     (the table ``hf-attn-inspect inspect --all-heads`` prints; format it with
-    :func:`~hf_attn_inspect.stats.tables.format_head_table`)."""
-    return classify_heads(result, thresholds=thresholds, which=which)
+    :func:`~hf_attn_inspect.stats.tables.format_head_table`). ``importance`` (a
+    :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds its ``importance`` and
+    ``importance_rank`` columns for the same stack, matched by layer and head."""
+    df = classify_heads(result, thresholds=thresholds, which=which)
+    if importance is not None:
+        if not isinstance(importance, pd.DataFrame) or not {"layer", "head", "importance"} <= set(importance.columns):
+            raise InputError("importance must be a head_importance table (columns layer, head, importance)")
+        imp = importance
+        if "stack" in imp.columns:
+            imp = imp[imp["stack"].isin({"self": ("self", "encoder")}.get(which, (which,)))]
+        cols = ["layer", "head", "importance"] + (["rank"] if "rank" in imp.columns else [])
+        df = df.merge(imp[cols].rename(columns={"rank": "importance_rank"}), on=["layer", "head"], how="left")
+    return df
 
 
 def describe_pattern(row: Mapping[str, object], thresholds: PatternThresholds | None = None) -> str:

@@ -213,7 +213,7 @@ def head_metrics(
 
 _TABLE_COLUMNS = (
     "layer", "head", "class", "entropy", "max_entropy", "diagonal", "previous_token", "next_token",
-    "first_token", "special_tokens", "punctuation", "max_weight", "column_share", "mean_distance",
+    "first_token", "special_tokens", "punctuation", "max_weight", "column_share", "mean_distance", "importance",
 )
 _TABLE_HEADERS = {
     "max_entropy": "max_ent", "previous_token": "prev", "next_token": "next", "first_token": "first",

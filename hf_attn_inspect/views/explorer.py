@@ -154,15 +154,32 @@ def _classes(classes: HeadClasses | None, layer_ids: list[int], head_ids: list[i
     return [lookup.get((l, h), "") for l in layer_ids for h in head_ids]
 
 
-def _metrics(result: AttentionResult, which: str) -> dict[str, Any] | None:
+def _metrics(result: AttentionResult, which: str, importance: pd.DataFrame | None = None) -> dict[str, Any] | None:
     df = head_metrics(result, which=which)
     cols = list(METRICS)
+    if importance is not None:  # head importance (runs.importance) next to the pattern metrics
+        cols.append("importance")
+        df["importance"] = _importance_of(importance, which, df)
     values = df[cols].to_numpy(dtype=np.float64)
     values = np.where(np.isfinite(values), values, 0.0)
     return {"columns": cols, "values": np.round(values, 6).tolist()}
 
 
-def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool, rollout: bool) -> dict[str, Any]:
+def _importance_of(importance: pd.DataFrame, which: str, df: pd.DataFrame) -> np.ndarray:
+    """The ``importance`` of each (layer, head) row of ``df`` for stack ``which`` (NaN where absent)."""
+    if not isinstance(importance, pd.DataFrame) or not {"layer", "head", "importance"} <= set(importance.columns):
+        raise InputError("importance must be a head_importance table (columns layer, head, importance)")
+    imp = importance
+    if "stack" in imp.columns:
+        wanted = {"self": ("self", "encoder"), "decoder": ("decoder",)}.get(which, (which,))
+        imp = imp[imp["stack"].isin(wanted)]
+    lookup = imp.groupby(["layer", "head"])["importance"].mean()
+    keys = pd.MultiIndex.from_arrays([df["layer"].to_numpy(), df["head"].to_numpy()])
+    return lookup.reindex(keys).to_numpy(dtype=np.float64)
+
+
+def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool, rollout: bool,
+             importance: pd.DataFrame | None = None) -> dict[str, Any]:
     axes = {"enc": _axis(result.tokens, result.word_ids, result.special_tokens_mask, result.segment_ids)}
     names = [("self", "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
     if result.is_encoder_decoder:
@@ -186,7 +203,7 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
             "levels": packed,
             "steps": steps,
             "rollout": None,
-            "metrics": _metrics(result, which) if metrics and which != "cross" else None,
+            "metrics": _metrics(result, which, importance) if metrics and which != "cross" else None,
             "classes": _classes(classes, list(result.layer_ids), list(result.head_ids)) if which == "self" else None,
         }
         if rollout and which != "cross" and contiguous:
@@ -207,7 +224,7 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
         "is_encoder_decoder": result.is_encoder_decoder,
         "axes": axes,
         "stacks": stacks,
-        "metric_names": list(METRICS) if metrics else [],
+        "metric_names": (list(METRICS) + (["importance"] if importance is not None else [])) if metrics else [],
     }
 
 
@@ -231,6 +248,7 @@ def explorer_html(
     metrics: bool = True,
     rollout: bool = True,
     title: str | None = None,
+    importance: pd.DataFrame | None = None,
 ) -> str:
     """The explorer page of ``result`` as one HTML string (UTF-8 text, fully offline).
 
@@ -238,12 +256,14 @@ def explorer_html(
     a Series indexed by ``(layer, head)``, or a dict ``{(layer, head): name}``, model indices) and is shown
     in the metrics panel. ``metrics=False`` leaves out the metrics panel's numbers; ``rollout=False``
     leaves out the precomputed rollout (it is also left out when the captured layers are not consecutive).
+    ``importance`` (a :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds an
+    ``importance`` column to the metrics view, next to the pattern metrics.
     """
     if not isinstance(result, AttentionResult):
         raise InputError(f"explorer needs an AttentionResult, got {type(result).__name__}")
     if result.seq_len == 0:
         raise InputError("the result has no tokens")
-    data = _script_json(_payload(result, classes, metrics, rollout))
+    data = _script_json(_payload(result, classes, metrics, rollout, importance))
     js = _static("explorer.js")
     if "</script" in js.lower() or "<!--" in js:
         raise OutputError("explorer.js must not contain '</script' or '<!--'")
@@ -263,10 +283,11 @@ def write_explorer(
     metrics: bool = True,
     rollout: bool = True,
     title: str | None = None,
+    importance: pd.DataFrame | None = None,
 ) -> Path:
     """Write :func:`explorer_html` of ``result`` (same options) to ``path`` atomically (temporary file,
     then rename); returns the path."""
-    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title)
+    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title, importance=importance)
     return write_text(page, path)
 
 

@@ -1,0 +1,314 @@
+"""Head ablation and head gates in the capture path: remove or scale chosen heads in any forward pass.
+
+Our registered attention function computes every head's output ``[batch, heads, query, head_dim]`` before
+the output projection, in every architecture that dispatches through transformers' attention interface
+(encoder, decoder, encoder-decoder self and cross attention, grouped-query attention). An
+:class:`~hf_attn_inspect.capture.interface.OutputEdit` changes that tensor, so ablating a head is exact
+and needs no model-specific hook (transformers 5 removed ``head_mask`` and ``prune_heads``):
+
+- :func:`ablate` is a context manager: every forward pass of the model inside it, and every inspector
+  call, runs with the chosen heads zeroed (``how="zero"``) or replaced by their mean output over a
+  reference set (``how="mean"``, :func:`mean_head_outputs`). The model's weights are never touched and its
+  attention implementation is restored on exit.
+- :class:`HeadScale` is the edit behind it: per layer a ``[groups, heads]`` factor ``s`` and an optional
+  ``[heads, head_dim]`` fill ``m``; the output becomes ``s * output + (1 - s) * m``. ``groups`` equal
+  copies of a batch (copy-major) get different factors, so one forward pass ablates a different head in
+  each copy; a factor that requires grad is Michel et al.'s (2019) gate ``xi_h``.
+- :class:`OutputProbe` computes each layer's output with torch's fused attention and keeps nothing (the
+  fast probe of the importance engine); :class:`MeanOutputProbe` accumulates each head's mean output.
+
+Heads are named ``(layer, head)`` for single-stack models or ``(stack, layer, head)`` (stacks as in
+:class:`~hf_attn_inspect.capture.interface.Site`), or by strings ``"3.5"`` / ``"decoder.1.2"``
+(:func:`parse_heads`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence, Union
+
+import torch
+
+from ..core.errors import CaptureError, InputError
+from ..core.kernels import fast_attention_output
+from .inputs import Batch
+from .inspector import AttentionInspector
+from .interface import OutputEdit, Probe, Site, capture
+
+__all__ = [
+    "ABLATIONS",
+    "HeadKey",
+    "HeadSpec",
+    "UnitKey",
+    "HeadScale",
+    "OutputProbe",
+    "MeanOutputProbe",
+    "ablate",
+    "ablation_edit",
+    "mean_head_outputs",
+    "query_masks",
+    "parse_heads",
+    "resolve_heads",
+]
+
+#: How :func:`ablate` removes a head: ``zero`` (its output becomes 0) or ``mean`` (its mean output).
+ABLATIONS = ("zero", "mean")
+
+#: One head: ``(stack, layer, head)``, 0-based.
+HeadKey = tuple[str, int, int]
+#: One attention layer: ``(stack, layer)``.
+UnitKey = tuple[str, int]
+#: What the ablation functions accept as a set of heads: ``"3.5,0.1"``, ``[(3, 5)]``, ``[("decoder", 1, 2)]``.
+HeadSpec = Union[str, Sequence[Union[str, tuple[int, int], tuple[str, int, int], HeadKey]]]
+
+
+def parse_heads(spec: str) -> list[tuple[str | None, int, int]]:
+    """Parse ``"L.H,L.H"`` (or ``"stack.L.H"``, e.g. ``"cross.1.0"``) into ``(stack or None, layer, head)``.
+
+    Raises :class:`InputError` with the expected form for anything else.
+    """
+    out: list[tuple[str | None, int, int]] = []
+    for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+        bits = part.split(".")
+        try:
+            if len(bits) == 2:
+                out.append((None, int(bits[0]), int(bits[1])))
+            elif len(bits) == 3:
+                out.append((bits[0], int(bits[1]), int(bits[2])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"cannot read head {part!r}; write heads as LAYER.HEAD (e.g. 3.5,0.1) or STACK.LAYER.HEAD") from None
+    if not out:
+        raise InputError("no head given; write heads as LAYER.HEAD,LAYER.HEAD (e.g. 3.5,0.1)")
+    return out
+
+
+def resolve_heads(inspector: AttentionInspector, heads: HeadSpec) -> list[HeadKey]:
+    """The heads of ``heads`` as checked ``(stack, layer, head)`` keys of ``inspector``'s model, in the given order
+    without repeats.
+
+    A head without a stack belongs to the model's main stack (``self``, or ``encoder`` for encoder-decoder
+    models). Raises :class:`InputError` naming the valid ranges for an unknown stack, layer or head.
+    """
+    dims = inspector.dims()
+    main = next(iter(dims))
+    items: list[tuple[str | None, int, int]] = []
+    if isinstance(heads, str):
+        items = parse_heads(heads)
+    else:
+        for h in heads:
+            if isinstance(h, str):
+                items += parse_heads(h)
+            elif isinstance(h, (tuple, list)) and len(h) == 2:
+                items.append((None, int(h[0]), int(h[1])))
+            elif isinstance(h, (tuple, list)) and len(h) == 3:
+                items.append((str(h[0]), int(h[1]), int(h[2])))
+            else:
+                raise InputError(f"cannot read head {h!r}; give (layer, head), (stack, layer, head) or 'L.H'")
+    out: list[HeadKey] = []
+    for stack, layer, head in items:
+        stack = stack or main
+        if stack not in dims:
+            raise InputError(f"unknown stack {stack!r}; this model has {', '.join(dims)}")
+        n_layers, n_heads = dims[stack]
+        if not 0 <= layer < n_layers or not 0 <= head < n_heads:
+            raise InputError(
+                f"head {layer}.{head} does not exist: layers are 0..{n_layers - 1} and heads 0..{n_heads - 1}"
+            )
+        key = (stack, layer, head)
+        if key not in out:
+            out.append(key)
+    return out
+
+
+class OutputProbe(Probe):
+    """Computes each layer's output with torch's fused attention (no weights) and remembers the sites it saw.
+
+    ``sites`` maps ``(stack, layer)`` to the :class:`Site` of every attention call of the last forward pass.
+    """
+
+    def __init__(self) -> None:
+        self.sites: dict[UnitKey, Site] = {}
+
+    def attend(
+        self,
+        site: Site,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        **kwargs: object,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.sites[(site.stack, site.layer)] = site
+        softcap = kwargs.get("softcap")
+        return fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap), None  # type: ignore[arg-type]
+
+
+class HeadScale(OutputEdit):
+    """Scales chosen heads' outputs: ``out = s * output + (1 - s) * fill`` per head, per layer.
+
+    ``scale[(stack, layer)]`` is ``[groups, heads]``: the batch is ``groups`` equal-sized consecutive blocks
+    (copy-major; ``groups == batch`` gives every sentence its own factor), and block ``g`` uses row ``g``.
+    ``fill[(stack, layer)]`` (optional, ``[heads, head_dim]``) is what a factor of 0 puts in place of the
+    output (default 0). A factor of 0 ablates the head exactly (``0 * x`` is 0, ``1 * x`` is ``x``);
+    a factor that requires grad is a differentiable gate. Layers not in ``scale`` pass unchanged.
+    """
+
+    def __init__(self, scale: Mapping[UnitKey, torch.Tensor], fill: Mapping[UnitKey, torch.Tensor] | None = None) -> None:
+        self.scale = dict(scale)
+        self.fill = dict(fill or {})
+
+    def apply(self, site: Site, output: torch.Tensor) -> torch.Tensor:
+        s = self.scale.get((site.stack, site.layer))
+        if s is None:
+            return output
+        b, h, t, d = output.shape
+        g = s.shape[0]
+        if s.shape[1] != h or b % g:
+            raise CaptureError(
+                f"head scale of layer {site.layer} ({site.stack}) is {tuple(s.shape)}, which does not fit an output "
+                f"of {b} sentences x {h} heads"
+            )
+        s = s.to(output.device, output.dtype).view(g, 1, h, 1, 1)
+        x = output.reshape(g, b // g, h, t, d)
+        out = x * s
+        m = self.fill.get((site.stack, site.layer))
+        if m is not None:
+            out = out + (1 - s) * m.to(output.device, output.dtype).view(1, 1, h, 1, d)
+        return out.reshape(b, h, t, d)
+
+
+class MeanOutputProbe(Probe):
+    """Sums each head's output over the real query tokens of every forward pass (for mean ablation).
+
+    ``query_valid`` maps stacks to boolean ``[batch, T]`` masks of real query tokens (``self``/``encoder``:
+    the input, ``decoder``/``cross``: the decoder input; padding queries never count). :meth:`means`
+    returns ``{(stack, layer): [heads, head_dim]}``, the average over all counted tokens (float32).
+    """
+
+    def __init__(self, query_valid: Mapping[str, torch.Tensor]) -> None:
+        self.query_valid = dict(query_valid)
+        self.sums: dict[UnitKey, torch.Tensor] = {}
+        self.counts: dict[UnitKey, int] = {}
+
+    def attend(
+        self,
+        site: Site,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        **kwargs: object,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        softcap = kwargs.get("softcap")
+        out = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)  # type: ignore[arg-type]
+        valid = self.query_valid.get(site.stack)
+        if valid is None:
+            valid = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool)
+        w = valid.to(out.device, torch.float64)[:, None, :, None]  # [B, 1, T, 1]
+        total = (out.double() * w).sum((0, 2)).cpu()
+        k = (site.stack, site.layer)
+        self.sums[k] = self.sums.get(k, 0) + total
+        self.counts[k] = self.counts.get(k, 0) + int(valid.sum())
+        return out, None
+
+    def means(self) -> dict[UnitKey, torch.Tensor]:
+        """``{(stack, layer): [heads, head_dim]}`` mean output per head over the counted query tokens."""
+        return {k: (v / max(self.counts[k], 1)).float() for k, v in self.sums.items()}
+
+
+def query_masks(batch: Batch) -> dict[str, torch.Tensor]:
+    """Boolean ``[batch, T]`` real-query masks per stack of ``batch`` (``cross`` queries are decoder tokens)."""
+    masks = {"self": batch.valid, "encoder": batch.valid}
+    if batch.has_decoder:
+        dec = batch.masks("decoder").valid
+        masks.update(decoder=dec, cross=dec)
+    return masks
+
+
+def mean_head_outputs(
+    inspector: AttentionInspector,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> dict[UnitKey, torch.Tensor]:
+    """Each head's mean output over ``texts``: ``{(stack, layer): [heads, head_dim]}`` (float32, CPU).
+
+    The output is the head's attention output before the output projection, averaged over every real
+    token of every text (token-weighted; padding never counts). This is the fill of mean ablation.
+    """
+    texts = list(texts)
+    if not texts:
+        raise InputError("mean ablation needs at least one reference text")
+    probe: MeanOutputProbe | None = None
+    sums: dict[UnitKey, torch.Tensor] = {}
+    counts: dict[UnitKey, int] = {}
+    for i in range(0, len(texts), batch_size):
+        batch = inspector.encode(texts[i:i + batch_size], max_length=max_length)
+        probe = MeanOutputProbe(query_masks(batch))
+        inspector.run(batch, probe)
+        for k, v in probe.sums.items():
+            sums[k] = sums.get(k, 0) + v
+            counts[k] = counts.get(k, 0) + probe.counts[k]
+    if not sums:
+        raise CaptureError(f"{type(inspector.model).__name__} does not dispatch through the attention interface; heads cannot be ablated")
+    return {k: (v / max(counts[k], 1)).float() for k, v in sums.items()}
+
+
+def ablation_edit(
+    inspector: AttentionInspector,
+    heads: HeadSpec,
+    how: str = "zero",
+    *,
+    means: Mapping[UnitKey, torch.Tensor] | None = None,
+) -> HeadScale:
+    """The :class:`HeadScale` that removes ``heads`` (one group): factor 0 on them, 1 elsewhere; ``how="mean"``
+    fills them with ``means`` (:func:`mean_head_outputs`)."""
+    if how not in ABLATIONS:
+        raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
+    keys = resolve_heads(inspector, heads)
+    dims = inspector.dims()
+    scale: dict[UnitKey, torch.Tensor] = {}
+    for stack, layer, head in keys:
+        s = scale.setdefault((stack, layer), torch.ones(1, dims[stack][1]))
+        s[0, head] = 0.0
+    fill: dict[UnitKey, torch.Tensor] = {}
+    if how == "mean":
+        if means is None:
+            raise InputError("mean ablation needs the heads' mean outputs: pass means=mean_head_outputs(...) or reference=texts")
+        missing = [k for k in scale if k not in means]
+        if missing:
+            raise InputError(f"no mean output for layer {missing[0][1]} ({missing[0][0]}); compute means on this model")
+        fill = {k: means[k] for k in scale}
+    return HeadScale(scale, fill)
+
+
+@contextmanager
+def ablate(
+    inspector: AttentionInspector,
+    heads: HeadSpec,
+    how: str = "zero",
+    *,
+    means: Mapping[UnitKey, torch.Tensor] | None = None,
+    reference: Sequence[str] | None = None,
+) -> Iterator[HeadScale]:
+    """Within the block, ``heads`` are removed from every forward pass of ``inspector.model``.
+
+    ``how="zero"`` sets each chosen head's output (before the output projection) to 0; ``how="mean"``
+    replaces it by the head's mean output over a reference set: ``means`` from :func:`mean_head_outputs`,
+    or ``reference`` texts to compute them from. Plain ``model(**inputs)`` calls and inspector calls
+    (``inspector(text)``, ``inspector.run``) inside the block all see the ablated model; attention is
+    computed by the exact reference kernel. Nothing of the model changes: on exit its attention
+    implementation is restored and its weights were never touched. Yields the :class:`HeadScale` edit.
+    """
+    if how == "mean" and means is None and reference is not None:
+        means = mean_head_outputs(inspector, reference)
+    edit = ablation_edit(inspector, heads, how, means=means)
+    with capture(inspector.model, Probe(), edits=[edit]):
+        yield edit

@@ -1,0 +1,121 @@
+"""``hf-attn-inspect importance``: which heads matter, by ablation or gradient, with a pruning curve."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import (add_max_length_option, add_model_options, add_output_options, add_quiet_option, check_common,
+                      examples, show_progress)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "importance",
+        help="score every head by how much the model needs it (ablation or gradient), with a pruning curve",
+        description=(
+            "Remove each attention head in turn (zero or mean ablation, exact, any architecture) or take "
+            "Michel et al.'s gradient importance, over the texts or a dataset; write head_importance.csv, "
+            "importance_map.png, pruning_curve.csv/.png, report.md and run.json into --out. The objective "
+            "follows the model: next-token loss (causal LM), masked-LM loss, classification loss with "
+            "--label-column, else 1 - cosine of the pooled final hidden state."
+        ),
+        epilog=examples(
+            "hf-attn-inspect importance --limit 64 --out runs/importance",
+            "hf-attn-inspect importance --method gradient --dataset my.csv --column text --out runs/imp --resume",
+        ),
+    )
+    add_model_options(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score on (instead of --dataset)")
+    p.add_argument("--dataset", "-d", default=None,
+                   help="Hub dataset name or local CSV/JSON/JSONL/Parquet/text file or folder "
+                        "(default without TEXT: the sample shipped with the package)")
+    p.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
+    p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
+    p.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
+    p.add_argument("--label-column", default=None, help="label column (sequence classification: loss and accuracy)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    p.add_argument("--method", choices=["ablation", "gradient"], default="ablation",
+                   help="ablation: objective change when the head is removed (default); gradient: |dL/d gate|")
+    p.add_argument("--ablate", choices=["zero", "mean"], default="zero",
+                   help="how a head is removed: zero output (default) or its mean output over the data")
+    p.add_argument("--heads", default=None,
+                   help="also remove these heads together (LAYER.HEAD,LAYER.HEAD,...) and print the objective before and after")
+    p.add_argument("--prune-step", type=float, default=0.1,
+                   help="share of heads removed per pruning-curve step (default 0.1)")
+    p.add_argument("--reestimate", action="store_true", help="recompute importance after each pruning step")
+    p.add_argument("--no-pruning", action="store_true", help="skip the pruning curve")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
+    add_max_length_option(p)
+    p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the masked-LM masking (default 0)")
+    p.add_argument("--out", "-o", required=True, help="output directory")
+    add_output_options(p, resume=True)
+    add_quiet_option(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..core.errors import InputError
+    from ..core.files import check_output_dir, write_json
+    from ..runs.sources import load_dataset_texts
+
+    if args.texts and args.dataset is not None:
+        raise InputError("give texts or --dataset, not both")
+    check_common(args)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise InputError("--batch-size and --shard-size must be at least 1")
+    if not 0 < args.prune_step <= 1:
+        raise InputError(f"--prune-step must be in (0, 1], got {args.prune_step}")
+    check_output_dir(args.out)
+    from ..capture.ablation import parse_heads, resolve_heads
+
+    if args.heads is not None:
+        parse_heads(args.heads)  # a typo fails before the model loads
+    data = list(args.texts) if args.texts else args.dataset
+    # Check the data before loading the model: a wrong column fails in a second.
+    ds, _ = load_dataset_texts(data, config=args.config, split=args.split, column=args.column, limit=args.limit)
+    if args.label_column is not None and args.label_column not in ds.column_names:
+        raise InputError(f"label column {args.label_column!r} not found; available columns: {', '.join(ds.column_names)}")
+    from ..runs.importance import (
+        IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve, write_importance_tables,
+    )
+    from ..runs.sharded import check_out_dir
+    from ..views.importance import write_importance_report
+    from .options import load_inspector
+
+    check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=IMPORTANCE_OUTPUTS)
+    inspector = load_inspector(args)
+    if args.heads is not None:
+        resolve_heads(inspector, args.heads)
+    common = dict(column=args.column, label_column=args.label_column, config=args.config, split=args.split,
+                  limit=args.limit, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    df = head_importance(inspector, data, method=args.method, how=args.ablate, shard_size=args.shard_size,
+                         out=args.out, resume=args.resume, overwrite=args.overwrite, progress=show_progress(args),
+                         **common)
+    curve = None
+    if not args.no_pruning:
+        curve = pruning_curve(inspector, data, df, step=args.prune_step, how=args.ablate, reestimate=args.reestimate,
+                              method=args.method, progress=show_progress(args), **common)
+        write_importance_tables(args.out, curve=curve)
+    effect = None
+    if args.heads is not None:
+        effect = ablation_effect(inspector, data, args.heads, how=args.ablate, progress=show_progress(args), **common)
+    write_importance_report(args.out, df, curve, effect)
+    run_record = dict(df.attrs.get("run", {}))
+    run_record["pruning_steps"] = None if curve is None else len(curve)
+    if effect is not None:
+        run_record["ablation_effect"] = effect
+    write_json(run_record, Path(args.out) / "run.json")
+    unit = df.attrs.get("unit", "")
+    top = df.sort_values("rank").iloc[0]
+    print(f"scored {len(df)} heads on {int(df['n_sentences'].iloc[0])} sentences ({args.method}); most important: "
+          f"layer {int(top['layer'])} head {int(top['head'])} ({top['importance']:+.4g}{' ' + unit if args.method == 'ablation' else ''}) "
+          f"-> {args.out}/head_importance.csv, report.md")
+    if effect is not None:
+        print(f"removing {', '.join(effect['heads'])} ({args.ablate}): objective {effect['before']:.4g} -> "
+              f"{effect['after']:.4g} {unit} (change {effect['change']:+.4g} +- {effect['stderr']:.2g})")
+    return 0
