@@ -779,14 +779,13 @@ def _fused_attention_kernel(
                 punc += tl.sum(tl.where(((bits & 8) != 0)[None, :], ev, 0.0), 1)
         within = within * alpha[:, None]
         if tile_min <= max_edge:  # only tiles near the diagonal hold keys within an edge
-            absd = tl.abs(rel)
             for ei in range(NE):
                 edge = tl.load(EDGES + ei)
                 if tile_min <= edge:
                     if tile_max <= edge:  # the whole tile lies within this edge
                         part = mass_add
                     else:
-                        part = tl.sum(tl.where(absd <= edge, ev, 0.0), 1)
+                        part = tl.sum(tl.where(tl.abs(rel) <= edge, ev, 0.0), 1)
                     within += tl.where(offs_e[None, :] == ei, part[:, None], 0.0)
         if WANT_OUT:
             v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_s + offs_d[None, :],
