@@ -227,6 +227,7 @@ def profile_a(device: torch.device, dtype: torch.dtype, smoke: bool, rows: int =
         run()
         sync(device)
     avg = prof.key_averages()
+    n_ops = sum(e.count for e in avg if e.key.startswith("aten::"))
     if device.type == "cuda":
         try:
             table = avg.table(sort_by="device_time_total", row_limit=rows)
@@ -236,7 +237,8 @@ def profile_a(device: torch.device, dtype: torch.dtype, smoke: bool, rows: int =
         table = avg.table(sort_by="cpu_time_total", row_limit=rows)
     print(f"\nProfile: one batch B={b} x T={t} of the statistics probe (fused kernel "
           f"{'on' if fused_available(device) else 'off'}), top {rows} operations by "
-          f"{'device' if device.type == 'cuda' else 'CPU'} time")
+          f"{'device' if device.type == 'cuda' else 'CPU'} time; {n_ops} aten operations in the batch "
+          f"(the model's own included)")
     print(table)
 
 

@@ -121,6 +121,37 @@ def test_bf16_within_1e2(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal,window,sharp", [(True, None, 4.0), (True, 40, 1.0), (False, 24, 6.0)])
+def test_full_tiles_and_skipped_second_pass(device, causal, window, sharp):
+    """Many tiles without padding (the cheap unmasked path), peaked and flat rows, no column sums: pass 2
+    visits only the tiles pass 1 flagged, and ``above`` still equals the reference; ``count_above=False``
+    leaves ``above`` out and changes nothing else."""
+    g = torch.Generator().manual_seed(11)
+    b, h, t, d = 2, 2, 64, 16
+    q = (torch.randn(b, h, t, d, generator=g) * sharp).to(device)
+    k = torch.randn(b, h, t, d, generator=g).to(device)
+    k[:, :, 0] *= 3.0  # a sink key: large weights far from the diagonal
+    v = torch.randn(b, h, t, d, generator=g).to(device)
+    valid = torch.ones(b, t, dtype=torch.bool, device=device)
+    valid[1, 56:] = False  # padding in one sequence only: full tiles in the other
+    out, rows = fused_attention_stats(q, k, v, causal=causal, window=window, key_valid=valid, distance_edges=EDGES,
+                                      sparsity_threshold=0.1, block_m=16, block_n=16)
+    want = attention_row_stats(q, k, causal=causal, window=window, key_valid=valid, distance_edges=EDGES,
+                               sparsity_threshold=0.1, q_tile=7, k_tile=5)
+    assert rows["above"].sum() > 0
+    for name in ROW_NAMES:
+        torch.testing.assert_close(rows[name], want[name], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+    keep = keep_mask(torch.ones(b, t, dtype=torch.bool, device=device), t, causal, window)
+    torch.testing.assert_close(out, scaled_dot_product_attention_with_weights(q, k, v, keep)[0], atol=1e-5, rtol=1e-5)
+    _, lean = fused_attention_stats(q, k, v, causal=causal, window=window, key_valid=valid, distance_edges=EDGES,
+                                    sparsity_threshold=0.1, block_m=16, block_n=16, count_above=False)
+    assert "above" not in lean
+    for name in ROW_NAMES:
+        if name != "above":
+            torch.testing.assert_close(lean[name], rows[name], atol=0, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_additive_bias_and_tensor_masks(device):
     """An additive bias (a model's position bias) with -inf cells, and boolean 4-D masks, as a model passes them."""
     g = torch.Generator().manual_seed(11)
@@ -177,13 +208,13 @@ def test_tiny_models_batch_values_identical_either_path(device, family, monkeypa
     ins = AttentionInspector(tiny_models.build(family).to(device), tokenizer=None, name=family)
     batch = _padded_batch(19)
     called = []
-    real = kernels.fused_attention_stats
+    real = kernels.fused_attention_packed
 
     def spy(*args, **kwargs):
         called.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("hf_attn_inspect.runs.dataset.fused_attention_stats", spy)
+    monkeypatch.setattr("hf_attn_inspect.runs.dataset.fused_attention_packed", spy)
     fused, reference = _both_paths(monkeypatch, lambda: _sentence_probe_values(ins, batch))
     assert called, "the fused kernel ran"
     assert fused.shape == reference.shape and fused.device.type == "cpu"

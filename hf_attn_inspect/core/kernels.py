@@ -58,6 +58,10 @@ __all__ = [
     "FUSED_ENV",
     "fused_available",
     "fused_attention_stats",
+    "fused_attention_packed",
+    "fused_masks",
+    "FusedMasks",
+    "FusedLayout",
 ]
 
 #: Default half-width ``w`` (in tokens) of the ``local_window`` row quantity: the weight within ``|i - j| <= w``.
@@ -815,18 +819,25 @@ def _fused_kernel():
 
 
 def _fused_attention_kernel(
-    Q, K, V, O, BITS, BIAS, EDGES, STATS, WITHIN, COL,
+    Q, K, V, O, BITS, BIAS, EDGES, STATS, COL, FLAGS,
     sq_b, sq_h, sq_t, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, so_b, so_h, so_t,
     sbias_b, sbias_h, sbias_t, sbias_s,
-    H, G, T, S, D, OFFSET, n_rows, max_edge,
-    scale, softcap, window, thr,
+    H, G, T, S, D, OFFSET, n_rows, max_edge, n_tiles,
+    scale, softcap, window, thr, log2_thr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     NE: tl.constexpr, BLOCK_E: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_CLASSES: tl.constexpr, FP32_DOT: tl.constexpr,
     WANT_OUT: tl.constexpr, PASS2: tl.constexpr, WANT_COL: tl.constexpr,
+    NATURAL: tl.constexpr, SKIP2: tl.constexpr,
 ):
-    """One program = one (batch, head) x BLOCK_M query rows. See :func:`fused_attention_stats`."""
+    """One program = one (batch, head) x BLOCK_M query rows. See :func:`fused_attention_stats`.
+
+    Scores are kept in base-2 units (``s * log2(e)``, exp2/log2); the statistics are converted back to
+    natural units when stored. Key tiles in which every key is allowed and valid (no causal/window/padding
+    masking, no bias) take a cheap path without any mask work; the diagonal/first-token/class/distance
+    terms are computed only in tiles that can contain them (scalar branches on the tile's indices).
+    """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -855,11 +866,13 @@ def _fused_attention_kernel(
             hi = tl.maximum(tl.minimum(hi, q_last + window), 0)
     lo = (lo // BLOCK_N) * BLOCK_N
     ninf = float("-inf")
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores in base 2
+    flag_row = (pid_bh * tl.num_programs(0) + pid_m) * n_tiles
 
-    m_i = tl.full([BLOCK_M], ninf, tl.float32)  # running max of the scores
-    l_i = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_j e_ij, e = exp(s - m) (every allowed key)
+    m_i = tl.full([BLOCK_M], ninf, tl.float32)  # running max of the scores (base 2)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_j e_ij, e = exp2(s - m) (every allowed key)
     mass = tl.full([BLOCK_M], 0.0, tl.float32)  # the same over valid keys
-    es = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_valid e_ij (s_ij - m_i)
+    es = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_valid e_ij (s_ij - m_i) (base 2)
     sq = tl.full([BLOCK_M], 0.0, tl.float32)  # sum_valid e_ij^2
     first = tl.full([BLOCK_M], 0.0, tl.float32)
     diag = tl.full([BLOCK_M], 0.0, tl.float32)
@@ -868,7 +881,7 @@ def _fused_attention_kernel(
     spec = tl.full([BLOCK_M], 0.0, tl.float32)
     punc = tl.full([BLOCK_M], 0.0, tl.float32)
     dist = tl.full([BLOCK_M], 0.0, tl.float32)
-    vmax = tl.full([BLOCK_M], ninf, tl.float32)  # max score over valid keys
+    vmax = tl.full([BLOCK_M], ninf, tl.float32)  # max score over valid keys (base 2)
     within = tl.full([BLOCK_M, BLOCK_E], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
 
@@ -881,65 +894,113 @@ def _fused_attention_kernel(
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = s * scale
-        if HAS_SOFTCAP:  # softcap * tanh(s / softcap), tanh from exp (no tanh in older Triton)
-            x = s / softcap
-            ax = tl.where(x < 0, -x, x)
-            z = tl.exp(-2.0 * ax)
-            th = (1.0 - z) / (1.0 + z)
-            s = tl.where(x < 0, -th, th) * softcap
-        if HAS_BIAS:
-            s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t + offs_n[None, :] * sbias_s,
-                         mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        if NATURAL:
+            s = s * scale
+            if HAS_SOFTCAP:  # softcap * tanh(s / softcap), tanh from exp (no tanh in older Triton)
+                x = s / softcap
+                ax = tl.where(x < 0, -x, x)
+                z = tl.exp(-2.0 * ax)
+                th = (1.0 - z) / (1.0 + z)
+                s = tl.where(x < 0, -th, th) * softcap
+            if HAS_BIAS:
+                s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t + offs_n[None, :] * sbias_s,
+                             mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            s = s * 1.4426950408889634
+        else:
+            s = s * qk_scale
         bits = tl.load(BITS + b * S + offs_n, mask=col_ok, other=0).to(tl.int32)
-        keep = (bits & 1) != 0
-        validk = (bits & 2) != 0
-        dd = qpos[:, None] - offs_n[None, :]
-        allowed = keep[None, :] & row_ok[:, None]
+        # a full tile: every key in range, allowed and valid for every row (no mask work at all)
+        full = tl.min(bits & 3, 0) == 3
         if CAUSAL:
-            allowed = allowed & (dd >= 0)
-        if HAS_WINDOW:
-            if CAUSAL:
-                allowed = allowed & (dd < window)
-            else:
-                allowed = allowed & (dd < window) & (dd > -window)
+            full = full & (start_n + BLOCK_N - 1 <= q_first)
+            if HAS_WINDOW:
+                full = full & (q_last - start_n < window)
+        else:
+            if HAS_WINDOW:
+                full = full & (q_last - start_n < window) & (start_n + BLOCK_N - 1 - q_first < window)
         if HAS_BIAS:
-            allowed = allowed & (s > ninf)
-        s = tl.where(allowed, s, ninf)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == ninf, 0.0, m_new)
+            full = full & (start_n < 0)
+        if full:
+            tmax = tl.max(s, 1)
+            m_new = tl.maximum(m_i, tmax)
+            m_safe = m_new
+            e = tl.math.exp2(s - m_new[:, None])
+            ev = e
+            l_add = tl.sum(e, 1)
+            mass_add = l_add
+            es_add = tl.sum(e * (s - m_new[:, None]), 1)
+            vm = tmax
+        else:
+            keep = (bits & 1) != 0
+            validk = (bits & 2) != 0
+            dd = qpos[:, None] - offs_n[None, :]
+            allowed = keep[None, :] & row_ok[:, None]
+            if CAUSAL:
+                allowed = allowed & (dd >= 0)
+            if HAS_WINDOW:
+                if CAUSAL:
+                    allowed = allowed & (dd < window)
+                else:
+                    allowed = allowed & (dd < window) & (dd > -window)
+            if HAS_BIAS:
+                allowed = allowed & (s > ninf)
+            s = tl.where(allowed, s, ninf)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == ninf, 0.0, m_new)
+            e = tl.math.exp2(s - m_safe[:, None])
+            use = allowed & validk[None, :]
+            ev = tl.where(use, e, 0.0)
+            l_add = tl.sum(e, 1)
+            mass_add = tl.sum(ev, 1)
+            es_add = tl.sum(ev * (tl.where(use, s, m_safe[:, None]) - m_safe[:, None]), 1)
+            vm = tl.max(tl.where(use, s, ninf), 1)
         m_old = tl.where(m_i == ninf, 0.0, m_i)
-        alpha = tl.exp(m_i - m_safe)
-        e = tl.exp(s - m_safe[:, None])
-        use = allowed & validk[None, :]
-        ev = tl.where(use, e, 0.0)
-        l_i = l_i * alpha + tl.sum(e, 1)
-        es = alpha * (es - (m_safe - m_old) * mass) + tl.sum(e * (tl.where(use, s, m_safe[:, None]) - m_safe[:, None]), 1)
-        mass = mass * alpha + tl.sum(ev, 1)
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + l_add
+        es = alpha * (es - (m_safe - m_old) * mass) + es_add
+        mass = mass * alpha + mass_add
         sq = sq * alpha * alpha + tl.sum(ev * ev, 1)
-        absd = tl.where(dd < 0, -dd, dd)
-        dist = dist * alpha + tl.sum(ev * absd.to(tl.float32), 1)
-        vmax = tl.maximum(vmax, tl.max(tl.where(use, s, ninf), 1))
+        rel = (qpos - start_n).to(tl.float32)[:, None] - offs_n0.to(tl.float32)[None, :]  # i - j
+        if CAUSAL:  # keys that count are never after the query: |i - j| = i - j
+            dist = dist * alpha + tl.sum(ev * rel, 1)
+        else:
+            dist = dist * alpha + tl.sum(ev * tl.abs(rel), 1)
+        vmax = tl.maximum(vmax, vm)
+        if SKIP2:  # remember whether this tile can hold a weight above the threshold
+            # lse only grows with more keys, so s - lse_now bounds s - lse_final from above
+            lse_now = m_safe + tl.math.log2(tl.where(l_i > 0, l_i, 1.0))
+            gap = tl.where(row_ok & (l_i > 0), vm - lse_now, ninf)
+            hot = tl.max(gap, 0) > log2_thr - 0.001
+            tl.store(FLAGS + flag_row + start_n // BLOCK_N, hot.to(tl.int8))
         tile_min = tl.maximum(tl.maximum(start_n - q_last, q_first - (start_n + BLOCK_N - 1)), 0)
+        tile_max = tl.maximum(q_last - start_n, start_n + BLOCK_N - 1 - q_first)
         first = first * alpha
         diag = diag * alpha
         prev = prev * alpha
         nxt = nxt * alpha
         if start_n == 0:
-            first += tl.sum(tl.where(offs_n[None, :] == 0, ev, 0.0), 1)
+            first += tl.sum(tl.where(offs_n0[None, :] == 0, ev, 0.0), 1)
         if tile_min <= 1:  # the diagonal and its two neighbours lie in tiles near the diagonal only
-            diag += tl.sum(tl.where(dd == 0, ev, 0.0), 1)
-            prev += tl.sum(tl.where(dd == 1, ev, 0.0), 1)
-            nxt += tl.sum(tl.where(dd == -1, ev, 0.0), 1)
+            diag += tl.sum(tl.where(rel == 0.0, ev, 0.0), 1)
+            prev += tl.sum(tl.where(rel == 1.0, ev, 0.0), 1)
+            nxt += tl.sum(tl.where(rel == -1.0, ev, 0.0), 1)
         if HAS_CLASSES:
-            spec = spec * alpha + tl.sum(tl.where(((bits & 4) != 0)[None, :], ev, 0.0), 1)
-            punc = punc * alpha + tl.sum(tl.where(((bits & 8) != 0)[None, :], ev, 0.0), 1)
+            spec = spec * alpha
+            punc = punc * alpha
+            if tl.max(bits & 4, 0) != 0:
+                spec += tl.sum(tl.where(((bits & 4) != 0)[None, :], ev, 0.0), 1)
+            if tl.max(bits & 8, 0) != 0:
+                punc += tl.sum(tl.where(((bits & 8) != 0)[None, :], ev, 0.0), 1)
         within = within * alpha[:, None]
         if tile_min <= max_edge:  # only tiles near the diagonal hold keys within an edge
             for ei in range(NE):
                 edge = tl.load(EDGES + ei)
-                part = tl.sum(tl.where(absd <= edge, ev, 0.0), 1)
-                within += tl.where(offs_e[None, :] == ei, part[:, None], 0.0)
+                if tile_min <= edge:
+                    if tile_max <= edge:  # the whole tile lies within this edge
+                        part = mass_add
+                    else:
+                        part = tl.sum(tl.where(tl.abs(rel) <= edge, ev, 0.0), 1)
+                    within += tl.where(offs_e[None, :] == ei, part[:, None], 0.0)
         if WANT_OUT:
             v = tl.load(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_s + offs_d[None, :],
                         mask=col_ok[:, None] & d_ok[None, :], other=0.0)
@@ -952,28 +1013,28 @@ def _fused_attention_kernel(
     has = l_i > 0
     l_safe = tl.where(has, l_i, 1.0)
     inv_l = tl.where(has, 1.0 / l_safe, 0.0)
-    log_l = tl.where(has, tl.log(l_safe), 0.0)
+    log2_l = tl.where(has, tl.math.log2(l_safe), 0.0)
     m_fin = tl.where(m_i == ninf, 0.0, m_i)
-    lse = tl.where(has, m_fin + log_l, ninf)
-    lse_safe = tl.where(has, lse, 0.0)
+    lse2 = tl.where(has, m_fin + log2_l, ninf)  # base 2
+    lse2_safe = tl.where(has, lse2, 0.0)
     if WANT_OUT:
         o = acc * inv_l[:, None]
         tl.store(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], o.to(O.dtype.element_ty),
                  mask=row_ok[:, None] & d_ok[None, :])
     row = STATS + pid_bh * T + offs_m
-    tl.store(row + 0 * n_rows, tl.where(has, log_l * mass * inv_l - es * inv_l, 0.0), mask=row_ok)
+    tl.store(row + 0 * n_rows, tl.where(has, (log2_l * mass - es) * 0.6931471805599453 * inv_l, 0.0), mask=row_ok)
     tl.store(row + 1 * n_rows, diag * inv_l, mask=row_ok)
     tl.store(row + 2 * n_rows, prev * inv_l, mask=row_ok)
     tl.store(row + 3 * n_rows, nxt * inv_l, mask=row_ok)
     tl.store(row + 4 * n_rows, first * inv_l, mask=row_ok)
     tl.store(row + 5 * n_rows, spec * inv_l, mask=row_ok)
     tl.store(row + 6 * n_rows, punc * inv_l, mask=row_ok)
-    tl.store(row + 7 * n_rows, tl.exp(vmax - m_fin) * inv_l, mask=row_ok)
+    tl.store(row + 7 * n_rows, tl.math.exp2(vmax - m_fin) * inv_l, mask=row_ok)
     tl.store(row + 8 * n_rows, dist * inv_l, mask=row_ok)
     tl.store(row + 9 * n_rows, mass * inv_l, mask=row_ok)
     tl.store(row + 10 * n_rows, sq * inv_l * inv_l, mask=row_ok)
-    tl.store(row + 12 * n_rows, lse, mask=row_ok)
-    tl.store(WITHIN + (pid_bh * T + offs_m[:, None]) * NE + offs_e[None, :], within * inv_l[:, None],
+    tl.store(row + 12 * n_rows, lse2 * 0.6931471805599453, mask=row_ok)
+    tl.store(row[:, None] + (13 + offs_e[None, :]) * n_rows, within * inv_l[:, None],
              mask=row_ok[:, None] & (offs_e[None, :] < NE))
 
     if PASS2:  # quantities that need the final normaliser: the sparsity count and the column sums
@@ -982,123 +1043,93 @@ def _fused_attention_kernel(
             qbits = tl.load(BITS + b * S + qpos, mask=row_ok & (qpos >= 0) & (qpos < S), other=0).to(tl.int32)
             qvalid = ((qbits & 2) != 0) & has
         for start_n in range(lo, hi, BLOCK_N):
-            offs_n = start_n + offs_n0
-            col_ok = offs_n < S
-            k = tl.load(K + b * sk_b + hk * sk_h + offs_n[:, None] * sk_s + offs_d[None, :],
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            if FP32_DOT:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = s * scale
-            if HAS_SOFTCAP:
-                x = s / softcap
-                ax = tl.where(x < 0, -x, x)
-                z = tl.exp(-2.0 * ax)
-                th = (1.0 - z) / (1.0 + z)
-                s = tl.where(x < 0, -th, th) * softcap
-            if HAS_BIAS:
-                s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t + offs_n[None, :] * sbias_s,
-                             mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            bits = tl.load(BITS + b * S + offs_n, mask=col_ok, other=0).to(tl.int32)
-            dd = qpos[:, None] - offs_n[None, :]
-            use = ((bits & 1) != 0)[None, :] & ((bits & 2) != 0)[None, :] & row_ok[:, None] & has[:, None]
-            if CAUSAL:
-                use = use & (dd >= 0)
-            if HAS_WINDOW:
-                if CAUSAL:
-                    use = use & (dd < window)
+            go = start_n >= 0
+            if SKIP2:  # tiles that pass 1 proved hold no weight above the threshold are skipped
+                go = tl.load(FLAGS + flag_row + start_n // BLOCK_N) != 0
+            if go:
+                offs_n = start_n + offs_n0
+                col_ok = offs_n < S
+                k = tl.load(K + b * sk_b + hk * sk_h + offs_n[:, None] * sk_s + offs_d[None, :],
+                            mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                if FP32_DOT:
+                    s = tl.dot(q, tl.trans(k), input_precision="ieee")
                 else:
-                    use = use & (dd < window) & (dd > -window)
-            if HAS_BIAS:
-                use = use & (s > ninf)
-            p = tl.where(use, tl.exp(tl.where(use, s, 0.0) - lse_safe[:, None]), 0.0)
-            above += tl.sum(tl.where(p > thr, 1.0, 0.0), 1)
-            if WANT_COL:
-                colv = tl.sum(tl.where(qvalid[:, None], p, 0.0), 0)
-                tl.atomic_add(COL + pid_bh * S + offs_n, colv, mask=col_ok)
+                    s = tl.dot(q, tl.trans(k))
+                if NATURAL:
+                    s = s * scale
+                    if HAS_SOFTCAP:
+                        x = s / softcap
+                        ax = tl.where(x < 0, -x, x)
+                        z = tl.exp(-2.0 * ax)
+                        th = (1.0 - z) / (1.0 + z)
+                        s = tl.where(x < 0, -th, th) * softcap
+                    if HAS_BIAS:
+                        s += tl.load(BIAS + b * sbias_b + h * sbias_h + offs_m[:, None] * sbias_t
+                                     + offs_n[None, :] * sbias_s,
+                                     mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                    s = s * 1.4426950408889634
+                else:
+                    s = s * qk_scale
+                bits = tl.load(BITS + b * S + offs_n, mask=col_ok, other=0).to(tl.int32)
+                dd = qpos[:, None] - offs_n[None, :]
+                use = ((bits & 3) == 3)[None, :] & row_ok[:, None] & has[:, None]
+                if CAUSAL:
+                    use = use & (dd >= 0)
+                if HAS_WINDOW:
+                    if CAUSAL:
+                        use = use & (dd < window)
+                    else:
+                        use = use & (dd < window) & (dd > -window)
+                if HAS_BIAS:
+                    use = use & (s > ninf)
+                p = tl.where(use, tl.math.exp2(tl.where(use, s, 0.0) - lse2_safe[:, None]), 0.0)
+                above += tl.sum(tl.where(p > thr, 1.0, 0.0), 1)
+                if WANT_COL:
+                    colv = tl.sum(tl.where(qvalid[:, None], p, 0.0), 0)
+                    tl.atomic_add(COL + pid_bh * S + offs_n, colv, mask=col_ok)
         tl.store(row + 11 * n_rows, above, mask=row_ok)
-    else:
-        tl.store(row + 11 * n_rows, tl.full([BLOCK_M], 0.0, tl.float32), mask=row_ok)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def fused_attention_stats(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor | None,
+class FusedMasks:
+    """The key masks of one attention call, prepared for the fused kernel (see :func:`fused_masks`).
+
+    ``bits`` is int8 ``[batch, S]`` (1 = a query may attend to the key, 2 = the key is valid, i.e. not
+    padding, 4 = special token, 8 = punctuation); ``bias`` the additive float32 bias or None; ``causal``
+    whether positions mask future keys; ``has_classes`` whether bits 4/8 are set anywhere. Build it once
+    per batch and pass it to every layer (no per-layer mask work).
+    """
+
+    __slots__ = ("bits", "bias", "causal", "has_classes")
+
+    def __init__(self, bits: torch.Tensor, bias: torch.Tensor | None, causal: bool, has_classes: bool) -> None:
+        self.bits, self.bias, self.causal, self.has_classes = bits, bias, causal, has_classes
+
+
+def fused_masks(
+    batch: int,
+    keys: int,
+    device: torch.device | str,
     *,
-    scale: float | None = None,
     mask: torch.Tensor | LazyMask | None = None,
     causal: bool = False,
-    window: int | None = None,
     key_keep: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     key_valid: torch.Tensor | None = None,
     special: torch.Tensor | None = None,
     punctuation: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    softcap: float | None = None,
-    sparsity_threshold: float = 0.3,
-    local_window: int = LOCAL_WINDOW,
-    distance_edges: Sequence[int] | None = None,
-    column_sums: bool = False,
-    block_m: int | None = None,
-    block_n: int | None = None,
-) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Attention output and every per-row statistic in one fused Triton kernel: ``(output, rows)``.
+) -> FusedMasks:
+    """The :class:`FusedMasks` of ``batch`` rows over ``keys`` keys from the arguments of :func:`fused_attention_stats`.
 
-    Same inputs and the same ``rows`` as :func:`attention_row_stats` (``query`` ``[batch, heads, T, d]``,
-    ``key``/``value`` ``[batch, kv_heads, S, d]``, grouped heads read in place, never repeated; query ``i``
-    sits at position ``S - T + i``; ``mask`` None, a tensor or a plain causal/bidirectional
-    :class:`LazyMask`; ``causal``/``window``; ``key_valid`` zeroes weights on padding keys without
-    renormalising; ``special``/``punctuation`` key masks; ``softcap``), plus ``key_keep`` (boolean
-    ``[batch, S]``, keys a query may attend to) or ``lengths`` (``[batch]`` real tokens, keys ``j >=
-    length`` masked), and ``bias``, an additive float tensor broadcasting to ``[batch, 1|heads, T, S]``
-    (``-inf`` = masked). A tensor ``mask`` is read without host synchronisation: boolean/integer = keep,
-    float = additive (values at or below half the dtype's minimum = masked; unlike :func:`mask_to_keep`,
-    a float mask of 0s and 1s is additive too, as transformers' masks always are). ``output`` is ``softmax(...) @ value`` in the query's dtype (0 on fully masked
-    rows; None when ``value`` is None); ``rows`` holds float32 ``[batch, heads, T]`` tensors (``within``
-    ``[batch, heads, T, E]`` when ``distance_edges`` is given) and, with ``column_sums=True``,
-    ``column_sum`` ``[batch, heads, S]``: ``sum_i a_ij`` over the valid query rows (``key_valid`` at the
-    query's position) of the padding-zeroed weights, from which
-    :func:`~hf_attn_inspect.stats.metrics.column_share` is ``max_j column_sum_j / n``.
-
-    Algorithm: one program per (batch x head, ``block_m`` query rows) makes one pass over the key tiles
-    with the online softmax of flash attention (running max ``m``, running sum ``l``; every accumulator is
-    a sum of ``e_ij = exp(s_ij - m_i)`` terms and is rescaled by ``exp(m_old - m_new)`` when the max grows,
-    ``sum e (s - m)`` with its shift term), float32 throughout, scores and output products with full
-    float32 precision for float32 inputs (no TF32). Tiles that a causal mask or a window rule out are never
-    visited. Two quantities cannot be rescaled online, because they compare or add *normalised* weights
-    across rows or against a threshold: ``above`` (the number of keys with ``a_ij > sparsity_threshold``)
-    and ``column_sum``; they take a second pass over the same key tiles with the final ``lse`` (scores
-    only, no value product; still no ``[T, S]`` memory; column sums accumulate with atomic adds).
-    ``max_weight`` comes from the running max over valid keys, ``exp(max - lse)``. Memory: the output,
-    ``O(batch x heads x T)`` statistics and ``O(batch x heads x S)`` column sums. Rounding differs from
-    :func:`attention_row_stats` by float32 summation order (about 1e-6 relative in float32).
-    ``sparsity_threshold`` must be >= 0. Runs on CUDA tensors, or on CPU tensors through Triton's
-    interpreter (see :func:`fused_available`).
+    Same meaning as there (``mask``: None, a tensor or a plain causal/bidirectional :class:`LazyMask`;
+    a tensor is read without host synchronisation). The result does not depend on the layer: compute it
+    once per batch and hand it to :func:`fused_attention_packed` for every layer.
     """
-    if query.dim() != 4 or key.dim() != 4:
-        raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
-    b, h, t, d = query.shape
-    hkv, s = key.shape[1], key.shape[2]
-    if t == 0 or s == 0:
-        raise InputError("query and key need at least one token each")
-    if h % hkv:
-        raise InputError(f"{h} query heads cannot share {hkv} key heads evenly")
-    if sparsity_threshold < 0:
-        raise InputError("the fused kernel needs sparsity_threshold >= 0; use attention_row_stats for negative ones")
-    if d > 256:
-        raise InputError(f"the fused kernel supports head dimensions up to 256, got {d}")
-    dev = query.device
-    if dev.type not in ("cuda", "cpu") or key.device != dev or (value is not None and value.device != dev):
-        raise InputError("query, key and value must be on one CUDA (or, interpreted, CPU) device")
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-
+    b, s, dev = int(batch), int(keys), torch.device(device)
     keep_vec = torch.ones(b, s, dtype=torch.bool, device=dev)
     if isinstance(mask, LazyMask):
         plain = (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0
@@ -1136,11 +1167,158 @@ def fused_attention_stats(
         bits = bits | (4 * special.to(dev).bool()).to(torch.int8)
     if punctuation is not None:
         bits = bits | (8 * punctuation.to(dev).bool()).to(torch.int8)
-    bits = bits.contiguous()
+    return FusedMasks(bits.contiguous(), None if bias is None else bias.to(dev), bool(causal), has_classes)
 
+
+class FusedLayout:
+    """Where each row quantity lies in the packed statistics buffer of :func:`fused_attention_packed`.
+
+    The buffer is float32 ``[P, *lead]`` (``lead`` = ``[batch, heads, T]`` for one call, or any stack of
+    such buffers along a new dimension after the first); :meth:`rows` returns views ``{name: [*lead]}``
+    (``within`` ``[*lead, E]``), the same dictionary :func:`fused_attention_stats` returns.
+    """
+
+    __slots__ = ("all_edges", "local_window", "edges", "above")
+
+    def __init__(self, all_edges: Sequence[int], local_window: int, edges: Sequence[int], above: bool) -> None:
+        self.all_edges, self.local_window = tuple(all_edges), int(local_window)
+        self.edges, self.above = tuple(edges), bool(above)
+
+    def rows(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``packed`` ``[P, *lead]`` by row name (no copies)."""
+        rows = {name: packed[i] for i, name in enumerate(_FUSED_STATS) if self.above or name != "above"}
+        base = len(_FUSED_STATS)
+        rows["local_window"] = packed[base + self.all_edges.index(self.local_window)]
+        if self.edges:
+            idx = [base + self.all_edges.index(e) for e in self.edges]
+            rows["within"] = packed[idx[0] : idx[-1] + 1].movedim(0, -1) if idx == list(range(idx[0], idx[-1] + 1)) \
+                else packed[idx].movedim(0, -1)
+        return rows
+
+
+def fused_attention_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    *,
+    scale: float | None = None,
+    mask: torch.Tensor | LazyMask | None = None,
+    causal: bool = False,
+    window: int | None = None,
+    key_keep: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    key_valid: torch.Tensor | None = None,
+    special: torch.Tensor | None = None,
+    punctuation: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
+    distance_edges: Sequence[int] | None = None,
+    column_sums: bool = False,
+    count_above: bool = True,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Attention output and every per-row statistic in one fused Triton kernel: ``(output, rows)``.
+
+    Same inputs and the same ``rows`` as :func:`attention_row_stats` (``query`` ``[batch, heads, T, d]``,
+    ``key``/``value`` ``[batch, kv_heads, S, d]``, grouped heads read in place, never repeated; query ``i``
+    sits at position ``S - T + i``; ``mask`` None, a tensor or a plain causal/bidirectional
+    :class:`LazyMask`; ``causal``/``window``; ``key_valid`` zeroes weights on padding keys without
+    renormalising; ``special``/``punctuation`` key masks; ``softcap``), plus ``key_keep`` (boolean
+    ``[batch, S]``, keys a query may attend to) or ``lengths`` (``[batch]`` real tokens, keys ``j >=
+    length`` masked), and ``bias``, an additive float tensor broadcasting to ``[batch, 1|heads, T, S]``
+    (``-inf`` = masked). A tensor ``mask`` is read without host synchronisation: boolean/integer = keep,
+    float = additive (values at or below half the dtype's minimum = masked; unlike :func:`mask_to_keep`,
+    a float mask of 0s and 1s is additive too, as transformers' masks always are). ``output`` is ``softmax(...) @ value`` in the query's dtype (0 on fully masked
+    rows; None when ``value`` is None); ``rows`` holds float32 ``[batch, heads, T]`` tensors (``within``
+    ``[batch, heads, T, E]`` when ``distance_edges`` is given) and, with ``column_sums=True``,
+    ``column_sum`` ``[batch, heads, S]``: ``sum_i a_ij`` over the valid query rows (``key_valid`` at the
+    query's position) of the padding-zeroed weights, from which
+    :func:`~hf_attn_inspect.stats.metrics.column_share` is ``max_j column_sum_j / n``.
+
+    Algorithm: one program per (batch x head, ``block_m`` query rows) makes one pass over the key tiles
+    with the online softmax of flash attention (running max ``m``, running sum ``l``; every accumulator is
+    a sum of ``e_ij = exp(s_ij - m_i)`` terms and is rescaled by ``exp(m_old - m_new)`` when the max grows,
+    ``sum e (s - m)`` with its shift term), float32 throughout, scores and output products with full
+    float32 precision for float32 inputs (no TF32). Tiles that a causal mask or a window rule out are never
+    visited. Two quantities cannot be rescaled online, because they compare or add *normalised* weights
+    across rows or against a threshold: ``above`` (the number of keys with ``a_ij > sparsity_threshold``)
+    and ``column_sum``; they take a second pass over the same key tiles with the final ``lse`` (scores
+    only, no value product; still no ``[T, S]`` memory; column sums accumulate with atomic adds).
+    ``max_weight`` comes from the running max over valid keys, ``exp(max - lse)``. Memory: the output,
+    ``O(batch x heads x T)`` statistics and ``O(batch x heads x S)`` column sums. Rounding differs from
+    :func:`attention_row_stats` by float32 summation order (about 1e-6 relative in float32).
+    Pass 1 marks the key tiles that can hold a weight above the threshold (``s - lse`` is bounded by the
+    running ``lse``), so without column sums the second pass only visits those tiles (few: the diagonal,
+    sinks). ``count_above=False`` (and no column sums) skips the second pass and leaves ``above`` out.
+    ``sparsity_threshold`` must be >= 0. Runs on CUDA tensors, or on CPU tensors through Triton's
+    interpreter (see :func:`fused_available`).
+    """
+    if query.dim() != 4 or key.dim() != 4:
+        raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
+    masks = fused_masks(query.shape[0], key.shape[2], query.device, mask=mask, causal=causal, key_keep=key_keep,
+                        lengths=lengths, key_valid=key_valid, special=special, punctuation=punctuation, bias=bias)
+    out, packed, col, layout = fused_attention_packed(
+        query, key, value, masks, scale=scale, window=window, softcap=softcap, sparsity_threshold=sparsity_threshold,
+        local_window=local_window, distance_edges=distance_edges, column_sums=column_sums, count_above=count_above,
+        block_m=block_m, block_n=block_n,
+    )
+    rows = layout.rows(packed)
+    if col is not None:
+        rows["column_sum"] = col
+    return out, rows
+
+
+def fused_attention_packed(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor | None,
+    masks: FusedMasks,
+    *,
+    scale: float | None = None,
+    window: int | None = None,
+    softcap: float | None = None,
+    sparsity_threshold: float = 0.3,
+    local_window: int = LOCAL_WINDOW,
+    distance_edges: Sequence[int] | None = None,
+    column_sums: bool = False,
+    count_above: bool = True,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, FusedLayout]:
+    """:func:`fused_attention_stats` with prepared masks and the rows packed in one buffer: ``(output, packed, column_sum, layout)``.
+
+    ``masks`` comes from :func:`fused_masks` (built once per batch); ``packed`` is float32 ``[P, batch,
+    heads, T]`` holding every row quantity (``layout.rows(packed)`` gives the named views), ``column_sum``
+    ``[batch, heads, S]`` or None. The per-call host work is a few allocations and one kernel launch, so
+    probes can keep ``packed`` per layer and reduce all layers at once after the forward pass.
+    """
+    if query.dim() != 4 or key.dim() != 4:
+        raise InputError(f"query and key must be [batch, heads, T, d], got {tuple(query.shape)} and {tuple(key.shape)}")
+    b, h, t, d = query.shape
+    hkv, s = key.shape[1], key.shape[2]
+    if t == 0 or s == 0:
+        raise InputError("query and key need at least one token each")
+    if h % hkv:
+        raise InputError(f"{h} query heads cannot share {hkv} key heads evenly")
+    if sparsity_threshold < 0:
+        raise InputError("the fused kernel needs sparsity_threshold >= 0; use attention_row_stats for negative ones")
+    if d > 256:
+        raise InputError(f"the fused kernel supports head dimensions up to 256, got {d}")
+    dev = query.device
+    if dev.type not in ("cuda", "cpu") or key.device != dev or (value is not None and value.device != dev):
+        raise InputError("query, key and value must be on one CUDA (or, interpreted, CPU) device")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    bits = masks.bits
+    if tuple(bits.shape) != (b, s) or bits.device != dev:
+        raise InputError(f"the prepared masks are [batch, keys] = {tuple(bits.shape)}, the call needs {(b, s)} on {dev}")
+
+    bias = masks.bias
     bias_args = (0, 0, 0, 0)
     if bias is not None:
-        bb = bias.to(dev)
+        bb = bias
         while bb.dim() < 4:
             bb = bb.unsqueeze(0)
         bb = bb.expand(b, bb.shape[1], t, s)
@@ -1168,45 +1346,49 @@ def fused_attention_stats(
         v = v.to(q.dtype)
     if k.dtype != q.dtype:
         k = k.to(q.dtype)
+    pass2 = bool(count_above) or bool(column_sums)
     out = None if v is None else torch.empty(b, h, t, d, dtype=query.dtype, device=dev)
-    stats = torch.empty(len(_FUSED_STATS), b, h, t, dtype=torch.float32, device=dev)
-    within = torch.empty(b, h, t, len(all_edges), dtype=torch.float32, device=dev)
-    col = torch.zeros(b, h, s, dtype=torch.float32, device=dev) if column_sums else stats
-    # GPU tiles: 64 x 64 (32 x 32 for wide float32 heads, whose tiles would not fit in shared memory)
+    packed = torch.empty(len(_FUSED_STATS) + len(all_edges), b, h, t, dtype=torch.float32, device=dev)
+    col = torch.zeros(b, h, s, dtype=torch.float32, device=dev) if column_sums else None
+    # GPU tiles: 128 x 64 for 16-bit inputs (flash-attention sizes for H100), 64 x 64 for float32 with
+    # d <= 64, 32 x 32 for wide float32 heads (whose tiles would not fit in shared memory)
     wide32 = q.element_size() == 4 and d > 64
-    bm = int(block_m or (32 if wide32 or not on_gpu else 64))
-    bn = int(block_n or (32 if wide32 or not on_gpu else 64))
-    bm, bn = max(16, _next_pow2(bm)), max(16, _next_pow2(bn))
+    if on_gpu:
+        dm, dn = (32, 32) if wide32 else ((64, 64) if q.element_size() == 4 else (128, 64))
+    else:
+        dm, dn = 32, 32
+    bm = max(16, _next_pow2(int(block_m or dm)))
+    bn = max(16, _next_pow2(int(block_n or dn)))
+    n_mblk, n_tiles = _cdiv(t, bm), _cdiv(s, bn)
+    flags = (torch.empty(b * h * n_mblk * n_tiles, dtype=torch.int8, device=dev)
+             if pass2 and not column_sums else packed)
     mode = _triton_mode()
     if mode is None or (mode == "interpret") == on_gpu:
         need = "Triton compiled for CUDA tensors" if on_gpu else "Triton's interpreter (TRITON_INTERPRET=1 before import)"
         raise InputError(f"the fused kernel needs {need}; use attention_row_stats instead")
     kernel = _fused_kernel()
-    grid = (_cdiv(t, bm), b * h)
+    grid = (n_mblk, b * h)
     o_arg = out if out is not None else q
     v_arg = v if v is not None else k
+    thr = float(sparsity_threshold)
     kernel[grid](
-        q, k, v_arg, o_arg, bits, bias if bias is not None else stats, edges_t, stats, within, col,
+        q, k, v_arg, o_arg, bits, bias if bias is not None else packed, edges_t, packed,
+        col if col is not None else packed, flags,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v_arg.stride(0), v_arg.stride(1), v_arg.stride(2), o_arg.stride(0), o_arg.stride(1), o_arg.stride(2),
         *bias_args,
-        h, h // hkv, t, s, d, s - t, b * h * t, max(all_edges),
+        h, h // hkv, t, s, d, s - t, b * h * t, max(all_edges), n_tiles,
         scale, float(softcap) if softcap is not None else 1.0, int(window) if window is not None else 0,
-        float(sparsity_threshold),
+        thr, math.log2(thr) if thr > 0 else float("-inf"),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=max(16, _next_pow2(d)), NE=len(all_edges),
         BLOCK_E=max(2, _next_pow2(len(all_edges))),
-        CAUSAL=bool(causal), HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
-        HAS_BIAS=bias is not None, HAS_CLASSES=has_classes, FP32_DOT=q.dtype == torch.float32,
-        WANT_OUT=out is not None, PASS2=True, WANT_COL=bool(column_sums),
-        num_warps=8 if d > 64 else 4,
+        CAUSAL=bool(masks.causal), HAS_WINDOW=window is not None, HAS_SOFTCAP=softcap is not None,
+        HAS_BIAS=bias is not None, HAS_CLASSES=masks.has_classes, FP32_DOT=q.dtype == torch.float32,
+        WANT_OUT=out is not None, PASS2=pass2, WANT_COL=bool(column_sums),
+        NATURAL=softcap is not None or bias is not None, SKIP2=pass2 and not column_sums,
+        num_warps=8 if (bm >= 128 or d > 64) else 4, num_stages=3 if on_gpu and bm >= 128 else 2,
     )
-    rows = {name: stats[i] for i, name in enumerate(_FUSED_STATS)}
-    rows["local_window"] = within[..., all_edges.index(int(local_window))]
-    if edges:
-        rows["within"] = within[..., [all_edges.index(e) for e in edges]]
-    if column_sums:
-        rows["column_sum"] = col
-    return out, rows
+    return out, packed, col, FusedLayout(all_edges, local_window, edges, pass2)
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -45,9 +45,12 @@ from ..stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site
 from ..core.kernels import (
+    FusedLayout,
+    FusedMasks,
     fast_attention_with_weights,
-    fused_attention_stats,
+    fused_attention_packed,
     fused_available,
+    fused_masks,
     scaled_dot_product_attention_with_weights,
 )
 from ..core.errors import CaptureError, InputError
@@ -79,7 +82,9 @@ class SentenceStatsProbe(Probe):
     the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs. On CUDA
     (Triton installed) the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` gives the
     output and the same statistics without ever forming the weights (``weight_std`` from power sums, equal
-    within float32 rounding), reduced on the device with no host synchronisation.
+    within float32 rounding); each layer leaves one packed row buffer on the device and :meth:`finish`
+    (called by the inspector after the forward pass) reduces all layers and heads at once, with no host
+    synchronisation until :meth:`per_sentence`.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
     The engine calls ``probe_factory(valid=..., special=..., punctuation=..., sparsity_threshold=...)``
@@ -107,6 +112,9 @@ class SentenceStatsProbe(Probe):
         self.causal = False
         self._scratch: torch.Tensor | None = None
         self._device: tuple[torch.Tensor | None, ...] | None = None
+        self._masks: tuple[object, FusedMasks] | None = None  # the fused kernel's key masks, once per batch
+        self._pending: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
+        self._layout: FusedLayout | None = None
 
     def attend(
         self,
@@ -162,25 +170,43 @@ class SentenceStatsProbe(Probe):
         causal: bool,
         softcap: float | None,
     ) -> torch.Tensor:
-        """The fused kernel (CUDA): output and per-row statistics in one pass, reduced here on the device.
+        """The fused kernel (CUDA): output and per-row statistics in one pass; :meth:`finish` reduces them.
 
         Same definitions as :meth:`_reduce` (``weight_std`` from power sums instead of two passes, equal
-        within float32 rounding); ``column_share`` from the kernel's column sums. No host synchronisation.
+        within float32 rounding); ``column_share`` from the kernel's column sums. The key masks are
+        prepared once per batch; per layer only the kernel runs. No host synchronisation.
         """
         self.causal = self.causal or causal
         dev = query.device
         if self._device is None or self._device[0].device != dev:
             self._device = tuple(None if x is None else x.to(dev) for x in (self.valid, self.special, self.punctuation))
         valid, special, punctuation = self._device
-        output, rows = fused_attention_stats(
-            query, key, value, scale=scaling, mask=mask, key_valid=valid, special=special, punctuation=punctuation,
-            softcap=softcap, sparsity_threshold=self.sparsity_threshold, column_sums=True,
+        b, s = query.shape[0], key.shape[2]
+        if self._masks is None or self._masks[0] is not mask or tuple(self._masks[1].bits.shape) != (b, s):
+            self._masks = (mask, fused_masks(b, s, dev, mask=mask, key_valid=valid, special=special,
+                                             punctuation=punctuation))
+        output, packed, col, self._layout = fused_attention_packed(
+            query, key, value, self._masks[1], scale=scaling, softcap=softcap,
+            sparsity_threshold=self.sparsity_threshold, column_sums=True,
         )
-        m = reduce_rows(rows, valid, causal=causal)
-        n = valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1, 1)
-        m["column_share"] = (rows["column_sum"] / n).amax(-1)
-        self.values[site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
+        self._pending.append((site.layer, causal, packed, col))
         return output
+
+    def finish(self) -> None:
+        """Reduce the pending fused layers, all layers and heads at once (device tensors; no transfer)."""
+        if not self._pending:
+            return
+        valid = self._device[0]
+        for causal in sorted({c for _, c, _, _ in self._pending}):
+            items = [x for x in self._pending if x[1] == causal]
+            rows = self._layout.rows(torch.stack([p for _, _, p, _ in items], 2))  # [batch, layers, heads, T]
+            m = reduce_rows(rows, valid, causal=causal)
+            n = valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1, 1, 1)
+            m["column_share"] = (torch.stack([c for *_, c in items], 1) / n).amax(-1)
+            values = torch.stack([m[k] for k in self.metric_names], -1).float()  # [batch, layers, heads, M]
+            for (layer, *_), v in zip(items, values.unbind(1)):
+                self.values[layer] = v
+        self._pending = []
 
     def record(self, site: Site, weights: torch.Tensor) -> None:
         """Eager fallback (models without the attention interface): reduce the weights we are given."""
@@ -204,6 +230,7 @@ class SentenceStatsProbe(Probe):
 
     def per_sentence(self) -> torch.Tensor:
         """``[batch, layers, heads, metrics]`` float32 on the CPU, layers in model order."""
+        self.finish()
         if not self.values:
             raise CaptureError("the model produced no attention for the analysed stack")
         return torch.stack([self.values[k] for k in sorted(self.values)], 1).cpu()

@@ -4,7 +4,8 @@ Long inputs cannot have their attention weights materialised (one 32-head layer 
 in float32). :class:`StreamingStatsProbe` receives every attention call through the one capture path
 (:mod:`hf_attn_inspect.capture.interface`). On CUDA (Triton installed) it replaces the attention call by the
 fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats`: output and statistics in one pass,
-per-sentence reductions on the device, one transfer per batch (:meth:`StreamingStatsProbe.finish`).
+each layer's rows left in one packed device buffer, the per-sentence reductions run once per batch for
+all layers and heads together, one transfer per batch (:meth:`StreamingStatsProbe.finish`).
 Elsewhere (CPU, or masks the kernel does not take) it computes the layer's output with
 :func:`~hf_attn_inspect.core.kernels.fast_attention_output` (torch's fused ``scaled_dot_product_attention``;
 the model's forward pass is unchanged up to sdpa rounding) and the per-row quantities of
@@ -34,7 +35,16 @@ from ..capture.inputs import Batch, KeyMasks
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site, register_implementation
 from ..core.errors import CaptureError, InputError
-from ..core.kernels import LOCAL_WINDOW, attention_row_stats, fast_attention_output, fused_attention_stats, fused_available
+from ..core.kernels import (
+    LOCAL_WINDOW,
+    FusedLayout,
+    FusedMasks,
+    attention_row_stats,
+    fast_attention_output,
+    fused_attention_packed,
+    fused_available,
+    fused_masks,
+)
 from ..core.masks import LazyMask, lazy_mask
 from .metrics import METRICS, reduce_rows, row_quantities
 from .tables import head_frame
@@ -143,6 +153,11 @@ class StreamingStatsProbe(Probe):
         self.causal: dict[str, bool] = {}
         self._on_device: dict[str, KeyMasks] = {}
         self._pending = False
+        # fused path: the prepared key masks per stack (built once per batch) and, with reduce=True, the
+        # packed row buffers per (stack, causal), reduced for all layers at once in finish()
+        self._fused_masks: dict[str, tuple[object, FusedMasks]] = {}
+        self._packed: dict[tuple[str, bool], list[tuple[int, torch.Tensor]]] = {}
+        self._layout: FusedLayout | None = None
 
     def _wanted(self, site: Site) -> bool:
         return site.stack != "cross" and (self.layers is None or site.layer in self.layers)
@@ -167,16 +182,49 @@ class StreamingStatsProbe(Probe):
         self.rows.setdefault(site.stack, {})[site.layer] = kept
         self._pending = True
 
+    def _store_packed(self, site: Site, packed: torch.Tensor, layout: FusedLayout, causal: bool) -> None:
+        """Keep one layer's packed fused-kernel rows without synchronising: for :meth:`finish` to reduce
+        (``reduce=True``), or copied to pinned host memory in one asynchronous transfer."""
+        self._layout = layout
+        self._pending = True
+        if self.reduce:
+            self._packed.setdefault((site.stack, causal), []).append((site.layer, packed))
+            self.rows.setdefault(site.stack, {})[site.layer] = {}
+            return
+        host = layout.rows(_to_host(packed))
+        self.rows.setdefault(site.stack, {})[site.layer] = {
+            k: v for k, v in host.items() if self.keep is None or k in self.keep}
+
+    def _reduce_packed(self) -> None:
+        """The metrics of every pending fused layer: one stack, one :func:`reduce_rows`, one transfer per group."""
+        for (stack, causal), items in self._packed.items():
+            big = torch.stack([p for _, p in items], 2)  # [P, batch, layers, heads, T]
+            rows = self._layout.rows(big)
+            ref = rows["entropy"]
+            km = self._device_masks(stack, ref.device)
+            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
+                                                                device=ref.device)
+            metrics = reduce_rows(rows, valid, causal=causal)  # {metric: [batch, layers, heads]}
+            dense = torch.stack([metrics[k] for k in METRICS], 0).permute(2, 0, 1, 3)  # [layers, M, batch, heads]
+            host = dense.contiguous().cpu() if dense.device.type != "cpu" else dense
+            for (layer, _), per_layer in zip(items, host.unbind(0)):
+                self.metrics.setdefault(stack, {})[layer] = dict(zip(METRICS, per_layer.unbind(0)))
+        self._packed.clear()
+
     def finish(self) -> None:
-        """Bring everything to the CPU: one transfer for the metrics, one wait for the rows' copies.
+        """Bring everything to the CPU: the fused layers' metrics reduced together and moved in one transfer,
+        the other metrics in one transfer, one wait for the rows' copies.
 
         Called by :func:`run_streaming` after the model ran; idempotent.
         """
         if not self._pending:
             return
         self._pending = False
+        fused_layers = {(stack, layer) for (stack, _), items in self._packed.items() for layer, _ in items}
+        self._reduce_packed()
         flat = [(stack, layer, name, v) for stack, layers in self.metrics.items()
-                for layer, found in layers.items() for name, v in found.items()]
+                for layer, found in layers.items() for name, v in found.items()
+                if (stack, layer) not in fused_layers]
         if flat and flat[0][3].device.type != "cpu":
             host = torch.cat([v.float().reshape(-1) for *_, v in flat]).cpu()
             start = 0
@@ -233,11 +281,26 @@ class StreamingStatsProbe(Probe):
             distance_edges=self.distance_edges,
         )
         if plain and self.sparsity_threshold >= 0 and query.shape[-1] <= 256 and fused_available(dev):
-            # one fused kernel: the layer's output and its statistics in the same pass
-            output, rows = fused_attention_stats(query, key, value, **common)
-        else:
-            output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)
-            rows = attention_row_stats(query, key, q_tile=self.q_tile, k_tile=self.k_tile, **common)
+            # one fused kernel: the layer's output and its statistics in the same pass; the key masks
+            # are prepared once per batch, the rows stay packed in one buffer (a few host ops per layer)
+            cached = self._fused_masks.get(site.stack)
+            b, s = query.shape[0], key.shape[2]
+            if cached is None or cached[0] is not mask or tuple(cached[1].bits.shape) != (b, s) \
+                    or cached[1].bits.device != dev or cached[1].causal != causal:
+                fm = fused_masks(b, s, dev, mask=stats_mask, causal=causal, key_valid=common["key_valid"],
+                                 special=common["special"], punctuation=common["punctuation"])
+                cached = (mask, fm)
+                self._fused_masks[site.stack] = cached
+            output, packed, _, layout = fused_attention_packed(
+                query, key, value, cached[1], scale=scaling, window=common["window"], softcap=softcap,
+                sparsity_threshold=self.sparsity_threshold, local_window=self.local_window,
+                distance_edges=self.distance_edges,
+                count_above=self.reduce or self.keep is None or "above" in self.keep,
+            )
+            self._store_packed(site, packed, layout, is_causal)
+            return output, None
+        output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)
+        rows = attention_row_stats(query, key, q_tile=self.q_tile, k_tile=self.k_tile, **common)
         self._store(site, rows, is_causal)
         return output, None
 
