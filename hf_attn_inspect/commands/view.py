@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=None, help="truncate the input to this many tokens")
     p.add_argument("--no-rollout", action="store_true", help="leave the precomputed attention rollout out")
     p.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
-                   help="keep only these layers (0-based): what a long input's full weights fit in memory for")
+                   help="keep only these layers (0-based); when every layer's full weights exceed the memory budget, "
+                   "these keep full weights and every other layer is drawn pooled (at most 256 x 256 blocks per head)")
     add_model_options(p)
     add_memory_option(p)
     p.set_defaults(func=run)
