@@ -432,3 +432,91 @@ def test_notebook_iframe_runs_the_page(browser, tmp_path):
     assert frame.locator("#hv-left span").all_text_contents() == ["[CLS]", XSS_IMG, "b", "[SEP]"]
     assert errors == [] and dialogs == []
     page.close()
+
+
+def test_long_input_page_draws_pooled_layers(browser, inspector, tmp_path):
+    """`view` above the memory budget: pooled layers draw as block heatmaps with the note, chosen layer full."""
+    import random
+
+    rng = random.Random(3)
+    vocab = "the cat sat on a mat , and dog ran to park with big red ball in sun .".split()
+    text = " ".join(rng.choice(vocab) for _ in range(300))  # 302 tokens: over a 60 MB budget in full
+    path = tmp_path / "pooled.html"
+    assert main(["view", text, "--layers", "2", "--max-memory", "60MB", "-o", str(path)]) == 0
+    pg = Page(browser, path)
+    try:
+        page = pg.page
+        note = page.locator("#pooled-note")
+        assert note.is_visible() and "pooled" in note.text_content() and "blocks of 2 tokens" in note.text_content()
+        assert page.locator("#tabs button.active").get_attribute("data-view") == "matrix"  # a pooled layer opens here
+        canvas = page.locator("#mx-canvas")
+        assert (canvas.get_attribute("data-rows"), canvas.get_attribute("data-cols")) == ("151", "151")
+        assert "layer 0 (pooled)" in page.locator("#layer option").first.text_content() or \
+            page.locator("#layer option").first.text_content() == "0 (pooled)"
+        blank = page.evaluate("() => { const c = document.createElement('canvas'); c.width = 302; c.height = 302; return c.toDataURL(); }")
+        assert pg.canvas("#mx-canvas") != blank
+        colours = page.evaluate("""() => { const c = document.querySelector('#mx-canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const s = new Set();
+            for (let i = 0; i < d.length; i += 4 * 7) s.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]); return s.size; }""")
+        assert colours > 20  # a heatmap, not an empty canvas
+        row, col, value, text_ = pg.hover(10, 10)
+        assert (row, col) == (10, 10) and value > 0 and "query tokens 20\u201321" in text_ and "pooled block" in text_
+        assert "pooled" in page.locator("#mx-legend").text_content()
+        for sel in ("#level", "#hide-special", "#rollout"):  # token-level interactions are off, and say why
+            assert page.locator(sel).is_disabled()
+        page.screenshot(path=str(tmp_path / "pooled_matrix.png"), full_page=True)
+        pg.view("head")
+        assert "is pooled" in page.locator("#hv-left").text_content()
+        pg.set("#layer", "2")  # the chosen layer: token-level weights, token labels, head view lines
+        assert not page.locator("#level").is_disabled()
+        assert len(pg.texts("#hv-left span")) == 302
+        pg.view("model")
+        page.wait_for_selector("#model-grid canvas[data-layer='5'][data-head='11'][data-drawn='1']",
+                               state="attached", timeout=60000)
+        assert "layer 0 (pooled)" in pg.texts("#model-grid .lab")
+        page.screenshot(path=str(tmp_path / "pooled_model.png"), full_page=True)
+        pg.view("metrics")
+        assert len(page.locator("#metrics-grid td").all()) == 72
+        pg.assert_clean()
+        if os.environ.get("HAI_SCREENSHOTS"):
+            import shutil
+
+            for name in ("pooled_matrix.png", "pooled_model.png"):
+                shutil.copy(tmp_path / name, Path(os.environ["HAI_SCREENSHOTS"]) / name)
+    finally:
+        pg.close()
+
+
+@pytest.mark.parametrize("family", ["bart", "llama"])
+def test_pooled_page_encoder_decoder_and_causal(browser, tiny_model, tiny_tokenizer, tmp_path, family):
+    """Every stack of an encoder-decoder model (and a causal GQA model) pools and draws: layer 1 full, layer 0 pooled."""
+    from hf_attn_inspect import AttentionInspector
+    from hf_attn_inspect.capture.pooled import pool_blocks
+    from hf_attn_inspect.runs.long_inputs import capture_for_explorer
+
+    ins = AttentionInspector(tiny_model(family), tiny_tokenizer, name=family)
+    text, pair = "the cat sat on the mat and the dog ran to the park " * 3, "a short reply here" if family == "bart" else None
+    full = ins(text, pair)
+    cap = capture_for_explorer(ins, text, pair, layers=[1], max_memory="1GB", max_blocks=8)
+    stacks = ["self", "decoder", "cross"] if family == "bart" else ["self"]
+    assert sorted(cap.pooled) == sorted(stacks) and cap.result.layer_ids == [1]
+    for which in stacks:
+        ps = cap.pooled[which]
+        assert ps.layer_ids == [0] and ps.sums.shape[-2:] == (len(ps.q_edges) - 1, len(ps.k_edges) - 1)
+        ref = pool_blocks(full.stack(which)[0][0], ps.q_edges, ps.k_edges)
+        assert torch.allclose(ps.sums[0], ref, atol=1e-6), which
+    path = write_explorer(cap.result, tmp_path / "p.html", pooled=cap)
+    pg = Page(browser, path)
+    try:
+        for which in stacks:
+            pg.set("#stack", which) if len(stacks) > 1 else None
+            pg.view("matrix")
+            assert pg.page.locator("#pooled-note").is_visible()
+            assert pg.page.locator("#mx-canvas").get_attribute("data-rows") == str(len(cap.pooled[which].q_edges) - 1)
+            pg.set("#layer", "1")
+            assert pg.page.locator("#mx-canvas").get_attribute("data-rows") == str(full.stack(which)[0].shape[-2])  # tokens
+            pg.view("model")
+            pg.view("metrics")
+        pg.assert_clean()
+    finally:
+        pg.close()

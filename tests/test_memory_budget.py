@@ -242,10 +242,9 @@ def test_simulated_allocation_failure_exits_2_with_one_line_and_no_files(tmp_pat
 def test_view_layers_within_budget(tmp_path, capsys):
     out = tmp_path / "v.html"
     text = words(400, seed=2)
-    assert main(["view", text, "--max-memory", "60MB", "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "view --layers" in err[0] and not out.exists()
-    assert main(["view", text, "--max-memory", "70MB", "--layers", "2", "-o", str(out)]) == 0
+    assert main(["view", text, "--max-memory", "60MB", "-o", str(out)]) == 0  # above the budget: every layer pooled
+    assert "every layer's attention pooled" in capsys.readouterr().out and out.stat().st_size > 10_000
+    assert main(["view", text, "--max-memory", "200MB", "--layers", "2", "-o", str(out)]) == 0  # fits: layer 2 only
     assert "1 layers x 12 heads" in capsys.readouterr().out and out.stat().st_size > 10_000
 
 
@@ -295,3 +294,87 @@ def test_12k_tokens_inspect_under_3gb_address_space(tiny_dir, tmp_path):
     got = pd.read_csv(out / "head_metrics.csv")
     assert len(got) == 2 * 4
     np.testing.assert_allclose(got[list(METRICS)].to_numpy(), want[list(METRICS)].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- view: explorer pages
+def _page_data(path: Path) -> dict:
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    raw = re.search(r'<script type="application/json" id="hai-data">(.*?)</script>', text, re.S).group(1)
+    return json.loads(raw)
+
+
+def _head(entry: dict, l: int, h: int) -> np.ndarray:
+    """Dequantised ``[nq, nk]`` matrix of layer index ``l``, head ``h`` of one stack's page data."""
+    import base64
+    import gzip
+
+    from hf_attn_inspect.views.explorer import dequantize_rows
+
+    P = entry.get("pooled")
+    nq, nk = (P["nq"][l], P["nk"][l]) if P else (entry["nq"], entry["nk"])
+    base = P["step_base"][l] + h * nq if P else (l * len(entry["head_ids"]) + h) * nq
+    lv = np.frombuffer(gzip.decompress(base64.b64decode(entry["levels"][l][h])), np.uint8).reshape(nq, nk)
+    st = np.frombuffer(gzip.decompress(base64.b64decode(entry["steps"])), "<f4")[base : base + nq]
+    return dequantize_rows(lv, st)
+
+
+LONG_VIEW = words(300, seed=3)  # 302 tokens: full weights of 6 x 12 heads need ~80 MB, pooled + one layer ~55 MB
+
+
+def test_view_above_budget_pools_other_layers_chosen_layers_full(inspector, tmp_path, capsys):
+    from hf_attn_inspect.runs.long_inputs import capture_for_explorer
+
+    full = inspector(LONG_VIEW)  # the reference: every layer's full weights (fits without a budget)
+    out = tmp_path / "v.html"
+    assert main(["view", LONG_VIEW, "--layers", "2", "--max-memory", "60MB", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "long input" in printed and "full weights of layer 2" in printed
+    data = _page_data(out)
+    S = data["stacks"]["self"]
+    assert S["layer_ids"] == list(range(6)) and S["pooled"]["layers"] == [True, True, False, True, True, True]
+    assert S["rollout"] is None and "pooled" in S["pooled"]["note"] and "blocks of 2 tokens" in S["pooled"]["note"]
+    q_edges, k_edges = torch.tensor(S["pooled"]["q_edges"]), torch.tensor(S["pooled"]["k_edges"])
+    assert torch.equal(q_edges, block_edges(302)) and S["pooled"]["nq"][0] == 151 <= 256
+    rows = np.diff(q_edges.numpy())[:, None]
+    for l in (0, 5):
+        for h in (0, 7, 11):
+            sums = pool_blocks(full.head(l, h), q_edges, k_edges).numpy()
+            page = _head(S, l, h) * rows  # the page draws block means (sum / query rows of the block)
+            step = sums.max(-1, keepdims=True) / 128
+            assert np.abs(page - sums).max() <= (step / 2 + 1e-6).max()
+    w = full.head(2, 4).numpy()  # the chosen layer: token-level weights as on a normal page
+    assert np.abs(_head(S, 2, 4) - w).max() <= w.max(-1).max() / 256 + 1e-7
+    metrics = np.array(S["metrics"]["values"]).reshape(6, 12, -1)
+    ref = head_table(full)
+    for name in ("entropy", "first_token", "diagonal"):
+        k = S["metrics"]["columns"].index(name)
+        got = metrics[ref["layer"], ref["head"], k]
+        assert np.allclose(got, ref[name].to_numpy(), atol=2e-5), name
+    # the engine's block sums themselves are exact: equal to pooling the full matrix (1e-6)
+    cap = capture_for_explorer(inspector, LONG_VIEW, layers=[2], max_memory="60MB")
+    assert cap.full_layers == [2] and cap.result.layer_ids == [2]
+    assert torch.allclose(cap.result.layer(2), full.layer(2), atol=1e-6)
+    pooled = cap.pooled["self"]
+    assert pooled.layer_ids == [0, 1, 3, 4, 5]
+    ref_sums = pool_blocks(full.attentions[[0, 1, 3, 4, 5]], pooled.q_edges, pooled.k_edges)
+    assert torch.allclose(pooled.sums, ref_sums, atol=1e-6)
+
+
+def test_view_above_budget_without_layers_pools_every_layer_and_refuses_when_nothing_fits(inspector, tmp_path, capsys):
+    out = tmp_path / "all.html"
+    assert main(["view", LONG_VIEW, "--max-memory", "60MB", "-o", str(out)]) == 0
+    assert "every layer's attention pooled" in capsys.readouterr().out
+    S = _page_data(out)["stacks"]["self"]
+    assert S["pooled"]["layers"] == [True] * 6 and len(S["metrics"]["values"]) == 72
+    assert len(S["classes"]) == 72 and all(S["classes"])  # every head's class, from the streamed statistics
+    assert "No layer has token-level weights" in S["pooled"]["note"]
+    assert out.stat().st_size < 3_000_000  # 72 heads of 151 x 151 one-byte levels, gzipped
+    assert main(["view", LONG_VIEW, "--layers", "9", "--max-memory", "60MB", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: layer 9 is out of range; valid layers: 0..5")
+    bad = tmp_path / "none.html"
+    assert main(["view", LONG_VIEW, "--max-memory", "10MB", "-o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 302 tokens do not fit even without full weights") and err.count("\n") == 1
+    assert not bad.exists()

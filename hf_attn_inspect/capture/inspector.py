@@ -482,8 +482,23 @@ class AttentionInspector:
                 raise InputError(f"{what} {v} is out of range; valid {what}s: 0..{limit - 1}")
         return sorted(set(values))
 
-    def _results(self, batch: Batch, probe: WeightsProbe, layers, heads) -> list[AttentionResult]:
-        stacks = {name: _stack_layers(d) for name, d in probe.weights.items()}
+    def results_from_weights(
+        self, batch: Batch, weights: dict[str, dict[int, torch.Tensor]], heads: Sequence[int] | None = None
+    ) -> list[AttentionResult]:
+        """One :class:`AttentionResult` per text of ``batch`` from per-layer weights ``{stack: {layer: [batch,
+        heads, T_q, T_k]}}`` (a probe's ``weights``, e.g. :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe`
+        with ``full=``); a stack with no kept layer gets a ``[0, heads, T_q, T_k]`` tensor, so the result still
+        carries every stack's tokens. ``weights`` is emptied (its tensors move into the results)."""
+        shapes = self.stack_shapes(batch)
+        holder = WeightsProbe()
+        holder.weights = weights
+        return self._results(batch, holder, None, heads, shapes)
+
+    def _results(self, batch: Batch, probe: WeightsProbe, layers, heads, shapes=None) -> list[AttentionResult]:
+        stacks = {name: _stack_layers(d) for name, d in probe.weights.items() if d}
+        for name, (_, nh, tq, tk) in (shapes or {}).items():
+            if name not in stacks:
+                stacks[name] = ([], torch.zeros(0, batch.size, nh, tq, tk))
         probe.weights.clear()  # the per-layer tensors are in the stacks now; free them before the results' copies
         main = stacks.get("self") if "self" in stacks else stacks.get("encoder")
         if main is None:

@@ -13,6 +13,10 @@
 
 When even that does not fit, :class:`~hf_attn_inspect.core.errors.MemoryBudgetError` names the estimate,
 the budget and the ways out.
+
+:func:`capture_for_explorer` is the same run for ``hf-attn-inspect view``: full weights of chosen layers (every
+head, every stack), every other layer pooled, every head's metrics; the explorer draws the pooled layers as
+block heatmaps (:func:`hf_attn_inspect.views.explorer.write_explorer` with ``pooled=``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from ..capture.inputs import Batch
 from ..capture.inspector import AttentionInspector
+from ..capture.result import AttentionResult
 from ..capture.pooled import block_edges
 from ..core.errors import CaptureError, InputError, MemoryBudgetError
 from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, memory_budget
 from ..stats.metrics import ROW_QUANTITIES
 from ..stats.pooled import PooledStatsProbe
 
-__all__ = ["LongCapture", "capture_within_budget", "DRAW_LIMIT"]
+__all__ = ["LongCapture", "capture_within_budget", "PooledStack", "ExplorerCapture", "capture_for_explorer", "DRAW_LIMIT"]
 
 #: Longest input (tokens per side) whose full weights a figure draws; longer ones are drawn pooled.
 DRAW_LIMIT = 2048
@@ -85,6 +91,35 @@ class LongCapture:
                 f"attention pooled into {nq} x {nk} blocks for every head, and {full}")
 
 
+def _pooled_base(
+    inspector: AttentionInspector,
+    batch: Batch,
+    shapes: dict[str, tuple[int, int, int, int]],
+    budget: MemoryBudget,
+    max_blocks: int,
+) -> tuple[MemoryEstimate, int]:
+    """``(estimate, chunk_bytes)`` of the pooled capture without full weights (pooled matrices of every head,
+    per-row statistics, one block of weights); raises :class:`MemoryBudgetError` when it exceeds ``budget``."""
+    chunk = int(min(64 * 2**20, max(2**20, budget.bytes // 16)))
+    pooled = rows = 0
+    for name, (l_, h_, q_, k_) in shapes.items():
+        pooled += l_ * h_ * (len(block_edges(q_, max_blocks)) - 1) * (len(block_edges(k_, max_blocks)) - 1) * 8
+        if name != "cross":
+            rows += l_ * h_ * q_ * (len(ROW_QUANTITIES) * 4 + 8)
+    base_transient = 6 * chunk + inspector.working_bytes(batch, logits=False)
+    base = MemoryEstimate(pooled + rows, base_transient, "pooled matrices and per-row statistics")
+    if base.total > budget.bytes:
+        tq = max(q for _, _, q, _ in shapes.values())
+        raise MemoryBudgetError(
+            f"{tq} tokens do not fit even without full weights: pooled attention and every head's statistics "
+            f"need about {base.describe()}, more than the memory budget of {budget.describe()}; ways out: a "
+            "shorter input (--max-length), raise the budget (max_memory= / --max-memory), or the `long` command "
+            "for statistics only",
+            estimate=base.total, budget=budget.bytes,
+        )
+    return base, chunk
+
+
 def capture_within_budget(
     inspector: AttentionInspector,
     text: str,
@@ -119,23 +154,8 @@ def capture_within_budget(
     if not (0 <= layer < nl and 0 <= head < nh):
         raise InputError(f"layer {layer}, head {head} is out of range; this model has layers 0..{nl - 1}, heads 0..{nh - 1}")
     full_estimate = inspector.batch_estimate(batch)
-    chunk = int(min(64 * 2**20, max(2**20, budget.bytes // 16)))
-    pooled = rows = 0
-    for name, (l_, h_, q_, k_) in shapes.items():
-        pooled += l_ * h_ * (len(block_edges(q_, max_blocks)) - 1) * (len(block_edges(k_, max_blocks)) - 1) * 8
-        if name != "cross":
-            rows += l_ * h_ * q_ * (len(ROW_QUANTITIES) * 4 + 8)
-    base_kept = pooled + rows
-    base_transient = 6 * chunk + inspector.working_bytes(batch, logits=False)
-    base = MemoryEstimate(base_kept, base_transient, "pooled matrices and per-row statistics")
-    if base.total > budget.bytes:
-        raise MemoryBudgetError(
-            f"{tq} tokens do not fit even without full weights: pooled attention and every head's statistics "
-            f"need about {base.describe()}, more than the memory budget of {budget.describe()}; ways out: a "
-            "shorter input (--max-length), raise the budget (max_memory= / --max-memory), or the `long` command "
-            "for statistics only",
-            estimate=base.total, budget=budget.bytes,
-        )
+    base, chunk = _pooled_base(inspector, batch, shapes, budget, max_blocks)
+    base_kept, base_transient = base.kept, base.transient
     full: dict[tuple[str, int], list[int]] = {}
     kept = base_kept
     one = tq * tk * 4
@@ -179,3 +199,115 @@ def capture_within_budget(
         head_weights=head_w, layer_weights=layer_w,
         notes=[f"full capture would need about {format_bytes(full_estimate.total)}"],
     )
+
+
+@dataclass
+class PooledStack:
+    """One attention stack's pooled layers for the explorer: ``sums`` float64 ``[layers, heads, n_q_blocks,
+    n_k_blocks]`` block sums (cell ``(a, b)``: total weight the query rows of block ``a`` give to the keys of
+    block ``b``) of the model layers ``layer_ids``, blocks given by ``q_edges``/``k_edges`` (token positions)."""
+
+    layer_ids: list[int]
+    sums: torch.Tensor
+    q_edges: torch.Tensor
+    k_edges: torch.Tensor
+
+
+@dataclass
+class ExplorerCapture:
+    """What :func:`capture_for_explorer` kept of one long input for the explorer page.
+
+    ``result``: an :class:`~hf_attn_inspect.capture.result.AttentionResult` with the full weights of the
+    layers in ``full_layers`` only (no layer at all when none fit: ``result.num_layers == 0``; tokens and
+    every stack's labels are there either way). ``pooled[stack]`` (``self``, ``decoder``, ``cross``, as
+    :meth:`AttentionResult.stack` names them): the other layers, pooled. ``tables[stack]``: every head's
+    metrics and class of each self-attention stack from the block-by-block statistics (one row per model
+    layer and head). ``notes``: why chosen layers were not kept in full, if any.
+    """
+
+    result: AttentionResult
+    pooled: dict[str, PooledStack]
+    tables: dict[str, pd.DataFrame]
+    full_layers: list[int]
+    full_estimate: MemoryEstimate
+    estimate: MemoryEstimate
+    budget: MemoryBudget
+    notes: list[str] = field(default_factory=list)
+
+    def kept(self) -> str:
+        """One sentence saying what the page holds (for the command's report)."""
+        some = next(iter(self.pooled.values()), None)
+        blocks = "" if some is None else f" (at most {some.sums.shape[-2]} x {some.sums.shape[-1]} blocks per head)"
+        full = (f"full weights of layer{'s' * (len(self.full_layers) != 1)} {', '.join(map(str, self.full_layers))}"
+                if self.full_layers else "no full weights")
+        which = "the other layers'" if self.full_layers else "every layer's"
+        return f"every head's metrics, {which} attention pooled{blocks}, and {full}"
+
+
+def _layers_are(ids: list[int]) -> str:
+    return f"layer {ids[0]} is" if len(ids) == 1 else f"layers {', '.join(map(str, ids))} are"
+
+
+def capture_for_explorer(
+    inspector: AttentionInspector,
+    text: str,
+    pair: str | None = None,
+    *,
+    layers: list[int] | None = None,
+    budget: MemoryBudget | None = None,
+    max_memory: int | str | None = None,
+    max_length: int | None = None,
+    truncation: bool = True,
+    max_blocks: int = 256,
+    draw_limit: int = DRAW_LIMIT,
+) -> ExplorerCapture:
+    """Capture one long ``text`` for the explorer within the memory budget, in one run of the model through
+    :class:`~hf_attn_inspect.stats.pooled.PooledStatsProbe`: full weights (every head) of the chosen ``layers``
+    (model indices, in every stack) when they fit the budget next to the pooled capture and the input has at
+    most ``draw_limit`` tokens, every other layer's attention pooled into at most ``max_blocks x max_blocks``
+    blocks per head, and every head's metrics. Raises :class:`MemoryBudgetError` when even the pooled
+    capture does not fit.
+    """
+    budget = budget or memory_budget(max_memory, inspector.device)
+    batch = inspector.encode([text], None if pair is None else [pair], max_length=max_length, truncation=truncation)
+    shapes = inspector.stack_shapes(batch)
+    full_estimate = inspector.batch_estimate(batch)
+    base, chunk = _pooled_base(inspector, batch, shapes, budget, max_blocks)
+    limit = min(nl for nl, _, _, _ in shapes.values())
+    for i in layers or []:
+        if not isinstance(i, int) or not 0 <= i < limit:
+            raise InputError(f"layer {i} is out of range; valid layers: 0..{limit - 1}")
+    chosen = sorted(set(layers or []))
+    notes: list[str] = []
+    full_bytes = 2 * sum(nh * tq * tk * 4 * len([i for i in chosen if i < nl]) for nl, nh, tq, tk in shapes.values())
+    longest = max(max(tq, tk) for _, _, tq, tk in shapes.values())
+    if chosen and longest > draw_limit:
+        notes.append(f"{_layers_are(chosen)} pooled too: {longest} tokens is more than the "
+                     f"{draw_limit} a page draws at full resolution")
+        chosen = []
+    elif chosen and base.total + full_bytes > budget.bytes:
+        notes.append(f"{_layers_are(chosen)} pooled too: the full weights need about "
+                     f"{format_bytes(full_bytes)} more, beyond the memory budget of {budget.describe()}")
+        chosen = []
+    full = {(name, i): list(range(nh)) for name, (nl, nh, _, _) in shapes.items() for i in chosen if i < nl}
+    pool_layers = sorted({i for nl, _, _, _ in shapes.values() for i in range(nl)} - set(chosen))
+    estimate = MemoryEstimate(base.kept + (full_bytes if chosen else 0), base.transient,
+                              "pooled matrices, per-row statistics and the chosen layers' weights")
+    probe = PooledStatsProbe(batch.stack_masks(), full=full, pool_layers=pool_layers, max_blocks=max_blocks,
+                             chunk_bytes=chunk)
+    backbone = getattr(inspector.model, "base_model", inspector.model)
+    runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
+    runner.run(batch, probe)
+    tables = {("self" if name == "encoder" else name): probe.head_table(batch, name)
+              for name in shapes if name != "cross"}
+    pooled = {}
+    for name, per_layer in probe.pooled.items():
+        ids = sorted(per_layer)
+        if ids:
+            q_edges, k_edges = probe.edges[name]
+            pooled["self" if name == "encoder" else name] = PooledStack(
+                ids, torch.stack([per_layer[i][0] for i in ids]), q_edges, k_edges)
+    result = inspector.results_from_weights(batch, probe.weights)[0]
+    result.model_name = inspector.name
+    return ExplorerCapture(result=result, pooled=pooled, tables=tables, full_layers=chosen,
+                           full_estimate=full_estimate, estimate=estimate, budget=budget, notes=notes)

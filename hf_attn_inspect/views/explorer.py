@@ -46,6 +46,8 @@ from ..stats.tables import head_metrics
 if TYPE_CHECKING:
     from IPython.display import HTML
 
+    from ..runs.long_inputs import ExplorerCapture
+
 __all__ = [
     "LEVELS",
     "HeadClasses",
@@ -92,14 +94,18 @@ def _pack(buf: bytes) -> str:
     return base64.b64encode(gzip.compress(buf, compresslevel=6, mtime=0)).decode("ascii")
 
 
-def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
+def _encode_parts(att: torch.Tensor) -> tuple[list[list[str]], np.ndarray]:
     from concurrent.futures import ThreadPoolExecutor
 
     levels, step = quantize_rows(att)  # [L, H, Q, K], [L, H, Q]
     nl, nh = levels.shape[:2]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # zlib releases the GIL
         flat = list(pool.map(_pack, (levels[l, h].tobytes() for l in range(nl) for h in range(nh))))
-    packed = [flat[l * nh : (l + 1) * nh] for l in range(nl)]
+    return [flat[l * nh : (l + 1) * nh] for l in range(nl)], step
+
+
+def _encode(att: torch.Tensor) -> tuple[list[list[str]], str]:
+    packed, step = _encode_parts(att)
     return packed, _pack(np.ascontiguousarray(step, dtype="<f4").tobytes())
 
 
@@ -178,8 +184,18 @@ def _importance_of(importance: pd.DataFrame, which: str, df: pd.DataFrame) -> np
     return lookup.reindex(keys).to_numpy(dtype=np.float64)
 
 
-def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool, rollout: bool,
-             importance: pd.DataFrame | None = None) -> dict[str, Any]:
+def _payload(
+    result: AttentionResult,
+    classes: HeadClasses | None,
+    metrics: bool,
+    rollout: bool,
+    pooled: ExplorerCapture | None = None,
+    importance: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    if pooled is not None:
+        rollout = False  # rollout multiplies token-level matrices of consecutive layers: pooled layers have none
+        if classes is None and "self" in pooled.tables:
+            classes = pooled.tables["self"]
     axes = {"enc": _axis(result.tokens, result.word_ids, result.special_tokens_mask, result.segment_ids)}
     names = [("self", "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
     if result.is_encoder_decoder:
@@ -187,11 +203,12 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
         names.append(("decoder", "decoder self-attention", "dec", "dec"))
         if result.cross_attentions is not None:
             names.append(("cross", "cross-attention (decoder \u2192 encoder)", "dec", "enc"))
-    contiguous = result.layer_ids == list(range(result.layer_ids[0], result.layer_ids[0] + len(result.layer_ids)))
+    contiguous = bool(result.layer_ids) and result.layer_ids == list(range(result.layer_ids[0], result.layer_ids[0] + len(result.layer_ids)))
     stacks: dict[str, Any] = {}
     for which, label, qa, ka in names:
         att = result.stack(which)[0].float()
-        packed, steps = _encode(att)
+        merged = pooled is not None and which in pooled.pooled  # _add_pooled encodes the full layers itself
+        packed, steps = ([], "") if merged else _encode(att)
         entry: dict[str, Any] = {
             "label": label,
             "layer_ids": list(result.layer_ids),
@@ -203,13 +220,15 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
             "levels": packed,
             "steps": steps,
             "rollout": None,
-            "metrics": _metrics(result, which, importance) if metrics and which != "cross" else None,
+            "metrics": _metrics(result, which, importance) if metrics and which != "cross" and pooled is None else None,
             "classes": _classes(classes, list(result.layer_ids), list(result.head_ids)) if which == "self" else None,
         }
         if rollout and which != "cross" and contiguous:
             roll = attention_rollout(att)[:, None]  # [L, 1, T, T]
             r_packed, r_steps = _encode(roll)
             entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
+        if merged:
+            _add_pooled(entry, att, result, pooled, which, metrics, classes)
         stacks[which] = entry
     return {
         "version": 1,
@@ -226,6 +245,91 @@ def _payload(result: AttentionResult, classes: HeadClasses | None, metrics: bool
         "stacks": stacks,
         "metric_names": (list(METRICS) + (["importance"] if importance is not None else [])) if metrics else [],
     }
+
+
+def _ranges(ids: list[int]) -> str:
+    """``0, 2-5`` for ``[0, 2, 3, 4, 5]``."""
+    out: list[str] = []
+    for i in ids:
+        if out and out[-1].split("\u2013")[-1] == str(i - 1):
+            out[-1] = out[-1].split("\u2013")[0] + "\u2013" + str(i)
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
+
+def _add_pooled(
+    entry: dict[str, Any],
+    att: torch.Tensor,
+    result: AttentionResult,
+    cap: ExplorerCapture,
+    which: str,
+    metrics: bool,
+    classes: HeadClasses | None,
+) -> None:
+    """Merge the pooled layers of ``which`` into the stack's page data (layers in model order).
+
+    A pooled layer's head is drawn as its block means: block sum / query rows of the block, the share of one
+    query's attention that goes to each key block (quantised per row like full weights). ``entry["pooled"]``
+    gives per layer (index into ``layer_ids``) whether it is pooled, its matrix sides, where its rows start
+    in ``steps``, the block edges (token positions) and the note the page shows.
+    """
+    ps = cap.pooled[which]
+    full_ids = list(result.layer_ids)
+    full_packed, full_steps = _encode_parts(att)  # [Lf, H, Q]
+    q_edges, k_edges = ps.q_edges.numpy(), ps.k_edges.numpy()
+    rows = np.diff(q_edges).astype(np.float64)
+    means = ps.sums / torch.from_numpy(rows)[None, None, :, None]
+    pooled_packed, pooled_steps = _encode_parts(means.float())
+    layer_ids = sorted(set(full_ids) | set(ps.layer_ids))
+    levels, steps, flags, nqs, nks, bases = [], [], [], [], [], []
+    base = 0
+    for lid in layer_ids:
+        if lid in full_ids:
+            k = full_ids.index(lid)
+            levels.append(full_packed[k]); steps.append(full_steps[k]); flags.append(False)
+            nqs.append(int(att.shape[-2])); nks.append(int(att.shape[-1]))
+        else:
+            k = ps.layer_ids.index(lid)
+            levels.append(pooled_packed[k]); steps.append(pooled_steps[k]); flags.append(True)
+            nqs.append(len(q_edges) - 1); nks.append(len(k_edges) - 1)
+        bases.append(base)
+        base += int(steps[-1].size)
+    nh = int(ps.sums.shape[1])
+    head_ids = entry["head_ids"] or list(range(nh))
+    q_size, k_size = int(q_edges[1] - q_edges[0]), int(k_edges[1] - k_edges[0])
+    pooled_ids = [i for i, f in zip(layer_ids, flags) if f]
+    full_shown = [i for i, f in zip(layer_ids, flags) if not f]
+    size = f"{q_size} token{'s' * (q_size != 1)}" if q_size == k_size else f"{q_size} x {k_size} tokens"
+    note = (
+        f"Long input: the full attention of every layer does not fit the memory budget ({cap.budget.describe()}). "
+        f"Layer{'s' * (len(pooled_ids) != 1)} {_ranges(pooled_ids)} {'are' if len(pooled_ids) != 1 else 'is'} "
+        f"pooled: each head is drawn as {len(q_edges) - 1} x {len(k_edges) - 1} blocks of {size} (a cell is the "
+        "share of one query's attention that goes to the key block, averaged over the block's queries; axes are "
+        "token positions). "
+        + (f"Token-level weights: layer{'s' * (len(full_shown) != 1)} {_ranges(full_shown)}. " if full_shown
+           else "No layer has token-level weights (view TEXT --layers L keeps chosen layers in full). ")
+        + "The head view, word level, hiding special tokens, the pair filter and rollout need token-level weights, "
+        "so they are off for pooled layers. Metrics of every head come from the exact weights, measured block by block."
+    )
+    entry.update({
+        "layer_ids": layer_ids,
+        "head_ids": head_ids,
+        "levels": levels,
+        "steps": _pack(np.ascontiguousarray(np.concatenate([s.reshape(-1) for s in steps]), dtype="<f4").tobytes()),
+        "pooled": {
+            "layers": flags, "nq": nqs, "nk": nks, "step_base": bases,
+            "q_edges": q_edges.tolist(), "k_edges": k_edges.tolist(), "q_block": q_size, "k_block": k_size,
+            "note": note,
+        },
+    })
+    table = cap.tables.get(which)
+    if metrics and table is not None and not table.empty:
+        t = table.set_index(["layer", "head"])
+        values = np.array([[float(t.loc[(l, h), m]) for m in METRICS] for l in layer_ids for h in head_ids])
+        values = np.where(np.isfinite(values), values, 0.0)
+        entry["metrics"] = {"columns": list(METRICS), "values": np.round(values, 6).tolist()}
+    entry["classes"] = _classes(classes, layer_ids, head_ids) if which == "self" else None
 
 
 def _script_json(data: Any) -> str:
@@ -249,6 +353,7 @@ def explorer_html(
     rollout: bool = True,
     title: str | None = None,
     importance: pd.DataFrame | None = None,
+    pooled: ExplorerCapture | None = None,
 ) -> str:
     """The explorer page of ``result`` as one HTML string (UTF-8 text, fully offline).
 
@@ -258,12 +363,17 @@ def explorer_html(
     leaves out the precomputed rollout (it is also left out when the captured layers are not consecutive).
     ``importance`` (a :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds an
     ``importance`` column to the metrics view, next to the pattern metrics.
+    ``pooled`` (a :class:`~hf_attn_inspect.runs.long_inputs.ExplorerCapture` of a long input, whose ``result``
+    this is) adds its pooled layers, drawn as block heatmaps with a note saying so, every head's metrics
+    from its block-by-block statistics, and leaves the rollout out.
     """
     if not isinstance(result, AttentionResult):
         raise InputError(f"explorer needs an AttentionResult, got {type(result).__name__}")
     if result.seq_len == 0:
         raise InputError("the result has no tokens")
-    data = _script_json(_payload(result, classes, metrics, rollout, importance))
+    if result.num_layers == 0 and not (pooled and pooled.pooled):
+        raise InputError("the result has no layers to draw")
+    data = _script_json(_payload(result, classes, metrics, rollout, pooled, importance))
     js = _static("explorer.js")
     if "</script" in js.lower() or "<!--" in js:
         raise OutputError("explorer.js must not contain '</script' or '<!--'")
@@ -284,10 +394,12 @@ def write_explorer(
     rollout: bool = True,
     title: str | None = None,
     importance: pd.DataFrame | None = None,
+    pooled: ExplorerCapture | None = None,
 ) -> Path:
     """Write :func:`explorer_html` of ``result`` (same options) to ``path`` atomically (temporary file,
     then rename); returns the path."""
-    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title, importance=importance)
+    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title, importance=importance,
+                         pooled=pooled)
     return write_text(page, path)
 
 

@@ -13,7 +13,7 @@
     stack: stackNames[0], layer: 0, heads: [0], focus: 0, average: false, rollout: false,
     hideSpecial: false, level: "token", pair: "all", dark: false,
     /* long inputs open on the matrix (a 512-token head view is 9000 px tall) */
-    view: DATA.stacks[stackNames[0]].nq > 150 ? "matrix" : "head",
+    view: DATA.stacks[stackNames[0]].nq > 150 || DATA.stacks[stackNames[0]].pooled ? "matrix" : "head",
     colour: DATA.stacks[stackNames[0]].nq > 64 ? "sqrt" : "linear",
     metric: DATA.metric_names.length ? DATA.metric_names[0] : null,
   };
@@ -52,14 +52,78 @@
   async function matrix(stack, kind, l, h) {
     const S = DATA.stacks[stack];
     const [q, st] = await Promise.all([levels(stack, kind, l, h), steps(stack, kind)]);
-    const nq = S.nq, nk = S.nk;
-    const base = kind === "rollout" ? l * nq : (l * S.head_ids.length + h) * nq;
+    const g = layerGeom(S, l);
+    const nq = g.nq, nk = g.nk;
+    const base = kind === "rollout" ? l * nq : g.base + h * nq;
     const out = new Float32Array(nq * nk);
     for (let i = 0; i < nq; i++) {
       const s = st[base + i], o = i * nk;
       for (let j = 0; j < nk; j++) out[o + j] = q[o + j] * s;
     }
     return out;
+  }
+
+  // ----------------------------------------------------------- pooled layers
+  /* Long inputs (view above the memory budget): some layers hold block means of at most 256 x 256 blocks
+     per head instead of token-level weights (S.pooled, see views/explorer.py _add_pooled). */
+  function layerGeom(S, l) {
+    if (!S.pooled) return { nq: S.nq, nk: S.nk, base: l * S.head_ids.length * S.nq, pooled: false };
+    const P = S.pooled;
+    return { nq: P.nq[l], nk: P.nk[l], base: P.step_base[l], pooled: P.layers[l] };
+  }
+  function isPooled(stack, l) {
+    const S = DATA.stacks[stack];
+    return !!(S.pooled && S.pooled.layers[l]);
+  }
+  function blockAxis(edges) {
+    const labels = [];
+    for (let i = 0; i + 1 < edges.length; i++) {
+      labels.push(edges[i + 1] - edges[i] > 1 ? edges[i] + "\u2013" + (edges[i + 1] - 1) : String(edges[i]));
+    }
+    return { idx: labels.map((_, i) => i), labels, special: labels.map(() => false) };
+  }
+  function projectPooled(m) {
+    const S = DATA.stacks[state.stack], g = layerGeom(S, state.layer);
+    let vmax = 0;
+    for (let i = 0; i < m.length; i++) if (m[i] > vmax) vmax = m[i];
+    return { nr: g.nq, nc: g.nk, data: m, vmax, rows: blockAxis(S.pooled.q_edges), cols: blockAxis(S.pooled.k_edges), pooled: true };
+  }
+  function pooledLabel(stack, l) {
+    return isPooled(stack, l) ? " (pooled)" : "";
+  }
+  function syncPooledControls() {
+    const S = DATA.stacks[state.stack];
+    const note = $("pooled-note");
+    note.textContent = S.pooled ? S.pooled.note : "";
+    note.classList.toggle("hidden", !S.pooled);
+    const off = isPooled(state.stack, state.layer);
+    const why = off ? "needs token-level weights; this layer is pooled" : "";
+    for (const id of ["level", "hide-special", "pair"]) {
+      const el = $(id);
+      el.disabled = off || (id === "pair" && !hasPair());
+      el.title = why;
+    }
+    if (!S.rollout) $("rollout").title = S.pooled ? "needs token-level weights of consecutive layers; pooled layers have none" : "";
+  }
+  function renderPooledHead() {
+    $("hv-left").textContent = ""; $("hv-right").textContent = "";
+    const canvas = $("hv-canvas");
+    canvas.height = 20; canvas.style.height = "20px";
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    canvas.dataset.lines = "0";
+    const msg = document.createElement("div");
+    msg.className = "pooled-msg";
+    msg.textContent = layerName() + " is pooled: the head view draws a line per token pair and needs token-level " +
+      "weights. Open the matrix or model view for this layer's blocks" +
+      (DATA.stacks[state.stack].pooled.layers.some((p) => !p) ? ", or pick a layer without \u201c(pooled)\u201d." : ".");
+    $("hv-left").appendChild(msg);
+    canvas.dataset.drawn = layerName() + " pooled";
+  }
+  function pooledHoverText(P, r, c, v) {
+    const S = DATA.stacks[state.stack];
+    const qe = S.pooled.q_edges, ke = S.pooled.k_edges;
+    return "query tokens " + qe[r] + "\u2013" + (qe[r + 1] - 1) + " \u2192 key tokens " + ke[c] + "\u2013" + (ke[c + 1] - 1) +
+      ": mean share " + v.toPrecision(4) + " (pooled block)";
   }
 
   // -------------------------------------------------------------- projection
@@ -96,7 +160,13 @@
     return state.stack === "self" && DATA.has_pair;
   }
   /* The visible sub-matrix of a full [nq, nk] token matrix, after word merge and the filters. */
+  function projectLayer(m, l) {
+    const keep = state.layer;
+    state.layer = l;
+    try { return project(m); } finally { state.layer = keep; }
+  }
   function project(m) {
+    if (isPooled(state.stack, state.layer)) return projectPooled(m);
     const S = DATA.stacks[state.stack];
     const qa = axis(state.stack, "q_axis"), ka = axis(state.stack, "k_axis");
     const word = state.level === "word";
@@ -264,6 +334,7 @@
     canvas.dataset.lines = String(drawn);
   }
   async function renderHead(gen) {
+    if (isPooled(state.stack, state.layer)) return renderPooledHead();
     const sel = await selection(false);
     if (gen !== generation) return;
     headViewItems = sel.map((s) => { const P = project(s.m); return { head: s.head, name: s.name, P, rowMax: rowMaxima(P) }; });
@@ -307,7 +378,8 @@
     labels($("mx-cols"), P.cols, cell, "col", canvas.width);
     $("mx-legend").textContent = layerName() + ", " + sel[0].name + (state.level === "word" ? ", word level" : "") +
       ": colour " + (state.colour === "sqrt" ? "\u221a-scaled" : "linear") + " from 0 to " + P.vmax.toFixed(4) +
-      " (row: query, column: key)";
+      (P.pooled ? " (pooled: row: block of query tokens, column: block of key tokens, labels are token positions)"
+        : " (row: query, column: key)");
     canvas.dataset.drawn = layerName() + " " + sel[0].name;
   }
   function labels(el, ax, cell, kind, extent) {
@@ -332,7 +404,7 @@
   function setInfo(text, attrs) {
     const el = $("hover-info");
     el.textContent = text || "\u00a0";
-    for (const k of ["row", "col", "value"]) delete el.dataset[k];
+    for (const k of ["row", "col", "value", "pooled"]) delete el.dataset[k];
     if (attrs) Object.assign(el.dataset, attrs);
   }
   function onMatrixHover(ev) {
@@ -344,6 +416,7 @@
     if (r < 0 || c < 0 || r >= P.nr || c >= P.nc) return; /* sub-pixel edge: keep the last cell */
     const v = P.data[r * P.nc + c];
     const qi = P.rows.idx[r], ki = P.cols.idx[c];
+    if (P.pooled) return setInfo(pooledHoverText(P, r, c, v), { row: String(qi), col: String(ki), value: String(v), pooled: "1" });
     setInfo("query " + JSON.stringify(P.rows.labels[qi]) + " [" + qi + "] \u2192 key " + JSON.stringify(P.cols.labels[ki]) +
       " [" + ki + "]: " + v.toPrecision(4), { row: String(qi), col: String(ki), value: String(v) });
   }
@@ -379,12 +452,12 @@
     const canvases = [];
     for (let l = 0; l < S.layer_ids.length; l++) {
       const d = document.createElement("div");
-      d.className = "lab"; d.textContent = "layer " + S.layer_ids[l];
+      d.className = "lab"; d.textContent = "layer " + S.layer_ids[l] + pooledLabel(state.stack, l);
       grid.appendChild(d);
       for (let h = 0; h < H; h++) {
         const c = document.createElement("canvas");
         c.width = 72; c.height = 72;
-        c.title = "layer " + S.layer_ids[l] + ", head " + S.head_ids[h] + " (click to open)";
+        c.title = "layer " + S.layer_ids[l] + ", head " + S.head_ids[h] + pooledLabel(state.stack, l) + " (click to open)";
         c.dataset.layer = String(l); c.dataset.head = String(h);
         if (l === state.layer && state.heads.includes(h)) c.classList.add("sel");
         c.addEventListener("click", () => {
@@ -398,7 +471,7 @@
     for (const [c, l, h] of canvases) {
       const m = await matrix(state.stack, "head", l, h);
       if (gen !== generation) return;
-      paint(c, pool(project(m), 72), 72, 72);
+      paint(c, pool(projectLayer(m, l), 72), 72, 72);
       c.dataset.drawn = "1";
       if (h === H - 1) await new Promise((res) => setTimeout(res, 0));
     }
@@ -528,7 +601,7 @@
     $("stack").value = state.stack;
     const ls = $("layer");
     ls.textContent = "";
-    S.layer_ids.forEach((id, i) => option(ls, i, String(id)));
+    S.layer_ids.forEach((id, i) => option(ls, i, String(id) + pooledLabel(state.stack, i)));
     ls.value = String(state.layer);
     const hs = $("heads");
     hs.textContent = "";
@@ -566,6 +639,7 @@
   }
   async function render() {
     const gen = ++generation;
+    syncPooledControls();
     document.body.dataset.rendering = "1";
     setInfo("");  /* a hover line describes what was drawn before: never keep it across a redraw */
     try {
