@@ -10,6 +10,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per core across the xdist workers: OpenMP threads of two workers sharing a core wait
+# for each other at every barrier (several times slower than one thread each). Subprocesses (CLI,
+# notebooks, torchrun) inherit the variable.
+_THREADS = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
@@ -23,7 +28,7 @@ if not torch.cuda.is_available():
 import tiny_models  # noqa: E402
 from hf_attn_inspect import AttentionInspector  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(min(2, _THREADS))
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -198,6 +198,15 @@ def test_head_groups_in_threads_equal_one_thread(monkeypatch):
              dict(mask=bias, q_tile=16, k_tile=16), dict(causal=True, window=5, special=valid)]
     serial = [attention_row_stats(q, k, **kw) for kw in calls]
     monkeypatch.setattr(kernels, "_PARALLEL_MIN", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the split needs more than one thread (the suite may run single-threaded)
+    try:
+        _threads_equal_serial(kernels, q, k, calls, serial, monkeypatch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads_equal_serial(kernels, q, k, calls, serial, monkeypatch):
     if torch.backends.openmp.is_available() and torch.get_num_threads() > 1:
         assert kernels._stats_workers(q, k, None) == min(4, torch.get_num_threads())
     threads = torch.get_num_threads()

@@ -109,7 +109,7 @@ def test_16k_tokens_on_cpu_without_any_t_by_t_tensor(tiny_dir, tmp_path):
     out = tmp_path / "report"
     # glibc would otherwise keep freed 16 MB tiles in its heap (seen: 0.6 vs 1.8 GiB peak RSS for the same
     # run); serving them with mmap makes the peak RSS measure live memory, not the allocator's cache
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2",
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ["OMP_NUM_THREADS"],
                MALLOC_MMAP_THRESHOLD_="1048576")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "memory_guard.py"), "long", str(doc), "--model", str(model),
