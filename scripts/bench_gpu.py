@@ -170,7 +170,7 @@ def _statistics_run(inspector, batch) -> Callable[[], object]:
 
 
 def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) -> None:
-    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.recorders import WeightsRecorder
     from hf_attn_inspect.runs.dataset import SentenceStatsProbe
     from hf_attn_inspect.stats.metrics import sentence_metrics
 
@@ -196,7 +196,7 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
             probe.per_sentence()
 
         def materialised() -> None:
-            probe = WeightsProbe()
+            probe = WeightsRecorder()
             inspector.run(batch, probe)
             w = torch.stack([probe.weights["self"][i] for i in sorted(probe.weights["self"])], 1)
             sentence_metrics(w, valid)

@@ -35,10 +35,10 @@ TEXTS_64 = [f"{s} ({i})" if i >= 16 else s for i, s in enumerate((SENTENCES + EX
 def test_head_metrics_on_one_captured_batch_tensor(inspector, results_64):
     """The engine path: one padded batch of 64 captured as [B, L, H, T, T] with its mask, no per-sentence work,
     gives the same table as the list of results."""
-    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.recorders import WeightsRecorder
 
     batch = inspector.encode(TEXTS_64)
-    probe = WeightsProbe()
+    probe = WeightsRecorder()
     inspector.run(batch, probe)
     weights = torch.stack([probe.weights["self"][l] for l in range(6)], 1)  # [B, L, H, T, T]
     assert weights.shape[0] == 64 and not batch.valid.all()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hf_attn_inspect import AttentionInspector, CaptureError, InputError
-from hf_attn_inspect.capture.interface import Probe, use_implementation
+from hf_attn_inspect.capture.interface import use_implementation
+from hf_attn_inspect.capture.recorders import Recorder
 from conftest import SENTENCES
 
 FAMILIES = ["bert", "sdpa_bert", "gpt2", "llama", "bart", "deberta"]
@@ -53,11 +54,11 @@ def test_padded_batch_equals_eager_alone(family, tiny_model, tiny_tokenizer):
 
 
 def test_padding_keys_are_exactly_zero_inside_the_batch(tiny_model, tiny_tokenizer):
-    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.recorders import WeightsRecorder
 
     inspector = AttentionInspector(tiny_model("llama"), tiny_tokenizer)
     batch = inspector.encode(SENTENCES)
-    probe = WeightsProbe()
+    probe = WeightsRecorder()
     inspector.run(batch, probe)
     w = probe.weights["self"][0]  # [B, H, T, T]
     valid = batch.valid
@@ -85,13 +86,15 @@ class _Boom(RuntimeError):
     pass
 
 
-class _FailingProbe(Probe):
+class _FailingProbe(Recorder):
     """Raises inside the forward pass, at the second attention layer, after the first has run."""
+
+    needs_weights = True
 
     def __init__(self):
         self.seen = 0
 
-    def record(self, site, weights):
+    def record(self, call):
         self.seen += 1
         if self.seen == 2:
             raise _Boom("planted failure inside the capture")

@@ -240,10 +240,10 @@ def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokeni
     """A 4096-token input (the tiny Llama's whole position range) through both paths, one layer kept."""
     ins = AttentionInspector(tiny_model("llama"), tiny_tokenizer)
     ids = torch.randint(1000, 30000, (1, 4096), generator=torch.Generator().manual_seed(0))
-    from hf_attn_inspect.capture.interface import WeightsProbe
+    from hf_attn_inspect.capture.recorders import WeightsRecorder
 
     batch = Batch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, texts=["x"])
-    weights_probe = WeightsProbe(layers=[1])
+    weights_probe = WeightsRecorder(layers=[1])
     ins.run(batch, weights_probe)
     w = weights_probe.weights["self"][1]  # [1, 4, T, T]
     valid = torch.ones(1, 4096, dtype=torch.bool)

@@ -13,7 +13,8 @@ from transformers.utils import ModelOutput
 
 from ..core.tokens import punctuation_table
 from .inputs import Batch
-from .interface import ATTENTION_NAME, Probe, Site, WeightsProbe, capture, use_implementation
+from .interface import OutputEdit, Probe, Site, capture, use_implementation
+from .recorders import Recorder, WeightsRecorder, as_probe
 from ..core.errors import CaptureError, InputError, MemoryBudgetError, MemoryExhaustedError, ModelLoadError
 from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, is_out_of_memory, memory_budget
 from .result import AttentionResult
@@ -254,18 +255,31 @@ class AttentionInspector:
         return encoding, truncated
 
     # ------------------------------------------------------------------- run
-    def run(self, batch: Batch, probe: Probe, *, implementation: str | None = None) -> ModelOutput:
-        """Run the model on ``batch`` with every attention call going to ``probe``; returns the model output.
+    def run(
+        self,
+        batch: Batch,
+        recorders: Recorder | Sequence[Recorder] | Probe,
+        *,
+        implementation: str | None = None,
+        grad: bool = False,
+        edits: Sequence[OutputEdit] = (),
+    ) -> ModelOutput:
+        """Run the model on ``batch`` with every attention call going to ``recorders``; returns the model output.
 
-        The model is put in eval mode and gradients are off for the call; its mode and attention
-        implementation are restored afterwards. Models that do not dispatch through transformers'
-        attention interface fall back to eager ``output_attentions=True`` and the probe's
-        :meth:`Probe.record` receives those weights; a model that yields no attention either way
-        raises :class:`CaptureError`. ``implementation`` names the registered function/mask pair to use
-        (see :func:`~hf_attn_inspect.capture.interface.passthrough_name`); by default the probe's own
-        ``implementation`` attribute when it has one (the streaming probe's builds no ``[T, T]`` mask),
-        else the exact eager-mask capture.
+        This is the one capture path of the package: every engine runs the model through it.
+        ``recorders`` are :class:`~hf_attn_inspect.capture.recorders.Recorder` objects composed into one
+        :class:`~hf_attn_inspect.capture.recorders.RecordingProbe` (a ready :class:`Probe` is used as it is).
+        The model is put in eval mode and gradients are off unless ``grad`` is True (gradient importance:
+        gates that require grad in ``edits``); its mode and attention implementation are restored afterwards.
+        ``edits`` (:class:`~hf_attn_inspect.capture.interface.OutputEdit`) change heads' outputs for this run
+        (ablation, gates). Models that do not dispatch through transformers' attention interface fall back
+        to eager ``output_attentions=True`` and the recorders receive those weights; a model that yields no
+        attention either way raises :class:`CaptureError`. ``implementation`` names the registered
+        function/mask pair to use (see :func:`~hf_attn_inspect.capture.interface.passthrough_name`); by default
+        the recorders' own (the streaming recorder's builds no ``[T, T]`` mask), else the exact eager masks.
+        An allocation failure raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
         """
+        probe = as_probe(recorders)
         model = self.model
         inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
         was_training = model.training
@@ -273,17 +287,15 @@ class AttentionInspector:
         states = []
         failure = None
         try:
-            with torch.no_grad():
-                with capture(model, probe, implementation) as state:
+            with torch.set_grad_enabled(grad):
+                with capture(model, probe, implementation, edits=edits) as state:
                     states.append(state)
                     output = model(**inputs)
                 batch.causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:
                     output = self._run_eager_fallback(inputs, probe)
                     batch.causal_stacks = self._fallback_causal_stacks()
-            finish = getattr(probe, "finish", None)
-            if callable(finish):
-                finish()  # e.g. one device-to-host transfer for the whole batch
+            probe.finish()  # e.g. one device-to-host transfer for the whole batch
         except BaseException as exc:  # noqa: BLE001 - only allocation failures are translated
             if not is_out_of_memory(exc):
                 raise
@@ -299,7 +311,7 @@ class AttentionInspector:
         where = f"layer {site.layer}'s {site.stack} attention" if site is not None else "the model's forward pass"
         shape = f"{batch.size} x {batch.inputs['attention_mask'].shape[-1]} tokens"
         return (
-            f"out of memory while computing {where} ({type(probe).__name__}, {shape}) with {self.name}: {reason}; "
+            f"out of memory while computing {where} ({probe!r}, {shape}) with {self.name}: {reason}; "
             "keep fewer layers or heads, give a smaller max_memory / --max-memory so the estimate leaves more "
             "headroom, or measure without [T, T] memory (streaming statistics, the `long` command)"
         )
@@ -370,9 +382,9 @@ class AttentionInspector:
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
             self.check_budget(self.batch_estimate(batch, layer_list, head_list), budget, batch, layer_list, head_list)
-            probe = WeightsProbe(layer_list, head_list)
-            self.run(batch, probe)
-            results.extend(self._results(batch, probe, layer_list, head_list))
+            recorder = WeightsRecorder(layer_list, head_list)
+            self.run(batch, recorder)
+            results.extend(self._results(batch, recorder.weights, head_list))
         return results[0] if single else results
 
     # ---------------------------------------------------------------- memory
@@ -489,17 +501,14 @@ class AttentionInspector:
         heads, T_q, T_k]}}`` (a probe's ``weights``, e.g. :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe`
         with ``full=``); a stack with no kept layer gets a ``[0, heads, T_q, T_k]`` tensor, so the result still
         carries every stack's tokens. ``weights`` is emptied (its tensors move into the results)."""
-        shapes = self.stack_shapes(batch)
-        holder = WeightsProbe()
-        holder.weights = weights
-        return self._results(batch, holder, None, heads, shapes)
+        return self._results(batch, weights, heads, self.stack_shapes(batch))
 
-    def _results(self, batch: Batch, probe: WeightsProbe, layers, heads, shapes=None) -> list[AttentionResult]:
-        stacks = {name: _stack_layers(d) for name, d in probe.weights.items() if d}
+    def _results(self, batch: Batch, weights: dict[str, dict[int, torch.Tensor]], heads, shapes=None) -> list[AttentionResult]:
+        stacks = {name: _stack_layers(d) for name, d in weights.items() if d}
         for name, (_, nh, tq, tk) in (shapes or {}).items():
             if name not in stacks:
                 stacks[name] = ([], torch.zeros(0, batch.size, nh, tq, tk))
-        probe.weights.clear()  # the per-layer tensors are in the stacks now; free them before the results' copies
+        weights.clear()  # the per-layer tensors are in the stacks now; free them before the results' copies
         main = stacks.get("self") if "self" in stacks else stacks.get("encoder")
         if main is None:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")

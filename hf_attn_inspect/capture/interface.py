@@ -5,9 +5,11 @@ and builds its masks through ``ALL_MASK_ATTENTION_FUNCTIONS`` under the same nam
 function, :func:`_attention_function`, under :data:`ATTENTION_NAME` together with ``eager_mask`` (without
 the mask function the model silently passes ``attention_mask=None``: padding and causal masks vanish).
 While a capture runs, every attention layer calls it with its post-RoPE query and key; it hands them to
-the active :class:`Probe`, which computes the layer's output and keeps what it needs (full weights, or
-only statistics). Everything else in the package (inspect, verify, analysis, batch, compare, the HTML
-explorer) reads what a probe collected, so there is exactly one way attention is obtained.
+the active :class:`Probe` (a run's :class:`~hf_attn_inspect.capture.recorders.RecordingProbe`, which computes
+the layer once and gives it to the run's recorders). Everything else in the package (inspect, verify,
+analysis, batch, compare, importance, the HTML explorer) runs through
+:meth:`~hf_attn_inspect.capture.inspector.AttentionInspector.run` and reads what its recorders kept, so there
+is exactly one way attention is obtained.
 
 The model's own attention implementation is swapped only for the duration of a call and restored
 afterwards, also on error.
@@ -34,7 +36,6 @@ __all__ = [
     "Site",
     "Probe",
     "OutputEdit",
-    "WeightsProbe",
     "capture",
     "attention_implementation",
     "use_implementation",
@@ -85,6 +86,9 @@ class Probe:
         self.record(site, weights)
         return output, weights
 
+    def __repr__(self) -> str:
+        return type(self).__name__
+
     def record(self, site: Site, weights: torch.Tensor) -> None:
         """Receive one call's weights ``[batch, heads, query, key]`` (float32, padding still included)."""
 
@@ -103,26 +107,6 @@ class OutputEdit:
     def apply(self, site: Site, output: torch.Tensor) -> torch.Tensor:
         """The edited output of one attention call (the base class returns it unchanged)."""
         return output
-
-
-class WeightsProbe(Probe):
-    """Keeps the weights of the chosen layers and heads as float32 CPU tensors, per stack and layer.
-
-    ``weights[stack][layer]`` is ``[batch, len(heads), query, key]``; ``layers``/``heads`` of ``None``
-    keep all of them.
-    """
-
-    def __init__(self, layers: list[int] | None = None, heads: list[int] | None = None) -> None:
-        self.layers = None if layers is None else set(layers)
-        self.heads = heads
-        self.weights: dict[str, dict[int, torch.Tensor]] = {}
-
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        if self.layers is not None and site.layer not in self.layers:
-            return
-        if self.heads is not None:
-            weights = weights[:, self.heads]
-        self.weights.setdefault(site.stack, {})[site.layer] = weights.detach().to("cpu", torch.float32)
 
 
 class _CaptureState:

@@ -1,0 +1,204 @@
+"""Recorders: small pieces that each keep one kind of thing from every attention call of a run.
+
+A run of :meth:`~hf_attn_inspect.capture.inspector.AttentionInspector.run` hands every attention call of the
+model to one :class:`RecordingProbe`, which composes the run's recorders:
+
+1. it builds one :class:`AttentionCall` (site, module, post-RoPE query/key, value, mask, scaling);
+2. it computes the layer's output once: by the one recorder that computes attention itself (``computes``:
+   streamed row statistics, row blocks of a long input, a fused kernel), else with the reference kernel
+   when any recorder needs the weights, else with torch's fused attention (no weights);
+3. it gives the call, now holding ``output`` (each head's output before the output projection) and
+   ``weights`` (or None), to every other recorder's :meth:`Recorder.record`.
+
+So a run that keeps weights, values and per-head contributions computes attention once, and a new measure
+is a new recorder, not a new probe. Recorders of this module keep what any engine may ask for
+(:class:`WeightsRecorder`); the value, head-output and contribution recorders live in
+:mod:`hf_attn_inspect.capture.contributions`, the pooled one in :mod:`hf_attn_inspect.capture.pooled`, and the
+engines' statistics recorders next to their engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..core.errors import CaptureError
+from ..core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
+from .interface import Probe, Site
+
+__all__ = ["AttentionCall", "Recorder", "RecordingProbe", "WeightsRecorder", "as_probe"]
+
+
+@dataclass
+class AttentionCall:
+    """One attention call as a recorder sees it.
+
+    ``query`` is ``[batch, heads, T_q, head_dim]`` (after RoPE), ``key``/``value`` ``[batch, kv_heads, T_k,
+    head_dim]`` (``kv_heads`` may be fewer than ``heads``: grouped-query attention; repeat them with
+    :func:`~hf_attn_inspect.core.kernels.repeat_kv`), ``mask`` the model's mask (an additive float ``[batch, 1,
+    T_q, T_k]`` tensor from ``eager_mask``, a lazy mask for the pooled and streamed paths, or None). After the
+    probe computed the layer, ``output`` is ``[batch, heads, T_q, head_dim]`` (each head's output before the
+    output projection, padding rows included) and ``weights`` the float32 ``[batch, heads, T_q, T_k]`` weights
+    when some recorder needed them, else None. On the eager fallback (models that do not dispatch through
+    transformers' attention interface) only ``site`` and ``weights`` are set and ``module`` is None.
+    """
+
+    site: Site
+    module: torch.nn.Module | None = None
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    mask: Any = None
+    scaling: float | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    @property
+    def softcap(self) -> float | None:
+        """The model's logit soft-capping (Gemma 2), None without it."""
+        return self.kwargs.get("softcap")
+
+    @property
+    def causal(self) -> bool:
+        """True when the calling module is causal (decoder self-attention)."""
+        return bool(getattr(self.module, "is_causal", False))
+
+
+class Recorder:
+    """Keeps one kind of thing from every attention call of a run (see the module docstring).
+
+    Subclasses set ``needs_weights`` when :meth:`record` reads ``call.weights``; a recorder that computes the
+    layer itself overrides :meth:`compute` (at most one such recorder per run) and may name the mask
+    ``implementation`` it needs (a registered name whose mask function builds, e.g., lazy masks). :meth:`finish`
+    runs once after the forward pass (move results to the host, reduce pending device buffers).
+    """
+
+    #: True when :meth:`record` needs the full weights of every call it keeps.
+    needs_weights: bool = False
+    #: The registered attention/mask implementation this recorder needs (None: the eager masks).
+    implementation: str | None = None
+
+    @property
+    def computes(self) -> bool:
+        """True when this recorder computes the attention output itself (it overrides :meth:`compute`)."""
+        return type(self).compute is not Recorder.compute
+
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(output [batch, heads, T_q, head_dim], weights or None)`` for ``call``; only recorders that
+        compute attention themselves override it, and their :meth:`record` is then not called on the same call."""
+        raise NotImplementedError
+
+    def record(self, call: AttentionCall) -> None:
+        """Take what this recorder keeps from one computed call."""
+
+    def finish(self) -> None:
+        """Called once after the forward pass."""
+
+
+class RecordingProbe(Probe):
+    """The one probe of a run: computes each attention call once and hands it to every recorder.
+
+    ``recorders`` are the run's :class:`Recorder` objects; at most one may compute attention itself. Its
+    ``implementation`` (when set) is the mask implementation of the run.
+    """
+
+    def __init__(self, recorders: Sequence[Recorder]) -> None:
+        self.recorders = list(recorders)
+        computing = [r for r in self.recorders if r.computes]
+        if len(computing) > 1:
+            names = ", ".join(type(r).__name__ for r in computing)
+            raise CaptureError(f"one run can have one recorder that computes attention, got {names}")
+        self.computing = computing[0] if computing else None
+        self.others = [r for r in self.recorders if r is not self.computing]
+        self.needs_weights = any(r.needs_weights for r in self.others)
+        impl = {r.implementation for r in self.recorders if r.implementation}
+        if len(impl) > 1:
+            raise CaptureError(f"the recorders of one run need different mask implementations: {', '.join(sorted(impl))}")
+        self.implementation = impl.pop() if impl else None
+
+    def __repr__(self) -> str:
+        return " + ".join(type(r).__name__ for r in self.recorders) or "RecordingProbe"
+
+    def attend(
+        self,
+        site: Site,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        call = AttentionCall(site, module, query, key, value, mask, scaling, kwargs)
+        if self.computing is not None:
+            call.output, call.weights = self.computing.compute(call)
+        elif self.needs_weights:
+            call.output, call.weights = scaled_dot_product_attention_with_weights(
+                query, key, value, mask, scale=scaling, softcap=call.softcap
+            )
+        else:
+            call.output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=call.softcap)
+        for recorder in self.others:
+            recorder.record(call)
+        return call.output, call.weights
+
+    def record(self, site: Site, weights: torch.Tensor) -> None:
+        """Eager fallback: the model's own weights of one layer go to every recorder."""
+        call = AttentionCall(site, weights=weights)
+        for recorder in self.recorders:
+            recorder.record(call)
+
+    def finish(self) -> None:
+        for recorder in self.recorders:
+            recorder.finish()
+
+
+def as_probe(recorders: Recorder | Sequence[Recorder] | Probe) -> Probe:
+    """The probe of a run: a :class:`Probe` as it is, else a :class:`RecordingProbe` of the recorder(s)."""
+    if isinstance(recorders, Probe):
+        return recorders
+    if isinstance(recorders, Recorder):
+        return RecordingProbe([recorders])
+    return RecordingProbe(list(recorders))
+
+
+class WeightsRecorder(Recorder):
+    """Keeps the weights of the chosen stacks, layers and heads as float32 CPU tensors.
+
+    ``weights[stack][layer]`` is ``[batch, len(heads), T_q, T_k]`` (padding rows and columns included; the
+    inspector cuts each text to its own tokens); ``stacks``/``layers``/``heads`` of ``None`` keep all of them.
+    ``device`` keeps them on another device (``None``: the model's, e.g. for a comparison on the GPU).
+    """
+
+    needs_weights = True
+
+    def __init__(
+        self,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        *,
+        stacks: Sequence[str] | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        self.layers = None if layers is None else set(layers)
+        self.heads = None if heads is None else list(heads)
+        self.stacks = None if stacks is None else set(stacks)
+        self.device = device
+        self.weights: dict[str, dict[int, torch.Tensor]] = {}
+
+    def wants(self, site: Site) -> bool:
+        """True when ``site``'s stack and layer are kept."""
+        return (self.layers is None or site.layer in self.layers) and (self.stacks is None or site.stack in self.stacks)
+
+    def record(self, call: AttentionCall) -> None:
+        if not self.wants(call.site):
+            return
+        weights = call.weights if self.heads is None else call.weights[:, self.heads]
+        weights = weights.detach().float()
+        if self.device is not None:
+            weights = weights.to(self.device)
+        self.weights.setdefault(call.site.stack, {})[call.site.layer] = weights
