@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-from .options import (add_max_length_option, add_model_options, add_output_options, add_quiet_option, check_common,
+from .options import (add_data_options, add_model_options, add_output_options, add_quiet_option, check_data_options,
                       examples, show_progress)
 
 
@@ -25,18 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_model_options(p)
-    p.add_argument("--dataset", "-d", default=None,
-                   help="Hub dataset name or local CSV/JSON/JSONL/Parquet/text file or folder "
-                        "(default: the sample shipped with the package)")
-    p.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
-    p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
-    p.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
-    p.add_argument("--limit", type=int, default=None, help="analyse only the first N rows")
-    p.add_argument("--streaming", action="store_true",
-                   help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
-    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
-    add_max_length_option(p)
-    p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
+    add_data_options(p, batch_size=64)
     p.add_argument("--out", "-o", required=True, help="output directory")
     add_output_options(p, resume=True)
     add_quiet_option(p)
@@ -44,15 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.errors import InputError
     from ..core.files import check_output_dir
     from ..runs.sources import load_dataset_texts
 
-    check_common(args)
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be at least 1")
+    check_data_options(args)
     check_output_dir(args.out)
     # Check the dataset before loading the model: a wrong column fails in a second.
     load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit,

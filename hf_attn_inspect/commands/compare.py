@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (add_device_options, add_max_length_option, add_output_options, add_quiet_option, check_common,
+from .options import (add_data_options, add_device_options, add_output_options, add_quiet_option, check_data_options,
                       examples, show_progress)
 
 
@@ -24,17 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_b", help="model B: Hub name or local checkpoint directory ('default' = the embedded model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", "-t", action="append", default=None, help="a text to compare on (repeatable)")
-    src.add_argument("--dataset", "-d", default=None,
-                     help="Hub dataset or local CSV/JSON/JSONL/Parquet/text file or folder (default: the shipped sample)")
-    p.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
-    p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
-    p.add_argument("--column", default="text", help="text column, or two separated by a comma for sentence pairs")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
-    p.add_argument("--streaming", action="store_true",
-                   help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
-    p.add_argument("--batch-size", type=int, default=16, help="texts per padded batch (default 16)")
-    p.add_argument("--shard-size", type=int, default=2048, help="rows per resumable shard (default 2048)")
-    add_max_length_option(p)
+    add_data_options(p, batch_size=16, dataset_into=src)
     p.add_argument("--stack", default=None, choices=["self", "encoder", "decoder"],
                    help="which attention of encoder-decoder models (default: encoder)")
     p.add_argument("--top", type=int, default=4, help="number of most-changed heads drawn as diff heatmaps (default 4)")
@@ -50,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.files import check_output_dir
     from ..runs.sources import load_dataset_texts
 
-    check_common(args)
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise InputError(f"--batch-size and --shard-size must be at least 1, got {args.batch_size}, {args.shard_size}")
+    check_data_options(args)
     if args.top < 0:
         raise InputError(f"--top must be 0 or more, got {args.top}")
     if args.text is not None and all(not t.strip() for t in args.text):

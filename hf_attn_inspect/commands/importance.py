@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (add_max_length_option, add_model_options, add_output_options, add_quiet_option, check_common,
+from .options import (add_data_options, add_model_options, add_output_options, add_quiet_option, check_data_options,
                       examples, show_progress)
 
 
@@ -26,14 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_options(p)
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to score on (instead of --dataset)")
-    p.add_argument("--dataset", "-d", default=None,
-                   help="Hub dataset name or local CSV/JSON/JSONL/Parquet/text file or folder "
-                        "(default without TEXT: the sample shipped with the package)")
-    p.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
-    p.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
-    p.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
+    add_data_options(p, batch_size=32, streaming=False)
     p.add_argument("--label-column", default=None, help="label column (sequence classification: loss and accuracy)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     p.add_argument("--method", choices=["ablation", "gradient"], default="ablation",
                    help="ablation: objective change when the head is removed (default); gradient: |dL/d gate|")
     p.add_argument("--ablate", choices=["zero", "mean"], default="zero",
@@ -44,9 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="share of heads removed per pruning-curve step (default 0.1)")
     p.add_argument("--reestimate", action="store_true", help="recompute importance after each pruning step")
     p.add_argument("--no-pruning", action="store_true", help="skip the pruning curve")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward pass (default 32)")
-    add_max_length_option(p)
-    p.add_argument("--shard-size", type=int, default=2048, help="rows per saved shard (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the masked-LM masking (default 0)")
     p.add_argument("--out", "-o", required=True, help="output directory")
     add_output_options(p, resume=True)
@@ -63,11 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.texts and args.dataset is not None:
         raise InputError("give texts or --dataset, not both")
-    check_common(args)
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be at least 1")
+    check_data_options(args)
     if not 0 < args.prune_step <= 1:
         raise InputError(f"--prune-step must be in (0, 1], got {args.prune_step}")
     check_output_dir(args.out)

@@ -19,12 +19,14 @@ if TYPE_CHECKING:  # the model stack is imported only when a command runs, so --
     from ..capture.inspector import AttentionInspector
 
 __all__ = [
+    "add_data_options",
     "add_device_options",
     "add_max_length_option",
     "add_model_options",
     "add_output_options",
     "add_quiet_option",
     "check_common",
+    "check_data_options",
     "examples",
     "load_inspector",
     "show_progress",
@@ -45,6 +47,45 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     add_device_options(parser)
     parser.add_argument("--revision", default=None, help="model revision on the Hub")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code")
+
+
+def add_data_options(
+    parser: argparse.ArgumentParser,
+    *,
+    batch_size: int,
+    dataset_into: argparse._ActionsContainer | None = None,
+    streaming: bool = True,
+) -> None:
+    """Add the dataset options of the dataset commands (batch, compare, importance): ``--dataset``, ``--config``,
+    ``--split``, ``--column``, ``--limit``, ``--streaming`` (with ``streaming``), ``--batch-size`` (default
+    ``batch_size``), ``--max-length`` and ``--shard-size``. ``dataset_into`` is where ``--dataset`` goes (e.g. a
+    mutually exclusive group with ``--text``); :func:`check_data_options` checks their values."""
+    (dataset_into or parser).add_argument(
+        "--dataset", "-d", default=None,
+        help="Hub dataset name or local CSV/JSON/JSONL/Parquet/text file or folder (default: the sample shipped "
+        "with the package)")
+    parser.add_argument("--config", default=None, help="dataset configuration (Hub datasets)")
+    parser.add_argument("--split", default=None, help="dataset split (default: train, or the first one)")
+    parser.add_argument("--column", default="text", help="text column, or two columns 'A,B' for sentence pairs")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    if streaming:
+        parser.add_argument("--streaming", action="store_true",
+                            help="read the dataset as a stream (nothing downloaded or converted before the first batch)")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"sentences per forward pass (default {batch_size})")
+    add_max_length_option(parser)
+    parser.add_argument("--shard-size", type=int, default=2048, help="rows per saved, resumable shard (default 2048)")
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """Check the values of :func:`add_data_options`' flags and the shared ones (:func:`check_common`) before any
+    model or dataset is loaded: ``--limit``, ``--batch-size`` and ``--shard-size`` at least 1. Raises
+    :class:`InputError`."""
+    check_common(args)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1 or args.shard_size < 1:
+        raise InputError(f"--batch-size and --shard-size must be at least 1, got {args.batch_size}, {args.shard_size}")
 
 
 def add_max_length_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
