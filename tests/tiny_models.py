@@ -10,6 +10,8 @@ from transformers import AutoTokenizer
 from hf_attn_inspect import default_model_path
 
 FAMILIES = ("bert", "gpt2", "llama", "bart", "sdpa_bert", "deberta", "llama_long")
+#: Tiny BERTs with a task head (:func:`build` takes them too; the loader tests use them).
+HEAD_FAMILIES = ("bert_cls", "bert_mlm")
 
 #: Positions of the long-context tiny Llama (``llama_long``) and of its saved tokenizer.
 LONG_POSITIONS = 32768
@@ -26,7 +28,11 @@ def build(family: str, seed: int = 0):
 
     torch.manual_seed(seed)
     vocab = 30522
-    if family in ("bert", "sdpa_bert"):
+    if family in ("bert_cls", "bert_mlm"):  # task heads (sequence classification, 2 labels; masked LM)
+        cfg = tf.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=128, num_labels=2)
+        model = (tf.BertForSequenceClassification if family == "bert_cls" else tf.BertForMaskedLM)(cfg)
+    elif family in ("bert", "sdpa_bert"):
         cfg = tf.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                             intermediate_size=64, max_position_embeddings=128)
         impl = "eager" if family == "bert" else "sdpa"

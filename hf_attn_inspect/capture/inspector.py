@@ -30,6 +30,8 @@ __all__ = [
     "ModelSource",
     "quiet_transformers",
     "DEFAULT_MODEL_NAME",
+    "TASK_CLASSES",
+    "model_class",
 ]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -63,6 +65,41 @@ def _local_or_hub(name: str) -> str:
     return name
 
 
+#: Auto class of each task head, by the ending of an architecture name in ``config.architectures``.
+TASK_CLASSES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("ForSequenceClassification",), "AutoModelForSequenceClassification"),
+    (("ForTokenClassification",), "AutoModelForTokenClassification"),
+    (("ForQuestionAnswering",), "AutoModelForQuestionAnswering"),
+    (("ForMaskedLM",), "AutoModelForMaskedLM"),
+    (("ForCausalLM", "LMHeadModel"), "AutoModelForCausalLM"),
+    (("ForConditionalGeneration",), "AutoModelForSeq2SeqLM"),
+    (("ForImageClassification",), "AutoModelForImageClassification"),
+)
+
+
+def model_class(config: PretrainedConfig) -> type:
+    """The transformers auto class :meth:`AttentionInspector.from_pretrained` loads ``config`` with.
+
+    The first architecture of ``config.architectures`` whose name ends as one of :data:`TASK_CLASSES`
+    picks that task's auto class (so classifier, question-answering and LM heads are kept); an
+    encoder-decoder config without one gets ``AutoModelForSeq2SeqLM``; a class that cannot build the
+    config (e.g. a vision-language ``*ForConditionalGeneration`` that is no seq2seq model), and every
+    other architecture, fall back to ``AutoModel``.
+    """
+    import transformers
+
+    archs = getattr(config, "architectures", None) or []
+    names = [auto for arch in archs for ends, auto in TASK_CLASSES if arch.endswith(ends)]
+    if getattr(config, "is_encoder_decoder", False):
+        names.append("AutoModelForSeq2SeqLM")
+    remote = getattr(config, "auto_map", None) or {}
+    for name in names:
+        auto = getattr(transformers, name, None)
+        if auto is not None and (type(config) in auto._model_mapping or name in remote):
+            return auto
+    return transformers.AutoModel
+
+
 class AttentionInspector:
     """Captures every layer's and head's attention of a Hugging Face model, exactly.
 
@@ -92,12 +129,14 @@ class AttentionInspector:
     ) -> "AttentionInspector":
         """Load a model and its tokenizer; ``None`` loads the embedded default (all-MiniLM-L6-v2, offline).
 
-        ``name_or_path`` is a Hub name or a local directory. The model class follows the config:
-        encoder-decoder -> ``AutoModelForSeq2SeqLM``, causal LM architectures -> ``AutoModelForCausalLM``,
-        anything else -> ``AutoModel``. ``device`` defaults to CUDA when available, ``dtype`` to float32
-        (exact comparisons need it; pass ``torch.bfloat16`` for speed).
+        ``name_or_path`` is a Hub name or a local directory. The model class follows the config's
+        ``architectures`` so task heads are kept (:func:`model_class`: a ``*ForSequenceClassification``
+        checkpoint loads with ``AutoModelForSequenceClassification``, ``*ForMaskedLM`` with
+        ``AutoModelForMaskedLM``, ...; a plain encoder such as the default ``BertModel`` with ``AutoModel``).
+        ``device`` defaults to CUDA when available, ``dtype`` to float32 (exact comparisons need it; pass
+        ``torch.bfloat16`` for speed).
         """
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         display = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL_NAME
         path = default_model_path() if name_or_path is None else _local_or_hub(os.fspath(name_or_path))
@@ -109,13 +148,7 @@ class AttentionInspector:
         common = {"revision": revision, "trust_remote_code": trust_remote_code}
         try:
             config = AutoConfig.from_pretrained(path, **common)
-            archs = getattr(config, "architectures", None) or []
-            if getattr(config, "is_encoder_decoder", False):
-                auto = AutoModelForSeq2SeqLM
-            elif any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-                auto = AutoModelForCausalLM
-            else:
-                auto = AutoModel
+            auto = model_class(config)
             tokenizer = AutoTokenizer.from_pretrained(path, **common)
             with quiet_transformers():
                 model = auto.from_pretrained(path, config=config, dtype=dtype or torch.float32, **common)

@@ -1,0 +1,224 @@
+"""The importance engine: :func:`head_importance` scores every head over a dataset (ablation or gradient)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from ...capture.ablation import ABLATIONS, HeadKey, HeadScale, HeadSpec, OutputProbe, UnitKey, resolve_heads
+from ...capture.inputs import Batch
+from ...capture.inspector import AttentionInspector
+from ...capture.interface import OutputEdit, Site
+from ...core.errors import InputError
+from ...core.files import write_json
+from ...core.kernels import scaled_dot_product_attention_with_weights
+from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
+from ..dataset import SentenceStatsProbe
+from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
+from ..sources import DatasetSource
+from .ablation import _ablation_batch, _dataset_means
+from .data import _load, _shard_batches
+from .gradient import _gradient_batch
+from .objectives import Objective, ObjectiveFn, _objective
+from .passes import _units
+from .tables import _importance_frame, write_importance_tables
+
+__all__ = ["METHODS", "IMPORTANCE_OUTPUTS", "head_importance"]
+
+#: The importance methods of :func:`head_importance`.
+METHODS = ("ablation", "gradient")
+#: Files of an importance run's output directory besides ``run.json`` and the shards.
+IMPORTANCE_OUTPUTS = ("head_importance.csv", "pruning_curve.csv", "importance_map.png", "pruning_curve.png", "report.md")
+
+
+class _StatsProbe(SentenceStatsProbe):
+    """The dataset engine's statistics probe that also remembers the sites and outputs; for gradients it returns
+    a differentiable output (the reference kernel's, whose weights also give the statistics; torch's fused
+    attention where that kernel's float32 path does not apply)."""
+
+    def __init__(self, *args: object, differentiable: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sites: dict[UnitKey, Site] = {}
+        self.outputs: dict[UnitKey, torch.Tensor] = {}
+        self.differentiable = differentiable
+        self.fast = OutputProbe()
+
+    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # type: ignore[override]
+        self.sites[(site.stack, site.layer)] = site
+        if not self.differentiable:
+            output, weights = super().attend(site, module, query, key, value, mask, scaling, **kwargs)
+            self.outputs[(site.stack, site.layer)] = output
+            return output, weights
+        simple = (site.stack in self.stacks and kwargs.get("softcap") is None and query.dtype == torch.float32
+                  and key.shape[-3] == query.shape[-3] and (mask is None or mask.dtype == torch.float32))
+        if simple:  # one differentiable computation gives the output and the weights for the statistics
+            output, weights = scaled_dot_product_attention_with_weights(query, key, value, mask, scale=scaling)
+            self._reduce(site, weights.detach(), bool(getattr(module, "is_causal", False)))
+            return output, None
+        with torch.no_grad():
+            super().attend(site, module, query.detach(), key.detach(), value.detach(), mask, scaling, **kwargs)
+        return self.fast.attend(site, module, query, key, value, mask, scaling, **kwargs)
+
+
+_METRICS_BASE = ("importance", "objective")
+_METRICS_ACC = ("accuracy_change", "accuracy")
+
+
+def _metric_names(objective: Objective, method: str) -> tuple[str, ...]:
+    return _METRICS_BASE + (_METRICS_ACC if objective.has_accuracy and method == "ablation" else ())
+
+
+def head_importance(
+    inspector: AttentionInspector,
+    data: DatasetSource | torch.Tensor = None,
+    *,
+    method: str = "ablation",
+    how: str = "zero",
+    objective: Objective | ObjectiveFn | None = None,
+    column: str | Sequence[str] = "text",
+    label_column: str | None = None,
+    config: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    shard_size: int = 2048,
+    cache_layers: bool = True,
+    copies_tokens: int | None = None,
+    ablated: HeadSpec = (),
+    means: dict[UnitKey, torch.Tensor] | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Score every head of ``inspector``'s model on ``data``; returns one row per head (the ``head_importance`` table).
+
+    ``data`` is anything :func:`~hf_attn_inspect.runs.sources.load_dataset_texts` reads (a list of texts,
+    a file, a Hub name, None for the shipped sample; ``column``/``label_column``/``config``/``split``/
+    ``limit`` as there) or a ``[sentences, tokens]`` tensor of token ids (synthetic inputs, no padding).
+    Columns: ``stack``, ``layer``, ``head``, ``importance`` (``method="ablation"``: mean over sentences of
+    objective with the head removed minus objective intact, in the objective's unit, positive = the model
+    gets worse without it; ``"gradient"``: mean over sentences of ``|dL/d xi_h|``), ``stderr`` (standard
+    error of that mean, sample standard deviation / sqrt(n)), ``rank`` (1 = most important),
+    ``pattern`` (the head's most frequent attention pattern class over the sentences,
+    :func:`~hf_attn_inspect.stats.patterns.classify_sentence_heads`; empty for decoder and cross stacks),
+    ``objective`` (the intact model's mean objective), ``n_sentences``, and with labels and ablation
+    ``accuracy_change``/``accuracy``. ``how`` is ``zero`` or ``mean`` (the head's mean output over the
+    same data, computed first, or ``means``); ``ablated`` heads stay removed in every pass (for
+    re-estimating importance after pruning). ``cache_layers`` replays the layers below the ablated one
+    (same numbers as ``False``, faster); ``copies_tokens`` caps the tokens of one pass of batch copies.
+    With ``out`` the run is sharded there (``resume``/``overwrite``, ``run.json``, ``shards/``) and
+    ``head_importance.csv`` is written. ``df.attrs`` holds ``objective``, ``unit``, ``method``, ``how``,
+    ``counts`` and ``run``.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if how not in ABLATIONS:
+        raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
+    if batch_size < 1 or shard_size < 1:
+        raise InputError("batch size and shard size must be at least 1")
+    src = _load(data, column, label_column, config, split, limit)
+    obj = _objective(inspector, objective, src.label_column is not None, seed)
+    fixed = resolve_heads(inspector, ablated) if ablated else []
+    units = _units(inspector)
+    limit_len = max_length or inspector.max_length
+    params = {
+        "model": inspector.name, "data": src.info, "method": method, "how": how, "objective": obj.name,
+        "batch_size": batch_size, "max_length": limit_len, "shard_size": shard_size, "seed": seed,
+        "ablated": [f"{s}.{l}.{h}" for s, l, h in fixed], "cache_layers": cache_layers,
+        "dtype": str(next(inspector.model.parameters()).dtype).replace("torch.", ""), "device": str(inspector.device),
+    }
+    if how == "mean" and means is None:
+        means = _dataset_means(inspector, src, batch_size, limit_len, progress)
+    if how == "zero":
+        means = None
+    fixed_edit = _fixed_edit(inspector, fixed, means)
+    names = _metric_names(obj, method)
+    n_units, h_max = len(units), max(h for _, h in units)
+
+    def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
+        stats = ShardStats.empty(n_units, h_max, names, _class_names())
+        truncated, skipped = 0, {}
+        for batch, rows in _shard_batches(inspector, src, start, stop, batch_size, limit_len, skipped):
+            truncated += int(sum(batch.truncated))
+            values, classes = _score_batch(inspector, batch, rows, obj, units, method, means, fixed_edit,
+                                           cache_layers, copies_tokens)
+            stats.add_values(values, classes)
+            if inspector.device.type == "cpu":
+                release_free_memory()
+            if bar is not None:
+                bar.update(len(rows))
+        stats.rows, stats.truncated, stats.skipped = stop - start, truncated, skipped
+        if bar is not None:
+            bar.update(stop - start - stats.n)
+        return stats
+
+    run_ = run_sharded(src.rows, shard_size, compute, out_dir=out, params=params, outputs=IMPORTANCE_OUTPUTS,
+                       resume=resume, overwrite=overwrite, progress=progress, desc=f"importance ({method})",
+                       column=src.columns[0])
+    df = _importance_frame(run_.total, units, obj, method, how)
+    run = {"status": "finished", "parameters": params, "versions": package_versions(), "counts": run_.counts,
+           "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed,
+           "elapsed_s": round(run_.elapsed, 3), "objective": obj.name, "unit": obj.unit,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    df.attrs.update(objective=obj.name, unit=obj.unit, method=method, how=how, counts=run_.counts, run=run,
+                    model=inspector.name)
+    if out is not None:
+        write_importance_tables(out, df)
+        write_json(run, Path(out) / "run.json")
+    return df
+
+
+def _class_names() -> tuple[str, ...]:
+    """The pattern classes plus ``""`` (heads of stacks whose patterns are not measured)."""
+    return tuple(PATTERN_CLASSES) + ("",)
+
+
+def _fixed_edit(inspector: AttentionInspector, heads: list[HeadKey], means: dict[UnitKey, torch.Tensor] | None) -> HeadScale | None:
+    if not heads:
+        return None
+    dims = inspector.dims()
+    scale: dict[UnitKey, torch.Tensor] = {}
+    for stack, layer, head in heads:
+        scale.setdefault((stack, layer), torch.ones(1, dims[stack][1]))[0, head] = 0.0
+    fill = {k: means[k] for k in scale} if means is not None else {}
+    return HeadScale(scale, fill)
+
+
+def _score_batch(
+    inspector: AttentionInspector, batch: Batch, rows: list[int], obj: Objective, units: list[tuple[UnitKey, int]],
+    method: str, means: dict[UnitKey, torch.Tensor] | None, fixed: HeadScale | None, cache_layers: bool, copies_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([B, units, heads, metrics], [B, units, heads] pattern classes)`` of one batch."""
+    model = inspector.model
+    b = batch.size
+    h_max = max(h for _, h in units)
+    inputs, targets = obj.prepare(batch, rows)
+    m = batch.masks("self")
+    probe = _StatsProbe(valid=m.valid, special=m.special, punctuation=m.punctuation,
+                        differentiable=method == "gradient")
+    edits: list[OutputEdit] = [fixed] if fixed is not None else []
+    was_training = model.training
+    model.eval()
+    try:
+        if method == "gradient":
+            values = _gradient_batch(inspector, inputs, targets, rows, obj, units, probe, edits)
+        else:
+            values = _ablation_batch(inspector, inputs, targets, obj, units, probe, edits, means, cache_layers, copies_tokens)
+    finally:
+        model.train(was_training)
+    stats = probe.per_sentence() if probe.values else None  # [B, L, H, M] of the main stack
+    classes = torch.full((b, len(units), h_max), len(PATTERN_CLASSES), dtype=torch.long)
+    if stats is not None:
+        per = {k: stats[..., i] for i, k in enumerate(probe.metric_names)}
+        _, cls = classify_sentence_heads(per)
+        main = [i for i, ((s, _), _) in enumerate(units) if s in ("self", "encoder")]
+        classes[:, main, : cls.shape[2]] = cls
+    return values, classes
