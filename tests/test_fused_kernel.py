@@ -25,10 +25,11 @@ from hf_attn_inspect.core.kernels import (
     fused_attention_stats,
     scaled_dot_product_attention_with_weights,
 )
+from hf_attn_inspect.core.kernels.triton_kernel import triton_mode
 from hf_attn_inspect.runs.dataset import SentenceStatsProbe
 from hf_attn_inspect.stats.streaming import StreamingStatsProbe
 
-MODE = kernels._triton_mode()
+MODE = triton_mode()
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(MODE != "interpret", reason="needs Triton's interpreter (no GPU)")),
     pytest.param("cuda", marks=pytest.mark.skipif(MODE != "compiled" or not torch.cuda.is_available(),

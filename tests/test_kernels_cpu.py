@@ -188,7 +188,7 @@ def test_softcap_bias_and_general_masks():
 
 def test_head_groups_in_threads_equal_one_thread(monkeypatch):
     """The CPU split of the key heads over threads gives the single-thread numbers (masks with a head dim too)."""
-    from hf_attn_inspect.core import kernels
+    from hf_attn_inspect.core.kernels import cpu_stats
 
     q, k = case(17, 2, 8, 4, 40)
     g = torch.Generator().manual_seed(3)
@@ -197,21 +197,21 @@ def test_head_groups_in_threads_equal_one_thread(monkeypatch):
     calls = [dict(causal=True, mask=valid[:, None, None, :], key_valid=valid, distance_edges=(1, 16)),
              dict(mask=bias, q_tile=16, k_tile=16), dict(causal=True, window=5, special=valid)]
     serial = [attention_row_stats(q, k, **kw) for kw in calls]
-    monkeypatch.setattr(kernels, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(cpu_stats, "_PARALLEL_MIN", 0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the split needs more than one thread (the suite may run single-threaded)
     try:
-        _threads_equal_serial(kernels, q, k, calls, serial, monkeypatch)
+        _threads_equal_serial(cpu_stats, q, k, calls, serial, monkeypatch)
     finally:
         torch.set_num_threads(before)
 
 
-def _threads_equal_serial(kernels, q, k, calls, serial, monkeypatch):
+def _threads_equal_serial(cpu_stats, q, k, calls, serial, monkeypatch):
     if torch.backends.openmp.is_available() and torch.get_num_threads() > 1:
-        assert kernels._stats_workers(q, k, None) == min(4, torch.get_num_threads())
+        assert cpu_stats._stats_workers(q, k, None) == min(4, torch.get_num_threads())
     threads = torch.get_num_threads()
-    real = kernels._stats_workers
-    monkeypatch.setattr(kernels, "_stats_workers", lambda *a: 3 if real(*a) > 0 else 0)  # 3 groups of 4 heads
+    real = cpu_stats._stats_workers
+    monkeypatch.setattr(cpu_stats, "_stats_workers", lambda *a: 3 if real(*a) > 0 else 0)  # 3 groups of 4 heads
     for kw, want in zip(calls, serial):
         got = attention_row_stats(q, k, **kw)
         assert set(got) == set(want)
