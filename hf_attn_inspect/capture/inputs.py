@@ -51,7 +51,7 @@ class Batch:
     """One tokenized, right-padded batch: the model ``inputs`` and the per-token masks of each stack.
 
     ``inputs`` holds ``input_ids``, ``attention_mask`` (and ``token_type_ids``, ``decoder_input_ids``,
-    ``decoder_attention_mask`` where the model has them). With right padding, sentence ``b``'s real
+    ``decoder_attention_mask`` where the model has them; an image batch holds ``pixel_values`` and no mask). With right padding, sentence ``b``'s real
     tokens are positions ``0 .. lengths[b]-1``. ``encoding``/``decoder_encoding`` are the tokenizer's
     outputs (token strings, word and sequence ids), None for batches built from ids. ``special`` and
     ``punctuation`` are boolean ``[batch, T]`` masks (None = no such token); ``decoder_special`` and
@@ -72,10 +72,10 @@ class Batch:
     causal_stacks: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        if "input_ids" not in self.inputs and "inputs_embeds" not in self.inputs:
-            raise InputError("a batch needs input_ids")
-        if "attention_mask" not in self.inputs:
-            ids = self.inputs["input_ids"]
+        if not {"input_ids", "inputs_embeds", "pixel_values"} & set(self.inputs):
+            raise InputError("a batch needs input_ids (or inputs_embeds, or an image's pixel_values)")
+        if "attention_mask" not in self.inputs and "pixel_values" not in self.inputs:
+            ids = self.inputs.get("input_ids", self.inputs.get("inputs_embeds"))
             self.inputs["attention_mask"] = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
         if "decoder_input_ids" in self.inputs and "decoder_attention_mask" not in self.inputs:
             ids = self.inputs["decoder_input_ids"]
@@ -84,8 +84,8 @@ class Batch:
     # ------------------------------------------------------------------ sizes
     @property
     def size(self) -> int:
-        """Number of sentences in the batch."""
-        return int(self.inputs["attention_mask"].shape[0])
+        """Number of sentences (or images) in the batch."""
+        return int(self.inputs.get("attention_mask", self.inputs.get("pixel_values")).shape[0])
 
     @property
     def lengths(self) -> list[int]:

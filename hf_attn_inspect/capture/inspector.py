@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 import torch
@@ -14,7 +15,9 @@ from transformers.utils import ModelOutput
 from ..core.tokens import punctuation_table
 from .inputs import Batch
 from .interface import OutputEdit, Probe, Site, capture, use_implementation
-from .recorders import Recorder, WeightsRecorder, as_probe
+from .measures import compute_measures
+from .recorders import Recorder, as_probe
+from .request import CaptureRequest, CaptureResult
 from ..core.errors import CaptureError, InputError, MemoryBudgetError, MemoryExhaustedError, ModelLoadError
 from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, is_out_of_memory, memory_budget
 from .result import AttentionResult
@@ -387,6 +390,8 @@ class AttentionInspector:
         truncation: bool = True,
         batch_size: int = 8,
         max_memory: int | str | None = None,
+        measures: Sequence[str] | None = None,
+        request: CaptureRequest | None = None,
     ) -> AttentionResult | list[AttentionResult]:
         """Capture attention for one text (returns one result) or a list of texts (returns a list).
 
@@ -399,6 +404,11 @@ class AttentionInspector:
         not fit raises :class:`~hf_attn_inspect.core.errors.MemoryBudgetError` naming the estimate, the
         budget and the ways out, before anything big is allocated. An allocation failure during the run
         raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
+
+        ``measures`` (names of :data:`~hf_attn_inspect.capture.measures.MEASURES`, e.g. ``["weights", "norm"]``)
+        are computed per text into ``result.measures`` (see :meth:`AttentionResult.measure`); ``request`` (a
+        :class:`~hf_attn_inspect.capture.request.CaptureRequest`) states records, measures, layers and heads at
+        once instead of ``measures``/``layers``/``heads``.
         """
         single = isinstance(text_or_texts, str)
         texts = [text_or_texts] if single else list(text_or_texts)
@@ -407,17 +417,22 @@ class AttentionInspector:
         pairs = None
         if text_pair is not None:
             pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+        if request is not None and (measures is not None or layers is not None or heads is not None):
+            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
+        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
         layer_list = self._check_indices(layers, "layer", 0)
         head_list = self._check_indices(heads, "head", 1)
+        request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
         budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
         for start in range(0, len(texts), batch_size):
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
-            self.check_budget(self.batch_estimate(batch, layer_list, head_list), budget, batch, layer_list, head_list)
-            recorder = WeightsRecorder(layer_list, head_list)
-            self.run(batch, recorder)
-            results.extend(self._results(batch, recorder.weights, head_list))
+            self.check_budget(self.batch_estimate(batch, layer_list, head_list, request), budget, batch, layer_list, head_list)
+            recorders = request.recorders(self.model)
+            self.run(batch, recorders)
+            captured = CaptureResult.collect(recorders)
+            results.extend(self._results(batch, captured.pop("weights"), head_list, captured=captured, measures=request.measures))
         return results[0] if single else results
 
     # ---------------------------------------------------------------- memory
@@ -467,7 +482,7 @@ class AttentionInspector:
         """Rough bytes of what the model itself allocates on ``batch`` besides attention: hidden states and
         MLP activations, plus (``logits``) the ``[batch, T, vocab]`` float32 logits of a language-model head."""
         cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
-        hidden = next((v for n in ("hidden_size", "n_embd", "d_model") if isinstance(v := getattr(cfg, n, None), int)), 1024)
+        hidden = self._widths(1)[0]
         inter = next((v for n in ("intermediate_size", "n_inner", "encoder_ffn_dim") if isinstance(v := getattr(cfg, n, None), int)), 4 * hidden)
         b = batch.size
         t = int(batch.inputs["attention_mask"].shape[-1]) + (int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else 0)
@@ -478,8 +493,23 @@ class AttentionInspector:
             size += b * t * vocab * 4
         return size
 
-    def batch_estimate(self, batch: Batch, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None) -> MemoryEstimate:
-        """:meth:`estimate_memory` of one encoded ``batch`` for the full-weights capture of ``layers``/``heads``."""
+    def _widths(self, heads: int) -> tuple[int, int]:
+        """``(hidden size, head dimension)`` of the model (from its config; ``heads`` divides the hidden size when
+        the config names no head dimension)."""
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        hidden = next((v for n in ("hidden_size", "n_embd", "d_model") if isinstance(v := getattr(cfg, n, None), int)), 1024)
+        head_dim = next((v for n in ("head_dim", "d_kv") if isinstance(v := getattr(cfg, n, None), int)), hidden // max(heads, 1))
+        return hidden, head_dim
+
+    def batch_estimate(
+        self,
+        batch: Batch,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        request: CaptureRequest | None = None,
+    ) -> MemoryEstimate:
+        """:meth:`estimate_memory` of one encoded ``batch`` for the full-weights capture of ``layers``/``heads``,
+        plus the other records ``request`` keeps (values, head outputs, contributions and their norms)."""
         b = batch.size
         kept = transient = masks = 0
         parts = []
@@ -487,6 +517,7 @@ class AttentionInspector:
             kl = nl if layers is None else len([i for i in layers if i < nl])
             kh = nh if heads is None else len([i for i in heads if i < nh])
             kept += 2 * b * kl * kh * tq * tk * 4
+            kept += 0 if request is None else request.kept_bytes(b, kl, kh, tq, tk, *self._widths(nh))
             transient = max(transient, 4 * b * nh * tq * tk * 4)
             masks += 2 * b * tq * tk * 4
             parts.append(f"{kl} layer{'s' * (kl != 1)} x {kh} head{'s' * (kh != 1)} x {tq} x {tk}")
@@ -536,7 +567,10 @@ class AttentionInspector:
         carries every stack's tokens. ``weights`` is emptied (its tensors move into the results)."""
         return self._results(batch, weights, heads, self.stack_shapes(batch))
 
-    def _results(self, batch: Batch, weights: dict[str, dict[int, torch.Tensor]], heads, shapes=None) -> list[AttentionResult]:
+    def _results(
+        self, batch: Batch, weights: dict[str, dict[int, torch.Tensor]], heads, shapes=None, *,
+        captured: CaptureResult | None = None, measures: Sequence[str] = (),
+    ) -> list[AttentionResult]:
         stacks = {name: _stack_layers(d) for name, d in weights.items() if d}
         for name, (_, nh, tq, tk) in (shapes or {}).items():
             if name not in stacks:
@@ -546,6 +580,7 @@ class AttentionInspector:
         if main is None:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")
         main_layers, main_weights = main
+        records = captured.stacked("self" if "self" in stacks else "encoder") if captured is not None and measures else {}
         head_ids = heads if heads is not None else list(range(main_weights.shape[2]))
         causal = "self" in batch.causal_stacks
         out = []
@@ -560,6 +595,10 @@ class AttentionInspector:
                     "decoder_word_ids": batch.decoder_encoding.word_ids(b)[:m],
                     "decoder_special_tokens_mask": batch.decoder_special[b, :m].tolist(),
                 }
+            attentions = main_weights[:, b, :, :n, :n].clone()
+            if measures:
+                text = {kind: t[:, b, :, :n] for kind, t in records.items()}
+                kw["measures"] = compute_measures(measures, {"weights": attentions, **text})
             enc = batch.encoding
             cut = bool(batch.truncated and batch.truncated[b])
             if cut:
@@ -570,7 +609,7 @@ class AttentionInspector:
             out.append(
                 AttentionResult(
                     tokens=batch.tokens(b),
-                    attentions=main_weights[:, b, :, :n, :n].clone(),
+                    attentions=attentions,
                     layer_ids=main_layers,
                     head_ids=list(head_ids),
                     word_ids=enc.word_ids(b)[:n],
@@ -585,6 +624,11 @@ class AttentionInspector:
                 )
             )
         return out
+
+
+def _with_weights(request: CaptureRequest) -> CaptureRequest:
+    """``request`` with ``weights`` recorded (an :class:`AttentionResult` always holds the attention weights)."""
+    return request if "weights" in request.record else replace(request, record=("weights", *request.record))
 
 
 def _kept_chars(enc: "BatchEncoding", b: int, n: int, seq: int) -> int | None:

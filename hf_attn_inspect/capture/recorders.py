@@ -28,7 +28,7 @@ from ..core.errors import CaptureError
 from ..core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
 from .interface import Probe, Site
 
-__all__ = ["AttentionCall", "Recorder", "RecordingProbe", "WeightsRecorder", "as_probe"]
+__all__ = ["AttentionCall", "Recorder", "RecordingProbe", "KeepingRecorder", "WeightsRecorder", "as_probe"]
 
 
 @dataclass
@@ -166,15 +166,17 @@ def as_probe(recorders: Recorder | Sequence[Recorder] | Probe) -> Probe:
     return RecordingProbe(list(recorders))
 
 
-class WeightsRecorder(Recorder):
-    """Keeps the weights of the chosen stacks, layers and heads as float32 CPU tensors.
+class KeepingRecorder(Recorder):
+    """A recorder that keeps float32 tensors of the chosen stacks, layers and heads, keyed ``[stack][layer]``.
 
-    ``weights[stack][layer]`` is ``[batch, len(heads), T_q, T_k]`` (padding rows and columns included; the
-    inspector cuts each text to its own tokens); ``stacks``/``layers``/``heads`` of ``None`` keep all of them.
-    ``device`` keeps them on another device (``None``: the model's, e.g. for a comparison on the GPU).
+    ``stacks``/``layers``/``heads`` of ``None`` keep all of them; ``device`` is where the kept tensors go
+    (``None``: the model's, e.g. for a comparison on the GPU). ``kinds`` maps each kind of record a subclass
+    keeps (``"weights"``, ``"values"``...) to the attribute holding its ``{stack: {layer: tensor}}``, which is
+    how :class:`~hf_attn_inspect.capture.request.CaptureResult` collects them.
     """
 
-    needs_weights = True
+    #: ``{kind: attribute}``: the ``{stack: {layer: tensor}}`` stores of this recorder.
+    kinds: dict[str, str] = {}
 
     def __init__(
         self,
@@ -188,17 +190,37 @@ class WeightsRecorder(Recorder):
         self.heads = None if heads is None else list(heads)
         self.stacks = None if stacks is None else set(stacks)
         self.device = device
-        self.weights: dict[str, dict[int, torch.Tensor]] = {}
+        for attr in self.kinds.values():
+            setattr(self, attr, {})
 
     def wants(self, site: Site) -> bool:
         """True when ``site``'s stack and layer are kept."""
         return (self.layers is None or site.layer in self.layers) and (self.stacks is None or site.stack in self.stacks)
 
-    def record(self, call: AttentionCall) -> None:
-        if not self.wants(call.site):
-            return
-        weights = call.weights if self.heads is None else call.weights[:, self.heads]
-        weights = weights.detach().float()
+    def pick_heads(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor [batch, heads, ...]`` restricted to the kept heads."""
+        return tensor if self.heads is None else tensor[:, self.heads]
+
+    def keep(self, kind: str, site: Site, tensor: torch.Tensor) -> None:
+        """Store ``tensor`` (detached, float32, on ``device``) as ``site``'s record of ``kind``."""
+        tensor = tensor.detach().float()
         if self.device is not None:
-            weights = weights.to(self.device)
-        self.weights.setdefault(call.site.stack, {})[call.site.layer] = weights
+            tensor = tensor.to(self.device)
+        getattr(self, self.kinds[kind]).setdefault(site.stack, {})[site.layer] = tensor
+
+
+class WeightsRecorder(KeepingRecorder):
+    """Keeps the weights of the chosen stacks, layers and heads as float32 CPU tensors.
+
+    ``weights[stack][layer]`` is ``[batch, len(heads), T_q, T_k]`` (padding rows and columns included; the
+    inspector cuts each text to its own tokens); ``stacks``/``layers``/``heads`` of ``None`` keep all of them.
+    ``device`` keeps them on another device (``None``: the model's, e.g. for a comparison on the GPU).
+    """
+
+    needs_weights = True
+    kinds = {"weights": "weights"}
+    weights: dict[str, dict[int, torch.Tensor]]
+
+    def record(self, call: AttentionCall) -> None:
+        if self.wants(call.site):
+            self.keep("weights", call.site, self.pick_heads(call.weights))

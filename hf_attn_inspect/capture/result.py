@@ -14,11 +14,13 @@ import torch
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
 from ..core.tokens import clean_token
+from .measures import MEASURES
 
 __all__ = ["AttentionResult"]
 
 _FORMAT_VERSION = 1
 _STACKS = ("self", "decoder", "cross")
+_MEASURE_PREFIX = "measure."  # safetensors key of a measure: measure.<name>
 
 
 @dataclass
@@ -37,7 +39,9 @@ class AttentionResult:
     ``decoder_tokens``. ``truncated`` is True when the input was longer than the model's maximum (or
     ``max_length``) and was cut; then ``kept_chars`` gives, for ``text`` and ``text_pair``, how many of
     their characters the kept tokens cover (``text[:kept_chars[0]]`` is what was analysed; None where the
-    tokenizer has no character offsets).
+    tokenizer has no character offsets). ``measures`` holds the other measures captured for the main stack
+    (``self``/encoder), ``{name: [layers, heads, query, key]}`` aligned with ``attentions``; read any of them,
+    ``weights`` included, with :meth:`measure`.
     """
 
     tokens: list[str]
@@ -58,10 +62,17 @@ class AttentionResult:
     decoder_special_tokens_mask: list[bool] | None = None
     truncated: bool = False
     kept_chars: list[int | None] | None = None
+    measures: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.attentions.dim() != 4:
             raise InputError(f"attentions must be [layers, heads, query, key], got shape {tuple(self.attentions.shape)}")
+        for name, values in self.measures.items():
+            if values.shape != self.attentions.shape:
+                raise InputError(
+                    f"measure '{name}' must have the shape of attentions {tuple(self.attentions.shape)}, "
+                    f"got {tuple(values.shape)}"
+                )
         if not self.layer_ids:
             self.layer_ids = list(range(self.attentions.shape[0]))
         if not self.head_ids:
@@ -130,19 +141,39 @@ class AttentionResult:
         att, _, _ = self.stack(which)
         return att[self.layer_index(layer)]
 
+    def measure(self, name: str) -> torch.Tensor:
+        """The ``[layers, heads, query, key]`` map of measure ``name`` for the main stack: ``weights`` is
+        :attr:`attentions`, ``norm`` is ``||alpha_ij f_h(x_j)||`` (how far token ``j``'s value vector, mapped
+        through head ``h``'s output projection and weighted by the attention, moves token ``i``; Kobayashi et al.
+        2020); see :data:`~hf_attn_inspect.capture.measures.MEASURES`. A measure that was not captured raises
+        :class:`InputError` saying what to pass."""
+        if name == "weights":
+            return self.attentions
+        if name in self.measures:
+            return self.measures[name]
+        if name not in MEASURES:
+            raise InputError(f"unknown measure '{name}'; valid measures: {', '.join(MEASURES)}")
+        captured = ", ".join(["weights", *self.measures])
+        raise InputError(
+            f"measure '{name}' was not captured (this result has: {captured}); pass measures=['{name}'] to the "
+            "inspector"
+        )
+
     def to_numpy(self, which: str = "self") -> np.ndarray:
         """The ``[layers, heads, query, key]`` weights as a float32 numpy array (``which`` as in :meth:`stack`)."""
         return self.stack(which)[0].detach().cpu().numpy()
 
     # ----------------------------------------------------------- persistence
     def _metadata(self) -> dict[str, Any]:
-        skip = {"attentions", "decoder_attentions", "cross_attentions"}
+        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures"}
         meta = {k: v for k, v in self.__dict__.items() if k not in skip}
         meta["format_version"] = _FORMAT_VERSION
         return meta
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to one ``.safetensors`` file (tensors) with its labels as JSON metadata; no pickle.
+
+        Measures are stored under ``measure.<name>``; files written before measures existed load with none.
 
         The file is written to a temporary name and renamed, so an interrupted save never leaves a
         half-written file. Returns the path written.
@@ -155,6 +186,8 @@ class AttentionResult:
             tensors["decoder_attentions"] = self.decoder_attentions.contiguous()
         if self.cross_attentions is not None:
             tensors["cross_attentions"] = self.cross_attentions.contiguous()
+        for name, values in self.measures.items():
+            tensors[_MEASURE_PREFIX + name] = values.contiguous()
         metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
@@ -175,7 +208,8 @@ class AttentionResult:
         except (KeyError, ValueError, OSError) as exc:
             raise InputError(f"{path} is not an hf-attn-inspect result file ({exc})") from None
         meta.pop("format_version", None)
-        return cls(**meta, **tensors)
+        measures = {k[len(_MEASURE_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_MEASURE_PREFIX)}
+        return cls(**meta, **tensors, measures=measures)
 
     # ------------------------------------------------------------- explorer
     def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
