@@ -212,7 +212,7 @@ def test_simulated_allocation_failure_exits_2_with_one_line_and_no_files(tmp_pat
 
     argv = ["inspect", "The cat sat on the mat.", "--out", str(tmp_path / "o")]
     if where == "capture":
-        monkeypatch.setattr("hf_attn_inspect.capture.interface.scaled_dot_product_attention_with_weights", fail)
+        monkeypatch.setattr("hf_attn_inspect.capture.recorders.scaled_dot_product_attention_with_weights", fail)
         expected = "error: out of memory while computing layer 0's self attention (WeightsRecorder"
     elif where == "pooled capture":
         monkeypatch.setattr("hf_attn_inspect.capture.pooled.fast_attention_with_weights", fail)

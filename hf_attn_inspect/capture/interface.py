@@ -177,6 +177,7 @@ def _attention_function(
     """The attention function registered with transformers; delegates to the active probe."""
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise CaptureError("attention with learned sink logits (s_aux) is not supported yet")
+    attention_mask = _with_position_bias(attention_mask, kwargs.pop("position_bias", None))
     state = _active()
     if state is None:  # the model was left pointing at us: behave like exact eager attention
         output, weights = scaled_dot_product_attention_with_weights(
@@ -189,6 +190,20 @@ def _attention_function(
     for edit in state.edits:
         output = edit.apply(site, output)
     return output.transpose(1, 2).contiguous(), weights
+
+
+def _with_position_bias(mask: Any, bias: torch.Tensor | None) -> Any:
+    """The additive mask with T5's relative position bias ``[1 or batch, heads, T_q, T_k]`` added, as T5's eager
+    code adds both to the scores (unmasked entries get exactly the bias). Lazy masks (pooled and streamed
+    capture) cannot carry a bias: :class:`CaptureError`."""
+    if bias is None:
+        return mask
+    if mask is None:
+        return bias
+    if not isinstance(mask, torch.Tensor):
+        raise CaptureError("models with a relative position bias (T5) need full-weights capture; "
+                           "the pooled and streamed paths do not support them yet")
+    return mask + bias
 
 
 AttentionInterface.register(ATTENTION_NAME, _attention_function)
