@@ -13,8 +13,7 @@ import torch
 import tiny_models
 from hf_attn_inspect import AttentionInspector
 from hf_attn_inspect.capture.ablation import HeadScale, ablate, mean_head_outputs, parse_heads, resolve_heads
-from hf_attn_inspect.capture.interface import capture
-from hf_attn_inspect.capture.ablation import OutputProbe
+from hf_attn_inspect.capture.inputs import Batch
 from hf_attn_inspect.core.errors import InputError
 from hf_attn_inspect.runs.detectors import detect_heads, repeated_random_tokens
 from hf_attn_inspect.runs.importance import ablation_effect, head_importance, pruning_curve
@@ -110,9 +109,8 @@ def test_head_scale_groups_ablate_a_different_head_in_each_copy(tiny_model, tiny
     scale[0, 1] = 0
     scale[1, 3] = 0
     rep = {k: v.repeat(2, 1) for k, v in batch.inputs.items()}
+    both = insp.run(Batch(inputs=rep), [], edits=[HeadScale({("self", 1): scale})]).logits
     with torch.no_grad():
-        with capture(insp.model, OutputProbe(), edits=[HeadScale({("self", 1): scale})]):
-            both = insp.model(**rep).logits
         for g, head in enumerate([1, 3]):
             with ablate(insp, [(1, head)]):
                 one = insp.model(**batch.inputs).logits

@@ -14,8 +14,10 @@ and needs no model-specific hook (transformers 5 removed ``head_mask`` and ``pru
   ``[heads, head_dim]`` fill ``m``; the output becomes ``s * output + (1 - s) * m``. ``groups`` equal
   copies of a batch (copy-major) get different factors, so one forward pass ablates a different head in
   each copy; a factor that requires grad is Michel et al.'s (2019) gate ``xi_h``.
-- :class:`OutputProbe` computes each layer's output with torch's fused attention and keeps nothing (the
-  fast probe of the importance engine); :class:`MeanOutputProbe` accumulates each head's mean output.
+- :class:`SiteRecorder` remembers where each attention layer sits (its output comes from torch's fused
+  attention, as in every run without a weights recorder); :class:`MeanOutputRecorder` accumulates each
+  head's mean output. Both are :class:`~hf_attn_inspect.capture.recorders.Recorder` objects for
+  :meth:`AttentionInspector.run <hf_attn_inspect.capture.inspector.AttentionInspector.run>`.
 
 Heads are named ``(layer, head)`` for single-stack models or ``(stack, layer, head)`` (stacks as in
 :class:`~hf_attn_inspect.capture.interface.Site`), or by strings ``"3.5"`` / ``"decoder.1.2"``
@@ -30,10 +32,10 @@ from typing import Iterator, Mapping, Sequence, Union
 import torch
 
 from ..core.errors import CaptureError, InputError
-from ..core.kernels import fast_attention_output
 from .inputs import Batch
 from .inspector import AttentionInspector
 from .interface import OutputEdit, Probe, Site, capture
+from .recorders import AttentionCall, Recorder
 
 __all__ = [
     "ABLATIONS",
@@ -41,8 +43,8 @@ __all__ = [
     "HeadSpec",
     "UnitKey",
     "HeadScale",
-    "OutputProbe",
-    "MeanOutputProbe",
+    "SiteRecorder",
+    "MeanOutputRecorder",
     "ablate",
     "ablation_edit",
     "mean_head_outputs",
@@ -122,29 +124,17 @@ def resolve_heads(inspector: AttentionInspector, heads: HeadSpec) -> list[HeadKe
     return out
 
 
-class OutputProbe(Probe):
-    """Computes each layer's output with torch's fused attention (no weights) and remembers the sites it saw.
-
-    ``sites`` maps ``(stack, layer)`` to the :class:`Site` of every attention call of the last forward pass.
-    """
+class SiteRecorder(Recorder):
+    """Remembers the :class:`Site` of every attention call of a run (calls the model dispatched; not the
+    eager fallback): ``sites`` maps ``(stack, layer)`` to it. Keeps nothing else, so the run computes each
+    layer with torch's fused attention (no weights)."""
 
     def __init__(self) -> None:
         self.sites: dict[UnitKey, Site] = {}
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        **kwargs: object,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.sites[(site.stack, site.layer)] = site
-        softcap = kwargs.get("softcap")
-        return fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap), None  # type: ignore[arg-type]
+    def record(self, call: AttentionCall) -> None:
+        if call.module is not None:
+            self.sites[(call.site.stack, call.site.layer)] = call.site
 
 
 class HeadScale(OutputEdit):
@@ -181,41 +171,33 @@ class HeadScale(OutputEdit):
         return out.reshape(b, h, t, d)
 
 
-class MeanOutputProbe(Probe):
-    """Sums each head's output over the real query tokens of every forward pass (for mean ablation).
+class MeanOutputRecorder(Recorder):
+    """Sums each head's output over the real query tokens of every run it records (for mean ablation).
 
-    ``query_valid`` maps stacks to boolean ``[batch, T]`` masks of real query tokens (``self``/``encoder``:
-    the input, ``decoder``/``cross``: the decoder input; padding queries never count). :meth:`means`
-    returns ``{(stack, layer): [heads, head_dim]}``, the average over all counted tokens (float32).
+    ``query_valid`` maps stacks to boolean ``[batch, T]`` masks of real query tokens of the current batch
+    (``self``/``encoder``: the input, ``decoder``/``cross``: the decoder input; padding queries never count;
+    :func:`query_masks`); set it anew before each run to accumulate over batches. :meth:`means` returns
+    ``{(stack, layer): [heads, head_dim]}``, the average over all counted tokens (float32). The heads' outputs
+    are those before the output projection and before any edit; the eager fallback gives none.
     """
 
-    def __init__(self, query_valid: Mapping[str, torch.Tensor]) -> None:
-        self.query_valid = dict(query_valid)
+    def __init__(self, query_valid: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.query_valid = dict(query_valid or {})
         self.sums: dict[UnitKey, torch.Tensor] = {}
         self.counts: dict[UnitKey, int] = {}
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        **kwargs: object,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        softcap = kwargs.get("softcap")
-        out = fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap)  # type: ignore[arg-type]
-        valid = self.query_valid.get(site.stack)
+    def record(self, call: AttentionCall) -> None:
+        out = call.output
+        if out is None:  # eager fallback: no per-head outputs
+            return
+        valid = self.query_valid.get(call.site.stack)
         if valid is None:
             valid = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool)
         w = valid.to(out.device, torch.float64)[:, None, :, None]  # [B, 1, T, 1]
         total = (out.double() * w).sum((0, 2)).cpu()
-        k = (site.stack, site.layer)
+        k = (call.site.stack, call.site.layer)
         self.sums[k] = self.sums.get(k, 0) + total
         self.counts[k] = self.counts.get(k, 0) + int(valid.sum())
-        return out, None
 
     def means(self) -> dict[UnitKey, torch.Tensor]:
         """``{(stack, layer): [heads, head_dim]}`` mean output per head over the counted query tokens."""
@@ -246,19 +228,14 @@ def mean_head_outputs(
     texts = list(texts)
     if not texts:
         raise InputError("mean ablation needs at least one reference text")
-    probe: MeanOutputProbe | None = None
-    sums: dict[UnitKey, torch.Tensor] = {}
-    counts: dict[UnitKey, int] = {}
+    recorder = MeanOutputRecorder()
     for i in range(0, len(texts), batch_size):
         batch = inspector.encode(texts[i:i + batch_size], max_length=max_length)
-        probe = MeanOutputProbe(query_masks(batch))
-        inspector.run(batch, probe)
-        for k, v in probe.sums.items():
-            sums[k] = sums.get(k, 0) + v
-            counts[k] = counts.get(k, 0) + probe.counts[k]
-    if not sums:
+        recorder.query_valid = query_masks(batch)
+        inspector.run(batch, recorder)
+    if not recorder.sums:
         raise CaptureError(f"{type(inspector.model).__name__} does not dispatch through the attention interface; heads cannot be ablated")
-    return {k: (v / max(counts[k], 1)).float() for k, v in sums.items()}
+    return recorder.means()
 
 
 def ablation_edit(

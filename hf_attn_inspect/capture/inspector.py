@@ -310,14 +310,17 @@ class AttentionInspector:
         ``edits`` (:class:`~hf_attn_inspect.capture.interface.OutputEdit`) change heads' outputs for this run
         (ablation, gates). Models that do not dispatch through transformers' attention interface fall back
         to eager ``output_attentions=True`` and the recorders receive those weights; a model that yields no
-        attention either way raises :class:`CaptureError`. ``implementation`` names the registered
+        attention either way, or a run with ``edits`` on such a model (they could not apply), raises
+        :class:`CaptureError`. The model keeps no key/value cache (``use_cache=False`` where it has one). ``implementation`` names the registered
         function/mask pair to use (see :func:`~hf_attn_inspect.capture.interface.passthrough_name`); by default
         the recorders' own (the streaming recorder's builds no ``[T, T]`` mask), else the exact eager masks.
         An allocation failure raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
         """
         probe = as_probe(recorders)
         model = self.model
-        inputs = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        inputs: dict[str, Any] = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        if getattr(self.config, "use_cache", None) is not None:
+            inputs["use_cache"] = False
         was_training = model.training
         model.eval()
         states = []
@@ -329,6 +332,9 @@ class AttentionInspector:
                     output = model(**inputs)
                 batch.causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:
+                    if edits:
+                        raise CaptureError(f"{type(model).__name__} does not dispatch through transformers' "
+                                           "attention interface, so its heads cannot be ablated")
                     output = self._run_eager_fallback(inputs, probe)
                     batch.causal_stacks = self._fallback_causal_stacks()
             probe.finish()  # e.g. one device-to-host transfer for the whole batch
@@ -352,7 +358,7 @@ class AttentionInspector:
             "headroom, or measure without [T, T] memory (streaming statistics, the `long` command)"
         )
 
-    def _run_eager_fallback(self, inputs: dict[str, torch.Tensor], probe: Probe) -> ModelOutput:
+    def _run_eager_fallback(self, inputs: dict[str, Any], probe: Probe) -> ModelOutput:
         with use_implementation(self.model, "eager"):
             output = self.model(**inputs, output_attentions=True)
         groups = (

@@ -16,8 +16,8 @@ from ...capture.ablation import (
     HeadKey,
     HeadScale,
     HeadSpec,
-    MeanOutputProbe,
-    OutputProbe,
+    MeanOutputRecorder,
+    SiteRecorder,
     UnitKey,
     query_masks,
     resolve_heads,
@@ -25,12 +25,14 @@ from ...capture.ablation import (
 from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
 from ...capture.interface import Site
+from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import CaptureError, InputError
+from ...core.kernels import fast_attention_output
 from ..sharded import Progress, ShardStats, run_sharded
 from ..sources import DatasetSource
 from .data import _Data, _load, _shard_batches
 from .objectives import Objective, ObjectiveFn, _objective
-from .passes import _capturing, _copies, _model_inputs, _repeat, _units
+from .passes import _copies, _forward, _model_inputs, _repeat, _units
 
 __all__ = ["ablation_effect"]
 
@@ -85,39 +87,39 @@ class _LayerCache:
                 self.modules[name].__dict__.pop("forward", None)
 
 
-class _ReplayProbe(OutputProbe):
-    """Returns the intact pass's output of the ablated layer (repeated for the batch copies) instead of
+class _ReplayRecorder(Recorder):
+    """Computes every layer with torch's fused attention, except the ablated layer ``unit``, whose intact
+    output ``output`` (from the intact pass, repeated for the ``copies`` batch copies) it returns instead of
     recomputing it: the heads' outputs there are unchanged until the edit removes one."""
 
     def __init__(self, unit: UnitKey, output: torch.Tensor | None, copies: int) -> None:
-        super().__init__()
         self.unit, self.output, self.copies = unit, output, copies
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # type: ignore[override]
-        if self.output is not None and (site.stack, site.layer) == self.unit and query.shape[0] == self.output.shape[0] * self.copies:
-            return _repeat(self.output, self.copies, self.output.shape[0]), None
-        return super().attend(site, module, query, key, value, mask, scaling, **kwargs)
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.output
+        if out is not None and (call.site.stack, call.site.layer) == self.unit and call.query.shape[0] == out.shape[0] * self.copies:
+            return _repeat(out, self.copies, out.shape[0]), None
+        return fast_attention_output(call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap), None
 
 
-def _ablation_batch(inspector, inputs, targets, obj, units, probe, edits, means, cache_layers, copies_tokens) -> torch.Tensor:  # noqa: ANN001
+def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means, cache_layers, copies_tokens) -> torch.Tensor:  # noqa: ANN001
+    """``[B, units, heads, metrics]``: the intact pass (``stats`` records the pattern statistics and every
+    layer's output), then each head removed in turn (in batch copies, the layers below replayed)."""
     model = inspector.model
     b = next(iter(inputs.values())).shape[0]
     t = next(iter(inputs.values())).shape[1]
     h_max = max(h for _, h in units)
     acc = obj.has_accuracy
     values = torch.zeros(b, len(units), h_max, 4 if acc else 2)
-    model_in = _model_inputs(inputs, inspector.device, model)
+    model_in = _model_inputs(inputs, inspector.device)
     with torch.no_grad():
-        cache = None
+        cache = _LayerCache(model, _sites_of(inspector)) if cache_layers else None
+        if cache is not None and not cache.ok:
+            cache = None
         with ExitStack() as stack:
-            stack.enter_context(_capturing(inspector, probe, edits))
-            if cache_layers:
-                cache = _LayerCache(model, _sites_of(inspector))
-                if cache.ok:
-                    stack.enter_context(cache.record())
-                else:
-                    cache = None
-            output = model(**model_in)
+            if cache is not None:
+                stack.enter_context(cache.record())
+            output = _forward(inspector, model_in, [stats], edits)
         if cache is not None and not cache.ok:
             cache = None
         if obj.needs_reference:
@@ -136,12 +138,11 @@ def _ablation_batch(inspector, inputs, targets, obj, units, probe, edits, means,
                 edit = HeadScale({unit: scale}, fill)
                 rep_in = {k: _repeat(v, g, b) for k, v in model_in.items()}
                 rep_targets = {k: _repeat(v, g, b) for k, v in targets.items()}
+                replay = _ReplayRecorder(unit, stats.outputs.get(unit) if cache is not None else None, g)
                 with ExitStack() as stack:
                     if cache is not None:
                         stack.enter_context(cache.replay_below(unit, g, b))
-                    replay = _ReplayProbe(unit, probe.outputs.get(unit) if cache is not None else None, g)
-                    stack.enter_context(_capturing(inspector, replay, [*edits, edit], check=False))
-                    output = model(**rep_in)
+                    output = _forward(inspector, rep_in, [replay], [*edits, edit])
                 loss = obj.loss(output, rep_targets).float().cpu().view(g, b)
                 values[:, i, heads, 0] = (loss - base[None]).T
                 if acc:
@@ -160,15 +161,14 @@ def _sites_of(inspector: AttentionInspector) -> dict[UnitKey, Site]:
     cached = _SITES.get(model)
     if cached is not None:
         return cached
-    probe = OutputProbe()
+    recorder = SiteRecorder()
     ids = torch.zeros(1, 2, dtype=torch.long, device=inspector.device)
-    inputs: dict[str, object] = {"input_ids": ids}
+    inputs = {"input_ids": ids}
     if inspector.is_encoder_decoder:
         inputs["decoder_input_ids"] = ids
-    with torch.no_grad(), _capturing(inspector, probe, check=False):
-        model(**inputs, **({"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}))
-    _SITES[model] = dict(probe.sites)
-    return probe.sites
+    _forward(inspector, inputs, [recorder])
+    _SITES[model] = dict(recorder.sites)
+    return recorder.sites
 
 
 _SITES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[UnitKey, Site]]" = weakref.WeakKeyDictionary()
@@ -179,17 +179,13 @@ def _dataset_means(inspector: AttentionInspector, src: _Data, batch_size: int, m
                    progress: bool) -> dict[UnitKey, torch.Tensor]:
     """Each head's mean output over every real token of the data (one forward pass per batch)."""
     units = _units(inspector)
-    sums: dict[UnitKey, torch.Tensor] = {}
-    counts: dict[UnitKey, int] = {}
+    recorder = MeanOutputRecorder()
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats = ShardStats.empty(1, 1, ("sentences",), ("",))
         for batch, rows in _shard_batches(inspector, src, start, stop, batch_size, max_length):
-            probe = MeanOutputProbe(query_masks(batch))
-            inspector.run(batch, probe)
-            for k, v in probe.sums.items():
-                sums[k] = sums.get(k, 0) + v
-                counts[k] = counts.get(k, 0) + probe.counts[k]
+            recorder.query_valid = query_masks(batch)
+            inspector.run(batch, recorder)
             stats.add_values(torch.zeros(len(rows), 1, 1, 1), torch.zeros(len(rows), 1, 1, dtype=torch.long))
             if bar is not None:
                 bar.update(len(rows))
@@ -197,10 +193,10 @@ def _dataset_means(inspector: AttentionInspector, src: _Data, batch_size: int, m
         return stats
 
     run_sharded(src.rows, max(src.rows, 1), compute, progress=progress, desc="mean head outputs", column=src.columns[0])
-    missing = [u for u, _ in units if u not in sums]
+    missing = [u for u, _ in units if u not in recorder.sums]
     if missing:
         raise CaptureError(f"no attention output was seen for layer {missing[0][1]} ({missing[0][0]})")
-    return {k: (v / max(counts[k], 1)).float() for k, v in sums.items()}
+    return recorder.means()
 
 
 # =========================================================================== sets of heads removed together
@@ -208,36 +204,27 @@ def _group_batch(inspector: AttentionInspector, batch: Batch, rows: list[int], o
                  groups: list[list[HeadKey]], means: dict[UnitKey, torch.Tensor] | None,
                  copies_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``([groups, B] objective, [groups, B] accuracy or None)`` with each group's heads removed together."""
-    model = inspector.model
     dims = inspector.dims()
     b, t = batch.size, batch.inputs["attention_mask"].shape[1]
     inputs, targets = obj.prepare(batch, rows)
-    model_in = _model_inputs(inputs, inspector.device, model)
+    model_in = _model_inputs(inputs, inspector.device)
     if obj.needs_reference:
-        with torch.no_grad(), _capturing(inspector, OutputProbe()):
-            ref = model(**model_in)
-        targets = obj.set_reference(ref, targets)
+        targets = obj.set_reference(_forward(inspector, model_in), targets)
     per_pass = _copies(copies_tokens, b, t, inspector.device)
     losses, accs = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for g0 in range(0, len(groups), per_pass):
-            chunk = groups[g0:g0 + per_pass]
-            g = len(chunk)
-            scale: dict[UnitKey, torch.Tensor] = {}
-            for gi, heads in enumerate(chunk):
-                for stack, layer, head in heads:
-                    scale.setdefault((stack, layer), torch.ones(g, dims[stack][1]))[gi, head] = 0.0
-            fill = {k: means[k] for k in scale} if means is not None else {}
-            rep_targets = {k: _repeat(v, g, b) for k, v in targets.items()}
-            with torch.no_grad(), _capturing(inspector, OutputProbe(), [HeadScale(scale, fill)]):
-                output = model(**{k: _repeat(v, g, b) for k, v in model_in.items()})
-            losses.append(obj.loss(output, rep_targets).float().cpu().view(g, b))
-            if obj.has_accuracy:
-                accs.append(obj.accuracy(output, rep_targets).float().cpu().view(g, b))
-    finally:
-        model.train(was_training)
+    for g0 in range(0, len(groups), per_pass):
+        chunk = groups[g0:g0 + per_pass]
+        g = len(chunk)
+        scale: dict[UnitKey, torch.Tensor] = {}
+        for gi, heads in enumerate(chunk):
+            for stack, layer, head in heads:
+                scale.setdefault((stack, layer), torch.ones(g, dims[stack][1]))[gi, head] = 0.0
+        fill = {k: means[k] for k in scale} if means is not None else {}
+        rep_targets = {k: _repeat(v, g, b) for k, v in targets.items()}
+        output = _forward(inspector, {k: _repeat(v, g, b) for k, v in model_in.items()}, (), [HeadScale(scale, fill)])
+        losses.append(obj.loss(output, rep_targets).float().cpu().view(g, b))
+        if obj.has_accuracy:
+            accs.append(obj.accuracy(output, rep_targets).float().cpu().view(g, b))
     return torch.cat(losses), (torch.cat(accs) if accs else None)
 
 

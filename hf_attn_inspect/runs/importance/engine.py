@@ -10,13 +10,14 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from ...capture.ablation import ABLATIONS, HeadKey, HeadScale, HeadSpec, OutputProbe, UnitKey, resolve_heads
+from ...capture.ablation import ABLATIONS, HeadKey, HeadScale, HeadSpec, UnitKey, resolve_heads
 from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
 from ...capture.interface import OutputEdit, Site
+from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import InputError
 from ...core.files import write_json
-from ...core.kernels import scaled_dot_product_attention_with_weights
+from ...core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..dataset import SentenceStatsProbe
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
@@ -36,33 +37,45 @@ METHODS = ("ablation", "gradient")
 IMPORTANCE_OUTPUTS = ("head_importance.csv", "pruning_curve.csv", "importance_map.png", "pruning_curve.png", "report.md")
 
 
-class _StatsProbe(SentenceStatsProbe):
-    """The dataset engine's statistics probe that also remembers the sites and outputs; for gradients it returns
-    a differentiable output (the reference kernel's, whose weights also give the statistics; torch's fused
-    attention where that kernel's float32 path does not apply)."""
+class _StatsRecorder(Recorder):
+    """Computes every layer for the importance engine's intact (or gated) pass: the dataset engine's statistics
+    (``stats``, a :class:`~hf_attn_inspect.runs.dataset.SentenceStatsProbe` of the batch's masks, which also
+    computes the output) and the ``sites`` and ``outputs`` of every layer (for the layer cache and the replay).
+    ``differentiable`` (gradients): the output is differentiable, from the reference kernel whose weights also
+    give the statistics, or from torch's fused attention where that kernel's float32 path does not apply (the
+    statistics are then computed on detached inputs); ``outputs`` stays empty."""
 
-    def __init__(self, *args: object, differentiable: bool = False, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, valid: torch.Tensor, special: torch.Tensor | None, punctuation: torch.Tensor | None, *,
+                 differentiable: bool = False) -> None:
+        self.stats = SentenceStatsProbe(valid=valid, special=special, punctuation=punctuation)
         self.sites: dict[UnitKey, Site] = {}
         self.outputs: dict[UnitKey, torch.Tensor] = {}
         self.differentiable = differentiable
-        self.fast = OutputProbe()
 
-    def attend(self, site, module, query, key, value, mask, scaling, **kwargs):  # type: ignore[override]
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        site, stats = call.site, self.stats
+        query, key, value, mask = call.query, call.key, call.value, call.mask
         self.sites[(site.stack, site.layer)] = site
         if not self.differentiable:
-            output, weights = super().attend(site, module, query, key, value, mask, scaling, **kwargs)
+            output, weights = stats.attend(site, call.module, query, key, value, mask, call.scaling, **call.kwargs)
             self.outputs[(site.stack, site.layer)] = output
             return output, weights
-        simple = (site.stack in self.stacks and kwargs.get("softcap") is None and query.dtype == torch.float32
+        simple = (site.stack in stats.stacks and call.softcap is None and query.dtype == torch.float32
                   and key.shape[-3] == query.shape[-3] and (mask is None or mask.dtype == torch.float32))
         if simple:  # one differentiable computation gives the output and the weights for the statistics
-            output, weights = scaled_dot_product_attention_with_weights(query, key, value, mask, scale=scaling)
-            self._reduce(site, weights.detach(), bool(getattr(module, "is_causal", False)))
+            output, weights = scaled_dot_product_attention_with_weights(query, key, value, mask, scale=call.scaling)
+            stats._reduce(site, weights.detach(), call.causal)
             return output, None
         with torch.no_grad():
-            super().attend(site, module, query.detach(), key.detach(), value.detach(), mask, scaling, **kwargs)
-        return self.fast.attend(site, module, query, key, value, mask, scaling, **kwargs)
+            stats.attend(site, call.module, query.detach(), key.detach(), value.detach(), mask, call.scaling, **call.kwargs)
+        return fast_attention_output(query, key, value, mask, scale=call.scaling, softcap=call.softcap), None
+
+    def record(self, call: AttentionCall) -> None:
+        """Eager fallback: the statistics of the model's own weights."""
+        self.stats.record(call.site, call.weights)
+
+    def finish(self) -> None:
+        self.stats.finish()
 
 
 _METRICS_BASE = ("importance", "objective")
@@ -197,27 +210,20 @@ def _score_batch(
     method: str, means: dict[UnitKey, torch.Tensor] | None, fixed: HeadScale | None, cache_layers: bool, copies_tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``([B, units, heads, metrics], [B, units, heads] pattern classes)`` of one batch."""
-    model = inspector.model
     b = batch.size
     h_max = max(h for _, h in units)
     inputs, targets = obj.prepare(batch, rows)
     m = batch.masks("self")
-    probe = _StatsProbe(valid=m.valid, special=m.special, punctuation=m.punctuation,
-                        differentiable=method == "gradient")
+    recorder = _StatsRecorder(m.valid, m.special, m.punctuation, differentiable=method == "gradient")
     edits: list[OutputEdit] = [fixed] if fixed is not None else []
-    was_training = model.training
-    model.eval()
-    try:
-        if method == "gradient":
-            values = _gradient_batch(inspector, inputs, targets, rows, obj, units, probe, edits)
-        else:
-            values = _ablation_batch(inspector, inputs, targets, obj, units, probe, edits, means, cache_layers, copies_tokens)
-    finally:
-        model.train(was_training)
-    stats = probe.per_sentence() if probe.values else None  # [B, L, H, M] of the main stack
+    if method == "gradient":
+        values = _gradient_batch(inspector, inputs, targets, rows, obj, units, recorder, edits)
+    else:
+        values = _ablation_batch(inspector, inputs, targets, obj, units, recorder, edits, means, cache_layers, copies_tokens)
+    stats = recorder.stats.per_sentence() if recorder.stats.values else None  # [B, L, H, M] of the main stack
     classes = torch.full((b, len(units), h_max), len(PATTERN_CLASSES), dtype=torch.long)
     if stats is not None:
-        per = {k: stats[..., i] for i, k in enumerate(probe.metric_names)}
+        per = {k: stats[..., i] for i, k in enumerate(recorder.stats.metric_names)}
         _, cls = classify_sentence_heads(per)
         main = [i for i, ((s, _), _) in enumerate(units) if s in ("self", "encoder")]
         classes[:, main, : cls.shape[2]] = cls

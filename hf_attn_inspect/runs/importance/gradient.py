@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from ...capture.ablation import HeadScale
-from .passes import _capturing, _model_inputs
+from .passes import _forward, _model_inputs
 
 
 @contextmanager
@@ -24,14 +24,14 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _gradient_batch(inspector, inputs, targets, rows, obj, units, probe, edits) -> torch.Tensor:  # noqa: ANN001
-    model = inspector.model
+def _gradient_batch(inspector, inputs, targets, rows, obj, units, stats, edits) -> torch.Tensor:  # noqa: ANN001
+    """``[B, units, heads, metrics]``: one pass with a gate on every head (``stats`` records the pattern
+    statistics) and one backward pass; the importance is ``|dL/d gate|`` per sentence."""
     b = next(iter(inputs.values())).shape[0]
     h_max = max(h for _, h in units)
     gates = {u: torch.ones(b, h, device=inspector.device, requires_grad=True) for u, h in units}
-    with torch.enable_grad(), _frozen(model):
-        with _capturing(inspector, probe, [*edits, HeadScale(gates)]):
-            output = model(**_model_inputs(inputs, inspector.device, model))
+    with torch.enable_grad(), _frozen(inspector.model):
+        output = _forward(inspector, _model_inputs(inputs, inspector.device), [stats], [*edits, HeadScale(gates)], grad=True)
         if obj.needs_reference:
             with torch.no_grad():
                 targets = obj.set_reference(output, targets)

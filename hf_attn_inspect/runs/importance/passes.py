@@ -1,30 +1,26 @@
-"""Forward passes of the importance engine: the one entry into the capture path, batch copies, the units."""
+"""Forward passes of the importance engine (each one an :meth:`AttentionInspector.run`), batch copies, the units."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
+from transformers.utils import ModelOutput
 
 from ...capture.ablation import UnitKey
+from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
-from ...capture.interface import OutputEdit, Probe, capture
-from ...core.errors import CaptureError
+from ...capture.interface import OutputEdit
+from ...capture.recorders import Recorder
 
 
-@contextmanager
-def _capturing(inspector: AttentionInspector, probe: Probe, edits: Sequence[OutputEdit] = (), *,
-               check: bool = True) -> Iterator[object]:
-    """Every forward pass of the importance engine runs in this block: ``inspector``'s model with ``probe``
-    and ``edits`` in the capture path (gradients as the caller's ``torch.no_grad``/``enable_grad`` say);
-    yields the capture state. With ``check``, a model whose attention never went through the capture path
-    raises :class:`CaptureError` after the block."""
-    model = inspector.model
-    with capture(model, probe, edits=list(edits)) as state:
-        yield state
-    if check:
-        _check_calls(state, model)
+def _forward(inspector: AttentionInspector, inputs: dict[str, torch.Tensor], recorders: Sequence[Recorder] = (),
+             edits: Sequence[OutputEdit] = (), *, grad: bool = False) -> ModelOutput:
+    """Every forward pass of the importance engine: ``inspector``'s model on ``inputs`` (:func:`_model_inputs`)
+    through :meth:`AttentionInspector.run` with ``recorders``, ``edits`` and, with ``grad``, gradients on; returns
+    the model output. A model whose attention does not go through the capture path raises
+    :class:`~hf_attn_inspect.core.errors.CaptureError` there as soon as a pass has edits."""
+    return inspector.run(Batch(inputs=dict(inputs)), list(recorders), grad=grad, edits=edits)
 
 
 def _copies(copies_tokens: int | None, batch: int, tokens: int, device: torch.device) -> int:
@@ -35,11 +31,9 @@ def _copies(copies_tokens: int | None, batch: int, tokens: int, device: torch.de
     return max(1, copies_tokens // max(1, batch * tokens))
 
 
-def _model_inputs(inputs: dict[str, torch.Tensor], device: torch.device, model: torch.nn.Module) -> dict[str, object]:
-    out: dict[str, object] = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
-    if getattr(model.config, "use_cache", None) is not None:
-        out["use_cache"] = False
-    return out
+def _model_inputs(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``inputs`` on ``device`` without ``labels`` (the model gets no labels; the objectives read them)."""
+    return {k: v.to(device) for k, v in inputs.items() if k != "labels"}
 
 
 def _repeat(x: object, g: int, b: int) -> object:
@@ -55,12 +49,6 @@ def _repeat(x: object, g: int, b: int) -> object:
     if isinstance(x, dict):
         return type(x)({k: _repeat(v, g, b) for k, v in x.items()})
     return x
-
-
-def _check_calls(state: object, model: torch.nn.Module) -> None:
-    if getattr(state, "calls", 0) == 0:
-        raise CaptureError(f"{type(model).__name__} does not dispatch through transformers' attention interface, "
-                           "so its heads cannot be ablated")
 
 
 def _units(inspector: AttentionInspector) -> list[tuple[UnitKey, int]]:
