@@ -351,7 +351,7 @@ class AttentionInspector:
     def _oom_message(self, exc: BaseException, batch: Batch, probe: Probe, site: Site | None) -> str:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(". ") or type(exc).__name__
         where = f"layer {site.layer}'s {site.stack} attention" if site is not None else "the model's forward pass"
-        shape = f"{batch.size} x {batch.inputs['attention_mask'].shape[-1]} tokens"
+        shape = f"{batch.size} x {batch.width} tokens"
         return (
             f"out of memory while computing {where} ({probe!r}, {shape}) with {self.name}: {reason}; "
             "keep fewer layers or heads, give a smaller max_memory / --max-memory so the estimate leaves more "
@@ -479,7 +479,7 @@ class AttentionInspector:
 
     def stack_shapes(self, batch: Batch) -> dict[str, tuple[int, int, int, int]]:
         """``{stack: (layers, heads, T_q, T_k)}`` of the attention the model computes on ``batch`` (padded lengths)."""
-        t = int(batch.inputs["attention_mask"].shape[-1])
+        t = batch.width
         td = int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else t
         lengths = {"self": (t, t), "encoder": (t, t), "decoder": (td, td), "cross": (td, t)}
         return {stack: (nl, nh, *lengths[stack]) for stack, (nl, nh) in self.dims().items()}
@@ -491,7 +491,7 @@ class AttentionInspector:
         hidden = self._widths(1)[0]
         inter = next((v for n in ("intermediate_size", "n_inner", "encoder_ffn_dim") if isinstance(v := getattr(cfg, n, None), int)), 4 * hidden)
         b = batch.size
-        t = int(batch.inputs["attention_mask"].shape[-1]) + (int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else 0)
+        t = batch.width + (int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else 0)
         size = b * t * (8 * hidden + 3 * inter) * 4
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         vocab = getattr(cfg, "vocab_size", None)
@@ -543,7 +543,7 @@ class AttentionInspector:
             return
         one_layer = self.batch_estimate(batch, [0], heads).total
         one_head = self.batch_estimate(batch, [0], [0]).total
-        t = int(batch.inputs["attention_mask"].shape[-1])
+        t = batch.width
         raise MemoryBudgetError(
             f"capturing full attention weights of {t} tokens needs about {estimate.describe()}, more than the "
             f"memory budget of {budget.describe()}; ways out: keep less with layers=[...]/heads=[...] or view --layers "
@@ -618,11 +618,11 @@ class AttentionInspector:
                     attentions=attentions,
                     layer_ids=main_layers,
                     head_ids=list(head_ids),
-                    word_ids=enc.word_ids(b)[:n],
-                    segment_ids=enc.sequence_ids(b)[:n],
+                    word_ids=None if enc is None else enc.word_ids(b)[:n],
+                    segment_ids=None if enc is None else enc.sequence_ids(b)[:n],
                     special_tokens_mask=batch.special[b, :n].tolist(),
                     model_name=self.name,
-                    text=batch.texts[b],
+                    text=batch.texts[b] if batch.texts else None,
                     text_pair=None if batch.pairs is None else batch.pairs[b],
                     is_causal=causal,
                     truncated=cut,
