@@ -90,11 +90,13 @@ class CapturePlan:
         return f"every head's metrics, {which} attention pooled{blocks}, and {full}"
 
     def describe(self) -> str:
-        """One line: each stack's layers by mode, and the estimate against the budget."""
+        """One line: each stack's layers by mode (and the heads of pooled layers also kept in full), and the
+        estimate against the budget."""
         parts = []
-        for stack in self.shapes:
-            modes = [f"{mode} {_ids(self.layers_in(mode, stack))}" for mode in ("full", "pooled")
-                     if self.layers_in(mode, stack)]
+        for stack, (_, nh, _, _) in self.shapes.items():
+            modes = [f"{mode} {_ids(ids)}" for mode in ("full", "pooled") if (ids := self.layers_in(mode, stack))]
+            modes += [f"{len(heads)} of {nh} heads of layer {i} also full" for (s, i), heads in self.full_heads.items()
+                      if s == stack and self.modes.get((s, i)) == "pooled"]
             if modes:
                 parts.append(f"{stack}: {', '.join(modes)}")
         return f"{'; '.join(parts)}; needs about {self.estimate.describe()} of {self.budget.describe()}"
