@@ -244,6 +244,12 @@ def _explorer_capture(inspector: AttentionInspector, plan: CapturePlan, recorder
                            plan=plan, notes=list(plan.notes))
 
 
+def _one_batch(inspector: AttentionInspector, text: str | Batch, pair: str | None, max_length: int | None,
+               truncation: bool) -> Batch:
+    return text if isinstance(text, Batch) else inspector.encode(
+        [text], None if pair is None else [pair], max_length=max_length, truncation=truncation)
+
+
 def capture_within_budget(
     inspector: AttentionInspector,
     text: str | Batch,
@@ -264,8 +270,7 @@ def capture_within_budget(
     head's full weights when they fit the budget (see :func:`plan_capture`). Raises
     :class:`MemoryBudgetError` when even the pooled capture does not fit.
     """
-    batch = text if isinstance(text, Batch) else inspector.encode(
-        [text], None if pair is None else [pair], max_length=max_length, truncation=truncation)
+    batch = _one_batch(inspector, text, pair, max_length, truncation)
     plan = plan_capture(inspector, batch, stack=stack, layer=layer, head=head, budget=budget, max_memory=max_memory,
                         max_blocks=max_blocks, draw_limit=draw_limit, pooled=True)
     return run_plan(inspector, plan)
@@ -290,8 +295,7 @@ def capture_for_explorer(
     ``max_blocks x max_blocks`` blocks per head, and every head's metrics. Raises :class:`MemoryBudgetError`
     when even the pooled capture does not fit.
     """
-    batch = text if isinstance(text, Batch) else inspector.encode(
-        [text], None if pair is None else [pair], max_length=max_length, truncation=truncation)
+    batch = _one_batch(inspector, text, pair, max_length, truncation)
     plan = plan_capture(inspector, batch, layers=layers, budget=budget, max_memory=max_memory,
                         max_blocks=max_blocks, draw_limit=draw_limit, pooled=True)
     return run_plan(inspector, plan)
