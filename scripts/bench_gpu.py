@@ -3,7 +3,7 @@
 
 Part A -- whole-model analysis: a bert-base-shaped model (random weights, 12 layers x 12 heads, hidden
 768), bf16, B=64 x T=128 and B=16 x T=512. Throughput, relative to the model's plain sdpa forward pass, of
-the statistics probe (:class:`hf_attn_inspect.stats.streaming.StreamingStatsProbe`, every per-head metric of
+the statistics recorder (:class:`hf_attn_inspect.stats.streaming.StreamingStatsRecorder`, every per-head metric of
 every layer reduced per sentence on the device, one transfer per batch) with the fused Triton kernel (the
 CUDA default) and with the tiled PyTorch path (``HF_ATTN_INSPECT_FUSED=0``), of the ``batch`` command's probe
 (:class:`hf_attn_inspect.runs.dataset.SentenceStatsProbe`, fused on CUDA) and of the materialising analysis
@@ -155,16 +155,16 @@ def _part_a_batch(cfg, b: int, t: int):
 
 
 def _statistics_run(inspector, batch) -> Callable[[], object]:
-    """One batch through the statistics probe: per-sentence metrics of every layer, on the CPU at the end."""
-    from hf_attn_inspect.stats.streaming import StreamingStatsProbe
+    """One batch through the statistics recorder: per-sentence metrics of every layer, on the CPU at the end."""
+    from hf_attn_inspect.stats.streaming import StreamingStatsRecorder
 
     masks = batch.stack_masks()
 
     def run() -> object:
-        probe = StreamingStatsProbe(masks, reduce=True, q_tile=batch.inputs["input_ids"].shape[1],
-                                    k_tile=batch.inputs["input_ids"].shape[1])
-        inspector.run(batch, probe)  # run() ends with probe.finish(): one transfer
-        return probe.metrics
+        recorder = StreamingStatsRecorder(masks, reduce=True, q_tile=batch.inputs["input_ids"].shape[1],
+                                         k_tile=batch.inputs["input_ids"].shape[1])
+        inspector.run(batch, recorder)  # run() ends with recorder.finish(): one transfer
+        return recorder.metrics
 
     return run
 

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import tiny_models  # noqa: E402
 from hf_attn_inspect import AttentionInspector  # noqa: E402
-from hf_attn_inspect.capture.pooled import PooledWeightsProbe, pool_blocks  # noqa: E402
+from hf_attn_inspect.capture.pooled import PooledRecorder, pool_blocks  # noqa: E402
 from hf_attn_inspect.core.errors import MemoryExhaustedError  # noqa: E402
 from hf_attn_inspect.core.memory import memory_budget  # noqa: E402
-from hf_attn_inspect.runs.long_inputs import capture_within_budget  # noqa: E402
+from hf_attn_inspect.runs.planner import capture_within_budget  # noqa: E402
 from hf_attn_inspect.stats.metrics import METRICS  # noqa: E402
 from hf_attn_inspect.stats.streaming import streaming_head_metrics  # noqa: E402
 
@@ -51,12 +51,12 @@ def main() -> int:
           f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, max |metric - streaming| = {diff:.2e}; {cap.kept()}")
     short = " ".join(random.Random(2).choice(WORDS) for _ in range(500))
     batch = ins.encode([short])
-    probe = PooledWeightsProbe(full={("self", i): list(range(4)) for i in range(2)}, max_blocks=37, chunk_bytes=4 * 502 * 4 * 50)
-    ins.run(batch, probe)
-    full = torch.stack([probe.weights["self"][i][0] for i in range(2)])
-    pooled = torch.stack([probe.pooled["self"][i][0] for i in range(2)])
+    recorder = PooledRecorder(full={("self", i): list(range(4)) for i in range(2)}, max_blocks=37, chunk_bytes=4 * 502 * 4 * 50)
+    ins.run(batch, recorder)
+    full = torch.stack([recorder.weights["self"][i][0] for i in range(2)])
+    pooled = torch.stack([recorder.pooled["self"][i][0] for i in range(2)])
     ref = ins(short).attentions
-    print(f"pooled vs full block sums on cuda: {(pool_blocks(full, *probe.edges['self']) - pooled).abs().max():.2e}; "
+    print(f"pooled vs full block sums on cuda: {(pool_blocks(full, *recorder.edges['self']) - pooled).abs().max():.2e}; "
           f"chunked weights vs reference: {(full - ref).abs().max():.2e}")
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(0.03)

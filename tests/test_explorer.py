@@ -492,7 +492,7 @@ def test_pooled_page_encoder_decoder_and_causal(browser, tiny_model, tiny_tokeni
     """Every stack of an encoder-decoder model (and a causal GQA model) pools and draws: layer 1 full, layer 0 pooled."""
     from hf_attn_inspect import AttentionInspector
     from hf_attn_inspect.capture.pooled import pool_blocks
-    from hf_attn_inspect.runs.long_inputs import capture_for_explorer
+    from hf_attn_inspect.runs.planner import capture_for_explorer
 
     ins = AttentionInspector(tiny_model(family), tiny_tokenizer, name=family)
     text, pair = "the cat sat on the mat and the dog ran to the park " * 3, "a short reply here" if family == "bart" else None

@@ -27,7 +27,7 @@ from hf_attn_inspect.core.kernels import (
 )
 from hf_attn_inspect.core.kernels.triton_kernel import triton_mode
 from hf_attn_inspect.runs.dataset import SentenceStatsProbe
-from hf_attn_inspect.stats.streaming import StreamingStatsProbe
+from hf_attn_inspect.stats.streaming import StreamingStatsRecorder
 
 MODE = triton_mode()
 DEVICES = [
@@ -229,9 +229,9 @@ def test_streaming_probe_output_and_metrics_identical_either_path(device, monkey
     batch = _padded_batch(19)
 
     def run():
-        probe = StreamingStatsProbe(batch.stack_masks(), reduce=True)
-        out = ins.run(batch, probe)[0]  # run() calls probe.finish(): one transfer for the batch
-        return out, probe.metrics["self"]
+        recorder = StreamingStatsRecorder(batch.stack_masks(), reduce=True)
+        out = ins.run(batch, recorder)[0]  # run() calls recorder.finish(): one transfer for the batch
+        return out, recorder.metrics["self"]
 
     (out, metrics), (out_ref, metrics_ref) = _both_paths(monkeypatch, run)
     valid = batch.valid.to(device)

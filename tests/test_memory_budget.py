@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from hf_attn_inspect import AttentionInspector
-from hf_attn_inspect.capture.pooled import PooledWeightsProbe, block_edges, pool_blocks
+from hf_attn_inspect.capture.pooled import PooledRecorder, block_edges, pool_blocks
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.core.errors import InputError, MemoryBudgetError, MemoryExhaustedError
 from hf_attn_inspect.core.memory import format_bytes, memory_budget, oom_guard, parse_size
-from hf_attn_inspect.runs.long_inputs import capture_within_budget
+from hf_attn_inspect.runs.planner import capture_within_budget
 from hf_attn_inspect.stats.metrics import METRICS
 from hf_attn_inspect.stats.patterns import head_table
 from hf_attn_inspect.stats.streaming import streaming_head_metrics
@@ -127,18 +127,18 @@ def test_pooled_block_sums_equal_full_block_sums(inspector, tiny_model, tiny_tok
     nl, nh = ins.num_layers, ins.num_heads
     stack = "self"
     t = int(batch.inputs["attention_mask"].shape[-1])
-    probe = PooledWeightsProbe(full={(stack, i): list(range(nh)) for i in range(nl)}, max_blocks=13,
-                               chunk_bytes=nh * t * 4 * 7)  # 7 query rows per block of work
-    assert probe.rows_per_chunk(1, nh, t) == 7
-    ins.run(batch, probe)
-    full = torch.stack([probe.weights[stack][i][0] for i in range(nl)])  # [L, H, T, T]
+    recorder = PooledRecorder(full={(stack, i): list(range(nh)) for i in range(nl)}, max_blocks=13,
+                              chunk_bytes=nh * t * 4 * 7)  # 7 query rows per block of work
+    assert recorder.rows_per_chunk(1, nh, t) == 7
+    ins.run(batch, recorder)
+    full = torch.stack([recorder.weights[stack][i][0] for i in range(nl)])  # [L, H, T, T]
     reference = ins(text).attentions
     torch.testing.assert_close(full, reference, atol=1e-5, rtol=1e-5)
     if family == "llama":  # causal: keys after the query are exactly 0
         assert (full.triu(1) == 0).all()
-    q_edges, k_edges = probe.edges[stack]
+    q_edges, k_edges = recorder.edges[stack]
     assert torch.equal(q_edges, block_edges(t, 13)) and len(q_edges) - 1 <= 13
-    pooled = torch.stack([probe.pooled[stack][i][0] for i in range(nl)])
+    pooled = torch.stack([recorder.pooled[stack][i][0] for i in range(nl)])
     # the full matrix's block sums, by numpy's reduceat (independent of pool_blocks)
     starts = q_edges[:-1].numpy()
     want = np.add.reduceat(np.add.reduceat(full.double().numpy(), starts, axis=-2), starts, axis=-1)
@@ -217,7 +217,7 @@ def test_simulated_allocation_failure_exits_2_with_one_line_and_no_files(tmp_pat
     elif where == "pooled capture":
         monkeypatch.setattr("hf_attn_inspect.capture.pooled.fast_attention_with_weights", fail)
         argv = ["inspect", words(400), "--max-memory", "60MB", "--out", str(tmp_path / "o")]
-        expected = "error: out of memory while computing layer 0's self attention (PooledStatsProbe"
+        expected = "error: out of memory while computing layer 0's self attention (PooledStatsRecorder"
     else:
         from hf_attn_inspect.views import plotting
 
@@ -324,7 +324,7 @@ LONG_VIEW = words(300, seed=3)  # 302 tokens: full weights of 6 x 12 heads need 
 
 
 def test_view_above_budget_pools_other_layers_chosen_layers_full(inspector, tmp_path, capsys):
-    from hf_attn_inspect.runs.long_inputs import capture_for_explorer
+    from hf_attn_inspect.runs.planner import capture_for_explorer
 
     full = inspector(LONG_VIEW)  # the reference: every layer's full weights (fits without a budget)
     out = tmp_path / "v.html"

@@ -19,7 +19,7 @@ from hf_attn_inspect.core.kernels import scaled_dot_product_attention_with_weigh
 from hf_attn_inspect.stats.metrics import METRICS, ROW_QUANTITIES, row_quantities, sentence_metrics
 from hf_attn_inspect.stats.streaming import (
     DISTANCE_EDGES,
-    StreamingStatsProbe,
+    StreamingStatsRecorder,
     distance_bucket_mass,
     streaming_head_metrics,
     streaming_metrics,
@@ -229,11 +229,11 @@ def test_model_output_unchanged_with_streaming_probe(inspector, tiny_model, tiny
     for ins in (inspector, AttentionInspector(tiny_model("llama"), tiny_tokenizer)):
         batch = ins.encode(SENTENCES)
         ref = ins.run(batch, Probe())[0]
-        probe = StreamingStatsProbe()
-        fast = ins.run(batch, probe)[0]
+        recorder = StreamingStatsRecorder()
+        fast = ins.run(batch, recorder)[0]
         v = batch.valid
         torch.testing.assert_close(fast[v], ref[v], atol=1e-5, rtol=1e-4)
-        assert probe.rows["self"], "statistics were collected"
+        assert recorder.rows["self"], "statistics were collected"
 
 
 def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokenizer):
@@ -249,11 +249,11 @@ def test_long_positions_4k_tiny_llama_match_materialised(tiny_model, tiny_tokeni
     valid = torch.ones(1, 4096, dtype=torch.bool)
     want = sentence_metrics(w, valid, causal=True)
     del w, weights_probe
-    probe = StreamingStatsProbe(layers=[1], q_tile=512, k_tile=1024)
-    ins.run(batch, probe)
+    recorder = StreamingStatsRecorder(layers=[1], q_tile=512, k_tile=1024)
+    ins.run(batch, recorder)
     from hf_attn_inspect.stats.metrics import reduce_rows
 
-    got = reduce_rows(probe.rows["self"][1], valid, causal=True)
+    got = reduce_rows(recorder.rows["self"][1], valid, causal=True)
     assert_metrics_close(want, got)
 
 

@@ -434,12 +434,40 @@ class AttentionInspector:
         for start in range(0, len(texts), batch_size):
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
-            self.check_budget(self.batch_estimate(batch, layer_list, head_list, request), budget, batch, layer_list, head_list)
-            recorders = request.recorders(self.model)
-            self.run(batch, recorders)
-            captured = CaptureResult.collect(recorders)
-            results.extend(self._results(batch, captured.pop("weights"), head_list, captured=captured, measures=request.measures))
+            results.extend(self.capture_batch(batch, budget=budget, request=request))
         return results[0] if single else results
+
+    def capture_batch(
+        self,
+        batch: Batch,
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        budget: MemoryBudget | None = None,
+        request: CaptureRequest | None = None,
+    ) -> list[AttentionResult]:
+        """Capture the full attention weights of an already encoded ``batch`` (:meth:`encode`): one
+        :class:`AttentionResult` per text, cut to its own tokens, exactly what :meth:`__call__` returns for it.
+
+        ``layers``/``heads`` restrict what is kept (0-based; out-of-range raises :class:`InputError`); a
+        ``request`` (:class:`~hf_attn_inspect.capture.request.CaptureRequest`) states them with the records and
+        measures to keep, and then replaces them. The
+        estimate of :meth:`batch_estimate` is compared with ``budget`` (default: half of the memory available,
+        :func:`~hf_attn_inspect.core.memory.memory_budget`) first; a batch that does not fit raises
+        :class:`~hf_attn_inspect.core.errors.MemoryBudgetError` before anything big is allocated. The text is
+        not tokenized again, so a caller that encoded it once (the planner) captures that same batch.
+        """
+        if request is not None:
+            layers, heads = request.layers, request.heads
+        layer_list = self._check_indices(layers, "layer", 0)
+        head_list = self._check_indices(heads, "head", 1)
+        request = _with_weights(request or CaptureRequest(layers=layer_list, heads=head_list))
+        budget = budget or memory_budget(None, self.device)
+        self.check_budget(self.batch_estimate(batch, layer_list, head_list, request), budget, batch, layer_list, head_list)
+        recorders = request.recorders(self.model)
+        self.run(batch, recorders)
+        captured = CaptureResult.collect(recorders)
+        return self._results(batch, captured.pop("weights"), head_list, captured=captured, measures=request.measures)
 
     # ---------------------------------------------------------------- memory
     def estimate_memory(
@@ -568,7 +596,7 @@ class AttentionInspector:
         self, batch: Batch, weights: dict[str, dict[int, torch.Tensor]], heads: Sequence[int] | None = None
     ) -> list[AttentionResult]:
         """One :class:`AttentionResult` per text of ``batch`` from per-layer weights ``{stack: {layer: [batch,
-        heads, T_q, T_k]}}`` (a probe's ``weights``, e.g. :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe`
+        heads, T_q, T_k]}}`` (a recorder's ``weights``, e.g. :class:`~hf_attn_inspect.capture.pooled.PooledRecorder`
         with ``full=``); a stack with no kept layer gets a ``[0, heads, T_q, T_k]`` tensor, so the result still
         carries every stack's tokens. ``weights`` is emptied (its tensors move into the results)."""
         return self._results(batch, weights, heads, self.stack_shapes(batch))

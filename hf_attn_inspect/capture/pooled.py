@@ -1,7 +1,7 @@
 """Attention of inputs too long for full weights: exact weights computed block of rows by block of rows.
 
-:class:`PooledWeightsProbe` is a :class:`~hf_attn_inspect.capture.interface.Probe` of the one capture path.
-For every attention call it computes the exact weights with the reference kernel
+:class:`PooledRecorder` is a :class:`~hf_attn_inspect.capture.recorders.Recorder` that computes attention
+itself (:meth:`PooledRecorder.compute`). For every attention call it computes the exact weights with the reference kernel
 (:func:`~hf_attn_inspect.core.kernels.scaled_dot_product_attention_with_weights`) for a block of query
 rows at a time, the model's mask evaluated for those rows only (:meth:`~hf_attn_inspect.core.masks.LazyMask.block`),
 so a layer never holds more than ``chunk_bytes`` of weights. From each block it keeps:
@@ -11,8 +11,8 @@ so a layer never holds more than ``chunk_bytes`` of weights. From each block it 
   :func:`pool_blocks` the same sums from a full matrix), never a ``[T, T]`` matrix per head;
 - ``weights[stack][layer]``: full float32 ``[batch, len(heads), T_q, T_k]`` weights of the layers and heads
   named in ``full`` only (what a figure draws at full resolution);
-- and hands each block to :meth:`PooledWeightsProbe.on_rows`, where subclasses measure it (per-row
-  statistics, :class:`hf_attn_inspect.stats.pooled.PooledStatsProbe`).
+- and hands each block to :meth:`PooledRecorder.on_rows`, where subclasses measure it (per-row
+  statistics, :class:`hf_attn_inspect.stats.pooled.PooledStatsRecorder`).
 
 The layer's output is the reference kernel's, row block by row block, so the model runs as with the
 full-weights capture.
@@ -20,18 +20,19 @@ full-weights capture.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from ..core.errors import InputError
 from ..core.kernels import fast_attention_with_weights, repeat_kv, scaled_dot_product_attention_with_weights
 from ..core.masks import LazyMask, lazy_mask
-from .interface import Probe, Site, register_implementation
+from .interface import Site, register_implementation
+from .recorders import AttentionCall, Recorder
 
-__all__ = ["POOLED_NAME", "MAX_BLOCKS", "block_edges", "pool_blocks", "PooledWeightsProbe"]
+__all__ = ["POOLED_NAME", "MAX_BLOCKS", "block_edges", "pool_blocks", "PooledRecorder"]
 
-#: Attention implementation under which the probe receives a :class:`LazyMask` instead of a ``[B, 1, T, S]`` mask.
+#: Attention implementation under which the recorder receives a :class:`LazyMask` instead of a ``[B, 1, T, S]`` mask.
 POOLED_NAME = register_implementation("hf_attn_inspect_pooled", lazy_mask)
 #: Most blocks per side of a pooled matrix.
 MAX_BLOCKS = 256
@@ -75,7 +76,7 @@ def pool_blocks(weights: torch.Tensor, q_edges: torch.Tensor, k_edges: torch.Ten
     return pq.transpose(0, 1) @ (w @ pk)
 
 
-class PooledWeightsProbe(Probe):
+class PooledRecorder(Recorder):
     """Exact attention weights computed a block of query rows at a time; keeps pooled and selected weights.
 
     ``full`` maps ``(stack, layer)`` to the head indices whose full weights are kept (default none);
@@ -148,23 +149,15 @@ class PooledWeightsProbe(Probe):
             self._acc = self._pk = self._q_ids = None
         self.on_layer_end(site, module)
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | LazyMask | None,
-        scaling: float | None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, None]:
         """The reference kernel's output, computed ``rows_per_chunk`` query rows at a time; no weights returned."""
+        site, module, query, key, value, mask, scaling = (
+            call.site, call.module, call.query, call.key, call.value, call.mask, call.scaling)
         b, h, t = query.shape[0], query.shape[1], query.shape[2]
         s = key.shape[-2]
         self._start(site, b, h, t, s, query.device)
         step = self.rows_per_chunk(b, h, s)
-        softcap = kwargs.get("softcap")
+        softcap = call.softcap
         # float32 without softcap and without padding: the in-place kernel (same numbers, no fresh [rows, S]
         # buffers per block; it differs from the reference only on fully masked rows, which padding alone makes)
         fast = (query.dtype == torch.float32 and key.dtype == torch.float32 and softcap is None
@@ -197,8 +190,9 @@ class PooledWeightsProbe(Probe):
         self._finish(site, module)
         return torch.cat(outputs, dim=-2).to(query.dtype), None
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
         """Eager fallback: the model's full weights ``[batch, heads, T_q, T_k]``, taken block by block."""
+        site, weights = call.site, call.weights
         b, h, t, s = weights.shape
         self._start(site, b, h, t, s, weights.device)
         step = self.rows_per_chunk(b, h, s)

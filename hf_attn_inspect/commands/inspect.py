@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .budget import add_memory_option, inspect_long_input
-from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples, load_inspector
+from typing import TYPE_CHECKING
+
+from .options import (
+    add_max_length_option, add_memory_option, add_model_options, add_output_options, check_common, examples, load_inspector,
+)
 from ..core.errors import InputError
 from ..core.files import check_output_dir, check_replaceable, record_outputs
+
+if TYPE_CHECKING:
+    from ..capture.inspector import AttentionInspector
+    from ..runs.captured import LongCapture
+
+#: Tokens shown at each end of a long input's token list.
+_SHOWN_TOKENS = 12
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,12 +94,16 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     layers, heads = dims[stack]
     _check_index(args.layer, layers, "layer")
     _check_index(args.head, heads, "head")
-    code = inspect_long_input(args, inspector, out, stack)
-    if code is not None:  # the full weights do not fit the memory budget: pooled figures, streamed metrics
-        return code
+    from ..runs.captured import LongCapture
+    from ..runs.planner import plan_capture, run_plan
 
-    result = inspector(args.text, args.pair, max_length=args.max_length, truncation=not args.no_truncate,
-                       max_memory=args.max_memory)
+    batch = inspector.encode([args.text], None if args.pair is None else [args.pair], max_length=args.max_length,
+                             truncation=not args.no_truncate)  # the one tokenization of the text
+    plan = plan_capture(inspector, batch, stack=stack, layer=args.layer, head=args.head, max_memory=args.max_memory)
+    result = run_plan(inspector, plan)
+    if isinstance(result, LongCapture):  # the full weights do not fit the memory budget: pooled figures, streamed metrics
+        return _draw_long_input(args, inspector, result, out)
+
     att, q_tokens, k_tokens = result.stack(args.attention)
     q_labels, k_labels = [clean_token(t) for t in q_tokens], [clean_token(t) for t in k_tokens]
     weights = result.head(args.layer, args.head, args.attention)
@@ -127,6 +141,77 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
             print("(--all-heads: metrics are defined for self-attention; showing the encoder's)")
         print(f"\nEVERY HEAD ({which} attention): metrics averaged over query rows, entropy in nats")
         print(format_head_table(head_table(result, which=which)))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", cap: "LongCapture", out: Path) -> int:
+    """``inspect`` of an input whose full weights exceed the budget (a pooled plan that ran).
+
+    Writes the head, layer and model-view figures (full weights where the plan kept them, else pooled
+    attention, each figure saying which), ``head_metrics.csv`` (every head's metrics and class) and prints
+    the drawn head's analysis and what was kept.
+    """
+    import warnings
+
+    from ..core.files import atomic_write
+    from ..core.memory import format_bytes
+    from ..core.tokens import clean_token
+    from ..stats.chapter import analysis_from_metrics, format_raw_fields
+    from ..stats.patterns import describe_pattern
+    from ..stats.tables import format_head_table
+    from ..views.plotting import plot_attention_heatmap, plot_multi_head_attention, save_figure
+    from ..views.pooled import plot_pooled_heads, plot_pooled_heatmap, plot_pooled_model_view
+
+    li = cap.layer_ids.index(args.layer)
+    prefix = f"{args.attention}_" if args.attention != "self" else ""
+    names = [f"{prefix}head_L{args.layer}_H{args.head}.{args.format}", f"{prefix}layer_{args.layer}_heads.{args.format}",
+             f"{prefix}model_view.{args.format}", f"{prefix}head_metrics.csv"]
+    check_replaceable(out, names[-1:], overwrite=args.overwrite)  # the images were checked by inspect itself
+    record_outputs(out, names)
+    scale = args.scale or "sqrt"  # a long input: faint weights stay visible
+    q_labels = [clean_token(t) for t in cap.tokens]
+    k_labels = [clean_token(t) for t in cap.key_tokens]
+    nq, nk = cap.pooled.shape[-2:]
+    size = int(cap.q_edges[1] - cap.q_edges[0])
+    pooled_note = f"pooled: {nq} x {nk} blocks of {size} tokens"
+    written = []
+    if cap.head_weights is not None:
+        ax = plot_attention_heatmap(cap.head_weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}",
+                                    scale=scale)
+    else:
+        ax = plot_pooled_heatmap(cap.pooled[li, args.head], cap.q_edges, cap.k_edges,
+                                 title=f"layer {args.layer}, head {args.head} ({cap.n_tokens:,} tokens, {pooled_note})")
+    written.append(save_figure(ax.figure, out / f"{prefix}head_L{args.layer}_H{args.head}.{args.format}"))
+    if cap.layer_weights is not None:
+        fig = plot_multi_head_attention(cap.layer_weights, q_labels if q_labels == k_labels else None,
+                                        title=f"layer {args.layer}: all heads", scale=scale)
+    else:
+        fig = plot_pooled_heads(cap.pooled[li], cap.q_edges, cap.k_edges, head_ids=cap.head_ids,
+                                title=f"layer {args.layer}: all heads ({cap.n_tokens:,} tokens, {pooled_note})")
+    written.append(save_figure(fig, out / f"{prefix}layer_{args.layer}_heads.{args.format}"))
+    fig = plot_pooled_model_view(cap.pooled, cap.q_edges, cap.k_edges, layer_ids=cap.layer_ids, head_ids=cap.head_ids)
+    written.append(save_figure(fig, out / f"{prefix}model_view.{args.format}"))
+    written.append(atomic_write(out / f"{prefix}head_metrics.csv", lambda fh: cap.table.to_csv(fh, index=False)))
+    if args.html:
+        warnings.warn("--html needs every head's full weights, which do not fit the memory budget for this input; "
+                      "skipped (hf-attn-inspect view TEXT --layers L writes an explorer of chosen layers)")
+
+    print(f"model: {inspector.name}")
+    shown = cap.tokens if cap.n_tokens <= 2 * _SHOWN_TOKENS else (
+        cap.tokens[:_SHOWN_TOKENS] + ["..."] + cap.tokens[-_SHOWN_TOKENS:])
+    print(f"tokens ({cap.n_tokens}): {' '.join(shown)}")
+    print(f"long input: full weights would need about {format_bytes(cap.full_estimate.total)}, more than the memory "
+          f"budget of {cap.budget.describe()}; {cap.kept()}")
+    row = cap.table[(cap.table["layer"] == args.layer) & (cap.table["head"] == args.head)]
+    if not row.empty and cap.stack != "cross":
+        print(f"layer {args.layer}, head {args.head} pattern: {describe_pattern(row.iloc[0])}")
+        print("  (the package's classification, hf_attn_inspect.stats.patterns; --all-heads lists every head)")
+        print(format_raw_fields(analysis_from_metrics(row.iloc[0].to_dict())))
+    if args.all_heads:
+        print(f"\nEVERY HEAD ({cap.metrics_stack} attention): metrics averaged over query rows, entropy in nats")
+        print(format_head_table(cap.table))
     for path in written:
         print(f"wrote {path}")
     return 0

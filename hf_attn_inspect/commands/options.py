@@ -2,7 +2,7 @@
 
 One definition per option, so a flag means the same on every command that has it: ``--model`` and the
 model options (``--device``, ``--dtype``, ``--revision``, ``--trust-remote-code``), ``--max-length``,
-``-q/--quiet`` (no progress bar), ``--overwrite`` and ``--resume``. :func:`check_common` validates them
+``--max-memory``, ``-q/--quiet`` (no progress bar), ``--overwrite`` and ``--resume``. :func:`check_common` validates them
 before any model is loaded, :func:`examples` builds the examples every command's ``--help`` ends with.
 This module imports neither torch nor transformers (see the comment at the top of ``cli.py``).
 """
@@ -22,6 +22,7 @@ __all__ = [
     "add_data_options",
     "add_device_options",
     "add_max_length_option",
+    "add_memory_option",
     "add_model_options",
     "add_output_options",
     "add_quiet_option",
@@ -93,6 +94,16 @@ def add_max_length_option(parser: argparse.ArgumentParser, default: int | None =
     where = f"default {default}" if default is not None else "default: the model's maximum"
     parser.add_argument("--max-length", type=int, default=default, metavar="N",
                         help=f"truncate inputs to N tokens ({where})")
+
+
+def add_memory_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-memory SIZE`` (``8GB``, ``512MB``, ``2GiB``; default half of the memory available)."""
+    parser.add_argument(
+        "--max-memory", default=None, metavar="SIZE",
+        help="memory budget of the capture, e.g. 8GB or 512MB (default: half of the memory available to the "
+        "process: cgroup limit, ulimit -v, free RAM, free GPU memory); inputs whose full weights exceed it "
+        "keep what fits",
+    )
 
 
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:

@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .budget import add_memory_option
-from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples, load_inspector
+from .options import (
+    add_max_length_option, add_memory_option, add_model_options, add_output_options, check_common, examples, load_inspector,
+)
 from ..core.errors import InputError
 from ..core.files import check_output_dir, check_replaceable
 
 if TYPE_CHECKING:
-    from ..capture.inspector import AttentionInspector
-    from ..core.memory import MemoryBudget
+    from ..runs.captured import ExplorerCapture
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,36 +64,33 @@ def run(args: argparse.Namespace) -> int:
 
     from ..views.explorer import write_explorer
 
-    inspector = load_inspector(args)
-    from ..core.memory import format_bytes, memory_budget
+    from ..runs.captured import ExplorerCapture
+    from ..runs.planner import plan_capture, run_plan
 
-    budget = memory_budget(args.max_memory, inspector.device)
-    estimate = inspector.estimate_memory(args.text, args.pair, max_length=args.max_length)
-    if estimate.total > budget.bytes:
-        return _view_long_input(args, inspector, out, budget, format_bytes(estimate.total))
-    result = inspector(args.text, args.pair, max_length=args.max_length, layers=args.layers, max_memory=args.max_memory)
+    inspector = load_inspector(args)
+    batch = inspector.encode([args.text], None if args.pair is None else [args.pair], max_length=args.max_length)
+    plan = plan_capture(inspector, batch, layers=args.layers, max_memory=args.max_memory)
+    result = run_plan(inspector, plan)
+    if isinstance(result, ExplorerCapture):  # every layer's full weights exceed the budget: the rest pooled
+        return _view_long_input(result, out)
     path = write_explorer(result, out, rollout=not args.no_rollout)
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({result.seq_len} tokens, {result.num_layers} layers x {result.num_heads} heads, {size:.2f} MB)")
     return 0
 
 
-def _view_long_input(
-    args: argparse.Namespace, inspector: "AttentionInspector", out: Path, budget: "MemoryBudget", full: str
-) -> int:
+def _view_long_input(cap: "ExplorerCapture", out: Path) -> int:
     """Every layer's full weights exceed the budget: chosen layers full (when they fit), the rest pooled."""
     import warnings
 
-    from ..runs.long_inputs import capture_for_explorer
+    from ..core.memory import format_bytes
     from ..views.explorer import write_explorer
 
-    cap = capture_for_explorer(inspector, args.text, args.pair, layers=args.layers, budget=budget,
-                               max_length=args.max_length)
     for note in cap.notes:
         warnings.warn(note)
     path = write_explorer(cap.result, out, rollout=False, pooled=cap)
     size = path.stat().st_size / 1e6
-    print(f"long input: full weights of every layer would need about {full}, more than the "
-          f"memory budget of {budget.describe()}; the page holds {cap.kept()}")
+    print(f"long input: full weights of every layer would need about {format_bytes(cap.full_estimate.total)}, more "
+          f"than the memory budget of {cap.budget.describe()}; the page holds {cap.kept()}")
     print(f"wrote {path} ({cap.result.seq_len} tokens, {size:.2f} MB)")
     return 0

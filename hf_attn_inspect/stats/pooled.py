@@ -1,6 +1,6 @@
 """Every head's metrics and pattern class from a long input, measured block of rows by block of rows.
 
-:class:`PooledStatsProbe` extends :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe` (exact weights
+:class:`PooledStatsRecorder` extends :class:`~hf_attn_inspect.capture.pooled.PooledRecorder` (exact weights
 computed a block of query rows at a time, pooled matrices, selected full weights): each block of rows is
 reduced at once to the per-row quantities of :mod:`hf_attn_inspect.stats.metrics`
 (:func:`~hf_attn_inspect.stats.metrics.row_quantities` with the block's ``q_offset``) and to column sums,
@@ -20,17 +20,17 @@ import torch
 
 from ..capture.inputs import Batch, KeyMasks
 from ..capture.interface import Site
-from ..capture.pooled import PooledWeightsProbe
+from ..capture.pooled import PooledRecorder
 from ..core.kernels import LOCAL_WINDOW
 from .metrics import METRICS, entropy_ratio, reduce_rows, row_quantities
 from .patterns import PatternThresholds, name_patterns
 from .tables import head_frame
 
-__all__ = ["PooledStatsProbe"]
+__all__ = ["PooledStatsRecorder"]
 
 
-class PooledStatsProbe(PooledWeightsProbe):
-    """A :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe` that also measures every self-attention
+class PooledStatsRecorder(PooledRecorder):
+    """A :class:`~hf_attn_inspect.capture.pooled.PooledRecorder` that also measures every self-attention
     head (``self``/``encoder``/``decoder`` stacks) from each block of weights.
 
     ``masks`` maps a stack to its :class:`~hf_attn_inspect.capture.inputs.KeyMasks` (``batch.stack_masks()``;

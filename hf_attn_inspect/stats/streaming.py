@@ -1,11 +1,11 @@
 """Per-head attention statistics of a model run, streamed tile by tile from the query and key: no ``[T, T]`` matrix.
 
 Long inputs cannot have their attention weights materialised (one 32-head layer at 32k tokens is 128 GiB
-in float32). :class:`StreamingStatsProbe` receives every attention call through the one capture path
+in float32). :class:`StreamingStatsRecorder` receives every attention call through the one capture path
 (:mod:`hf_attn_inspect.capture.interface`). On CUDA (Triton installed) it replaces the attention call by the
 fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats`: output and statistics in one pass,
 each layer's rows left in one packed device buffer, the per-sentence reductions run once per batch for
-all layers and heads together, one transfer per batch (:meth:`StreamingStatsProbe.finish`).
+all layers and heads together, one transfer per batch (:meth:`StreamingStatsRecorder.finish`).
 Elsewhere (CPU, or masks the kernel does not take) it computes the layer's output with
 :func:`~hf_attn_inspect.core.kernels.fast_attention_output` (torch's fused ``scaled_dot_product_attention``;
 the model's forward pass is unchanged up to sdpa rounding) and the per-row quantities of
@@ -26,14 +26,15 @@ runs texts and returns the one-row-per-(layer, head) table of
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
 
 from ..capture.inputs import Batch, KeyMasks
 from ..capture.inspector import AttentionInspector
-from ..capture.interface import Probe, Site, register_implementation
+from ..capture.interface import Site, register_implementation
+from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import CaptureError, InputError
 from ..core.kernels import (
     LOCAL_WINDOW,
@@ -55,7 +56,7 @@ __all__ = [
     "DISTANCE_BUCKETS",
     "distance_bucket_mass",
     "streaming_metrics",
-    "StreamingStatsProbe",
+    "StreamingStatsRecorder",
     "streaming_head_metrics",
     "run_streaming",
 ]
@@ -103,12 +104,12 @@ def streaming_metrics(
     return reduce_rows(rows, valid.to(query.device), causal=causal)
 
 
-# ------------------------------------------------------------------------------------------ probe
-class StreamingStatsProbe(Probe):
-    """A probe that keeps per-row attention statistics instead of weights.
+# --------------------------------------------------------------------------------------- recorder
+class StreamingStatsRecorder(Recorder):
+    """A recorder that computes each attention call itself and keeps per-row attention statistics instead of weights.
 
     For every self-attention call (``self``/``encoder``/``decoder`` stacks; ``cross`` attention only
-    gets its output computed), :meth:`attend` returns the output and stores the row statistics as float32
+    gets its output computed), :meth:`compute` returns the output and stores the row statistics as float32
     CPU tensors in ``rows[stack][layer]`` (``{name: [batch, heads, T]}``); it returns no weights. On CUDA
     both come from the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` (rows copied
     asynchronously to pinned memory, metrics kept on the device; :meth:`finish`, which
@@ -234,25 +235,16 @@ class StreamingStatsProbe(Probe):
         if any(v.is_pinned() for layers in self.rows.values() for found in layers.values() for v in found.values()):
             torch.cuda.synchronize()
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | LazyMask | None,
-        scaling: float | None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, None]:
         """The layer's output from the fused kernel; the call's row statistics go to ``rows`` (or ``metrics``)."""
-        softcap = kwargs.get("softcap")
-        window = kwargs.get("sliding_window") or None
+        site, query, key, value, mask, scaling = call.site, call.query, call.key, call.value, call.mask, call.scaling
+        softcap = call.softcap
+        window = call.kwargs.get("sliding_window") or None
         if not self._wanted(site):
             return fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap), None
         dev = query.device
         km = self._device_masks(site.stack, dev)
-        is_causal = bool(getattr(module, "is_causal", False))
+        is_causal = call.causal
         stats_mask = mask
         plain = True
         if isinstance(mask, LazyMask):
@@ -315,8 +307,9 @@ class StreamingStatsProbe(Probe):
             self._on_device[stack] = cached
         return cached
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
         """Eager fallback: the row statistics of full weights ``[batch, heads, T, T]`` (self-attention only)."""
+        site, weights = call.site, call.weights
         if not self._wanted(site) or weights.shape[-1] != weights.shape[-2]:
             return
         km = self.masks.get(site.stack)
@@ -366,16 +359,16 @@ def run_streaming(
     k_tile: int = 1024,
     keep: Sequence[str] | None = None,
     reduce: bool = False,
-) -> StreamingStatsProbe:
-    """Run one encoded ``batch`` through the inspector's model with a :class:`StreamingStatsProbe`; return the probe.
+) -> StreamingStatsRecorder:
+    """Run one encoded ``batch`` through the inspector's model with a :class:`StreamingStatsRecorder`; return the recorder.
 
     Only the model's backbone (``model.base_model``) runs, so no language-model head turns a long input
-    into a ``[T, vocab]`` logits tensor. The probe's ``rows`` hold the per-row statistics (``O(layers x
-    heads x T)`` floats on CPU), or with ``reduce=True`` only ``probe.metrics[stack][layer]`` (``{metric:
-    [batch, heads]}``); the stacks' causality is in ``probe.causal`` (and, after the run, in
+    into a ``[T, vocab]`` logits tensor. The recorder's ``rows`` hold the per-row statistics (``O(layers x
+    heads x T)`` floats on CPU), or with ``reduce=True`` only ``recorder.metrics[stack][layer]`` (``{metric:
+    [batch, heads]}``); the stacks' causality is in ``recorder.causal`` (and, after the run, in
     ``batch.causal_stacks``). The key masks are the batch's own (:meth:`~hf_attn_inspect.capture.inputs.Batch.stack_masks`).
     """
-    probe = StreamingStatsProbe(
+    recorder = StreamingStatsRecorder(
         batch.stack_masks(),
         layers=layers,
         sparsity_threshold=sparsity_threshold,
@@ -388,13 +381,12 @@ def run_streaming(
     )
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
-    runner.run(batch, probe, implementation=STREAMING_NAME)
-    probe.finish()
+    runner.run(batch, recorder)  # run() calls recorder.finish()
     for stack in batch.causal_stacks:
-        probe.causal[stack] = True
-    if not probe.rows:
+        recorder.causal[stack] = True
+    if not recorder.rows:
         raise CaptureError(f"{type(inspector.model).__name__} produced no self-attention statistics")
-    return probe
+    return recorder
 
 
 def streaming_head_metrics(
@@ -436,17 +428,17 @@ def streaming_head_metrics(
         chunk = texts[start : start + batch_size]
         pchunk = None if pairs is None else list(pairs)[start : start + batch_size]
         batch = inspector.encode(chunk, pchunk, max_length=max_length, truncation=truncation)
-        probe = run_streaming(inspector, batch, layers=layers, sparsity_threshold=sparsity_threshold,
-                              local_window=local_window, q_tile=q_tile, k_tile=k_tile, reduce=True)
-        if stack not in probe.rows:
-            raise InputError(f"no '{stack}' attention in this model; choose one of {sorted(probe.rows)}")
-        layer_ids = sorted(probe.rows[stack])
-        if stack in probe.metrics:
-            found = probe.metrics[stack]
+        rec = run_streaming(inspector, batch, layers=layers, sparsity_threshold=sparsity_threshold,
+                            local_window=local_window, q_tile=q_tile, k_tile=k_tile, reduce=True)
+        if stack not in rec.rows:
+            raise InputError(f"no '{stack}' attention in this model; choose one of {sorted(rec.rows)}")
+        layer_ids = sorted(rec.rows[stack])
+        if stack in rec.metrics:
+            found = rec.metrics[stack]
             per.append({k: torch.stack([found[i][k] for i in layer_ids], 1) for k in METRICS})
         else:  # eager fallback: rows from full weights, reduced here
-            rows = probe.stacked(stack)
-            per.append(reduce_rows(rows, batch.masks(stack).valid, causal=probe.causal.get(stack, False)))
+            rows = rec.stacked(stack)
+            per.append(reduce_rows(rows, batch.masks(stack).valid, causal=rec.causal.get(stack, False)))
     values = {k: torch.cat([m[k] for m in per], 0).numpy() for k in METRICS}  # [N, L, H]
     head_ids = list(range(values[METRICS[0]].shape[-1]))
     return head_frame(values, METRICS, layer_ids or [], head_ids, per_sentence=per_sentence)

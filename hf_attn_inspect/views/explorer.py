@@ -46,7 +46,7 @@ from ..stats.tables import head_metrics
 if TYPE_CHECKING:
     from IPython.display import HTML
 
-    from ..runs.long_inputs import ExplorerCapture
+    from ..runs.captured import ExplorerCapture
 
 __all__ = [
     "LEVELS",
@@ -363,7 +363,7 @@ def explorer_html(
     leaves out the precomputed rollout (it is also left out when the captured layers are not consecutive).
     ``importance`` (a :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds an
     ``importance`` column to the metrics view, next to the pattern metrics.
-    ``pooled`` (a :class:`~hf_attn_inspect.runs.long_inputs.ExplorerCapture` of a long input, whose ``result``
+    ``pooled`` (a :class:`~hf_attn_inspect.runs.captured.ExplorerCapture` of a long input, whose ``result``
     this is) adds its pooled layers, drawn as block heatmaps with a note saying so, every head's metrics
     from its block-by-block statistics, and leaves the rollout out.
     """

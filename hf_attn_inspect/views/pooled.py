@@ -1,6 +1,6 @@
 """Figures of pooled attention: long inputs drawn from block sums, never from a ``[T, T]`` matrix per head.
 
-The data are the block sums of :class:`~hf_attn_inspect.capture.pooled.PooledWeightsProbe` (or
+The data are the block sums of :class:`~hf_attn_inspect.capture.pooled.PooledRecorder` (or
 :func:`~hf_attn_inspect.capture.pooled.pool_blocks`): cell ``(a, b)`` is the total weight the query rows of
 block ``a`` give to the keys of block ``b``. The figures show :func:`block_shares`, that sum divided by the
 number of query rows in block ``a``: the share of an average query row's attention that lands in key block
