@@ -15,7 +15,7 @@ from PIL import Image
 from hf_attn_inspect import AttentionInspector, InputError, OutputError, default_model_path
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.core.tokens import punctuation_mask
-from hf_attn_inspect.runs.dataset import SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
 from hf_attn_inspect.stats.patterns import PATTERN_CLASSES
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
@@ -167,7 +167,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
     made: list[int] = []
     crash = {"at": 4}  # the 5th batch is the first of the third shard (rows 50-75)
 
-    class CrashingProbe(SentenceStatsProbe):
+    class CrashingRecorder(SentenceStatsRecorder):
         def __init__(self, *args, **kwargs):
             if crash["at"] is not None and len(made) == crash["at"]:
                 raise Crash("killed")
@@ -176,21 +176,21 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
 
     part = tmp_path / "part"
     with pytest.raises(Crash):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     assert sorted((part / "shards").iterdir()) == [shard_path(part, 0), shard_path(part, 1)]
     assert not (part / "head_stats.csv").exists()
     assert json.loads((part / "run.json").read_text())["status"] == "running"
     # an unfinished run is neither silently restarted nor overwritten
     with pytest.raises(OutputError, match="--resume"):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     # resume with different settings is refused
     with pytest.raises(OutputError, match="batch_size"):
-        analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, batch_size=8, shard_size=25)
+        analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingRecorder, batch_size=8, shard_size=25)
 
     kept = {i: shard_path(part, i).stat().st_ino for i in (0, 1)}
     made.clear()
     crash["at"] = None
-    analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, **kw)
+    analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingRecorder, **kw)
     assert made == [16, 9, 16, 9]  # only the two shards that were not finished (rows 50-100) ran
     assert {i: shard_path(part, i).stat().st_ino for i in (0, 1)} == kept  # finished shards were not rewritten
     assert (part / "head_stats.csv").read_bytes() == (full / "head_stats.csv").read_bytes()
@@ -198,7 +198,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
     assert run["status"] == "finished" and run["shards_resumed"] == 2
     # a finished run is never overwritten silently
     with pytest.raises(OutputError, match="--overwrite"):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     analyze_dataset(inspector, texts[:10], out=part, overwrite=True, **kw)
     assert pd.read_csv(part / "head_stats.csv")["n_sentences"].iloc[0] == 10
 
@@ -355,13 +355,13 @@ def test_sentence_pairs_from_csv(inspector, tmp_path):
 def test_probe_is_pluggable(inspector):
     made = []
 
-    class CountingProbe(SentenceStatsProbe):
+    class CountingRecorder(SentenceStatsRecorder):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
     texts = sample_sentences(20)
-    df = analyze_dataset(inspector, texts, batch_size=8, probe=CountingProbe)
+    df = analyze_dataset(inspector, texts, batch_size=8, probe=CountingRecorder)
     ref = analyze_dataset(inspector, texts, batch_size=8)
     assert len(made) == 3
     pd.testing.assert_frame_equal(df, ref)
