@@ -63,6 +63,7 @@ from .sharded import Progress, ShardStats, clean_rows, package_versions, release
 from .sources import DatasetSource
 
 __all__ = [
+    "BATCH_SIZE",
     "OUTPUTS",
     "SentenceStatsRecorder",
     "analyze_dataset",
