@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -350,6 +351,43 @@ def test_sentence_pairs_from_csv(inspector, tmp_path):
     assert df["n_sentences"].iloc[0] == 15
     for k in METRICS:
         np.testing.assert_allclose(df[f"{k}_mean"].to_numpy(), ref[k].to_numpy(), atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_sorted_batches_cover_every_text_once_shortest_first(inspector):
+    from hf_attn_inspect.runs.data import sorted_batches
+
+    texts = sample_sentences(21)
+    full = [len(inspector.tokenizer(t)["input_ids"]) for t in texts]
+    for kept in (False, True):
+        got = list(sorted_batches(inspector, texts, batch_size=8, max_length=12, kept_length=kept))
+        assert [len(rows) for rows, _ in got] == [8, 8, 5]
+        order = [r for rows, _ in got for r in rows]
+        # shortest first by the full (or kept) length; equal lengths keep dataset order (stable)
+        assert order == sorted(range(21), key=lambda r: (min(full[r], 12) if kept else full[r], r))
+        for rows, batch in got:  # each batch is its texts encoded alone: padded to its own longest
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # truncation warnings
+                alone = inspector.encode([texts[r] for r in rows], max_length=12)
+            assert torch.equal(batch.inputs["input_ids"], alone.inputs["input_ids"])
+            assert batch.truncated == [full[r] > 12 for r in rows]
+
+
+def test_data_spec_is_the_keywords(inspector):
+    from hf_attn_inspect import DataSpec, analyze_dataset as top_level
+
+    assert top_level is analyze_dataset
+    texts = sample_sentences(20)
+    ref = analyze_dataset(inspector, texts, batch_size=8, max_length=10)
+    spec = DataSpec(texts, batch_size=8, max_length=10)
+    pd.testing.assert_frame_equal(analyze_dataset(inspector, data=spec), ref)
+    pd.testing.assert_frame_equal(analyze_dataset(inspector, spec), ref)
+    assert ref.attrs["run"]["parameters"]["batch_size"] == 8 and ref.attrs["counts"]["truncated"] > 0
+    with pytest.raises(InputError, match="batch_size"):
+        analyze_dataset(inspector, data=spec, batch_size=4)
+    with pytest.raises(InputError, match="not both"):
+        analyze_dataset(inspector, texts, data=spec)
+    with pytest.raises(InputError, match="at least 1"):
+        analyze_dataset(inspector, data=DataSpec(texts, batch_size=0))
 
 
 def test_probe_is_pluggable(inspector):

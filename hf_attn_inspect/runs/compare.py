@@ -178,7 +178,7 @@ def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: Rows, start: 
     stats = ShardStats.empty(dims[0], dims[1], VALUE_NAMES, _ALL)
     truncated = 0
     first_row = start if not sum(skipped.values()) else None
-    for rows, batch_a in sorted_batches(ia, texts, pairs, batch_size=batch_size, max_length=limit_len):
+    for rows, batch_a in sorted_batches(ia, texts, pairs, batch_size=batch_size, max_length=limit_len, kept_length=True):
         batch_b = encode_rows(ib, texts, pairs, rows, limit_len)
         _check_tokens(batch_a, batch_b, rows, first_row)
         truncated += int(sum(batch_a.truncated))
@@ -314,13 +314,11 @@ def compare_models(
     ib = resolve_inspector(b, tokenizer or ia.tokenizer, device=device, dtype=dtype, what="model B")
     which = _main_stack(ia, stack)
     dims = _check_shapes(ia, ib, which)
-    spec = DataSpec.build(
-        texts_or_dataset, data=data, column=column, config=config, split=split, limit=limit, streaming=streaming,
-        batch_size=batch_size, max_length=max_length, shard_size=shard_size,
-    ).sized(BATCH_SIZE)
+    spec = DataSpec.build(texts_or_dataset, data=data, default_batch_size=BATCH_SIZE, column=column, config=config, split=split,
+                          limit=limit, streaming=streaming, batch_size=batch_size, max_length=max_length,
+                          shard_size=shard_size)
     loaded = spec.load()
-    info = loaded.info
-    rows = loaded.rows()
+    info, rows = loaded.info, loaded.rows()
     limit_len = spec.max_length or min(ia.max_length, ib.max_length)
     params = {
         "kind": "compare",

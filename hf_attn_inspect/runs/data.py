@@ -60,9 +60,10 @@ class DataSpec:
 
     @classmethod
     def build(cls, source: "DataSpec | DatasetSource" = None, *, data: "DataSpec | None" = None,
-              **shortcuts: object) -> "DataSpec":
+              default_batch_size: int, **shortcuts: object) -> "DataSpec":
         """The spec an engine runs: ``data`` (or ``source`` when it is a :class:`DataSpec`), else one built
-        from ``source`` and the engine's data keywords ``shortcuts`` (field names of this class).
+        from ``source`` and the engine's data keywords ``shortcuts`` (field names of this class), with
+        ``default_batch_size`` when it gives none (:meth:`sized`).
 
         With a :class:`DataSpec`, every shortcut must still be at its default (the options are given once);
         a shortcut that is not, or a ``source`` besides ``data``, raises :class:`InputError` naming it.
@@ -72,13 +73,12 @@ class DataSpec:
                 raise InputError("give the data once: as data= or as the dataset argument, not both")
             source = data
         if not isinstance(source, DataSpec):
-            return cls(source=source, **shortcuts)  # type: ignore[arg-type]
-        data = source
+            return cls(source=source, **shortcuts).sized(default_batch_size)  # type: ignore[arg-type]
         defaults = {f.name: f.default for f in fields(cls)}
         given = [k for k, v in shortcuts.items() if not _same(v, defaults[k])]
         if given:
             raise InputError(f"give the data options once: in the DataSpec or as keywords, not both ({', '.join(given)})")
-        return data
+        return source.sized(default_batch_size)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -145,21 +145,24 @@ def sorted_batches(
     *,
     batch_size: int,
     max_length: int | None = None,
+    kept_length: bool = False,
 ) -> Iterator[tuple[list[int], Batch]]:
     """Yield ``(rows, batch)``: ``texts`` (and ``pairs``) in length-sorted batches of at most ``batch_size``.
 
     ``rows`` are the indices into ``texts`` of the batch's sentences, in batch order; ``batch`` is their
     :func:`encode_rows` (right-padded to the batch's longest text, truncated to ``max_length``, default the
-    model's maximum). The sort key is each text's encoder length after truncation (pairs included;
-    encoder-decoder models: the text alone), sorted stably, so texts of equal length keep their order. Only
-    token ids are computed for the whole list; each batch is encoded on its own.
+    model's maximum). Texts are sorted stably (equal lengths keep their order) by their full token length,
+    pair included, or with ``kept_length`` by the encoder input's length after truncation (encoder-decoder
+    models: the text alone; the order the comparison engine has always used, kept so its files stay the
+    same). Only token ids are computed for the whole list; each batch is encoded on its own, so memory
+    depends on the batch, not on the number of texts.
     """
     if not texts:
         return
     limit = max_length or inspector.max_length
-    second = None if pairs is None or inspector.is_encoder_decoder else list(pairs)
+    second = None if pairs is None or (kept_length and inspector.is_encoder_decoder) else list(pairs)
     ids = inspector.tokenizer(text=list(texts), text_pair=second)["input_ids"]
-    lengths = torch.tensor([min(len(x), limit) for x in ids])
+    lengths = torch.tensor([min(len(x), limit) if kept_length else len(x) for x in ids])
     order = torch.sort(lengths, stable=True).indices.tolist()
     for b0 in range(0, len(texts), batch_size):
         rows = order[b0 : b0 + batch_size]

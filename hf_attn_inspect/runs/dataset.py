@@ -359,13 +359,11 @@ def analyze_dataset(
     every rank returns the same table, and only rank 0 writes the tables and ``run.json`` (which records
     ``world_size`` and what each rank computed, ``ranks``).
     """
-    spec = DataSpec.build(
-        dataset, data=data, column=column, config=config, split=split, limit=limit, streaming=streaming,
-        batch_size=batch_size, max_length=max_length, shard_size=shard_size,
-    ).sized(BATCH_SIZE)
+    spec = DataSpec.build(dataset, data=data, default_batch_size=BATCH_SIZE, column=column, config=config, split=split,
+                          limit=limit, streaming=streaming, batch_size=batch_size, max_length=max_length,
+                          shard_size=shard_size)
     loaded = spec.load()
-    info = loaded.info
-    rows = loaded.rows()
+    info, rows = loaded.info, loaded.rows()
     probe_factory = probe or SentenceStatsRecorder
     classify = classify or classify_sentence_heads
     limit_len = spec.max_length or inspector.max_length
