@@ -162,7 +162,7 @@ def test_dataset_mode_skips_empty_rows(tmp_path, tiny_tokenizer):
     pd.testing.assert_frame_equal(df, lst)
     spec = DataSpec(str(path), column="sentence", batch_size=2)
     by_spec = compare_models(a, b, data=spec, classes=False)
-    pd.testing.assert_frame_equal(by_spec, df)  # same numbers (to float32 rounding) whatever the batch size
+    pd.testing.assert_frame_equal(by_spec, df, atol=1e-6)  # same numbers (to float32 rounding) whatever the batch size
     assert by_spec.attrs["run"]["parameters"]["batch_size"] == 2 and df.attrs["run"]["parameters"]["batch_size"] == 16
     with pytest.raises(InputError, match="column"):
         compare_models(a, b, data=spec, column="x")
