@@ -30,6 +30,8 @@ _LAZY = {
     "plot_training_trends": "views.training",
     "animate_attention": "views.training",
     "compare_models": "runs.compare",
+    "analyze_dataset": "runs.dataset",
+    "DataSpec": "runs.data",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     )
     from .core.kernels import scaled_dot_product_attention_with_weights
     from .runs.compare import compare_models
+    from .runs.data import DataSpec
+    from .runs.dataset import analyze_dataset
     from .runs.monitor import AttentionMonitor, AttentionStatsCallback
     from .views.training import animate_attention, plot_training_trends
 
@@ -63,7 +67,9 @@ __all__ = [
     "AttentionMonitor",
     "AttentionStatsCallback",
     "animate_attention",
+    "analyze_dataset",
     "compare_models",
+    "DataSpec",
     "plot_training_trends",
     "AttentionResult",
     "AttnInspectError",

@@ -6,7 +6,7 @@ Part A -- whole-model analysis: a bert-base-shaped model (random weights, 12 lay
 the statistics recorder (:class:`hf_attn_inspect.stats.streaming.StreamingStatsRecorder`, every per-head metric of
 every layer reduced per sentence on the device, one transfer per batch) with the fused Triton kernel (the
 CUDA default) and with the tiled PyTorch path (``HF_ATTN_INSPECT_FUSED=0``), of the ``batch`` command's probe
-(:class:`hf_attn_inspect.runs.dataset.SentenceStatsProbe`, fused on CUDA) and of the materialising analysis
+(:class:`hf_attn_inspect.runs.dataset.SentenceStatsRecorder`, fused on CUDA) and of the materialising analysis
 (full weights + ``sentence_metrics``). Target: statistics >= 0.8x the plain forward.
 
 Part B -- one causal attention layer, 32 heads x 128 dims, bf16, T = 4k, 16k, 32k: time of the fused
@@ -171,7 +171,7 @@ def _statistics_run(inspector, batch) -> Callable[[], object]:
 
 def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) -> None:
     from hf_attn_inspect.capture.recorders import WeightsRecorder
-    from hf_attn_inspect.runs.dataset import SentenceStatsProbe
+    from hf_attn_inspect.runs.dataset import SentenceStatsRecorder
     from hf_attn_inspect.stats.metrics import sentence_metrics
 
     cfg, shapes, model, inspector = _part_a_setup(device, dtype, smoke)
@@ -191,7 +191,7 @@ def part_a(device: torch.device, dtype: torch.dtype, smoke: bool, repeats: int) 
                 model(**dev_inputs)
 
         def batch_probe() -> None:
-            probe = SentenceStatsProbe(m.valid, m.special, m.punctuation)
+            probe = SentenceStatsRecorder(m.valid, m.special, m.punctuation)
             inspector.run(batch, probe)
             probe.per_sentence()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from PIL import Image
 from hf_attn_inspect import AttentionInspector, InputError, OutputError, default_model_path
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.core.tokens import punctuation_mask
-from hf_attn_inspect.runs.dataset import SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
 from hf_attn_inspect.stats.patterns import PATTERN_CLASSES
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
@@ -167,7 +168,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
     made: list[int] = []
     crash = {"at": 4}  # the 5th batch is the first of the third shard (rows 50-75)
 
-    class CrashingProbe(SentenceStatsProbe):
+    class CrashingRecorder(SentenceStatsRecorder):
         def __init__(self, *args, **kwargs):
             if crash["at"] is not None and len(made) == crash["at"]:
                 raise Crash("killed")
@@ -176,21 +177,21 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
 
     part = tmp_path / "part"
     with pytest.raises(Crash):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     assert sorted((part / "shards").iterdir()) == [shard_path(part, 0), shard_path(part, 1)]
     assert not (part / "head_stats.csv").exists()
     assert json.loads((part / "run.json").read_text())["status"] == "running"
     # an unfinished run is neither silently restarted nor overwritten
     with pytest.raises(OutputError, match="--resume"):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     # resume with different settings is refused
     with pytest.raises(OutputError, match="batch_size"):
-        analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, batch_size=8, shard_size=25)
+        analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingRecorder, batch_size=8, shard_size=25)
 
     kept = {i: shard_path(part, i).stat().st_ino for i in (0, 1)}
     made.clear()
     crash["at"] = None
-    analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingProbe, **kw)
+    analyze_dataset(inspector, texts, out=part, resume=True, probe=CrashingRecorder, **kw)
     assert made == [16, 9, 16, 9]  # only the two shards that were not finished (rows 50-100) ran
     assert {i: shard_path(part, i).stat().st_ino for i in (0, 1)} == kept  # finished shards were not rewritten
     assert (part / "head_stats.csv").read_bytes() == (full / "head_stats.csv").read_bytes()
@@ -198,7 +199,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
     assert run["status"] == "finished" and run["shards_resumed"] == 2
     # a finished run is never overwritten silently
     with pytest.raises(OutputError, match="--overwrite"):
-        analyze_dataset(inspector, texts, out=part, probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     analyze_dataset(inspector, texts[:10], out=part, overwrite=True, **kw)
     assert pd.read_csv(part / "head_stats.csv")["n_sentences"].iloc[0] == 10
 
@@ -352,16 +353,53 @@ def test_sentence_pairs_from_csv(inspector, tmp_path):
         np.testing.assert_allclose(df[f"{k}_mean"].to_numpy(), ref[k].to_numpy(), atol=1e-5, rtol=0, err_msg=k)
 
 
+def test_sorted_batches_cover_every_text_once_shortest_first(inspector):
+    from hf_attn_inspect.runs.data import sorted_batches
+
+    texts = sample_sentences(21)
+    full = [len(inspector.tokenizer(t)["input_ids"]) for t in texts]
+    for kept in (False, True):
+        got = list(sorted_batches(inspector, texts, batch_size=8, max_length=12, kept_length=kept))
+        assert [len(rows) for rows, _ in got] == [8, 8, 5]
+        order = [r for rows, _ in got for r in rows]
+        # shortest first by the full (or kept) length; equal lengths keep dataset order (stable)
+        assert order == sorted(range(21), key=lambda r: (min(full[r], 12) if kept else full[r], r))
+        for rows, batch in got:  # each batch is its texts encoded alone: padded to its own longest
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # truncation warnings
+                alone = inspector.encode([texts[r] for r in rows], max_length=12)
+            assert torch.equal(batch.inputs["input_ids"], alone.inputs["input_ids"])
+            assert batch.truncated == [full[r] > 12 for r in rows]
+
+
+def test_data_spec_is_the_keywords(inspector):
+    from hf_attn_inspect import DataSpec, analyze_dataset as top_level
+
+    assert top_level is analyze_dataset
+    texts = sample_sentences(20)
+    ref = analyze_dataset(inspector, texts, batch_size=8, max_length=10)
+    spec = DataSpec(texts, batch_size=8, max_length=10)
+    pd.testing.assert_frame_equal(analyze_dataset(inspector, data=spec), ref)
+    pd.testing.assert_frame_equal(analyze_dataset(inspector, spec), ref)
+    assert ref.attrs["run"]["parameters"]["batch_size"] == 8 and ref.attrs["counts"]["truncated"] > 0
+    with pytest.raises(InputError, match="batch_size"):
+        analyze_dataset(inspector, data=spec, batch_size=4)
+    with pytest.raises(InputError, match="not both"):
+        analyze_dataset(inspector, texts, data=spec)
+    with pytest.raises(InputError, match="at least 1"):
+        analyze_dataset(inspector, data=DataSpec(texts, batch_size=0))
+
+
 def test_probe_is_pluggable(inspector):
     made = []
 
-    class CountingProbe(SentenceStatsProbe):
+    class CountingRecorder(SentenceStatsRecorder):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
     texts = sample_sentences(20)
-    df = analyze_dataset(inspector, texts, batch_size=8, probe=CountingProbe)
+    df = analyze_dataset(inspector, texts, batch_size=8, probe=CountingRecorder)
     ref = analyze_dataset(inspector, texts, batch_size=8)
     assert len(made) == 3
     pd.testing.assert_frame_equal(df, ref)

@@ -123,7 +123,7 @@ def test_verify_passes_on_each_family(family, tiny_dir, capsys):
 
 def test_verify_fails_when_capture_is_wrong(monkeypatch, capsys):
     """A planted error in the reference core must turn verify red (exit 1)."""
-    import hf_attn_inspect.capture.interface as capture
+    import hf_attn_inspect.capture.recorders as capture  # the reference core of every run's RecordingProbe
 
     original = capture.scaled_dot_product_attention_with_weights
 

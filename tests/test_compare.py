@@ -14,7 +14,7 @@ from PIL import Image
 
 import tiny_models
 from conftest import SENTENCES
-from hf_attn_inspect import AttentionInspector, InputError, OutputError
+from hf_attn_inspect import AttentionInspector, DataSpec, InputError, OutputError
 from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.runs.compare import compare_models, js_divergence_rows
@@ -160,6 +160,12 @@ def test_dataset_mode_skips_empty_rows(tmp_path, tiny_tokenizer):
     assert df.attrs["counts"]["analysed"] == 3 and df.attrs["counts"]["skipped_total"] == 1
     lst = compare_models(a, b, ["The cat sat.", "Hello there, world!", "A dog."], classes=False)
     pd.testing.assert_frame_equal(df, lst)
+    spec = DataSpec(str(path), column="sentence", batch_size=2)
+    by_spec = compare_models(a, b, data=spec, classes=False)
+    pd.testing.assert_frame_equal(by_spec, df, atol=1e-6)  # same numbers (to float32 rounding) whatever the batch size
+    assert by_spec.attrs["run"]["parameters"]["batch_size"] == 2 and df.attrs["run"]["parameters"]["batch_size"] == 16
+    with pytest.raises(InputError, match="column"):
+        compare_models(a, b, data=spec, column="x")
     assert (df["n_sentences"] == 3).all()
     with pytest.raises(InputError, match="available columns"):
         compare_models(a, b, str(path), column="nope")

@@ -12,7 +12,7 @@ import torch
 from hf_attn_inspect import AttentionInspector, InputError
 from hf_attn_inspect.cli import main
 from hf_attn_inspect.checks.chapter import debug_attention_collapse, debug_nan_attention, debug_uniform_attention
-from hf_attn_inspect.checks.diagnose import CHECKS, DiagnosticProbe, diagnose
+from hf_attn_inspect.checks.diagnose import CHECKS, DiagnosticRecorder, diagnose
 from hf_attn_inspect.checks.findings import Finding
 from hf_attn_inspect.checks.faults import FAULTS, all_caught, break_and_diagnose
 
@@ -145,12 +145,12 @@ def test_break_attention_script_table(reports):
 
 
 def test_nan_in_the_capture_path_is_caught(inspector):
-    class NaNQuery(DiagnosticProbe):
-        def attend(self, site, module, query, key, value, mask, scaling, **kwargs):
-            if site.layer == 2:
-                query = query.clone()
-                query[0, 0, 1, 0] = float("nan")
-            return super().attend(site, module, query, key, value, mask, scaling, **kwargs)
+    class NaNQuery(DiagnosticRecorder):
+        def compute(self, call):
+            if call.site.layer == 2:
+                call.query = call.query.clone()
+                call.query[0, 0, 1, 0] = float("nan")
+            return super().compute(call)
 
     r = diagnose(inspector, ["one text", "and a longer second text"], probe_class=NaNQuery)
     f = r["nan_inf"]

@@ -22,7 +22,7 @@ import tiny_models
 from hf_attn_inspect import DistributedError
 from hf_attn_inspect.core.errors import InputError
 from hf_attn_inspect.runs.compare import compare_models
-from hf_attn_inspect.runs.dataset import SentenceStatsProbe, analyze_dataset
+from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
 from hf_attn_inspect.runs.distributed import TIMEOUT_ENV, processes
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
 from hf_attn_inspect.runs.sources import StreamRows, load_dataset_texts, sample_sentences
@@ -317,7 +317,7 @@ def test_streaming_equals_the_same_rows_read_whole(inspector, tmp_path):
     class Crash(RuntimeError):
         pass
 
-    class CrashingProbe(SentenceStatsProbe):
+    class CrashingRecorder(SentenceStatsRecorder):
         def __init__(self, *args, **kwargs):
             if crash and len(made) == 2:
                 raise Crash("killed")
@@ -326,9 +326,9 @@ def test_streaming_equals_the_same_rows_read_whole(inspector, tmp_path):
 
     crash = True
     with pytest.raises(Crash):
-        analyze_dataset(inspector, str(path), streaming=True, out=tmp_path / "part", probe=CrashingProbe, **kw)
+        analyze_dataset(inspector, str(path), streaming=True, out=tmp_path / "part", probe=CrashingRecorder, **kw)
     crash = False
-    analyze_dataset(inspector, str(path), streaming=True, out=tmp_path / "part", probe=CrashingProbe, resume=True, **kw)
+    analyze_dataset(inspector, str(path), streaming=True, out=tmp_path / "part", probe=CrashingRecorder, resume=True, **kw)
     assert json.loads((tmp_path / "part" / "run.json").read_text())["shards_resumed"] == 2
     assert (tmp_path / "part" / "head_stats.csv").read_bytes() == (tmp_path / "whole" / "head_stats.csv").read_bytes()
 

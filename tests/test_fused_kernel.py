@@ -26,7 +26,7 @@ from hf_attn_inspect.core.kernels import (
     scaled_dot_product_attention_with_weights,
 )
 from hf_attn_inspect.core.kernels.triton_kernel import triton_mode
-from hf_attn_inspect.runs.dataset import SentenceStatsProbe
+from hf_attn_inspect.runs.dataset import SentenceStatsRecorder
 from hf_attn_inspect.stats.streaming import StreamingStatsRecorder
 
 MODE = triton_mode()
@@ -197,7 +197,7 @@ def _both_paths(monkeypatch, run):
 def _sentence_probe_values(inspector: AttentionInspector, batch: Batch) -> torch.Tensor:
     """What the ``batch`` command computes for one batch: per-sentence metrics + column_share, [B, L, H, M]."""
     m = batch.masks("self")
-    probe = SentenceStatsProbe(m.valid, m.special, m.punctuation)
+    probe = SentenceStatsRecorder(m.valid, m.special, m.punctuation)
     inspector.run(batch, probe)
     return probe.per_sentence()
 

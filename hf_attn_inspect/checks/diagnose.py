@@ -2,8 +2,8 @@
 
 :func:`diagnose` runs every check of :data:`CHECKS` on one padded batch and returns a
 :class:`~hf_attn_inspect.checks.findings.Report` of :class:`~hf_attn_inspect.checks.findings.Finding`\ s. Its
-statistics come from :class:`DiagnosticProbe`, a :class:`~hf_attn_inspect.capture.interface.Probe` in the
-one capture path: while the model runs, it sees every layer's post-RoPE query and key, the scale and
+statistics come from :class:`DiagnosticRecorder`, a :class:`~hf_attn_inspect.capture.recorders.Recorder` in
+the one capture path: while the model runs, it sees every layer's post-RoPE query and key, the scale and
 the mask the model passes, and the weights and output the reference core computes, and keeps only
 per-head statistics (never the full ``[layers, heads, T, T]`` weights), except the weights of one
 sentence for the padding comparison. The masks of real tokens come from the
@@ -21,16 +21,17 @@ import torch
 
 from ..capture.inputs import Batch
 from ..capture.inspector import AttentionInspector, ModelSource, quiet_transformers, resolve_inspector
-from ..capture.interface import Probe, Site, attention_implementation
+from ..capture.interface import attention_implementation
+from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import InputError
-from ..core.kernels import repeat_kv
+from ..core.kernels import repeat_kv, scaled_dot_product_attention_with_weights
 from ..core.masks import mask_to_keep
 from ..core.tokens import Tokenizer
 from ..stats.metrics import entropy_ratio, sentence_metrics
 from .chapter import collapsed_rows
 from .findings import Finding, Report
 
-__all__ = ["DiagnosticProbe", "DiagnoseThresholds", "DEFAULT_TEXTS", "CHECKS", "diagnose", "query_key_valid"]
+__all__ = ["DiagnosticRecorder", "DiagnoseThresholds", "DEFAULT_TEXTS", "CHECKS", "diagnose", "query_key_valid"]
 
 #: The checks of :func:`diagnose`, in report order.
 CHECKS = (
@@ -72,20 +73,21 @@ def query_key_valid(batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]
     return out
 
 
-# ----------------------------------------------------------------------------------------- the probe
-class DiagnosticProbe(Probe):
+# -------------------------------------------------------------------------------------- the recorder
+class DiagnosticRecorder(Recorder):
     """Per-head statistics of every attention call of one batch, for :func:`diagnose`.
 
     ``batch`` is the batch being run; its real-token masks (:func:`query_key_valid`, kept as ``valid``)
-    decide which query rows and keys count.
-    From the query and key (:meth:`attend`): non-finite counts of Q, K, V, scores, weights and output,
-    per-head std of Q and K over real tokens, variance of the scaled scores over real (query, key)
-    pairs, the scale used and ``d_k``. From the weights (:meth:`record`, also fed by the eager
-    fallback): fully masked real rows, the worst row-sum error, the largest weight on padding, and per
-    head the entropy ratio ``entropy / max_entropy`` (via :func:`~hf_attn_inspect.stats.metrics.sentence_metrics`)
-    and the share of collapsed rows (max weight > 0.95). ``keep`` names a sentence whose real-token
-    weights are kept per layer (``kept[stack][layer]``, ``[H, n, n]``) for the padding comparison.
-    Subclasses may change the inputs before calling ``super().attend`` (see :mod:`hf_attn_inspect.checks.faults`).
+    decide which query rows and keys count. It computes each call itself (:meth:`compute`, the reference
+    kernel), so a subclass can plant a fault in the attention function: change ``call`` (its query, key,
+    mask...) and call ``super().compute(call)`` (see :mod:`hf_attn_inspect.checks.faults`).
+    :meth:`record` keeps, from the query and key: non-finite counts of Q, K, V, scores, weights and output,
+    per-head std of Q and K over real tokens, variance of the scaled scores over real (query, key) pairs,
+    the scale used and ``d_k``; from the weights (also on the eager fallback, which has no query): fully
+    masked real rows, the worst row-sum error, the largest weight on padding, and per head the entropy
+    ratio ``entropy / max_entropy`` (via :func:`~hf_attn_inspect.stats.metrics.sentence_metrics`) and the
+    share of collapsed rows (max weight > 0.95). ``keep`` names a sentence whose real-token weights are kept
+    per layer (``kept[stack][layer]``, ``[H, n, n]``) for the padding comparison.
     """
 
     collapse_threshold = 0.95
@@ -96,31 +98,43 @@ class DiagnosticProbe(Probe):
         self.kept: dict[str, dict[int, torch.Tensor]] = {}
         self.qk: dict[tuple[str, int], dict[str, Any]] = {}
         self.wstats: dict[tuple[str, int], dict[str, Any]] = {}
-        self._causal = False
-        self._mask: torch.Tensor | None = None
 
-    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Record the query/key statistics of one call, then compute it with the reference core."""
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Compute ``call`` with the reference kernel (with ``call``'s query, key, value and mask, which a
+        subclass may have changed) and record it."""
+        call.output, call.weights = scaled_dot_product_attention_with_weights(
+            call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
+        )
+        self.record(call)
+        return call.output, call.weights
+
+    def record(self, call: AttentionCall) -> None:
+        """Record the statistics of one computed call (the query/key ones only when it has a query)."""
+        if call.query is not None:
+            self._record_qk(call)
+        self._record_weights(call)
+
+    def _record_qk(self, call: AttentionCall) -> None:
+        site, query, key, value, output, weights = call.site, call.query, call.key, call.value, call.output, call.weights
         qv, kv = self.valid.get(site.stack, self.valid.get("self"))
         qv, kv = qv.to(query.device), kv.to(query.device)
         q, k = query.detach().float(), key.detach().float()
         if k.shape[1] != q.shape[1]:
             k = repeat_kv(k, q.shape[1])
         d_k = q.shape[-1]
-        scale = 1.0 / math.sqrt(d_k) if scaling is None else float(scaling)
+        scale = 1.0 / math.sqrt(d_k) if call.scaling is None else float(call.scaling)
         scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # [B, H, Q, K]
-        if kwargs.get("softcap") is not None:
-            scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
+        if call.softcap is not None:
+            scores = torch.tanh(scores / call.softcap) * call.softcap
         pair = (qv[:, None, :, None] & kv[:, None, None, :]).float()  # [B, 1, Q, K]
         npair = pair.sum().clamp_min(1.0) * 1.0
         finite_scores = torch.nan_to_num(scores, nan=0.0, posinf=0.0, neginf=0.0)
         mean = (finite_scores * pair).sum((0, 2, 3)) / npair
         var = ((finite_scores - mean[None, :, None, None]).square() * pair).sum((0, 2, 3)) / npair
-        stats = {
+        self.qk[(site.stack, site.layer)] = {
             "d_k": d_k,
             "scale": scale,
-            "scale_given": scaling is not None,
+            "scale_given": call.scaling is not None,
             "q_std": _masked_std(q, qv),
             "k_std": _masked_std(k, kv),
             "score_var": var.cpu(),
@@ -128,22 +142,16 @@ class DiagnosticProbe(Probe):
             "k_nonfinite": int((~torch.isfinite(key)).sum()),
             "v_nonfinite": int((~torch.isfinite(value)).sum()),
             "scores_nonfinite": int(((~torch.isfinite(scores)) & pair.bool()).sum()),
+            "weights_nonfinite": int((~torch.isfinite(weights)).sum()) if weights is not None else 0,
+            "output_nonfinite": int(((~torch.isfinite(output)) & qv[:, None, :, None]).sum()),
         }
-        self._causal = bool(getattr(module, "is_causal", False)) and site.stack != "cross"
-        self._mask = mask
-        output, weights = super().attend(site, module, query, key, value, mask, scaling, **kwargs)
-        stats["weights_nonfinite"] = int((~torch.isfinite(weights)).sum()) if weights is not None else 0
-        stats["output_nonfinite"] = int(((~torch.isfinite(output)) & qv[:, None, :, None]).sum())
-        self.qk[(site.stack, site.layer)] = stats
-        return output, weights
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        """Record the weight statistics of one call (and the kept sentence's weights)."""
+    def _record_weights(self, call: AttentionCall) -> None:
+        site = call.site
         qv, kv = self.valid.get(site.stack, self.valid.get("self"))
-        w = weights.detach().float()
+        w = call.weights.detach().float()
         qv, kv = qv.to(w.device), kv.to(w.device)
-        mask = self._mask
-        self._mask = None
+        mask = call.mask if isinstance(call.mask, torch.Tensor) else None
         if mask is not None:
             keep, _ = mask_to_keep(mask)
             while keep.dim() < 4:
@@ -165,7 +173,7 @@ class DiagnosticProbe(Probe):
             "padding_weight": float(on_pad[rows].max()) if bool(rows.any()) else 0.0,
         }
         if site.stack != "cross" and w.shape[-1] == w.shape[-2]:
-            m = sentence_metrics(wz, qv, causal=self._causal)
+            m = sentence_metrics(wz, qv, causal=call.causal)
             n = qv.sum(-1)
             multi = (n > 1).float()[:, None]
             ratio = entropy_ratio(m["entropy"], m["max_entropy"])
@@ -220,7 +228,7 @@ def diagnose(
     texts: Sequence[str] | None = None,
     *,
     tokenizer: Tokenizer | None = None,
-    probe_class: type[DiagnosticProbe] = DiagnosticProbe,
+    probe_class: type[DiagnosticRecorder] = DiagnosticRecorder,
     thresholds: DiagnoseThresholds | None = None,
     max_length: int | None = 256,
 ) -> Report:
@@ -235,8 +243,8 @@ def diagnose(
     weight on padding keys; uniform heads (with the cause: low Q/K variance, scale too small); collapsed
     heads and their share; the 1/sqrt(d_k) scale compared with the variance of the scores; masks
     silently dropped (the most padded text alone vs in the batch); and the sdpa trap (the model's own
-    ``output_attentions=True`` returns no weights). ``probe_class`` lets tests plant faults in the
-    capture path. Thresholds: :class:`DiagnoseThresholds`.
+    ``output_attentions=True`` returns no weights). ``probe_class`` (a :class:`DiagnosticRecorder`
+    subclass) lets tests plant faults in the capture path. Thresholds: :class:`DiagnoseThresholds`.
     """
     th = thresholds or DiagnoseThresholds()
     inspector = resolve_inspector(inspector_or_model, tokenizer, what="the model to diagnose")
@@ -264,12 +272,12 @@ def diagnose(
     return Report(inspector.name, findings, texts)
 
 
-def _sum(probe: DiagnosticProbe, key: str, source: str = "qk") -> int:
+def _sum(probe: DiagnosticRecorder, key: str, source: str = "qk") -> int:
     stats = probe.qk if source == "qk" else probe.wstats
     return int(sum(s.get(key, 0) for s in stats.values()))
 
 
-def _check_nan(probe: DiagnosticProbe) -> Finding:
+def _check_nan(probe: DiagnosticRecorder) -> Finding:
     keys = ("q_nonfinite", "k_nonfinite", "v_nonfinite", "scores_nonfinite", "weights_nonfinite", "output_nonfinite")
     if not probe.qk:
         return Finding("nan_inf", "warn", "Q/K statistics unavailable: the model does not dispatch through the attention interface",
@@ -287,7 +295,7 @@ def _check_nan(probe: DiagnosticProbe) -> Finding:
     return Finding("nan_inf", "ok", "no NaN or Inf in Q, K, V, scores, weights or output", nums)
 
 
-def _check_fully_masked(probe: DiagnosticProbe) -> Finding:
+def _check_fully_masked(probe: DiagnosticRecorder) -> Finding:
     n = _sum(probe, "fully_masked_rows", "w")
     zero = _sum(probe, "zero_rows", "w")
     rows = _sum(probe, "real_rows", "w")
@@ -301,7 +309,7 @@ def _check_fully_masked(probe: DiagnosticProbe) -> Finding:
     return Finding("fully_masked_rows", "ok", "every real query row has at least one key", nums)
 
 
-def _largest(probe: DiagnosticProbe, key: str) -> float:
+def _largest(probe: DiagnosticRecorder, key: str) -> float:
     """The largest per-call weight statistic ``key`` over every layer (0 when nothing was recorded)."""
     return max((s[key] for s in probe.wstats.values()), default=0.0)
 
@@ -314,7 +322,7 @@ def _at_most(check: str, value: float, tolerance: float, nums: dict[str, Any], f
     return Finding(check, "ok", ok, nums)
 
 
-def _check_row_sums(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+def _check_row_sums(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
     err = _largest(probe, "row_sum_error")
     return _at_most(
         "row_sums", err, th.row_sum_tol, {"max_row_sum_error": err, "tolerance": th.row_sum_tol},
@@ -325,7 +333,7 @@ def _check_row_sums(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     )
 
 
-def _check_padding(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+def _check_padding(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
     leak = _largest(probe, "padding_weight")
     return _at_most(
         "padding_leak", leak, th.padding_tol, {"max_weight_on_padding": leak, "tolerance": th.padding_tol},
@@ -336,7 +344,7 @@ def _check_padding(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     )
 
 
-def _head_arrays(probe: DiagnosticProbe, key: str) -> tuple[list[tuple[str, int]], torch.Tensor]:
+def _head_arrays(probe: DiagnosticRecorder, key: str) -> tuple[list[tuple[str, int]], torch.Tensor]:
     sites = [s for s in sorted(probe.wstats) if key in probe.wstats[s]]
     if not sites:
         return [], torch.zeros(0, 0)
@@ -358,7 +366,7 @@ def _share_finding(check: str, share: float, th: DiagnoseThresholds, label: str,
     return Finding(check, "ok", ok_label, nums)
 
 
-def _check_uniform(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+def _check_uniform(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
     sites, ratio = _head_arrays(probe, "entropy_ratio")
     uni = ratio >= th.uniform_ratio
     n_heads = uni.numel()
@@ -389,7 +397,7 @@ def _check_uniform(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     )
 
 
-def _check_collapsed(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+def _check_collapsed(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
     sites, collapsed = _head_arrays(probe, "collapsed_share")
     col = collapsed > th.collapsed_rows
     n_heads = col.numel()
@@ -405,7 +413,7 @@ def _check_collapsed(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
     )
 
 
-def _check_scale(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
+def _check_scale(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
     if not probe.qk:
         return Finding("attention_scale", "warn", "scale unavailable: the model does not dispatch through the attention interface",
                        {}, ["eager output_attentions fallback"], "check the model's attention code for 1/sqrt(d_k)")
@@ -436,10 +444,10 @@ def _check_scale(probe: DiagnosticProbe, th: DiagnoseThresholds) -> Finding:
 
 def _check_masks_dropped(
     inspector: AttentionInspector,
-    probe: DiagnosticProbe,
+    probe: DiagnosticRecorder,
     batch: Batch,
     shortest: int,
-    probe_class: type[DiagnosticProbe],
+    probe_class: type[DiagnosticRecorder],
     th: DiagnoseThresholds,
     max_length: int | None,
 ) -> Finding:

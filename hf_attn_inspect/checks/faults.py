@@ -1,7 +1,7 @@
 """Five ways to break attention, planted on a copy of a model, to show (and test) that :func:`~hf_attn_inspect.checks.diagnose.diagnose` catches each.
 
 Faults are planted either by patching a deep copy of the model (its weights or its attention modules'
-``scaling``), or through a :class:`~hf_attn_inspect.checks.diagnose.DiagnosticProbe` subclass that changes what
+``scaling``), or through a :class:`~hf_attn_inspect.checks.diagnose.DiagnosticRecorder` subclass that changes what
 the capture path computes (a buggy attention function). The original model is never modified and
 there is no second way of computing attention: every fault goes through the one capture path.
 """
@@ -10,40 +10,41 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..capture.inspector import AttentionInspector
-from ..capture.interface import Site
+from ..capture.recorders import AttentionCall
 from ..core.errors import InputError
-from .diagnose import CHECKS, DiagnosticProbe, diagnose
+from .diagnose import CHECKS, DiagnosticRecorder, diagnose
 from .findings import Report
 
-__all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowProbe", "DroppedMaskProbe", "break_and_diagnose", "caught_table", "all_caught"]
+__all__ = ["Fault", "FAULTS", "plant_fault", "FullyMaskedRowRecorder", "DroppedMaskRecorder", "break_and_diagnose", "caught_table", "all_caught"]
 
 
-class FullyMaskedRowProbe(DiagnosticProbe):
+class FullyMaskedRowRecorder(DiagnosticRecorder):
     """A buggy mask: query row 1 of every sentence has every key masked (e.g. a mask built transposed)."""
 
     row = 1
 
-    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mask every key of query row :attr:`row`, then diagnose as usual."""
-        b, q, k = query.shape[0], query.shape[-2], key.shape[-2]
-        full = torch.zeros(b, 1, q, k, dtype=torch.float32, device=query.device) if mask is None else mask.expand(b, 1, q, k).clone()
+        b, q, k = call.query.shape[0], call.query.shape[-2], call.key.shape[-2]
+        mask = call.mask
+        full = torch.zeros(b, 1, q, k, dtype=torch.float32, device=call.query.device) if mask is None else mask.expand(b, 1, q, k).clone()
         full[:, :, self.row, :] = torch.finfo(full.dtype).min
-        return super().attend(site, module, query, key, value, full, scaling, **kwargs)
+        call.mask = full
+        return super().compute(call)
 
 
-class DroppedMaskProbe(DiagnosticProbe):
+class DroppedMaskRecorder(DiagnosticRecorder):
     """A buggy attention function that ignores ``attention_mask`` (padding and causal masks vanish)."""
 
-    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Drop the mask, then diagnose as usual."""
-        return super().attend(site, module, query, key, value, None, scaling, **kwargs)
+        call.mask = None
+        return super().compute(call)
 
 
 def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -97,9 +98,9 @@ class Fault:
     check: str
     description: str
     patch: Callable[[torch.nn.Module], None] | None = None
-    probe_class: type[DiagnosticProbe] = DiagnosticProbe
+    probe_class: type[DiagnosticRecorder] = DiagnosticRecorder
 
-    def plant(self, inspector: AttentionInspector) -> tuple[AttentionInspector, type[DiagnosticProbe]]:
+    def plant(self, inspector: AttentionInspector) -> tuple[AttentionInspector, type[DiagnosticRecorder]]:
         """``(inspector, probe_class)`` to pass to ``diagnose(inspector, probe_class=probe_class)``; the
         inspector wraps a patched deep copy when the fault patches the model, else the same inspector."""
         return (_copy(inspector, self.patch) if self.patch else inspector), self.probe_class
@@ -113,13 +114,13 @@ FAULTS: dict[str, Fault] = {
         Fault("scores_blown_up", "collapsed_heads", "query projections multiplied by 30 (as after a too high learning rate): "
               "scores explode and attention collapses", _blow_up_queries),
         Fault("fully_masked_row", "fully_masked_rows", "the mask hides every key of query row 1 (a buggy mask)",
-              probe_class=FullyMaskedRowProbe),
-        Fault("mask_dropped", "masks_dropped", "the attention function ignores attention_mask", probe_class=DroppedMaskProbe),
+              probe_class=FullyMaskedRowRecorder),
+        Fault("mask_dropped", "masks_dropped", "the attention function ignores attention_mask", probe_class=DroppedMaskRecorder),
     )
 }
 
 
-def plant_fault(inspector: AttentionInspector, name: str) -> tuple[AttentionInspector, type[DiagnosticProbe]]:
+def plant_fault(inspector: AttentionInspector, name: str) -> tuple[AttentionInspector, type[DiagnosticRecorder]]:
     """Plant fault ``name`` (a key of :data:`FAULTS`) on ``inspector``: see :meth:`Fault.plant`."""
     if name not in FAULTS:
         raise InputError(f"unknown fault '{name}'; choose one of {', '.join(FAULTS)}")

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
 from transformers.utils import ModelOutput
 
 from ..capture.inspector import AttentionInspector
-from ..capture.interface import Probe, Site, original_attention_function, passthrough_name, use_implementation
+from ..capture.inputs import STACKS
+from ..capture.interface import original_attention_function, passthrough_name, use_implementation
+from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
 from ..core.errors import InputError
 from .diagnose import query_key_valid
 
@@ -82,37 +84,32 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-class _OutputProbe(Probe):
-    """Reference-core attention that keeps each layer's weights and output."""
+class _OutputRecorder(Recorder):
+    """Keeps each layer's per-head output (the reference core's: the run keeps weights, so they are computed)."""
 
     def __init__(self) -> None:
-        self.weights: dict[tuple[str, int], torch.Tensor] = {}
         self.outputs: dict[tuple[str, int], torch.Tensor] = {}
 
-    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        output, weights = super().attend(site, module, query, key, value, mask, scaling, **kwargs)
-        self.outputs[(site.stack, site.layer)] = output.detach().float()
-        return output, weights
-
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        self.weights[(site.stack, site.layer)] = weights.detach().float()
+    def record(self, call: AttentionCall) -> None:
+        if call.output is not None:  # None on the eager fallback
+            self.outputs[(call.site.stack, call.site.layer)] = call.output.detach().float()
 
 
-class _PassthroughProbe(Probe):
-    """Calls the model's own attention function and keeps its output (the thing we verify against)."""
+class _PassthroughRecorder(_OutputRecorder):
+    """Computes every call with the model's own attention function under its own mask implementation
+    (:attr:`implementation`) and keeps its output: the thing we verify against."""
 
     def __init__(self, implementation: str) -> None:
-        self.implementation = implementation
-        self.outputs: dict[tuple[str, int], torch.Tensor] = {}
+        super().__init__()
+        self.own = implementation
+        self.implementation = passthrough_name(implementation)
 
-    def attend(self, site: Site, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None, scaling: float | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fn = original_attention_function(self.implementation, module)
-        output, weights = fn(module, query, key, value, mask, scaling=scaling, **kwargs)
-        output = output.transpose(1, 2)  # attention functions return [B, T, H, D]
-        self.outputs[(site.stack, site.layer)] = output.detach().float()
-        return output, weights
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fn = original_attention_function(self.own, call.module)
+        output, weights = fn(call.module, call.query, call.key, call.value, call.mask, scaling=call.scaling, **call.kwargs)
+        call.output = output.transpose(1, 2)  # attention functions return [B, T, H, D]
+        self.record(call)
+        return call.output, weights
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor, vq: torch.Tensor, vk: torch.Tensor | None) -> float:
@@ -142,25 +139,27 @@ def verify(
     implementation = getattr(model.config, "_attn_implementation", None) or "eager"
     report = VerificationReport(inspector.name, implementation, tolerance)
     batch = inspector.encode(texts, pairs)
-    ours = _OutputProbe()
-    inspector.run(batch, ours)
+    kept = WeightsRecorder(device=None)
+    ours = _OutputRecorder()
+    inspector.run(batch, [kept, ours])
+    weights = {(stack, layer): w for stack, layers in kept.weights.items() for layer, w in layers.items()}
     inputs = {k: v.to(inspector.device) for k, v in batch.inputs.items()}
     with torch.no_grad(), use_implementation(model, "eager"):
         eager = model(**inputs, output_attentions=True)
     eager_weights = _eager_weights(eager, inspector.is_encoder_decoder)
-    theirs = _PassthroughProbe(implementation)
+    theirs = _PassthroughRecorder(implementation)
     if ours.outputs:
-        inspector.run(batch, theirs, implementation=passthrough_name(implementation))
+        inspector.run(batch, theirs)
     else:
         report.notes.append("model does not use transformers' attention interface: weights come from eager "
                             "output_attentions, outputs not comparable")
     valid = query_key_valid(batch)
-    for key in sorted(ours.weights, key=lambda k: (["self", "encoder", "decoder", "cross"].index(k[0]), k[1])):
+    for key in sorted(weights, key=lambda k: (STACKS.index(k[0]), k[1])):
         stack, layer = key
-        device = ours.weights[key].device
+        device = weights[key].device
         vq, vk = (v.to(device) for v in valid[stack])
         w_ref = eager_weights.get(key)
-        wd = float("nan") if w_ref is None else _max_diff(ours.weights[key], w_ref.to(ours.weights[key].device), vq, vk)
+        wd = float("nan") if w_ref is None else _max_diff(weights[key], w_ref.to(device), vq, vk)
         od = float("nan")
         if key in ours.outputs and key in theirs.outputs:
             od = _max_diff(ours.outputs[key], theirs.outputs[key], vq, None)

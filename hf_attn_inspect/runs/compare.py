@@ -1,12 +1,13 @@
 """Compare the attention of two checkpoints head by head: what did fine-tuning (or an edit) change?
 
-Both models read the same inputs through the one capture path (:meth:`AttentionInspector.run` with a
-:class:`~hf_attn_inspect.capture.interface.Probe`). Model A's weights of one padded batch are kept per layer; while
+Both models read the same inputs through the one capture path (:meth:`AttentionInspector.run` with
+recorders: a :class:`~hf_attn_inspect.capture.recorders.WeightsRecorder` for A). Model A's weights of one padded batch are kept per layer; while
 model B runs, each of its layers is reduced at once against A's same layer (Jensen-Shannon divergence of
 every query row, and every metric of :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` for both models)
 and A's copy of that layer is dropped, so nothing larger than one batch of one model's weights is held.
 Inputs go through the shared run loop (:mod:`hf_attn_inspect.runs.sharded`): the same dataset loading as the
-batch engine, rows read shard by shard, length-bucketed batches, statistics merged as sums
+batch engine (one :class:`~hf_attn_inspect.runs.data.DataSpec`), rows read shard by shard, length-sorted
+batches (:func:`~hf_attn_inspect.runs.data.sorted_batches`), statistics merged as sums
 (:class:`~hf_attn_inspect.runs.sharded.ShardStats`), shards written atomically and a stopped run resumable.
 The engine returns the table (and with ``out`` writes ``head_divergence.csv``, ``run.json`` and the
 shards); the figures and ``report.md`` are the view layer's
@@ -32,7 +33,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,21 +41,20 @@ import torch
 
 from ..capture.inputs import Batch
 from ..capture.inspector import AttentionInspector, ModelSource, resolve_inspector
-from ..capture.interface import Probe, Site
+from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.files import atomic_write, write_json
 from ..core.tokens import Tokenizer
 from ..stats.metrics import METRICS, sentence_metrics
 from ..stats.patterns import classify_heads
+from .data import DataSpec, Rows, encode_rows, sorted_batches
 from .sharded import Progress, ShardStats, clean_rows, package_versions, run_sharded
 from .distributed import process_device
-from .sources import DatasetSource, StreamRows, load_dataset_texts
-
-if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its type is needed here
-    from datasets import Dataset
+from .sources import DatasetSource
 
 __all__ = [
+    "BATCH_SIZE",
     "CLASS_SAMPLE",
     "OUTPUTS",
     "VALUE_NAMES",
@@ -69,6 +69,9 @@ _ALL = ("compared",)  # ShardStats counts sentences per class; compare has one "
 
 #: Number of texts (from the start of the input) on which the pattern classes are computed.
 CLASS_SAMPLE = 16
+
+#: Sentences per batch when neither ``batch_size`` nor the :class:`~hf_attn_inspect.runs.data.DataSpec` says.
+BATCH_SIZE = 16
 
 
 # ------------------------------------------------------------------------------------------ maths
@@ -86,23 +89,13 @@ def js_divergence_rows(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * (kl_p + kl_q)).clamp_min(0.0)
 
 
-class _KeepProbe(Probe):
-    """Model A's probe: keeps each layer's weights of the compared stack (float32, on the model's device)."""
-
-    def __init__(self, stack: str) -> None:
-        self.stack = stack
-        self.weights: dict[int, torch.Tensor] = {}
-
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        if site.stack == self.stack:
-            self.weights[site.layer] = weights.detach().float()
-
-
-class _ReduceProbe(Probe):
-    """Model B's probe: reduces each layer against A's kept layer as soon as it is computed, then drops it.
+class _ReduceRecorder(Recorder):
+    """Model B's recorder: reduces each layer against A's kept layer as soon as it is computed, then drops it.
 
     :meth:`per_sentence` returns ``[batch, layers, heads, len(VALUE_NAMES)]``.
     """
+
+    needs_weights = True
 
     def __init__(self, stack: str, reference: dict[int, torch.Tensor], valid: torch.Tensor, special: torch.Tensor,
                  punctuation: torch.Tensor, causal: bool) -> None:
@@ -112,13 +105,14 @@ class _ReduceProbe(Probe):
         self.causal = causal
         self.values: dict[int, torch.Tensor] = {}
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
+        site = call.site
         if site.stack != self.stack:
             return
         wa = self.reference.pop(site.layer, None)
         if wa is None:
             raise InputError(f"model B has a layer {site.layer} that model A did not run; compare models of the same shape")
-        wb = weights.detach().float().to(wa.device)
+        wb = call.weights.detach().float().to(wa.device)
         dev = wa.device
         valid = self.valid.to(dev)
         rows = valid[:, None, :].float()
@@ -156,11 +150,12 @@ def _check_shapes(a: AttentionInspector, b: AttentionInspector, stack: str) -> t
     return da[stack]
 
 
-def _check_tokens(ea: Batch, eb: Batch, first_row: int | None) -> None:
-    """Both tokenizers must split every text into the same tokens; name the first text and token that differ
-    (its row number when ``first_row`` is known, i.e. no row before it in the shard was skipped)."""
+def _check_tokens(ea: Batch, eb: Batch, rows: Sequence[int], first_row: int | None) -> None:
+    """Both tokenizers must split every text of a batch into the same tokens; name the first text (in dataset
+    order) and token that differ. ``rows`` are the batch's indices into its shard, ``first_row`` the shard's
+    first row number when no row before a text was skipped (its number is then ``first_row + row + 1``)."""
     decoder = ea.decoder_encoding is not None
-    for i in range(len(ea.texts)):
+    for i in sorted(range(len(rows)), key=rows.__getitem__):
         pairs = [(ea.tokens(i), eb.tokens(i))] + ([(ea.tokens(i, True), eb.tokens(i, True))] if decoder else [])
         for ta, tb in pairs:
             if ta == tb:
@@ -168,7 +163,7 @@ def _check_tokens(ea: Batch, eb: Batch, first_row: int | None) -> None:
             pos = next((j for j, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
             xa = repr(ta[pos]) if pos < len(ta) else "the end of the text"
             xb = repr(tb[pos]) if pos < len(tb) else "the end of the text"
-            which = f"text {first_row + i + 1}" if first_row is not None else "the text"
+            which = f"text {first_row + rows[i] + 1}" if first_row is not None else "the text"
             raise InputError(
                 f"the tokenizers of A and B split {which} ({ea.texts[i][:40]!r}) differently at token {pos}: "
                 f"A has {xa}, B has {xb}; compare models that share a tokenizer"
@@ -176,33 +171,28 @@ def _check_tokens(ea: Batch, eb: Batch, first_row: int | None) -> None:
 
 
 # -------------------------------------------------------------------------------------------- engine
-def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: "Dataset | StreamRows", start: int, stop: int,
+def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: Rows, start: int, stop: int,
                columns: tuple[str, ...], batch_size: int, limit_len: int, stack: str, dims: tuple[int, int],
                bar: Progress | None) -> ShardStats:
     texts, pairs, skipped = clean_rows(ds, start, stop, columns)
     stats = ShardStats.empty(dims[0], dims[1], VALUE_NAMES, _ALL)
     truncated = 0
-    if texts:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
-            ea = ia.encode(texts, pairs, max_length=limit_len, truncation=True)
-            eb = ib.encode(texts, pairs, max_length=limit_len, truncation=True)
-        _check_tokens(ea, eb, start if not sum(skipped.values()) else None)
-        truncated = int(sum(ea.truncated))
-        order = torch.sort(torch.tensor(ea.lengths), stable=True).indices  # length buckets (as the batch engine)
-        for b0 in range(0, len(texts), batch_size):
-            idx = order[b0 : b0 + batch_size]
-            batch_a, batch_b = ea.select(idx), eb.select(idx)
-            masks = batch_a.masks(stack)
-            keep = _KeepProbe(stack)
-            ia.run(batch_a, keep)
-            causal = stack in batch_a.causal_stacks or stack == "decoder"
-            reduce = _ReduceProbe(stack, keep.weights, masks.valid, masks.special, masks.punctuation, causal)
-            ib.run(batch_b, reduce)
-            values = reduce.per_sentence()
-            stats.add_values(values, torch.zeros(values.shape[:3], dtype=torch.long))
-            if bar is not None:
-                bar.update(len(idx))
+    first_row = start if not sum(skipped.values()) else None
+    for rows, batch_a in sorted_batches(ia, texts, pairs, batch_size=batch_size, max_length=limit_len, kept_length=True):
+        batch_b = encode_rows(ib, texts, pairs, rows, limit_len)
+        _check_tokens(batch_a, batch_b, rows, first_row)
+        truncated += int(sum(batch_a.truncated))
+        masks = batch_a.masks(stack)
+        keep = WeightsRecorder(stacks=[stack], device=None)
+        ia.run(batch_a, keep)
+        causal = stack in batch_a.causal_stacks or stack == "decoder"
+        reduce = _ReduceRecorder(stack, keep.weights.get(stack, {}), masks.valid, masks.special, masks.punctuation,
+                                 causal)
+        ib.run(batch_b, reduce)
+        values = reduce.per_sentence()
+        stats.add_values(values, torch.zeros(values.shape[:3], dtype=torch.long))
+        if bar is not None:
+            bar.update(len(rows))
     stats.rows = len(texts) + sum(skipped.values())  # rows read: fewer than stop - start at a stream's end
     stats.truncated = truncated
     stats.skipped = skipped
@@ -228,7 +218,7 @@ def _frame(stats: ShardStats) -> pd.DataFrame:
     return df.sort_values(["js_divergence", "layer", "head"], ascending=[False, True, True], kind="stable").reset_index(drop=True)
 
 
-def _first_rows(ds: "Dataset | StreamRows", columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
+def _first_rows(ds: Rows, columns: tuple[str, ...], n: int) -> tuple[list[str], list[str] | None]:
     """The first ``n`` usable texts (and pairs) of the dataset (or a fresh stream), skipping rows as the
     batch engine does."""
     texts: list[str] = []
@@ -273,7 +263,7 @@ def compare_models(
     config: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     max_length: int | None = None,
     shard_size: int = 2048,
     stack: str | None = None,
@@ -285,15 +275,17 @@ def compare_models(
     overwrite: bool = False,
     progress: bool = False,
     streaming: bool = False,
+    data: DataSpec | None = None,
 ) -> pd.DataFrame:
     """Per-head difference between the attention of models A and B on the same inputs.
 
     ``a``/``b`` are Hub names, local checkpoint directories, :class:`AttentionInspector` objects or
     in-memory models (with ``tokenizer=`` or as ``(model, tokenizer)`` pairs; B defaults to A's
     tokenizer), resolved by :func:`~hf_attn_inspect.capture.inspector.resolve_inspector`.
-    ``texts_or_dataset`` is anything the batch engine reads: a list of texts, a ``datasets.Dataset``, a
-    local file/folder or Hub name (with ``column``/``config``/``split``/``limit``; ``column="a,b"``
-    compares sentence pairs), or ``None`` for the sample shipped with the package. Empty or non-string
+    The inputs are a :class:`~hf_attn_inspect.runs.data.DataSpec` (``data=``, or as ``texts_or_dataset``),
+    or are given by the shortcut keywords: ``texts_or_dataset`` is anything the batch engine reads: a list
+    of texts, a ``datasets.Dataset``, a local file/folder or Hub name (with ``column``/``config``/``split``/
+    ``limit``; ``column="a,b"`` compares sentence pairs), or ``None`` for the sample shipped with the package. Empty or non-string
     rows are skipped and counted, long texts truncated to ``max_length`` (default: A's maximum) and
     counted (``df.attrs["counts"]``).
 
@@ -301,7 +293,7 @@ def compare_models(
     module docstring; ``df.attrs`` holds ``counts``, ``n_sentences``, ``model_a``, ``model_b``, ``stack``,
     ``max_length``, ``first_text`` / ``first_pair`` (the first usable input, the one the view draws) and
     ``run`` (the run record ``run.json`` holds). Rows are read ``shard_size`` at a time and run in
-    length-sorted batches of ``batch_size``.
+    length-sorted batches of ``batch_size`` (default :data:`BATCH_SIZE`).
 
     With ``out``, writes there (each file atomically) one shard of sums per ``shard_size`` rows as it
     finishes, then ``head_divergence.csv`` and ``run.json``; ``resume=True`` continues a stopped run from
@@ -322,34 +314,34 @@ def compare_models(
     ib = resolve_inspector(b, tokenizer or ia.tokenizer, device=device, dtype=dtype, what="model B")
     which = _main_stack(ia, stack)
     dims = _check_shapes(ia, ib, which)
-    if batch_size < 1 or shard_size < 1:
-        raise InputError("batch size and shard size must be at least 1")
-    ds, info = load_dataset_texts(texts_or_dataset, config=config, split=split, column=column, limit=limit,
-                                  streaming=streaming)
-    rows = StreamRows(ds, info.columns) if streaming else ds
-    limit_len = max_length or min(ia.max_length, ib.max_length)
+    spec = DataSpec.build(texts_or_dataset, data=data, default_batch_size=BATCH_SIZE, column=column, config=config, split=split,
+                          limit=limit, streaming=streaming, batch_size=batch_size, max_length=max_length,
+                          shard_size=shard_size)
+    loaded = spec.load()
+    info, rows = loaded.info, loaded.rows()
+    limit_len = spec.max_length or min(ia.max_length, ib.max_length)
     params = {
         "kind": "compare",
         "model_a": ia.name,
         "model_b": ib.name,
         "dataset": info.to_dict(),
-        "batch_size": batch_size,
+        "batch_size": spec.batch_size,
         "max_length": limit_len,
-        "shard_size": shard_size,
+        "shard_size": spec.shard_size,
         "stack": which,
         "dtype": str(next(ia.model.parameters()).dtype).replace("torch.", ""),
     }
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
-        return _run_shard(ia, ib, rows, start, stop, info.columns, batch_size, limit_len, which, dims, bar)
+        return _run_shard(ia, ib, rows, start, stop, info.columns, spec.batch_size, limit_len, which, dims, bar)
 
     run_ = run_sharded(
-        None if streaming else ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
+        loaded.num_rows, spec.shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
         overwrite=overwrite, progress=progress, desc="compare", column=info.columns[0],
     )
     total, counts = run_.total, run_.counts
     df = _frame(total)
-    first_texts, first_pairs = _first_rows(StreamRows(ds, info.columns) if streaming else ds, info.columns, CLASS_SAMPLE)
+    first_texts, first_pairs = _first_rows(loaded.rows(), info.columns, CLASS_SAMPLE)
     if classes:
         df = _add_classes(df, ia, ib, first_texts, first_pairs, which, limit_len)
     run = {"status": "finished", "parameters": params, "versions": package_versions(), "counts": counts,

@@ -10,7 +10,7 @@ How it stays fast and small:
 
 - texts are read shard by shard (``shard_size`` rows, dataset order); inside a shard they are sorted
   by token length and run ``batch_size`` at a time, padded only to the longest text of the batch;
-- a :class:`SentenceStatsProbe` reduces each layer's attention to per-sentence statistics with
+- a :class:`SentenceStatsRecorder` reduces each layer's attention to per-sentence statistics with
   :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` inside the capture, so no weights outlive their
   layer: memory does not grow with the dataset size or the number of layers;
 - statistics are merged as float64 sums, sums of squares and counts, so shards combine exactly; with an
@@ -18,10 +18,12 @@ How it stays fast and small:
   last finished shard (``resume=True``) and ends with the same numbers, and a finished run is never
   overwritten unless asked (``overwrite=True``).
 
-The probe is pluggable (``probe=``): any :class:`~hf_attn_inspect.capture.interface.Probe` that, after
-:meth:`AttentionInspector.run`, returns per-sentence values from ``per_sentence()`` (see
-:class:`SentenceStatsProbe`) can replace the default exact weights-based one, e.g. a streaming probe
-that computes the statistics from query/key tiles.
+The recorder is pluggable (``probe=``): any :class:`~hf_attn_inspect.capture.recorders.Recorder` (or
+probe) that, after :meth:`AttentionInspector.run`, returns per-sentence values from ``per_sentence()`` (see
+:class:`SentenceStatsRecorder`) can replace the default exact weights-based one, e.g. a streaming
+recorder that computes the statistics from query/key tiles. The data options are one
+:class:`~hf_attn_inspect.runs.data.DataSpec`; the batches of a shard come from
+:func:`~hf_attn_inspect.runs.data.sorted_batches`.
 
 The shards, resume and counts are the shared run loop of :mod:`hf_attn_inspect.runs.sharded`. With
 ``out`` the engine writes the data: ``shards/``, ``head_stats.csv`` / ``.parquet``, ``layer_stats.csv``
@@ -33,17 +35,17 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..stats.patterns import PATTERN_CLASSES, classify_sentence_heads
+from ..stats.patterns import classify_sentence_heads
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site
+from ..capture.recorders import AttentionCall, Recorder
 from ..core.kernels import (
     FusedLayout,
     FusedMasks,
@@ -53,43 +55,44 @@ from ..core.kernels import (
     fused_masks,
     scaled_dot_product_attention_with_weights,
 )
-from ..core.errors import CaptureError, InputError
+from ..core.errors import CaptureError
 from ..core.files import atomic_write, write_json
 from ..stats.metrics import METRICS, column_share, reduce_rows, sentence_metrics
+from .data import DataSpec, Rows, sorted_batches
 from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
-from .sources import DatasetSource, StreamRows, load_dataset_texts
-
-if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its type is needed here
-    from datasets import Dataset
+from .sources import DatasetSource
 
 __all__ = [
+    "BATCH_SIZE",
     "OUTPUTS",
-    "SentenceStatsProbe",
+    "SentenceStatsRecorder",
     "analyze_dataset",
     "head_stats_frame",
     "layer_stats_frame",
     "write_tables",
 ]
 
-# --------------------------------------------------------------------------- the probe
-class SentenceStatsProbe(Probe):
+# --------------------------------------------------------------------------- the recorder
+class SentenceStatsRecorder(Recorder):
     """Reduces every layer's attention to per-sentence statistics inside the capture; keeps no weights.
 
     ``valid``/``special``/``punctuation`` are boolean ``[batch, tokens]`` masks of the batch (real
-    tokens, the tokenizer's special tokens, punctuation-only tokens). Each attention call of the chosen
-    ``stacks`` (default: ``self`` and ``encoder``, the model's main text stack) computes the exact
-    float32 weights, passes them to :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` and keeps only
-    the ``[batch, heads, metrics]`` result; the weights are dropped before the next layer runs. On CUDA
-    (Triton installed) the fused kernel :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` gives the
-    output and the same statistics without ever forming the weights (``weight_std`` from power sums, equal
-    within float32 rounding); each layer leaves one packed row buffer on the device and :meth:`finish`
-    (called by the inspector after the forward pass) reduces all layers and heads at once, with no host
-    synchronisation until :meth:`per_sentence`.
+    tokens, the tokenizer's special tokens, punctuation-only tokens). It computes attention itself
+    (:meth:`compute`): each attention call of the chosen ``stacks`` (default: ``self`` and ``encoder``, the
+    model's main text stack) computes the exact float32 weights, passes them to
+    :func:`~hf_attn_inspect.stats.metrics.sentence_metrics` and keeps only the ``[batch, heads, metrics]``
+    result; the weights are dropped before the next layer runs. On CUDA (Triton installed) the fused kernel
+    :func:`~hf_attn_inspect.core.kernels.fused_attention_stats` gives the output and the same statistics
+    without ever forming the weights (``weight_std`` from power sums, equal within float32 rounding); each
+    layer leaves one packed row buffer on the device and :meth:`finish` (called by the inspector after the
+    forward pass) reduces all layers and heads at once, with no host synchronisation until
+    :meth:`per_sentence`. Other stacks are computed with the reference kernel. On the eager fallback
+    (:meth:`record`) the model's own weights are reduced.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
     The engine calls ``probe_factory(valid=..., special=..., punctuation=..., sparsity_threshold=...)``
-    for each batch; a replacement probe must accept these keywords and provide ``metric_names`` and
-    ``per_sentence()``.
+    for each batch; a replacement (a :class:`~hf_attn_inspect.capture.recorders.Recorder` or a probe) must
+    accept these keywords and provide ``metric_names`` and ``per_sentence()``.
     """
 
     metric_names: tuple[str, ...] = METRICS + ("column_share",)
@@ -116,33 +119,22 @@ class SentenceStatsProbe(Probe):
         self._pending: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
         self._layout: FusedLayout | None = None
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        **kwargs: object,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The layer's output; on the analysed ``stacks`` the exact float32 weights are reduced to
         per-sentence statistics and dropped (no weights are returned), other stacks pass through."""
-        if site.stack not in self.stacks:
-            return scaled_dot_product_attention_with_weights(
-                query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
-            )
-        causal = bool(getattr(module, "is_causal", False))
+        query, key, value, mask, scaling = call.query, call.key, call.value, call.mask, call.scaling
+        if call.site.stack not in self.stacks:
+            return scaled_dot_product_attention_with_weights(query, key, value, mask, scale=scaling, softcap=call.softcap)
+        causal = call.causal
         if (
             self.sparsity_threshold >= 0
             and query.shape[-1] <= 256
             and (mask is None or isinstance(mask, torch.Tensor))
             and fused_available(query.device)
         ):
-            return self._fused(site, query, key, value, mask, scaling, causal, kwargs.get("softcap")), None
+            return self._fused(call.site, query, key, value, mask, scaling, causal, call.softcap), None
         fast = (
-            kwargs.get("softcap") is None
+            call.softcap is None
             and query.dtype == torch.float32
             and key.shape[-3] == query.shape[-3]
             and (mask is None or (mask.is_floating_point() and mask.dtype == torch.float32))
@@ -154,9 +146,9 @@ class SentenceStatsProbe(Probe):
             output, weights = fast_attention_with_weights(query, key, value, mask, scaling, self._scratch)
         else:
             output, weights = scaled_dot_product_attention_with_weights(
-                query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
+                query, key, value, mask, scale=scaling, softcap=call.softcap
             )
-        self._reduce(site, weights, causal)
+        self._reduce(call.site, weights, causal)
         return output, None
 
     def _fused(
@@ -208,10 +200,10 @@ class SentenceStatsProbe(Probe):
                 self.values[layer] = v
         self._pending = []
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
         """Eager fallback (models without the attention interface): reduce the weights we are given."""
-        if site.stack in self.stacks:
-            self._reduce(site, weights, self.causal)
+        if call.site.stack in self.stacks:
+            self._reduce(call.site, call.weights, self.causal)
 
     def _reduce(self, site: Site, weights: torch.Tensor, causal: bool) -> None:
         self.causal = self.causal or causal
@@ -289,30 +281,36 @@ def write_tables(out_dir: str | os.PathLike, head_stats: pd.DataFrame) -> list[P
 
 
 # --------------------------------------------------------------------------- the engine
+#: Sentences per batch when neither ``batch_size`` nor the :class:`DataSpec` says.
+BATCH_SIZE = 64
+
+
 def analyze_dataset(
     inspector: AttentionInspector,
-    dataset: DatasetSource = None,
+    dataset: DataSpec | DatasetSource = None,
     column: str | Sequence[str] = "text",
     *,
     config: str | None = None,
     split: str | None = None,
     limit: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     max_length: int | None = None,
     shard_size: int = 2048,
     sparsity_threshold: float = 0.3,
-    probe: Callable[..., Probe] | None = None,
+    probe: Callable[..., Recorder | Probe] | None = None,
     classify: Callable[[dict[str, torch.Tensor]], tuple[tuple[str, ...], torch.Tensor]] | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
     streaming: bool = False,
+    data: DataSpec | None = None,
 ) -> pd.DataFrame:
-    """Analyse every text of ``dataset`` and return the ``head_stats`` table (one row per layer and head).
+    """Analyse every text of a dataset and return the ``head_stats`` table (one row per layer and head).
 
-    ``dataset`` is a :class:`datasets.Dataset`, a list of strings (or of ``(text, pair)`` tuples), a
-    local file/folder or Hub name, or ``None`` for the shipped sample (see
+    The data is a :class:`~hf_attn_inspect.runs.data.DataSpec` (``data=``, or as ``dataset``), or is given
+    by the shortcut keywords: ``dataset`` is a :class:`datasets.Dataset`, a list of strings (or of
+    ``(text, pair)`` tuples), a local file/folder or Hub name, or ``None`` for the shipped sample (see
     :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`, which also takes ``config``/``split``/
     ``column``/``limit``; ``column="a,b"`` analyses sentence pairs). Columns: ``layer``, ``head``,
     ``n_sentences``, ``<metric>_mean`` (average over sentences of the per-sentence value, padding never
@@ -321,8 +319,10 @@ def analyze_dataset(
     ``pattern`` (the most frequent class). Empty or non-string rows are skipped and counted; texts longer
     than ``max_length`` (default: the model's maximum) are truncated and counted (``df.attrs["counts"]``).
     ``df.attrs["run"]`` is the run record (parameters, versions, counts, timing) that ``run.json`` holds.
+    Rows are read ``shard_size`` at a time and run in length-sorted batches of ``batch_size`` (default
+    :data:`BATCH_SIZE`).
 
-    ``probe`` builds the per-batch probe (default :class:`SentenceStatsProbe`); ``classify`` maps the
+    ``probe`` builds the per-batch recorder (default :class:`SentenceStatsRecorder`); ``classify`` maps the
     per-sentence metrics to pattern classes (default :func:`classify_sentence_heads`). With ``out``, the
     run is written there shard by shard (:func:`~hf_attn_inspect.runs.sharded.run_sharded`):
     ``resume=True`` continues a stopped run, ``overwrite=True`` replaces a previous one; at the end the
@@ -337,20 +337,21 @@ def analyze_dataset(
     every rank returns the same table, and only rank 0 writes the tables and ``run.json`` (which records
     ``world_size`` and what each rank computed, ``ranks``).
     """
-    if batch_size < 1 or shard_size < 1:
-        raise InputError("batch size and shard size must be at least 1")
-    ds, info = load_dataset_texts(dataset, config=config, split=split, column=column, limit=limit, streaming=streaming)
-    rows = StreamRows(ds, info.columns) if streaming else ds
-    probe_factory = probe or SentenceStatsProbe
+    spec = DataSpec.build(dataset, data=data, default_batch_size=BATCH_SIZE, column=column, config=config, split=split,
+                          limit=limit, streaming=streaming, batch_size=batch_size, max_length=max_length,
+                          shard_size=shard_size)
+    loaded = spec.load()
+    info, rows = loaded.info, loaded.rows()
+    probe_factory = probe or SentenceStatsRecorder
     classify = classify or classify_sentence_heads
-    limit_len = max_length or inspector.max_length
+    limit_len = spec.max_length or inspector.max_length
     params = {
         "model": inspector.name,
         "model_revision": getattr(inspector.config, "_commit_hash", None),
         "dataset": info.to_dict(),
-        "batch_size": batch_size,
+        "batch_size": spec.batch_size,
         "max_length": limit_len,
-        "shard_size": shard_size,
+        "shard_size": spec.shard_size,
         "sparsity_threshold": sparsity_threshold,
         "probe": getattr(probe_factory, "__qualname__", repr(probe_factory)),
         "dtype": str(next(inspector.model.parameters()).dtype).replace("torch.", ""),
@@ -358,11 +359,11 @@ def analyze_dataset(
     }
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
-        return _run_shard(inspector, rows, start, stop, info.columns, batch_size, limit_len, sparsity_threshold,
+        return _run_shard(inspector, rows, start, stop, info.columns, spec.batch_size, limit_len, sparsity_threshold,
                           probe_factory, classify, bar)
 
     run_ = run_sharded(
-        None if streaming else ds.num_rows, shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
+        loaded.num_rows, spec.shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
         overwrite=overwrite, progress=progress, desc="batch", column=info.columns[0],
     )
     elapsed = run_.elapsed
@@ -382,50 +383,40 @@ def analyze_dataset(
 
 def _run_shard(
     inspector: AttentionInspector,
-    ds: "Dataset | StreamRows",
+    ds: Rows,
     start: int,
     stop: int,
     columns: tuple[str, ...],
     batch_size: int,
     limit_len: int,
     threshold: float,
-    probe_factory: Callable[..., Probe],
+    probe_factory: Callable[..., Recorder | Probe],
     classify: Callable[[dict[str, torch.Tensor]], tuple[tuple[str, ...], torch.Tensor]],
     bar: Progress | None,
 ) -> ShardStats:
-    """Statistics of rows ``start:stop``: length-sorted batches through ``probe_factory``'s probe."""
+    """Statistics of rows ``start:stop``: length-sorted batches (:func:`sorted_batches`) through
+    ``probe_factory``'s recorder."""
     texts, pairs, skipped = clean_rows(ds, start, stop, columns)
     nl, nh = next(iter(inspector.dims().values()))
     stats: ShardStats | None = None
     truncated = 0
-    if texts:
-        # Lengths first (plain id lists), then each length-sorted batch is encoded on its own, so
-        # memory depends on the batch, not on the shard or dataset size.
-        tok_args = {"text": texts} if pairs is None else {"text": texts, "text_pair": pairs}
-        lengths = torch.tensor([len(x) for x in inspector.tokenizer(**tok_args)["input_ids"]])
-        order = torch.sort(lengths, stable=True).indices  # length buckets, deterministic
-        for b0 in range(0, len(texts), batch_size):
-            sel = order[b0:b0 + batch_size].tolist()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # truncation is counted, not warned about per text
-                enc = inspector.encode([texts[i] for i in sel], None if pairs is None else [pairs[i] for i in sel],
-                                       max_length=limit_len, truncation=True)
-            truncated += int(sum(enc.truncated))
-            m = enc.masks("self")
-            p = probe_factory(valid=m.valid, special=m.special, punctuation=m.punctuation, sparsity_threshold=threshold)
-            inspector.run(enc, p)
-            values = p.per_sentence()  # [b, L, H, M]
-            names = tuple(p.metric_names)
-            per = {k: values[..., i] for i, k in enumerate(names)}
-            class_names, classes = classify(per)
-            if stats is None:
-                stats = ShardStats.empty(values.shape[1], values.shape[2], names, class_names)
-            stats.add_values(values, classes)
-            del p, values, per, classes
-            if inspector.device.type == "cpu":
-                release_free_memory()
-            if bar is not None:
-                bar.update(len(sel))
+    for sel, enc in sorted_batches(inspector, texts, pairs, batch_size=batch_size, max_length=limit_len):
+        truncated += int(sum(enc.truncated))
+        m = enc.masks("self")
+        p = probe_factory(valid=m.valid, special=m.special, punctuation=m.punctuation, sparsity_threshold=threshold)
+        inspector.run(enc, p)
+        values = p.per_sentence()  # [b, L, H, M]
+        names = tuple(p.metric_names)
+        per = {k: values[..., i] for i, k in enumerate(names)}
+        class_names, classes = classify(per)
+        if stats is None:
+            stats = ShardStats.empty(values.shape[1], values.shape[2], names, class_names)
+        stats.add_values(values, classes)
+        del p, values, per, classes
+        if inspector.device.type == "cpu":
+            release_free_memory()
+        if bar is not None:
+            bar.update(len(sel))
     if stats is None:  # nothing usable in this shard
         names = tuple(getattr(probe_factory, "metric_names", METRICS))
         stats = ShardStats.empty(nl, nh, names, classify({k: torch.zeros(1) for k in names})[0])

@@ -15,7 +15,7 @@ import torch
 
 from ..capture.inputs import Batch
 from ..capture.inspector import AttentionInspector
-from ..capture.interface import Probe, Site
+from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import CaptureError, InputError
 
 __all__ = ["DETECTOR_KINDS", "repeated_random_tokens", "pattern_mask", "detect_heads"]
@@ -80,8 +80,10 @@ def pattern_mask(tokens: torch.Tensor, kind: str, start: int = 0) -> tuple[torch
     return keys, rows
 
 
-class _DetectorProbe(Probe):
+class _DetectorRecorder(Recorder):
     """Accumulates, per layer and head, the attention share on the pattern keys over the scored rows."""
+
+    needs_weights = True
 
     def __init__(self, keys: torch.Tensor, rows: torch.Tensor, stack: str) -> None:
         self.keys = keys.float()
@@ -89,7 +91,8 @@ class _DetectorProbe(Probe):
         self.stack = stack
         self.scores: dict[int, torch.Tensor] = {}
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
+        site, weights = call.site, call.weights
         if site.stack != self.stack:
             return
         keys = self.keys.to(weights.device)
@@ -147,12 +150,11 @@ def detect_heads(
         start = 1 if bos is not None and bool((tokens[:, 0] == bos).all()) else 0
     keys, rows = pattern_mask(tokens, kind, start)
     enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
-    inputs = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens)}
+    inputs = {"input_ids": tokens}  # the batch adds the all-real attention masks
     if enc_dec:
         inputs["decoder_input_ids"] = tokens
-        inputs["decoder_attention_mask"] = torch.ones_like(tokens)
     batch = Batch(inputs=inputs)
-    probe = _DetectorProbe(keys, rows, "decoder" if enc_dec else "self")
+    probe = _DetectorRecorder(keys, rows, "decoder" if enc_dec else "self")
     inspector.run(batch, probe)
     if not probe.scores:
         raise CaptureError(f"no attention was captured from {type(model).__name__}")

@@ -40,7 +40,7 @@ from transformers.trainer_callback import TrainerControl, TrainerState
 
 from ..capture.inputs import KeyMasks
 from ..capture.inspector import AttentionInspector
-from ..capture.interface import Probe, Site
+from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import CaptureError, InputError, OutputError
 from ..stats.metrics import METRICS, entropy_ratio, sentence_metrics
 
@@ -63,8 +63,10 @@ HeadSpec = Union[Sequence[tuple[int, int]], str, None]
 Record = dict[str, Any]
 
 
-class _StatsProbe(Probe):
+class _StatsRecorder(Recorder):
     """Reduces each layer of one stack to per-head metrics (mean over probe texts) as the layer runs."""
+
+    needs_weights = True
 
     def __init__(self, stack: str, masks: KeyMasks, store: set[tuple[int, int]] | str | None, first_len: int):
         self.stack = stack
@@ -74,18 +76,14 @@ class _StatsProbe(Probe):
         self.metrics: dict[int, dict[str, torch.Tensor]] = {}
         self.ratio: dict[int, torch.Tensor] = {}
         self.weights: dict[tuple[int, int], torch.Tensor] = {}
-        self._causal = False
 
-    def attend(self, site: Site, module: torch.nn.Module, *args: Any, **kwargs: Any):
-        self._causal = bool(getattr(module, "is_causal", False))
-        return super().attend(site, module, *args, **kwargs)
-
-    def record(self, site: Site, weights: torch.Tensor) -> None:
+    def record(self, call: AttentionCall) -> None:
+        site = call.site
         if site.stack != self.stack:
             return
-        w = weights.detach().float()
+        w = call.weights.detach().float()
         valid = self.masks.valid.to(w.device)
-        m = sentence_metrics(w, valid, special=self.masks.special, punctuation=self.masks.punctuation, causal=self._causal)
+        m = sentence_metrics(w, valid, special=self.masks.special, punctuation=self.masks.punctuation, causal=call.causal)
         self.metrics[site.layer] = {k: v.mean(0).cpu() for k, v in m.items()}
         self.ratio[site.layer] = entropy_ratio(m["entropy"], m["max_entropy"]).mean(0).cpu()
         if self.store is not None:
@@ -160,7 +158,7 @@ class AttentionMonitor:
         Returns the record (format in the module docstring): per-head metric means over the probe texts,
         the entropy ratio (0..1), the collapsed/uniform heads and the warnings of this step.
         """
-        probe = _StatsProbe(self.stack, self.masks, self.store_heads, len(self.tokens))
+        probe = _StatsRecorder(self.stack, self.masks, self.store_heads, len(self.tokens))
         self.inspector.run(self.batch, probe)
         missing = [l for l in range(self.layers) if l not in probe.metrics]
         if missing:

@@ -19,7 +19,7 @@ from ...core.errors import InputError
 from ...core.files import write_json
 from ...core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
-from ..dataset import SentenceStatsProbe
+from ..dataset import SentenceStatsRecorder
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
 from .ablation import _ablation_batch, _dataset_means
@@ -39,7 +39,7 @@ IMPORTANCE_OUTPUTS = ("head_importance.csv", "pruning_curve.csv", "importance_ma
 
 class _StatsRecorder(Recorder):
     """Computes every layer for the importance engine's intact (or gated) pass: the dataset engine's statistics
-    (``stats``, a :class:`~hf_attn_inspect.runs.dataset.SentenceStatsProbe` of the batch's masks, which also
+    (``stats``, a :class:`~hf_attn_inspect.runs.dataset.SentenceStatsRecorder` of the batch's masks, which also
     computes the output) and the ``sites`` and ``outputs`` of every layer (for the layer cache and the replay).
     ``differentiable`` (gradients): the output is differentiable, from the reference kernel whose weights also
     give the statistics, or from torch's fused attention where that kernel's float32 path does not apply (the
@@ -47,7 +47,7 @@ class _StatsRecorder(Recorder):
 
     def __init__(self, valid: torch.Tensor, special: torch.Tensor | None, punctuation: torch.Tensor | None, *,
                  differentiable: bool = False) -> None:
-        self.stats = SentenceStatsProbe(valid=valid, special=special, punctuation=punctuation)
+        self.stats = SentenceStatsRecorder(valid=valid, special=special, punctuation=punctuation)
         self.sites: dict[UnitKey, Site] = {}
         self.outputs: dict[UnitKey, torch.Tensor] = {}
         self.differentiable = differentiable
@@ -57,7 +57,7 @@ class _StatsRecorder(Recorder):
         query, key, value, mask = call.query, call.key, call.value, call.mask
         self.sites[(site.stack, site.layer)] = site
         if not self.differentiable:
-            output, weights = stats.attend(site, call.module, query, key, value, mask, call.scaling, **call.kwargs)
+            output, weights = stats.compute(call)
             self.outputs[(site.stack, site.layer)] = output
             return output, weights
         simple = (site.stack in stats.stacks and call.softcap is None and query.dtype == torch.float32
@@ -67,12 +67,13 @@ class _StatsRecorder(Recorder):
             stats._reduce(site, weights.detach(), call.causal)
             return output, None
         with torch.no_grad():
-            stats.attend(site, call.module, query.detach(), key.detach(), value.detach(), mask, call.scaling, **call.kwargs)
+            stats.compute(AttentionCall(site, call.module, query.detach(), key.detach(), value.detach(), mask, call.scaling,
+                                        call.kwargs))
         return fast_attention_output(query, key, value, mask, scale=call.scaling, softcap=call.softcap), None
 
     def record(self, call: AttentionCall) -> None:
         """Eager fallback: the statistics of the model's own weights."""
-        self.stats.record(call.site, call.weights)
+        self.stats.record(call)
 
     def finish(self) -> None:
         self.stats.finish()
