@@ -328,3 +328,17 @@ def test_t5_weights_include_the_relative_position_bias(tiny_tokenizer):
                 assert torch.allclose(ours, theirs, atol=1e-6), (ours - theirs).abs().max()
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def test_record_returns_one_result_keyed_by_stack_and_layer(inspector):
+    """``inspector.record`` runs a request once: records keyed by (stack, layer), the weights equal to what
+    ``inspector(texts)`` returns (padding cut), and each head's output equal to its weights times its values."""
+    batch = inspector.encode(TEXTS)
+    captured = inspector.record(batch, CaptureRequest(record=("weights", "values", "head_outputs"), layers=(1, 3)))
+    assert sorted(captured.records) == [("self", 1), ("self", 3)]
+    results = inspector(TEXTS, layers=[1, 3])
+    for b, (r, n) in enumerate(zip(results, batch.lengths)):
+        for i, layer in enumerate((1, 3)):
+            rec = captured[("self", layer)]
+            torch.testing.assert_close(rec["weights"][b, :, :n, :n], r.attentions[i], rtol=0, atol=0)
+            torch.testing.assert_close(rec["head_outputs"][b, :, :n], rec["weights"][b, :, :n] @ rec["values"][b], atol=1e-5, rtol=1e-5)

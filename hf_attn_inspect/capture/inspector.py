@@ -464,10 +464,18 @@ class AttentionInspector:
         request = _with_weights(request or CaptureRequest(layers=layer_list, heads=head_list))
         budget = budget or memory_budget(None, self.device)
         self.check_budget(self.batch_estimate(batch, layer_list, head_list, request), budget, batch, layer_list, head_list)
+        captured = self.record(batch, request)
+        return self._results(batch, captured.pop("weights"), head_list, captured=captured, measures=request.measures)
+
+    def record(self, batch: Batch, request: CaptureRequest) -> CaptureResult:
+        """Run the model once on an encoded ``batch`` with the recorders of ``request`` and return what they kept:
+        a :class:`~hf_attn_inspect.capture.request.CaptureResult` keyed by ``(stack, layer)``, each entry
+        ``{kind: tensor}`` with the batch dimension first and padding positions still included (the
+        per-text :class:`AttentionResult` of :meth:`capture_batch` cuts them). No budget check: see
+        :meth:`capture_batch` or the planner (:mod:`hf_attn_inspect.runs.planner`) for that."""
         recorders = request.recorders(self.model)
         self.run(batch, recorders)
-        captured = CaptureResult.collect(recorders)
-        return self._results(batch, captured.pop("weights"), head_list, captured=captured, measures=request.measures)
+        return CaptureResult.collect(recorders)
 
     # ---------------------------------------------------------------- memory
     def estimate_memory(
