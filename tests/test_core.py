@@ -224,3 +224,31 @@ def test_punctuation_table_agrees_with_the_mask_on_a_real_tokenizer(tiny_tokeniz
     by_id = table[torch.tensor(ids)]
     by_token = punctuation_mask(tiny_tokenizer.convert_ids_to_tokens(ids))
     assert torch.equal(by_id, by_token) and by_id.sum() >= 6  # , ! ( ) ; ' . - - ? are there
+
+
+# ------------------------------------------------------------------ stacks
+def test_stack_rules_of_each_model_kind():
+    from hf_attn_inspect.core import stacks as sk
+
+    assert sk.model_stacks(False) == ("self",) and sk.model_stacks(True) == ("encoder", "decoder", "cross")
+    # cross attention: decoder tokens ask, encoder tokens answer; every other stack attends to itself
+    assert [(sk.query_stack(s), sk.key_stack(s)) for s in sk.STACKS] == [
+        ("self", "self"), ("encoder", "encoder"), ("decoder", "decoder"), ("decoder", "encoder")]
+    assert [s for s in sk.STACKS if sk.is_self_attention(s)] == list(sk.SELF_STACKS)
+    # the user's "self" is the encoder of an encoder-decoder model, and back
+    assert sk.model_stack("self", True) == "encoder" and sk.model_stack("self", False) == "self"
+    assert sk.model_stack("cross", True) == "cross"
+    assert [sk.result_stack(sk.model_stack(w, True)) for w in sk.ATTENTIONS] == list(sk.ATTENTIONS)
+    assert sk.main_stack_of({"encoder": 1, "decoder": 1, "cross": 1}) == "encoder" == sk.main_stack(True)
+    assert sk.main_stack_of({"self": 1}) == "self" == sk.main_stack(False)
+    assert sk.stack_aliases("self") == ("self", "encoder") and sk.stack_aliases("decoder") == ("decoder",)
+
+
+def test_unknown_stack_is_one_clear_input_error():
+    from hf_attn_inspect.core.stacks import ATTENTIONS, check_stack
+
+    assert check_stack("cross") == "cross"
+    with pytest.raises(InputError, match=r"^unknown attention 'encoder'; choose one of self, decoder, cross$"):
+        check_stack("encoder", ATTENTIONS, "attention")
+    with pytest.raises(InputError, match=r"^unknown stack 'dec'; choose one of self, encoder, decoder, cross$"):
+        check_stack("dec")

@@ -32,6 +32,7 @@ from typing import Iterator, Mapping, Sequence, Union
 import torch
 
 from ..core.errors import CaptureError, InputError
+from ..core.stacks import DECODER, ENCODER, SELF, STACKS, query_stack
 from .inputs import Batch
 from .inspector import AttentionInspector
 from .interface import OutputEdit, Probe, Site, capture
@@ -206,11 +207,10 @@ class MeanOutputRecorder(Recorder):
 
 def query_masks(batch: Batch) -> dict[str, torch.Tensor]:
     """Boolean ``[batch, T]`` real-query masks per stack of ``batch`` (``cross`` queries are decoder tokens)."""
-    masks = {"self": batch.valid, "encoder": batch.valid}
+    sides = {SELF: batch.valid, ENCODER: batch.valid}
     if batch.has_decoder:
-        dec = batch.masks("decoder").valid
-        masks.update(decoder=dec, cross=dec)
-    return masks
+        sides[DECODER] = batch.masks(DECODER).valid
+    return {stack: sides[query_stack(stack)] for stack in STACKS if query_stack(stack) in sides}
 
 
 def mean_head_outputs(

@@ -25,12 +25,9 @@ import torch
 from transformers import BatchEncoding
 
 from ..core.errors import InputError
+from ..core.stacks import DECODER, ENCODER, SELF, STACKS, check_stack, key_stack
 
 __all__ = ["Batch", "KeyMasks", "PAD", "STACKS", "UNIT_KINDS"]
-
-#: The attention stacks a model can have: ``self`` (encoder-only or decoder-only models), ``encoder``,
-#: ``decoder`` and ``cross`` (encoder-decoder models).
-STACKS = ("self", "encoder", "decoder", "cross")
 
 #: The kinds of unit a position of the input can be; a unit's kind code (``Batch.kinds``) is its index here:
 #: 0 ``token`` (an ordinary text token), 1 ``special`` (a tokenizer's special token: [CLS], [SEP], <s>...),
@@ -236,19 +233,17 @@ class Batch:
 
         ``cross`` attention's keys are the encoder's tokens, so ``cross`` gives the encoder's masks.
         """
-        if stack in ("self", "encoder", "cross"):
+        if key_stack(check_stack(stack)) != DECODER:
             return _masks_of(self._mask(), self.special, self.punctuation)
-        if stack == "decoder":
-            if not self.has_decoder:
-                raise InputError("this batch has no decoder input")
-            return _masks_of(self.inputs["decoder_attention_mask"], self.decoder_special, self.decoder_punctuation)
-        raise InputError(f"unknown stack '{stack}'; choose one of {', '.join(STACKS)}")
+        if not self.has_decoder:
+            raise InputError("this batch has no decoder input")
+        return _masks_of(self.inputs["decoder_attention_mask"], self.decoder_special, self.decoder_punctuation)
 
     def stack_masks(self) -> dict[str, KeyMasks]:
         """``{stack: KeyMasks}`` for the self-attention stacks of the batch: ``self``, or ``encoder`` and ``decoder``."""
         if self.has_decoder:
-            return {"encoder": self.masks("encoder"), "decoder": self.masks("decoder")}
-        return {"self": self.masks("self")}
+            return {ENCODER: self.masks(ENCODER), DECODER: self.masks(DECODER)}
+        return {SELF: self.masks(SELF)}
 
     # ------------------------------------------------------------------ rows
     def tokens(self, b: int, decoder: bool = False) -> list[str]:

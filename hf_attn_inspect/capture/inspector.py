@@ -20,6 +20,9 @@ from .recorders import Recorder, as_probe
 from .request import CaptureRequest, CaptureResult
 from ..core.errors import CaptureError, InputError, MemoryBudgetError, MemoryExhaustedError, ModelLoadError
 from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, is_out_of_memory, memory_budget
+from ..core.stacks import (
+    CROSS, DECODER, ENCODER, OUTPUT_FIELDS, SELF, key_stack, main_stack_of, model_stacks, query_stack,
+)
 from .result import AttentionResult
 
 if TYPE_CHECKING:
@@ -194,9 +197,9 @@ class AttentionInspector:
                 _first(cfg, "decoder_layers", "num_decoder_layers", "num_layers"),
                 _first(cfg, "decoder_attention_heads", "num_heads"),
             )
-            return {"encoder": enc, "decoder": dec, "cross": dec}
+            return {ENCODER: enc, DECODER: dec, CROSS: dec}
         text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        return {"self": (_first(text, "num_hidden_layers", "n_layer"), _first(text, "num_attention_heads", "n_head"))}
+        return {SELF: (_first(text, "num_hidden_layers", "n_layer"), _first(text, "num_attention_heads", "n_head"))}
 
     @property
     def num_layers(self) -> int:
@@ -361,11 +364,7 @@ class AttentionInspector:
     def _run_eager_fallback(self, inputs: dict[str, Any], probe: Probe) -> ModelOutput:
         with use_implementation(self.model, "eager"):
             output = self.model(**inputs, output_attentions=True)
-        groups = (
-            [("encoder", "encoder_attentions"), ("decoder", "decoder_attentions"), ("cross", "cross_attentions")]
-            if self.is_encoder_decoder
-            else [("self", "attentions")]
-        )
+        groups = [(stack, OUTPUT_FIELDS[stack]) for stack in model_stacks(self.is_encoder_decoder)]
         found = False
         for stack, attr in groups:
             for layer, weights in enumerate(getattr(output, attr, None) or ()):
@@ -381,8 +380,8 @@ class AttentionInspector:
 
     def _fallback_causal_stacks(self) -> set[str]:
         if self.is_encoder_decoder:
-            return {"decoder"}
-        return {"self"} if getattr(self.config, "is_decoder", False) or _is_causal_lm(self.model) else set()
+            return {DECODER}
+        return {SELF} if getattr(self.config, "is_decoder", False) or _is_causal_lm(self.model) else set()
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -517,8 +516,8 @@ class AttentionInspector:
         """``{stack: (layers, heads, T_q, T_k)}`` of the attention the model computes on ``batch`` (padded lengths)."""
         t = batch.width
         td = int(batch.inputs["decoder_attention_mask"].shape[-1]) if batch.has_decoder else t
-        lengths = {"self": (t, t), "encoder": (t, t), "decoder": (td, td), "cross": (td, t)}
-        return {stack: (nl, nh, *lengths[stack]) for stack, (nl, nh) in self.dims().items()}
+        lengths = {SELF: t, ENCODER: t, DECODER: td}
+        return {stack: (nl, nh, lengths[query_stack(stack)], lengths[key_stack(stack)]) for stack, (nl, nh) in self.dims().items()}
 
     def working_bytes(self, batch: Batch, *, logits: bool = True) -> int:
         """Rough bytes of what the model itself allocates on ``batch`` besides attention: hidden states and
@@ -618,22 +617,22 @@ class AttentionInspector:
             if name not in stacks:
                 stacks[name] = ([], torch.zeros(0, batch.size, nh, tq, tk))
         weights.clear()  # the per-layer tensors are in the stacks now; free them before the results' copies
-        main = stacks.get("self") if "self" in stacks else stacks.get("encoder")
+        main = stacks.get(main_stack_of(stacks))
         if main is None:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")
         main_layers, main_weights = main
-        records = captured.stacked("self" if "self" in stacks else "encoder") if captured is not None and measures else {}
+        records = captured.stacked(main_stack_of(stacks)) if captured is not None and measures else {}
         head_ids = heads if heads is not None else list(range(main_weights.shape[2]))
-        causal = "self" in batch.causal_stacks
+        causal = SELF in batch.causal_stacks
         out = []
         for b, n in enumerate(batch.lengths):
             kw: dict[str, Any] = {}
-            if self.is_encoder_decoder and "decoder" in stacks:
+            if self.is_encoder_decoder and DECODER in stacks:
                 m = batch.decoder_lengths[b]
                 kw = {
                     "decoder_tokens": batch.tokens(b, decoder=True),
-                    "decoder_attentions": stacks["decoder"][1][:, b, :, :m, :m].clone(),
-                    "cross_attentions": stacks["cross"][1][:, b, :, :m, :n].clone() if "cross" in stacks else None,
+                    "decoder_attentions": stacks[DECODER][1][:, b, :, :m, :m].clone(),
+                    "cross_attentions": stacks[CROSS][1][:, b, :, :m, :n].clone() if CROSS in stacks else None,
                     "decoder_word_ids": batch.decoder_encoding.word_ids(b)[:m],
                     "decoder_special_tokens_mask": batch.decoder_special[b, :m].tolist(),
                 }

@@ -30,6 +30,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from ..core.kernels import scaled_dot_product_attention_with_weights
 from ..core.errors import CaptureError
+from ..core.stacks import CROSS, DECODER, ENCODER, SELF
 
 __all__ = [
     "ATTENTION_NAME",
@@ -140,10 +141,10 @@ _CROSS = re.compile(r"(encoder_attn|encdecattention|crossattention|cross_attn|cr
 
 def _stack_of(name: str, enc_dec: bool) -> str:
     if not enc_dec:
-        return "self"
+        return SELF
     if _CROSS.search(name):
-        return "cross"
-    return "decoder" if re.search(r"(^|\.)decoder(\.|$)", name) else "encoder"
+        return CROSS
+    return DECODER if re.search(r"(^|\.)decoder(\.|$)", name) else ENCODER
 
 
 def _layer_of(name: str, module: torch.nn.Module) -> int:

@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 
 from ..core.errors import InputError
+from ..core.stacks import STACKS
 from .contributions import ContributionsRecorder, HeadOutputsRecorder, ValuesRecorder
-from .inputs import STACKS
 from .measures import MEASURES, check_measures
 from .recorders import Recorder, WeightsRecorder
 

@@ -13,13 +13,13 @@ import torch
 
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
+from ..core.stacks import ATTENTIONS, DECODER, check_stack, is_main
 from ..core.tokens import clean_token
 from .measures import MEASURES
 
 __all__ = ["AttentionResult"]
 
 _FORMAT_VERSION = 1
-_STACKS = ("self", "decoder", "cross")
 _MEASURE_PREFIX = "measure."  # safetensors key of a measure: measure.<name>
 
 
@@ -109,15 +109,13 @@ class AttentionResult:
     # ---------------------------------------------------------------- access
     def stack(self, which: str = "self") -> tuple[torch.Tensor, list[str], list[str]]:
         """``(attentions, query_tokens, key_tokens)`` for ``which`` in ``self`` (encoder), ``decoder``, ``cross``."""
-        if which in ("self", "encoder"):
+        if is_main(which):
             return self.attentions, self.tokens, self.tokens
         if not self.is_encoder_decoder:
             raise InputError(f"'{which}' attention exists only for encoder-decoder models; use 'self'")
-        if which == "decoder":
+        if check_stack(which, ATTENTIONS, "attention") == DECODER:
             return self.decoder_attentions, self.decoder_tokens, self.decoder_tokens
-        if which == "cross":
-            return self.cross_attentions, self.decoder_tokens, self.tokens
-        raise InputError(f"unknown attention '{which}'; choose one of self, decoder, cross")
+        return self.cross_attentions, self.decoder_tokens, self.tokens
 
     def layer_index(self, layer: int) -> int:
         """Position in ``attentions`` of the model's layer ``layer``; a clear error lists the valid layers."""

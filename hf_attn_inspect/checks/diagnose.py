@@ -26,6 +26,7 @@ from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import InputError
 from ..core.kernels import repeat_kv, scaled_dot_product_attention_with_weights
 from ..core.masks import mask_to_keep
+from ..core.stacks import DECODER, ENCODER, SELF, STACKS, is_self_attention, key_stack, query_stack
 from ..core.tokens import Tokenizer
 from ..stats.metrics import entropy_ratio, sentence_metrics
 from .chapter import collapsed_rows
@@ -64,13 +65,11 @@ def query_key_valid(batch: Batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]
     stacks attend from and to the input's tokens, the decoder from and to the decoder input's, and
     cross-attention from the decoder input's tokens to the encoder's.
     """
-    enc = batch.masks("self").valid
-    out = {"self": (enc, enc), "encoder": (enc, enc)}
+    enc = batch.masks(SELF).valid
+    sides = {SELF: enc, ENCODER: enc}
     if batch.has_decoder:
-        dec = batch.masks("decoder").valid
-        out["decoder"] = (dec, dec)
-        out["cross"] = (dec, batch.masks("cross").valid)
-    return out
+        sides[DECODER] = batch.masks(DECODER).valid
+    return {s: (sides[query_stack(s)], sides[key_stack(s)]) for s in STACKS if query_stack(s) in sides}
 
 
 # -------------------------------------------------------------------------------------- the recorder
@@ -116,7 +115,7 @@ class DiagnosticRecorder(Recorder):
 
     def _record_qk(self, call: AttentionCall) -> None:
         site, query, key, value, output, weights = call.site, call.query, call.key, call.value, call.output, call.weights
-        qv, kv = self.valid.get(site.stack, self.valid.get("self"))
+        qv, kv = self.valid.get(site.stack, self.valid.get(SELF))
         qv, kv = qv.to(query.device), kv.to(query.device)
         q, k = query.detach().float(), key.detach().float()
         if k.shape[1] != q.shape[1]:
@@ -148,7 +147,7 @@ class DiagnosticRecorder(Recorder):
 
     def _record_weights(self, call: AttentionCall) -> None:
         site = call.site
-        qv, kv = self.valid.get(site.stack, self.valid.get("self"))
+        qv, kv = self.valid.get(site.stack, self.valid.get(SELF))
         w = call.weights.detach().float()
         qv, kv = qv.to(w.device), kv.to(w.device)
         mask = call.mask if isinstance(call.mask, torch.Tensor) else None
@@ -172,7 +171,7 @@ class DiagnosticRecorder(Recorder):
             "row_sum_error": float(((on_real + on_pad) - 1).abs()[live].max()) if bool(live.any()) else 0.0,
             "padding_weight": float(on_pad[rows].max()) if bool(rows.any()) else 0.0,
         }
-        if site.stack != "cross" and w.shape[-1] == w.shape[-2]:
+        if is_self_attention(site.stack) and w.shape[-1] == w.shape[-2]:
             m = sentence_metrics(wz, qv, causal=call.causal)
             n = qv.sum(-1)
             multi = (n > 1).float()[:, None]
@@ -353,7 +352,7 @@ def _head_arrays(probe: DiagnosticRecorder, key: str) -> tuple[list[tuple[str, i
 
 def _head_names(sites: list[tuple[str, int]], flags: torch.Tensor) -> list[str]:
     """``layer.head`` (``stack:layer.head`` outside the self stack) of every flagged head of ``flags [sites, H]``."""
-    return [f"{st}:{l}.{h}" if st != "self" else f"{l}.{h}" for (st, l), row in zip(sites, flags) for h in row.nonzero().flatten().tolist()]
+    return [f"{st}:{l}.{h}" if st != SELF else f"{l}.{h}" for (st, l), row in zip(sites, flags) for h in row.nonzero().flatten().tolist()]
 
 
 def _share_finding(check: str, share: float, th: DiagnoseThresholds, label: str, ok_label: str,

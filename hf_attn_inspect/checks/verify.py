@@ -18,10 +18,10 @@ import torch
 from transformers.utils import ModelOutput
 
 from ..capture.inspector import AttentionInspector
-from ..capture.inputs import STACKS
 from ..capture.interface import original_attention_function, passthrough_name, use_implementation
 from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
 from ..core.errors import InputError
+from ..core.stacks import OUTPUT_FIELDS, STACKS, model_stacks
 from .diagnose import query_key_valid
 
 __all__ = ["verify", "VerificationReport", "LayerCheck", "DEFAULT_TEXTS"]
@@ -168,11 +168,7 @@ def verify(
 
 
 def _eager_weights(output: ModelOutput, enc_dec: bool) -> dict[tuple[str, int], torch.Tensor]:
-    groups = (
-        [("encoder", "encoder_attentions"), ("decoder", "decoder_attentions"), ("cross", "cross_attentions")]
-        if enc_dec
-        else [("self", "attentions")]
-    )
+    groups = [(stack, OUTPUT_FIELDS[stack]) for stack in model_stacks(enc_dec)]
     found = {}
     for stack, attr in groups:
         for layer, w in enumerate(getattr(output, attr, None) or ()):

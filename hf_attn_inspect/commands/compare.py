@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.stacks import SELF_STACKS
 from .options import (add_data_options, add_device_options, add_output_options, add_quiet_option, check_data_options,
                       examples, show_progress)
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", "-t", action="append", default=None, help="a text to compare on (repeatable)")
     add_data_options(p, batch_size=16, dataset_into=src)
-    p.add_argument("--stack", default=None, choices=["self", "encoder", "decoder"],
+    p.add_argument("--stack", default=None, choices=list(SELF_STACKS),
                    help="which attention of encoder-decoder models (default: encoder)")
     p.add_argument("--top", type=int, default=4, help="number of most-changed heads drawn as diff heatmaps (default 4)")
     add_device_options(p)

@@ -12,6 +12,7 @@ from .options import (
 )
 from ..core.errors import InputError
 from ..core.files import check_output_dir, check_replaceable, record_outputs
+from ..core.stacks import ATTENTIONS, CROSS, SELF, is_self_attention, key_stack, model_stack, result_stack
 
 if TYPE_CHECKING:
     from ..capture.inspector import AttentionInspector
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="second text: a sentence pair, or the decoder text of an encoder-decoder model")
     p.add_argument("--layer", type=int, default=0, help="layer to plot and analyse (0-based, default 0)")
     p.add_argument("--head", type=int, default=0, help="head to plot and analyse (0-based, default 0)")
-    p.add_argument("--attention", default="self", choices=["self", "decoder", "cross"],
+    p.add_argument("--attention", default=SELF, choices=list(ATTENTIONS),
                    help="for encoder-decoder models: encoder self-, decoder self- or cross-attention")
     p.add_argument("--out", default="attention_out", help="output directory (default ./attention_out)")
     p.add_argument("--format", default="png", choices=["png", "svg", "pdf"], help="image format (default png)")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--pair text is empty or blank")
     check_common(args)
     out = check_output_dir(args.out)  # created with the first image, not before
-    name = f"{args.attention}_" if args.attention != "self" else ""
+    name = f"{args.attention}_" if args.attention != SELF else ""
     files = [f"{name}head_L{args.layer}_H{args.head}.{args.format}", f"{name}layer_{args.layer}_heads.{args.format}",
              f"{name}model_view.{args.format}"] + (["attention.html"] if args.html else [])
     check_replaceable(out, files, overwrite=args.overwrite)
@@ -88,7 +89,7 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
 
     inspector = load_inspector(args)
     dims = inspector.dims()
-    stack = {"self": "encoder" if inspector.is_encoder_decoder else "self"}.get(args.attention, args.attention)
+    stack = model_stack(args.attention, inspector.is_encoder_decoder)
     if stack not in dims:
         raise InputError(f"--attention {args.attention} needs an encoder-decoder model; this one has only self-attention")
     layers, heads = dims[stack]
@@ -127,7 +128,7 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     if weights.shape[0] == weights.shape[1]:
         from ..stats.patterns import describe_pattern, head_table
 
-        table = head_table(result, which="decoder" if args.attention == "decoder" else "self")
+        table = head_table(result, which=result_stack(key_stack(args.attention)))
         row = table[(table["layer"] == args.layer) & (table["head"] == args.head)].iloc[0]
         print(f"layer {args.layer}, head {args.head} pattern: {describe_pattern(row)}")
         print("  (the package's classification, hf_attn_inspect.stats.patterns; --all-heads lists every head)")
@@ -136,8 +137,8 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
         from ..stats.patterns import head_table
         from ..stats.tables import format_head_table
 
-        which = "decoder" if args.attention == "decoder" else "self"
-        if args.attention == "cross":
+        which = result_stack(key_stack(args.attention))
+        if args.attention == CROSS:
             print("(--all-heads: metrics are defined for self-attention; showing the encoder's)")
         print(f"\nEVERY HEAD ({which} attention): metrics averaged over query rows, entropy in nats")
         print(format_head_table(head_table(result, which=which)))
@@ -165,7 +166,7 @@ def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", 
     from ..views.pooled import plot_pooled_heads, plot_pooled_heatmap, plot_pooled_model_view
 
     li = cap.layer_ids.index(args.layer)
-    prefix = f"{args.attention}_" if args.attention != "self" else ""
+    prefix = f"{args.attention}_" if args.attention != SELF else ""
     names = [f"{prefix}head_L{args.layer}_H{args.head}.{args.format}", f"{prefix}layer_{args.layer}_heads.{args.format}",
              f"{prefix}model_view.{args.format}", f"{prefix}head_metrics.csv"]
     check_replaceable(out, names[-1:], overwrite=args.overwrite)  # the images were checked by inspect itself
@@ -205,7 +206,7 @@ def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", 
     print(f"long input: full weights would need about {format_bytes(cap.full_estimate.total)}, more than the memory "
           f"budget of {cap.budget.describe()}; {cap.kept()}")
     row = cap.table[(cap.table["layer"] == args.layer) & (cap.table["head"] == args.head)]
-    if not row.empty and cap.stack != "cross":
+    if not row.empty and is_self_attention(cap.stack):
         print(f"layer {args.layer}, head {args.head} pattern: {describe_pattern(row.iloc[0])}")
         print("  (the package's classification, hf_attn_inspect.stats.patterns; --all-heads lists every head)")
         print(format_raw_fields(analysis_from_metrics(row.iloc[0].to_dict())))

@@ -1,4 +1,4 @@
-"""Layer 1, core: tensor kernels, masks, token rules, file writing and the error hierarchy.
+"""Layer 1, core: tensor kernels, masks, token rules, the attention stacks, file writing and the error hierarchy.
 
 Depends on torch and transformers only; every other layer builds on it.
 """

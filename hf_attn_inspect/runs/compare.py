@@ -45,6 +45,7 @@ from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.files import atomic_write, write_json
+from ..core.stacks import DECODER, is_self_attention, main_stack_of, result_stack, self_attention_stacks
 from ..core.tokens import Tokenizer
 from ..stats.metrics import METRICS, sentence_metrics
 from ..stats.patterns import classify_heads
@@ -134,9 +135,9 @@ class _ReduceRecorder(Recorder):
 def _main_stack(inspector: AttentionInspector, stack: str | None) -> str:
     dims = inspector.dims()
     if stack is None:
-        return "encoder" if "encoder" in dims else "self"
-    if stack not in dims or stack == "cross":
-        choices = ", ".join(s for s in dims if s != "cross")
+        return main_stack_of(dims)
+    if stack not in dims or not is_self_attention(stack):
+        choices = ", ".join(self_attention_stacks(dims))
         raise InputError(f"cannot compare stack '{stack}'; this model has: {choices}")
     return stack
 
@@ -185,7 +186,7 @@ def _run_shard(ia: AttentionInspector, ib: AttentionInspector, ds: Rows, start: 
         masks = batch_a.masks(stack)
         keep = WeightsRecorder(stacks=[stack], device=None)
         ia.run(batch_a, keep)
-        causal = stack in batch_a.causal_stacks or stack == "decoder"
+        causal = stack in batch_a.causal_stacks or stack == DECODER
         reduce = _ReduceRecorder(stack, keep.weights.get(stack, {}), masks.valid, masks.special, masks.punctuation,
                                  causal)
         ib.run(batch_b, reduce)
@@ -237,7 +238,7 @@ def _add_classes(df: pd.DataFrame, a: AttentionInspector, b: AttentionInspector,
     """Add ``class_a``/``class_b``: :func:`~hf_attn_inspect.stats.patterns.classify_heads` of each model on
     ``texts`` (the first :data:`CLASS_SAMPLE` texts; pattern classes are not additive over shards, so they
     come from one sample)."""
-    which = "decoder" if stack == "decoder" else "self"
+    which = result_stack(stack)
     for side, inspector in (("a", a), ("b", b)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

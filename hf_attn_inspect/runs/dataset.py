@@ -57,7 +57,8 @@ from ..core.kernels import (
 )
 from ..core.errors import CaptureError
 from ..core.files import atomic_write, write_json
-from ..stats.metrics import METRICS, column_share, reduce_rows, sentence_metrics
+from ..core.stacks import MAIN_STACKS
+from ..stats.metrics import HEAD_METRICS, METRICS, column_share, reduce_rows, sentence_metrics
 from .data import DataSpec, Rows, sorted_batches
 from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
 from .sources import DatasetSource
@@ -95,7 +96,7 @@ class SentenceStatsRecorder(Recorder):
     accept these keywords and provide ``metric_names`` and ``per_sentence()``.
     """
 
-    metric_names: tuple[str, ...] = METRICS + ("column_share",)
+    metric_names: tuple[str, ...] = HEAD_METRICS
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class SentenceStatsRecorder(Recorder):
         punctuation: torch.Tensor | None = None,
         *,
         sparsity_threshold: float = 0.3,
-        stacks: Sequence[str] = ("self", "encoder"),
+        stacks: Sequence[str] = MAIN_STACKS,
     ) -> None:
         self.valid = valid
         self.special = special

@@ -16,7 +16,8 @@ import pandas as pd
 from ..capture.inspector import AttentionInspector
 from ..core.errors import InputError
 from ..core.kernels import LOCAL_WINDOW
-from ..stats.metrics import METRICS, reduce_rows
+from ..core.stacks import main_stack_of
+from ..stats.metrics import METRICS, ROW_QUANTITIES, reduce_rows
 from ..stats.streaming import DISTANCE_BUCKETS, DISTANCE_EDGES, distance_bucket_mass, run_streaming
 
 __all__ = [
@@ -108,11 +109,10 @@ def long_context_report(
         if bad:
             raise InputError(f"layer {bad[0]} does not exist; this model has layers 0-{inspector.num_layers - 1}")
     batch = inspector.encode([text], max_length=max_length)
-    keep = ["entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
-            "max_weight", "mean_distance", "local_window", "mass", "sq_sum", "above", "within"]
+    keep = [*ROW_QUANTITIES, "within"]
     probe = run_streaming(inspector, batch, layers=layers, local_window=local_window, distance_edges=DISTANCE_EDGES,
                           q_tile=q_tile, k_tile=k_tile, keep=keep)
-    stack = "encoder" if "encoder" in probe.rows else "self"
+    stack = main_stack_of(probe.rows)
     rows = probe.stacked(stack)  # {name: [1, L, H, T]}
     layer_ids = sorted(probe.rows[stack])
     valid = batch.masks(stack).valid

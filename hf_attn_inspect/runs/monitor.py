@@ -42,6 +42,7 @@ from ..capture.inputs import KeyMasks
 from ..capture.inspector import AttentionInspector
 from ..capture.recorders import AttentionCall, Recorder
 from ..core.errors import CaptureError, InputError, OutputError
+from ..core.stacks import is_self_attention, main_stack_of, self_attention_stacks
 from ..stats.metrics import METRICS, entropy_ratio, sentence_metrics
 
 if TYPE_CHECKING:  # importing the Trainer pulls in its whole training stack; only its type is needed here
@@ -122,9 +123,9 @@ class AttentionMonitor:
             raise InputError("give at least one probe text")
         self.inspector = AttentionInspector(model, tokenizer)
         dims = self.inspector.dims()
-        self.stack = stack or ("encoder" if "encoder" in dims else "self")
-        if self.stack not in dims or self.stack == "cross":
-            raise InputError(f"cannot monitor stack '{self.stack}'; choose one of {', '.join(s for s in dims if s != 'cross')}")
+        self.stack = stack or main_stack_of(dims)
+        if self.stack not in dims or not is_self_attention(self.stack):
+            raise InputError(f"cannot monitor stack '{self.stack}'; choose one of {', '.join(self_attention_stacks(dims))}")
         self.layers, self.heads = dims[self.stack]
         if store_heads is not None and store_heads != "all" and not isinstance(store_heads, str):
             try:

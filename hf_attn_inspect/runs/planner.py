@@ -38,6 +38,7 @@ from ..capture.pooled import MAX_BLOCKS, block_edges
 from ..capture.result import AttentionResult
 from ..core.errors import CaptureError, InputError, MemoryBudgetError
 from ..core.memory import MemoryBudget, MemoryEstimate, format_bytes, memory_budget
+from ..core.stacks import DECODER, is_self_attention, key_stack, model_stack, query_stack, result_stack, self_attention_stacks
 from ..stats.metrics import ROW_QUANTITIES
 from ..stats.pooled import PooledStatsRecorder
 from .captured import CapturePlan, ExplorerCapture, LongCapture, PooledStack
@@ -64,7 +65,7 @@ def _pooled_base(
     pooled = rows = 0
     for name, (l_, h_, q_, k_) in shapes.items():
         pooled += l_ * h_ * (len(block_edges(q_, max_blocks)) - 1) * (len(block_edges(k_, max_blocks)) - 1) * 8
-        if name != "cross":
+        if is_self_attention(name):
             rows += l_ * h_ * q_ * (len(ROW_QUANTITIES) * 4 + 8)
     base_transient = 6 * chunk + inspector.working_bytes(batch, logits=False)
     base = MemoryEstimate(pooled + rows, base_transient, "pooled matrices and per-row statistics")
@@ -114,8 +115,7 @@ def plan_capture(
     full_estimate = inspector.batch_estimate(batch)
     if layer is not None:
         head = head or 0
-        if inspector.is_encoder_decoder and stack == "self":
-            stack = "encoder"
+        stack = model_stack(stack, inspector.is_encoder_decoder)
         if stack not in shapes:
             raise InputError(f"no '{stack}' attention in this model; choose one of {sorted(shapes)}")
         nl, nh = shapes[stack][:2]
@@ -201,13 +201,13 @@ def _long_capture(inspector: AttentionInspector, plan: CapturePlan, recorder: Po
     batch, stack, layer, head = plan.batch, plan.stack, plan.layer, plan.head
     if stack not in recorder.pooled:
         raise CaptureError(f"no '{stack}' attention was captured from {type(inspector.model).__name__}")
-    metrics_stack = stack if stack != "cross" else "encoder"
+    metrics_stack = key_stack(stack)
     table = recorder.head_table(batch, metrics_stack)
     layer_ids = sorted(recorder.pooled[stack])
     pooled_t = torch.stack([recorder.pooled[stack][i][0] for i in layer_ids])
     q_edges, k_edges = recorder.edges[stack]
-    tokens = batch.tokens(0, decoder=stack in ("decoder", "cross"))
-    key_tokens = batch.tokens(0, decoder=stack == "decoder")
+    tokens = batch.tokens(0, decoder=query_stack(stack) == DECODER)
+    key_tokens = batch.tokens(0, decoder=key_stack(stack) == DECODER)
     n_q, n_k = len(tokens), len(key_tokens)
     layer_w = head_w = None
     kept_w = recorder.weights.get(stack, {}).get(layer)
@@ -229,14 +229,13 @@ def _long_capture(inspector: AttentionInspector, plan: CapturePlan, recorder: Po
 
 def _explorer_capture(inspector: AttentionInspector, plan: CapturePlan, recorder: PooledStatsRecorder) -> ExplorerCapture:
     batch = plan.batch
-    tables = {("self" if name == "encoder" else name): recorder.head_table(batch, name)
-              for name in plan.shapes if name != "cross"}
+    tables = {result_stack(name): recorder.head_table(batch, name) for name in self_attention_stacks(plan.shapes)}
     pooled = {}
     for name, per_layer in recorder.pooled.items():
         ids = sorted(per_layer)
         if ids:
             q_edges, k_edges = recorder.edges[name]
-            pooled["self" if name == "encoder" else name] = PooledStack(
+            pooled[result_stack(name)] = PooledStack(
                 ids, torch.stack([per_layer[i][0] for i in ids]), q_edges, k_edges)
     result = inspector.results_from_weights(batch, recorder.weights)[0]
     result.model_name = inspector.name

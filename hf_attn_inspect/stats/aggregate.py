@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from ..core.stacks import is_self_attention
 from ..capture.result import AttentionResult
 from ..core.tokens import clean_token
 
@@ -75,7 +76,7 @@ def attention_rollout(
     order: capture every layer (the default) for the published definition.
     """
     if isinstance(data, AttentionResult):
-        if which == "cross":
+        if not is_self_attention(which):
             raise InputError("rollout needs square self-attention; use which='self' or 'decoder'")
         w = data.stack(which)[0].float()
     else:

@@ -38,6 +38,7 @@ from ..core.errors import InputError
 from ..core.kernels import LOCAL_WINDOW
 
 __all__ = [
+    "HEAD_METRICS",
     "METRICS",
     "ROW_QUANTITIES",
     "sentence_metrics",
@@ -75,6 +76,10 @@ _CELL_SUMS = ("mass", "sq_sum", "above")
 
 #: Names of every metric, in the column order of the per-head tables.
 METRICS: tuple[str, ...] = tuple(name for name, _ in _DEFINITIONS)
+
+#: :data:`METRICS` plus ``column_share`` (the largest mean column weight, :func:`column_share`): the per-head
+#: values of the dataset statistics, the pattern tables and the pooled captures.
+HEAD_METRICS: tuple[str, ...] = METRICS + ("column_share",)
 
 #: Per-row quantities (``[..., T]``, one value per query row) from which :func:`reduce_rows` builds every
 #: metric: the ``row``/``pair`` metrics themselves, plus the power sums ``mass``, ``sq_sum`` and ``above``.

@@ -17,7 +17,8 @@ import torch
 
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
-from .metrics import METRICS, column_share, entropy_ratio
+from ..core.stacks import stack_aliases
+from .metrics import HEAD_METRICS, column_share, entropy_ratio
 from .tables import HeadData, head_frame, head_weights
 
 __all__ = [
@@ -146,7 +147,7 @@ def classify_heads(
     values = {k: v.detach().cpu().numpy() for k, v in m.items()}
     values["column_share"] = share.cpu().numpy()
     values["entropy_ratio"] = ratio.cpu().numpy()
-    names = list(METRICS) + ["column_share", "entropy_ratio"]
+    names = [*HEAD_METRICS, "entropy_ratio"]
     df = head_frame(values, names, prep.layer_ids, prep.head_ids, per_sentence=False)
     # the column's name: the most frequent over sentences, computed in pandas (no loop over heads)
     key_np = key.cpu().numpy()  # [B, L, H]
@@ -191,7 +192,7 @@ def head_table(
             raise InputError("importance must be a head_importance table (columns layer, head, importance)")
         imp = importance
         if "stack" in imp.columns:
-            imp = imp[imp["stack"].isin({"self": ("self", "encoder")}.get(which, (which,)))]
+            imp = imp[imp["stack"].isin(stack_aliases(which))]
         cols = ["layer", "head", "importance"] + (["rank"] if "rank" in imp.columns else [])
         df = df.merge(imp[cols].rename(columns={"rank": "importance_rank"}), on=["layer", "head"], how="left")
     return df

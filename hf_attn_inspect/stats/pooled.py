@@ -22,7 +22,8 @@ from ..capture.inputs import Batch, KeyMasks
 from ..capture.interface import Site
 from ..capture.pooled import PooledRecorder
 from ..core.kernels import LOCAL_WINDOW
-from .metrics import METRICS, entropy_ratio, reduce_rows, row_quantities
+from ..core.stacks import is_self_attention
+from .metrics import HEAD_METRICS, METRICS, entropy_ratio, reduce_rows, row_quantities
 from .patterns import PatternThresholds, name_patterns
 from .tables import head_frame
 
@@ -64,7 +65,7 @@ class PooledStatsRecorder(PooledRecorder):
 
     def on_rows(self, site: Site, module: torch.nn.Module | None, q0: int, weights: torch.Tensor) -> None:
         """Per-row quantities and column sums of one block of rows (self-attention only; cross is skipped)."""
-        if site.stack == "cross" or weights.shape[-1] < q0 + weights.shape[-2]:
+        if not is_self_attention(site.stack) or weights.shape[-1] < q0 + weights.shape[-2]:
             return
         b, h, tq, t = weights.shape
         dev = weights.device
@@ -118,7 +119,7 @@ class PooledStatsRecorder(PooledRecorder):
         values = {k: v.numpy() for k, v in m.items() if k != "column_key"}
         values["entropy_ratio"] = entropy_ratio(m["entropy"], m["max_entropy"]).numpy()
         heads = list(range(m["entropy"].shape[-1]))
-        df = head_frame(values, [*METRICS, "column_share", "entropy_ratio"], layers, heads)
+        df = head_frame(values, [*HEAD_METRICS, "entropy_ratio"], layers, heads)
         key = m["column_key"][0].reshape(-1).numpy()
         tokens = batch.tokens(0, decoder=stack == "decoder")
         special = (batch.decoder_special if stack == "decoder" else batch.special)

@@ -47,6 +47,7 @@ from ..core.kernels import (
     fused_masks,
 )
 from ..core.masks import LazyMask, lazy_mask
+from ..core.stacks import is_self_attention, main_stack
 from .metrics import METRICS, reduce_rows, row_quantities
 from .tables import head_frame
 
@@ -161,7 +162,7 @@ class StreamingStatsRecorder(Recorder):
         self._layout: FusedLayout | None = None
 
     def _wanted(self, site: Site) -> bool:
-        return site.stack != "cross" and (self.layers is None or site.layer in self.layers)
+        return is_self_attention(site.stack) and (self.layers is None or site.layer in self.layers)
 
     def _store(self, site: Site, rows: dict[str, torch.Tensor], causal: bool = False) -> None:
         """Keep one layer's rows (or metrics) without synchronising with the device.
@@ -421,7 +422,7 @@ def streaming_head_metrics(
     texts = list(texts)
     if not texts:
         raise InputError("no texts given")
-    stack = which or ("encoder" if inspector.is_encoder_decoder else "self")
+    stack = which or main_stack(inspector.is_encoder_decoder)
     per: list[dict[str, torch.Tensor]] = []
     layer_ids: list[int] | None = None
     for start in range(0, len(texts), batch_size):

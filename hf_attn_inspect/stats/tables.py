@@ -20,6 +20,7 @@ import torch
 
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
+from ..core.stacks import DECODER, SELF, is_main
 from ..core.tokens import punctuation_mask
 from .metrics import METRICS, sentence_metrics
 
@@ -75,10 +76,10 @@ def batch_results(results: Sequence[AttentionResult], which: str = "self") -> Pa
         n = m.shape[-1]
         weights[i, :, :, :n, :n] = m
         valid[i, :n] = True
-        mask = r.special_tokens_mask if which in ("self", "encoder") else r.decoder_special_tokens_mask
+        mask = r.special_tokens_mask if is_main(which) else r.decoder_special_tokens_mask
         special[i, :n] = torch.tensor(mask or [False] * n, dtype=torch.bool)
         punct[i, :n] = punctuation_mask(tk)
-    causal = first.is_causal if which in ("self", "encoder") else which == "decoder"
+    causal = first.is_causal if is_main(which) else which == DECODER
     return {
         "weights": weights,
         "valid": valid,
@@ -152,12 +153,12 @@ def head_weights(
 
 def _key_names(results: Sequence[AttentionResult], which: str, t: int) -> np.ndarray:
     """``[B, T]`` object array naming each key position: special tokens by their text, others ``pos j``."""
-    key_which = "self" if which in ("self", "encoder") else "decoder"
+    key_which = SELF if is_main(which) else DECODER
     out = np.empty((len(results), t), dtype=object)
     out[:] = ""
     for b, r in enumerate(results):
         _, _, keys = r.stack(key_which)
-        special = r.special_tokens_mask if key_which == "self" else r.decoder_special_tokens_mask
+        special = r.special_tokens_mask if key_which == SELF else r.decoder_special_tokens_mask
         special = special or [False] * len(keys)
         out[b, : len(keys)] = [k if s else f"pos {j}" for j, (k, s) in enumerate(zip(keys, special))]
     return out
@@ -211,10 +212,9 @@ def head_metrics(
     return head_frame(values, METRICS, prep.layer_ids, prep.head_ids, per_sentence=per_sentence)
 
 
-_TABLE_COLUMNS = (
-    "layer", "head", "class", "entropy", "max_entropy", "diagonal", "previous_token", "next_token",
-    "first_token", "special_tokens", "punctuation", "max_weight", "column_share", "mean_distance", "importance",
-)
+_HIDDEN = ("weight_std", "sparsity", "local_window")  # in the head tables, not in the printed one
+_SHOWN = [m for m in METRICS if m not in _HIDDEN]  # the distance last, after column_share
+_TABLE_COLUMNS = ("layer", "head", "class", *_SHOWN[:-1], "column_share", _SHOWN[-1], "importance")
 _TABLE_HEADERS = {
     "max_entropy": "max_ent", "previous_token": "prev", "next_token": "next", "first_token": "first",
     "special_tokens": "special", "punctuation": "punct", "max_weight": "max_w", "column_share": "column",

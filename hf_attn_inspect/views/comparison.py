@@ -20,6 +20,7 @@ from ..capture.inspector import AttentionInspector
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_json, write_text
+from ..core.stacks import result_stack
 from ..runs.compare import head_pair_results
 from .figures import plot_attention_diff
 
@@ -202,7 +203,7 @@ def write_comparison(out_dir: str | os.PathLike, df: pd.DataFrame, a: AttentionI
             heads = [(int(r.layer), int(r.head)) for r in df.head(k).itertuples()]
             ra, rb = head_pair_results(a, b, df.attrs["first_text"], df.attrs.get("first_pair"), heads,
                                        max_length=df.attrs.get("max_length"))
-            fig = plot_head_diffs(ra, rb, heads, which="decoder" if stack == "decoder" else "self")
+            fig = plot_head_diffs(ra, rb, heads, which=result_stack(stack))
             with atomic_path(out / "head_diffs.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(fig)

@@ -38,6 +38,7 @@ import torch
 from ..capture.result import AttentionResult
 from ..core.errors import InputError, OutputError
 from ..core.files import write_text
+from ..core.stacks import CROSS, DECODER, SELF, is_self_attention, stack_aliases
 from ..core.tokens import clean_token
 from ..stats.aggregate import attention_rollout, word_labels, word_units
 from ..stats.metrics import METRICS
@@ -177,8 +178,7 @@ def _importance_of(importance: pd.DataFrame, which: str, df: pd.DataFrame) -> np
         raise InputError("importance must be a head_importance table (columns layer, head, importance)")
     imp = importance
     if "stack" in imp.columns:
-        wanted = {"self": ("self", "encoder"), "decoder": ("decoder",)}.get(which, (which,))
-        imp = imp[imp["stack"].isin(wanted)]
+        imp = imp[imp["stack"].isin(stack_aliases(which))]
     lookup = imp.groupby(["layer", "head"])["importance"].mean()
     keys = pd.MultiIndex.from_arrays([df["layer"].to_numpy(), df["head"].to_numpy()])
     return lookup.reindex(keys).to_numpy(dtype=np.float64)
@@ -194,15 +194,15 @@ def _payload(
 ) -> dict[str, Any]:
     if pooled is not None:
         rollout = False  # rollout multiplies token-level matrices of consecutive layers: pooled layers have none
-        if classes is None and "self" in pooled.tables:
-            classes = pooled.tables["self"]
+        if classes is None and SELF in pooled.tables:
+            classes = pooled.tables[SELF]
     axes = {"enc": _axis(result.tokens, result.word_ids, result.special_tokens_mask, result.segment_ids)}
-    names = [("self", "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
+    names = [(SELF, "encoder self-attention" if result.is_encoder_decoder else "self-attention", "enc", "enc")]
     if result.is_encoder_decoder:
         axes["dec"] = _axis(result.decoder_tokens or [], result.decoder_word_ids, result.decoder_special_tokens_mask, None)
-        names.append(("decoder", "decoder self-attention", "dec", "dec"))
+        names.append((DECODER, "decoder self-attention", "dec", "dec"))
         if result.cross_attentions is not None:
-            names.append(("cross", "cross-attention (decoder \u2192 encoder)", "dec", "enc"))
+            names.append((CROSS, "cross-attention (decoder \u2192 encoder)", "dec", "enc"))
     contiguous = bool(result.layer_ids) and result.layer_ids == list(range(result.layer_ids[0], result.layer_ids[0] + len(result.layer_ids)))
     stacks: dict[str, Any] = {}
     for which, label, qa, ka in names:
@@ -220,10 +220,10 @@ def _payload(
             "levels": packed,
             "steps": steps,
             "rollout": None,
-            "metrics": _metrics(result, which, importance) if metrics and which != "cross" and pooled is None else None,
-            "classes": _classes(classes, list(result.layer_ids), list(result.head_ids)) if which == "self" else None,
+            "metrics": _metrics(result, which, importance) if metrics and is_self_attention(which) and pooled is None else None,
+            "classes": _classes(classes, list(result.layer_ids), list(result.head_ids)) if which == SELF else None,
         }
-        if rollout and which != "cross" and contiguous:
+        if rollout and is_self_attention(which) and contiguous:
             roll = attention_rollout(att)[:, None]  # [L, 1, T, T]
             r_packed, r_steps = _encode(roll)
             entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
@@ -329,7 +329,7 @@ def _add_pooled(
         values = np.array([[float(t.loc[(l, h), m]) for m in METRICS] for l in layer_ids for h in head_ids])
         values = np.where(np.isfinite(values), values, 0.0)
         entry["metrics"] = {"columns": list(METRICS), "values": np.round(values, 6).tolist()}
-    entry["classes"] = _classes(classes, layer_ids, head_ids) if which == "self" else None
+    entry["classes"] = _classes(classes, layer_ids, head_ids) if which == SELF else None
 
 
 def _script_json(data: Any) -> str:

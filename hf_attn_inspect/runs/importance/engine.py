@@ -18,6 +18,7 @@ from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import InputError
 from ...core.files import write_json
 from ...core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
+from ...core.stacks import is_main
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..dataset import SentenceStatsRecorder
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
@@ -226,6 +227,6 @@ def _score_batch(
     if stats is not None:
         per = {k: stats[..., i] for i, k in enumerate(recorder.stats.metric_names)}
         _, cls = classify_sentence_heads(per)
-        main = [i for i, ((s, _), _) in enumerate(units) if s in ("self", "encoder")]
+        main = [i for i, ((s, _), _) in enumerate(units) if is_main(s)]
         classes[:, main, : cls.shape[2]] = cls
     return values, classes

@@ -12,6 +12,7 @@ from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
 from ...capture.interface import OutputEdit
 from ...capture.recorders import Recorder
+from ...core.stacks import CROSS, DECODER, STACKS, query_stack
 
 
 def _forward(inspector: AttentionInspector, inputs: dict[str, torch.Tensor], recorders: Sequence[Recorder] = (),
@@ -55,12 +56,12 @@ def _units(inspector: AttentionInspector) -> list[tuple[UnitKey, int]]:
     """Every attention layer ``((stack, layer), heads)`` in execution order (encoder before decoder, self before cross)."""
     out = []
     dims = inspector.dims()
-    stacks = [s for s in ("self", "encoder", "decoder", "cross") if s in dims]
+    stacks = [s for s in STACKS if s in dims]
     for stack in stacks:
         n_layers, n_heads = dims[stack]
         out += [((stack, layer), n_heads) for layer in range(n_layers)]
-    if "cross" in dims:  # decoder layer l runs self then cross attention before layer l + 1
-        dec = [u for u in out if u[0][0] in ("decoder", "cross")]
-        dec.sort(key=lambda u: (u[0][1], u[0][0] == "cross"))
-        out = [u for u in out if u[0][0] not in ("decoder", "cross")] + dec
+    if CROSS in dims:  # decoder layer l runs self then cross attention before layer l + 1
+        dec = [u for u in out if query_stack(u[0][0]) == DECODER]
+        dec.sort(key=lambda u: (u[0][1], u[0][0] == CROSS))
+        out = [u for u in out if query_stack(u[0][0]) != DECODER] + dec
     return out
