@@ -15,6 +15,7 @@ from hf_attn_inspect import AttentionInspector
 from hf_attn_inspect.capture.ablation import HeadScale, ablate, mean_head_outputs, parse_heads, resolve_heads
 from hf_attn_inspect.capture.inputs import Batch
 from hf_attn_inspect.core.errors import InputError
+from hf_attn_inspect.runs.data import DataSpec
 from hf_attn_inspect.runs.detectors import detect_heads, repeated_random_tokens
 from hf_attn_inspect.runs.importance import ablation_effect, head_importance, pruning_curve
 from conftest import SENTENCES
@@ -255,6 +256,31 @@ def test_pruning_curve_steps_and_effect(tiny_model, tiny_tokenizer):
     re = pruning_curve(insp, TEXTS, imp, step=0.5, reestimate=True, method="gradient", batch_size=4)
     assert re["heads_removed"].tolist() == [0, 4, 8]
     assert re["objective"].iloc[-1] == pytest.approx(curve["objective"].iloc[-1], abs=1e-5)  # all heads gone either way
+
+
+def test_data_spec_runs_as_the_keywords(tiny_model, tiny_tokenizer):
+    """A DataSpec (as the data argument or data=) gives the numbers its shortcut keywords give, and is really used."""
+    insp = _inspector(tiny_model, tiny_tokenizer, "gpt2")
+    spec = DataSpec(source=TEXTS, batch_size=4, max_length=6)
+    by_keywords = head_importance(insp, TEXTS, batch_size=4, max_length=6)
+    by_spec = head_importance(insp, data=spec)
+    pd.testing.assert_frame_equal(by_spec, by_keywords)
+    assert by_spec.attrs["counts"]["truncated"] > 0
+    assert by_spec.attrs["run"]["parameters"]["max_length"] == 6
+    full = head_importance(insp, TEXTS, batch_size=4)
+    assert full["objective"].iloc[0] != pytest.approx(by_spec["objective"].iloc[0], abs=1e-6)  # truncation counted
+    curve = pruning_curve(insp, spec, by_spec, step=0.5)
+    pd.testing.assert_frame_equal(curve, pruning_curve(insp, TEXTS, by_keywords, step=0.5, batch_size=4, max_length=6))
+    assert curve["objective"].iloc[0] == pytest.approx(by_spec["objective"].iloc[0], abs=1e-5)
+    assert ablation_effect(insp, spec, "0.1") == ablation_effect(insp, TEXTS, "0.1", batch_size=4, max_length=6)
+    with pytest.raises(InputError, match="max_length"):
+        head_importance(insp, spec, max_length=8)
+    with pytest.raises(InputError, match="stream"):
+        ablation_effect(insp, TEXTS, "0.1", streaming=True)
+    with pytest.raises(InputError, match="label column 'nope' not found"):
+        pruning_curve(insp, TEXTS, by_spec, label_column="nope")
+    with pytest.raises(TypeError, match="colum"):
+        head_importance(insp, TEXTS, colum="text")
 
 
 def test_model_is_unchanged_after_every_call(tiny_model, tiny_tokenizer):

@@ -7,7 +7,7 @@ import sys
 
 
 from .options import (add_data_options, add_model_options, add_output_options, add_quiet_option, check_data_options,
-                      examples, show_progress)
+                      data_spec, examples, show_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,13 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.files import check_output_dir
-    from ..runs.sources import load_dataset_texts
 
     check_data_options(args)
     check_output_dir(args.out)
-    # Check the dataset before loading the model: a wrong column fails in a second.
-    load_dataset_texts(args.dataset, config=args.config, split=args.split, column=args.column, limit=args.limit,
-                       streaming=args.streaming)
+    spec = data_spec(args, args.dataset)
+    spec.load()  # check the dataset before loading the model: a wrong column fails in a second
 
     from ..runs.dataset import OUTPUTS, analyze_dataset
     from ..runs.distributed import process_device, processes
@@ -52,11 +50,8 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
     args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
-    df = analyze_dataset(
-        inspector, args.dataset, args.column, config=args.config, split=args.split, limit=args.limit,
-        batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size, out=args.out,
-        resume=args.resume, overwrite=args.overwrite, progress=show_progress(args), streaming=args.streaming,
-    )
+    df = analyze_dataset(inspector, spec, out=args.out, resume=args.resume, overwrite=args.overwrite,
+                         progress=show_progress(args))
     if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
         return 0
     write_dataset_report(args.out, df)

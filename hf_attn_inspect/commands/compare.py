@@ -6,7 +6,7 @@ import argparse
 
 from ..core.stacks import SELF_STACKS
 from .options import (add_data_options, add_device_options, add_output_options, add_quiet_option, check_data_options,
-                      examples, show_progress)
+                      data_spec, examples, show_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import InputError
     from ..core.files import check_output_dir
-    from ..runs.sources import load_dataset_texts
 
     check_data_options(args)
     if args.top < 0:
@@ -48,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--text is empty or blank; give a text to compare on")
     check_output_dir(args.out)
     models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
-    source = args.text if args.text is not None else args.dataset
-    load_dataset_texts(source, config=args.config, split=args.split, column=args.column, limit=args.limit,
-                       streaming=args.streaming)
+    spec = data_spec(args, args.text if args.text is not None else args.dataset)
+    spec.load()  # check the data before loading the models: a wrong column fails in a second
 
     from ..capture.inspector import resolve_inspector
     from ..runs.compare import OUTPUTS, compare_models
@@ -63,11 +61,8 @@ def run(args: argparse.Namespace) -> int:
     device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     a = resolve_inspector(models[0], device=device, dtype=args.dtype, what="model A")
     b = resolve_inspector(models[1], a.tokenizer, device=device, dtype=args.dtype, what="model B")
-    df = compare_models(
-        a, b, source, out=args.out, overwrite=args.overwrite, resume=args.resume, column=args.column, config=args.config,
-        split=args.split, limit=args.limit, batch_size=args.batch_size, shard_size=args.shard_size, max_length=args.max_length,
-        stack=args.stack, progress=show_progress(args), streaming=args.streaming,
-    )
+    df = compare_models(a, b, spec, out=args.out, overwrite=args.overwrite, resume=args.resume, stack=args.stack,
+                        progress=show_progress(args))
     if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
         return 0
     write_comparison(args.out, df, a, b, top=args.top)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .options import (add_data_options, add_model_options, add_output_options, add_quiet_option, check_data_options,
-                      examples, show_progress)
+                      data_spec, examples, show_progress)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.errors import InputError
     from ..core.files import check_output_dir, write_json
-    from ..runs.sources import load_dataset_texts
 
     if args.texts and args.dataset is not None:
         raise InputError("give texts or --dataset, not both")
@@ -62,11 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.heads is not None:
         parse_heads(args.heads)  # a typo fails before the model loads
-    data = list(args.texts) if args.texts else args.dataset
-    # Check the data before loading the model: a wrong column fails in a second.
-    ds, _ = load_dataset_texts(data, config=args.config, split=args.split, column=args.column, limit=args.limit)
-    if args.label_column is not None and args.label_column not in ds.column_names:
-        raise InputError(f"label column {args.label_column!r} not found; available columns: {', '.join(ds.column_names)}")
+    spec = data_spec(args, list(args.texts) if args.texts else args.dataset)
+    spec.load()  # check the data (columns, label column) before loading the model: a wrong column fails in a second
     from ..runs.importance import (
         IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve, write_importance_tables,
     )
@@ -78,19 +74,17 @@ def run(args: argparse.Namespace) -> int:
     inspector = load_inspector(args)
     if args.heads is not None:
         resolve_heads(inspector, args.heads)
-    common = dict(column=args.column, label_column=args.label_column, config=args.config, split=args.split,
-                  limit=args.limit, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
-    df = head_importance(inspector, data, method=args.method, how=args.ablate, shard_size=args.shard_size,
-                         out=args.out, resume=args.resume, overwrite=args.overwrite, progress=show_progress(args),
-                         **common)
+    progress = show_progress(args)
+    df = head_importance(inspector, spec, method=args.method, how=args.ablate, seed=args.seed, out=args.out,
+                         resume=args.resume, overwrite=args.overwrite, progress=progress)
     curve = None
     if not args.no_pruning:
-        curve = pruning_curve(inspector, data, df, step=args.prune_step, how=args.ablate, reestimate=args.reestimate,
-                              method=args.method, progress=show_progress(args), **common)
+        curve = pruning_curve(inspector, spec, df, step=args.prune_step, how=args.ablate, reestimate=args.reestimate,
+                              method=args.method, seed=args.seed, progress=progress)
         write_importance_tables(args.out, curve=curve)
     effect = None
     if args.heads is not None:
-        effect = ablation_effect(inspector, data, args.heads, how=args.ablate, progress=show_progress(args), **common)
+        effect = ablation_effect(inspector, spec, args.heads, how=args.ablate, seed=args.seed, progress=progress)
     write_importance_report(args.out, df, curve, effect)
     run_record = dict(df.attrs.get("run", {}))
     run_record["pruning_steps"] = None if curve is None else len(curve)

@@ -17,6 +17,8 @@ from ..core.errors import InputError
 
 if TYPE_CHECKING:  # the model stack is imported only when a command runs, so --help stays fast
     from ..capture.inspector import AttentionInspector
+    from ..runs.data import DataSpec
+    from ..runs.sources import DatasetSource
 
 __all__ = [
     "add_data_options",
@@ -28,6 +30,7 @@ __all__ = [
     "add_quiet_option",
     "check_common",
     "check_data_options",
+    "data_spec",
     "examples",
     "load_inspector",
     "show_progress",
@@ -87,6 +90,17 @@ def check_data_options(args: argparse.Namespace) -> None:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise InputError(f"--batch-size and --shard-size must be at least 1, got {args.batch_size}, {args.shard_size}")
+
+
+def data_spec(args: argparse.Namespace, source: "DatasetSource") -> "DataSpec":
+    """The :class:`~hf_attn_inspect.runs.data.DataSpec` of :func:`add_data_options`' flags (and ``--label-column``
+    where a command has it) reading ``source`` (``--dataset``, or the texts given on the command line)."""
+    from ..runs.data import DataSpec
+
+    return DataSpec(source=source, column=args.column, label_column=getattr(args, "label_column", None),
+                    config=args.config, split=args.split, limit=args.limit,
+                    streaming=getattr(args, "streaming", False), batch_size=args.batch_size,
+                    max_length=args.max_length, shard_size=args.shard_size)
 
 
 def add_max_length_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:

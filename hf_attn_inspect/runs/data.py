@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Sequence, TypedDict, Union
 
 import torch
 
@@ -28,10 +28,25 @@ from .sources import DatasetInfo, DatasetSource, StreamRows, load_dataset_texts,
 if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its types are needed here
     from datasets import Dataset, IterableDataset
 
-__all__ = ["DataSpec", "LoadedData", "encode_rows", "sorted_batches"]
+__all__ = ["DataOptions", "DataSpec", "LoadedData", "encode_rows", "sorted_batches"]
 
 #: What an engine reads rows from: a :class:`datasets.Dataset`, or a stream read forward by row range.
 Rows = Union["Dataset", StreamRows]
+
+
+class DataOptions(TypedDict, total=False):
+    """The data keywords an engine takes as shortcuts for a :class:`DataSpec` (``**shortcuts:
+    Unpack[DataOptions]``): the spec's fields besides ``source``, same meaning and defaults."""
+
+    column: str | Sequence[str]
+    label_column: str | None
+    config: str | None
+    split: str | None
+    limit: int | None
+    streaming: bool
+    batch_size: int | None
+    max_length: int | None
+    shard_size: int
 
 
 @dataclass(frozen=True)
@@ -66,15 +81,19 @@ class DataSpec:
         ``default_batch_size`` when it gives none (:meth:`sized`).
 
         With a :class:`DataSpec`, every shortcut must still be at its default (the options are given once);
-        a shortcut that is not, or a ``source`` besides ``data``, raises :class:`InputError` naming it.
+        a shortcut that is not, or a ``source`` besides ``data``, raises :class:`InputError` naming it; a
+        keyword that is no field raises :class:`TypeError`, as an unknown keyword argument does.
         """
+        defaults = {f.name: f.default for f in fields(cls) if f.name != "source"}
+        unknown = [k for k in shortcuts if k not in defaults]
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
         if data is not None:
             if source is not None:
                 raise InputError("give the data once: as data= or as the dataset argument, not both")
             source = data
         if not isinstance(source, DataSpec):
             return cls(source=source, **shortcuts).sized(default_batch_size)  # type: ignore[arg-type]
-        defaults = {f.name: f.default for f in fields(cls)}
         given = [k for k, v in shortcuts.items() if not _same(v, defaults[k])]
         if given:
             raise InputError(f"give the data options once: in the DataSpec or as keywords, not both ({', '.join(given)})")
@@ -93,9 +112,13 @@ class DataSpec:
         return spec
 
     def load(self) -> "LoadedData":
-        """Load the source and check its text column(s) (:func:`~hf_attn_inspect.runs.sources.load_dataset_texts`)."""
+        """Load the source and check its text column(s) (:func:`~hf_attn_inspect.runs.sources.load_dataset_texts`)
+        and its ``label_column`` (:class:`InputError` naming the columns there are)."""
         ds, info = load_dataset_texts(self.source, config=self.config, split=self.split, column=self.column,
                                       limit=self.limit, streaming=self.streaming)
+        names = getattr(ds, "column_names", None)
+        if self.label_column is not None and names is not None and self.label_column not in names:
+            raise InputError(f"label column {self.label_column!r} not found; available columns: {', '.join(names)}")
         return LoadedData(ds, info)
 
 

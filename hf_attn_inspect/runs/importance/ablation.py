@@ -7,7 +7,7 @@ import math
 import re
 import weakref
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -28,11 +28,15 @@ from ...capture.interface import Site
 from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import CaptureError, InputError
 from ...core.kernels import fast_attention_output
+from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, run_sharded
 from ..sources import DatasetSource
-from .data import _Data, _load, _shard_batches
+from .data import BATCH_SIZE, _Data, _load, _shard_batches
 from .objectives import Objective, ObjectiveFn, _objective
 from .passes import _copies, _forward, _model_inputs, _repeat, _units
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ablation_effect"]
 
@@ -175,15 +179,14 @@ _SITES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[UnitKey, Site]]" = weak
 
 
 # =========================================================================== means for mean ablation
-def _dataset_means(inspector: AttentionInspector, src: _Data, batch_size: int, max_length: int,
-                   progress: bool) -> dict[UnitKey, torch.Tensor]:
+def _dataset_means(inspector: AttentionInspector, src: _Data, progress: bool) -> dict[UnitKey, torch.Tensor]:
     """Each head's mean output over every real token of the data (one forward pass per batch)."""
     units = _units(inspector)
     recorder = MeanOutputRecorder()
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats = ShardStats.empty(1, 1, ("sentences",), ("",))
-        for batch, rows in _shard_batches(inspector, src, start, stop, batch_size, max_length):
+        for batch, rows in _shard_batches(inspector, src, start, stop):
             recorder.query_valid = query_masks(batch)
             inspector.run(batch, recorder)
             stats.add_values(torch.zeros(len(rows), 1, 1, 1), torch.zeros(len(rows), 1, 1, dtype=torch.long))
@@ -230,14 +233,13 @@ def _group_batch(inspector: AttentionInspector, batch: Batch, rows: list[int], o
 
 def _groups_over_data(
     inspector: AttentionInspector, src: _Data, obj: Objective, groups: list[list[HeadKey]],
-    means: dict[UnitKey, torch.Tensor] | None, batch_size: int, max_length: int, copies_tokens: int, progress: bool,
-    desc: str,
+    means: dict[UnitKey, torch.Tensor] | None, copies_tokens: int | None, progress: bool, desc: str,
 ) -> tuple[ShardStats, tuple[str, ...]]:
     names = ("objective", "change", "accuracy") if obj.has_accuracy else ("objective", "change")
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats, skipped = ShardStats.empty(len(groups), 1, names, ("",)), {}
-        for batch, rows in _shard_batches(inspector, src, start, stop, batch_size, max_length, skipped):
+        for batch, rows in _shard_batches(inspector, src, start, stop, skipped):
             loss, acc = _group_batch(inspector, batch, rows, obj, groups, means, copies_tokens)
             parts = [loss.T, (loss - loss[:1]).T] + ([acc.T] if acc is not None else [])
             vals = torch.stack(parts, -1)[:, :, None, :]  # [B, groups, 1, metrics]; "change" is against group 0
@@ -253,23 +255,19 @@ def _groups_over_data(
 
 def ablation_effect(
     inspector: AttentionInspector,
-    data: DatasetSource | torch.Tensor = None,
+    data: DataSpec | DatasetSource | torch.Tensor = None,
     heads: HeadSpec = (),
     *,
     how: str = "zero",
     objective: Objective | ObjectiveFn | None = None,
-    column: str | Sequence[str] = "text",
-    label_column: str | None = None,
-    config: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
     means: dict[UnitKey, torch.Tensor] | None = None,
     seed: int = 0,
     progress: bool = False,
+    **shortcuts: Unpack[DataOptions],
 ) -> dict[str, object]:
-    """The objective before and after removing ``heads`` together, over ``data`` (as :func:`head_importance`).
+    """The objective before and after removing ``heads`` together, over ``data`` (a
+    :class:`~hf_attn_inspect.runs.data.DataSpec` or its source with the shortcut keywords, as
+    :func:`head_importance`; the rows run in one pass, ``shard_size`` is not used).
 
     Returns ``before`` and ``after`` (mean objective over sentences, in ``unit``), ``change`` (after minus
     before, the mean of per-sentence differences) with ``stderr``, ``n_sentences``, ``heads`` (the removed
@@ -280,13 +278,12 @@ def ablation_effect(
     keys = resolve_heads(inspector, heads)
     if not keys:
         raise InputError("no head given to ablate; pass heads like '3.5,0.1'")
-    src = _load(data, column, label_column, config, split, limit)
+    src = _load(DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts))
     obj = _objective(inspector, objective, src.label_column is not None, seed)
-    limit_len = max_length or inspector.max_length
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, batch_size, limit_len, progress)
-    total, names = _groups_over_data(inspector, src, obj, [[], keys], means if how == "mean" else None, batch_size,
-                                     limit_len, None, progress, "ablation")
+        means = _dataset_means(inspector, src, progress)
+    total, names = _groups_over_data(inspector, src, obj, [[], keys], means if how == "mean" else None, None,
+                                     progress, "ablation")
     if total.n == 0:
         raise InputError("no usable sentence in the data")
     n = total.n

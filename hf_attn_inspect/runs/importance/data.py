@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -12,17 +11,22 @@ import torch
 from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
 from ...core.errors import InputError
+from ..data import DataSpec, sorted_batches
 from ..sharded import clean_rows_indexed
-from ..sources import DatasetSource, load_dataset_texts
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
+#: Sentences per batch of the importance engines when neither ``batch_size`` nor the :class:`DataSpec` says.
+BATCH_SIZE = 32
+
 
 @dataclass
 class _Data:
-    """The rows to score: a dataset with its text column(s) and optional labels, or a tensor of token ids."""
+    """The rows to score (``spec``, loaded): a dataset with its text column(s) and optional labels, or a tensor
+    of token ids."""
 
+    spec: DataSpec
     ds: "Dataset | None"
     ids: torch.Tensor | None
     columns: tuple[str, ...]
@@ -34,20 +38,24 @@ class _Data:
         return int(self.ids.shape[0]) if self.ids is not None else int(self.ds.num_rows)  # type: ignore[union-attr]
 
 
-def _load(data: DatasetSource | torch.Tensor, column: str | Sequence[str], label_column: str | None,
-          config: str | None, split: str | None, limit: int | None) -> _Data:
+def _load(spec: DataSpec) -> _Data:
+    """Load ``spec`` (its ``source`` may also be a ``[sentences, tokens]`` tensor of token ids); streams are refused
+    (the importance engines read labels and row counts by row index)."""
+    data = spec.source
     if torch.is_tensor(data):
         ids = data.long()
         if ids.dim() != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
             raise InputError("token ids must be a [sentences, tokens] tensor with at least 2 tokens per sentence")
-        if limit is not None:
-            ids = ids[: int(limit)]
-        return _Data(None, ids, ("input_ids",), None, {"source": "token ids", "num_rows": int(ids.shape[0]),
-                                                       "tokens": int(ids.shape[1])})
-    ds, info = load_dataset_texts(data, config=config, split=split, column=column, limit=limit)
-    if label_column is not None and label_column not in ds.column_names:
-        raise InputError(f"label column {label_column!r} not found; available columns: {', '.join(ds.column_names)}")
-    return _Data(ds, None, info.columns, label_column, {**info.to_dict(), "label_column": label_column})
+        if spec.limit is not None:
+            ids = ids[: int(spec.limit)]
+        return _Data(spec, None, ids, ("input_ids",), None, {"source": "token ids", "num_rows": int(ids.shape[0]),
+                                                             "tokens": int(ids.shape[1])})
+    if spec.streaming:
+        raise InputError("head importance reads a dataset, not a stream; leave streaming off")
+    loaded = spec.load()
+    info = loaded.info
+    return _Data(spec, loaded.ds, None, info.columns, spec.label_column,
+                 {**info.to_dict(), "label_column": spec.label_column})
 
 
 def _labels(inspector: AttentionInspector, values: list[object]) -> torch.Tensor:
@@ -63,10 +71,12 @@ def _labels(inspector: AttentionInspector, values: list[object]) -> torch.Tensor
     return torch.tensor(out, dtype=torch.long)
 
 
-def _shard_batches(inspector: AttentionInspector, data: _Data, start: int, stop: int, batch_size: int,
-                   max_length: int | None, skipped: dict[str, int] | None = None) -> Iterator[tuple[Batch, list[int]]]:
-    """Length-sorted batches of rows ``start:stop`` (labels in ``inputs["labels"]`` when the data has them);
+def _shard_batches(inspector: AttentionInspector, data: _Data, start: int, stop: int,
+                   skipped: dict[str, int] | None = None) -> Iterator[tuple[Batch, list[int]]]:
+    """Batches of rows ``start:stop`` (:func:`~hf_attn_inspect.runs.data.sorted_batches` of the spec's batch size
+    and maximum length; labels in ``inputs["labels"]`` when the data has them) with their dataset row indices;
     ``skipped`` receives the counts of rows left out (empty or non-string texts)."""
+    batch_size = data.spec.batch_size
     if data.ids is not None:
         for b0 in range(start, stop, batch_size):
             rows = list(range(b0, min(stop, b0 + batch_size)))
@@ -81,15 +91,7 @@ def _shard_batches(inspector: AttentionInspector, data: _Data, start: int, stop:
     labels = _labels(inspector, data.ds[start:stop][data.label_column]) if data.label_column else None
     if labels is not None:
         labels = labels[torch.tensor([r - start for r in kept], dtype=torch.long)]
-    tok_args = {"text": texts} if pairs is None else {"text": texts, "text_pair": pairs}
-    lengths = torch.tensor([len(x) for x in inspector.tokenizer(**tok_args)["input_ids"]])
-    order = torch.sort(lengths, stable=True).indices
-    for b0 in range(0, len(texts), batch_size):
-        sel = order[b0:b0 + batch_size].tolist()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            batch = inspector.encode([texts[i] for i in sel], None if pairs is None else [pairs[i] for i in sel],
-                                     max_length=max_length, truncation=True)
+    for sel, batch in sorted_batches(inspector, texts, pairs, batch_size=batch_size, max_length=data.spec.max_length):
         if labels is not None:
             batch.inputs["labels"] = labels[sel]
         yield batch, [kept[i] for i in sel]

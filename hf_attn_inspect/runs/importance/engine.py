@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -21,14 +21,18 @@ from ...core.kernels import fast_attention_output, scaled_dot_product_attention_
 from ...core.stacks import is_main
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..dataset import SentenceStatsRecorder
+from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
 from .ablation import _ablation_batch, _dataset_means
-from .data import _load, _shard_batches
+from .data import BATCH_SIZE, _load, _shard_batches
 from .gradient import _gradient_batch
 from .objectives import Objective, ObjectiveFn, _objective
 from .passes import _units
 from .tables import _importance_frame, write_importance_tables
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["METHODS", "IMPORTANCE_OUTPUTS", "head_importance"]
 
@@ -90,19 +94,11 @@ def _metric_names(objective: Objective, method: str) -> tuple[str, ...]:
 
 def head_importance(
     inspector: AttentionInspector,
-    data: DatasetSource | torch.Tensor = None,
+    data: DataSpec | DatasetSource | torch.Tensor = None,
     *,
     method: str = "ablation",
     how: str = "zero",
     objective: Objective | ObjectiveFn | None = None,
-    column: str | Sequence[str] = "text",
-    label_column: str | None = None,
-    config: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    shard_size: int = 2048,
     cache_layers: bool = True,
     copies_tokens: int | None = None,
     ablated: HeadSpec = (),
@@ -112,12 +108,17 @@ def head_importance(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    **shortcuts: Unpack[DataOptions],
 ) -> pd.DataFrame:
     """Score every head of ``inspector``'s model on ``data``; returns one row per head (the ``head_importance`` table).
 
-    ``data`` is anything :func:`~hf_attn_inspect.runs.sources.load_dataset_texts` reads (a list of texts,
-    a file, a Hub name, None for the shipped sample; ``column``/``label_column``/``config``/``split``/
-    ``limit`` as there) or a ``[sentences, tokens]`` tensor of token ids (synthetic inputs, no padding).
+    ``data`` is a :class:`~hf_attn_inspect.runs.data.DataSpec`, or its source given with the shortcut keywords
+    of :class:`~hf_attn_inspect.runs.data.DataOptions` (``column``/``label_column``/``config``/``split``/
+    ``limit``/``batch_size``/``max_length``/``shard_size``): anything
+    :func:`~hf_attn_inspect.runs.sources.load_dataset_texts` reads (a list of texts, a file, a Hub name, None
+    for the shipped sample; not a stream) or a ``[sentences, tokens]`` tensor of token ids (synthetic inputs,
+    no padding). Rows run in length-sorted batches of ``batch_size`` (default :data:`BATCH_SIZE`), truncated
+    to ``max_length`` tokens (default the model's maximum).
     Columns: ``stack``, ``layer``, ``head``, ``importance`` (``method="ablation"``: mean over sentences of
     objective with the head removed minus objective intact, in the objective's unit, positive = the model
     gets worse without it; ``"gradient"``: mean over sentences of ``|dL/d xi_h|``), ``stderr`` (standard
@@ -137,21 +138,20 @@ def head_importance(
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
-    if batch_size < 1 or shard_size < 1:
-        raise InputError("batch size and shard size must be at least 1")
-    src = _load(data, column, label_column, config, split, limit)
+    spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
+    src = _load(spec)
     obj = _objective(inspector, objective, src.label_column is not None, seed)
     fixed = resolve_heads(inspector, ablated) if ablated else []
     units = _units(inspector)
-    limit_len = max_length or inspector.max_length
     params = {
         "model": inspector.name, "data": src.info, "method": method, "how": how, "objective": obj.name,
-        "batch_size": batch_size, "max_length": limit_len, "shard_size": shard_size, "seed": seed,
+        "batch_size": spec.batch_size, "max_length": spec.max_length or inspector.max_length,
+        "shard_size": spec.shard_size, "seed": seed,
         "ablated": [f"{s}.{l}.{h}" for s, l, h in fixed], "cache_layers": cache_layers,
         "dtype": str(next(inspector.model.parameters()).dtype).replace("torch.", ""), "device": str(inspector.device),
     }
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, batch_size, limit_len, progress)
+        means = _dataset_means(inspector, src, progress)
     if how == "zero":
         means = None
     fixed_edit = _fixed_edit(inspector, fixed, means)
@@ -161,7 +161,7 @@ def head_importance(
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats = ShardStats.empty(n_units, h_max, names, _class_names())
         truncated, skipped = 0, {}
-        for batch, rows in _shard_batches(inspector, src, start, stop, batch_size, limit_len, skipped):
+        for batch, rows in _shard_batches(inspector, src, start, stop, skipped):
             truncated += int(sum(batch.truncated))
             values, classes = _score_batch(inspector, batch, rows, obj, units, method, means, fixed_edit,
                                            cache_layers, copies_tokens)
@@ -175,7 +175,7 @@ def head_importance(
             bar.update(stop - start - stats.n)
         return stats
 
-    run_ = run_sharded(src.rows, shard_size, compute, out_dir=out, params=params, outputs=IMPORTANCE_OUTPUTS,
+    run_ = run_sharded(src.rows, spec.shard_size, compute, out_dir=out, params=params, outputs=IMPORTANCE_OUTPUTS,
                        resume=resume, overwrite=overwrite, progress=progress, desc=f"importance ({method})",
                        column=src.columns[0])
     df = _importance_frame(run_.total, units, obj, method, how)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -11,11 +11,15 @@ import torch
 from ...capture.ablation import ABLATIONS, HeadKey, UnitKey
 from ...capture.inspector import AttentionInspector
 from ...core.errors import InputError
+from ..data import DataOptions, DataSpec
 from ..sources import DatasetSource
 from .ablation import _dataset_means, _groups_over_data
-from .data import _load
+from .data import BATCH_SIZE, _load
 from .engine import head_importance
 from .objectives import Objective, ObjectiveFn, _objective
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["pruning_curve"]
 
@@ -31,7 +35,7 @@ def _order(importance: pd.DataFrame) -> list[HeadKey]:
 
 def pruning_curve(
     inspector: AttentionInspector,
-    data: DatasetSource | torch.Tensor = None,
+    data: DataSpec | DatasetSource | torch.Tensor = None,
     importance: pd.DataFrame | None = None,
     *,
     step: float = 0.1,
@@ -39,20 +43,17 @@ def pruning_curve(
     reestimate: bool = False,
     method: str = "ablation",
     objective: Objective | ObjectiveFn | None = None,
-    column: str | Sequence[str] = "text",
-    label_column: str | None = None,
-    config: str | None = None,
-    split: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
     means: dict[UnitKey, torch.Tensor] | None = None,
     copies_tokens: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    **shortcuts: Unpack[DataOptions],
 ) -> pd.DataFrame:
     """Remove heads in increasing order of importance, ``step`` (a fraction of all heads) at a time, and
-    measure the objective after each step (Michel et al. 2019's pruning curves).
+    measure the objective after each step (Michel et al. 2019's pruning curves), over ``data`` (a
+    :class:`~hf_attn_inspect.runs.data.DataSpec` or its source with the shortcut keywords, as
+    :func:`head_importance`; the steps run in one pass over the rows, ``shard_size`` only applies to the
+    importance computed here).
 
     ``importance`` is a :func:`head_importance` table (computed here with ``method`` when None). Rows:
     ``step`` (0 = intact model), ``fraction`` (share of heads removed), ``heads_removed``, ``objective``
@@ -66,16 +67,15 @@ def pruning_curve(
         raise InputError(f"step must be a fraction in (0, 1], got {step}")
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
-    src = _load(data, column, label_column, config, split, limit)
+    spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
+    src = _load(spec)
     obj = _objective(inspector, objective, src.label_column is not None, seed)
-    limit_len = max_length or inspector.max_length
-    common = dict(objective=obj, column=column, label_column=label_column, config=config, split=split, limit=limit,
-                  batch_size=batch_size, max_length=max_length, seed=seed, copies_tokens=copies_tokens)
+    common = dict(objective=obj, seed=seed, copies_tokens=copies_tokens)
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, batch_size, limit_len, progress)
+        means = _dataset_means(inspector, src, progress)
     use_means = means if how == "mean" else None
     if importance is None:
-        importance = head_importance(inspector, data, method=method, how=how, means=use_means, **common)
+        importance = head_importance(inspector, spec, method=method, how=how, means=use_means, **common)
     order = _order(importance)
     total_heads = len(order)
     counts = sorted({min(total_heads, int(round(k * step * total_heads))) for k in range(int(math.ceil(1 / step)) + 1)})
@@ -87,15 +87,14 @@ def pruning_curve(
         groups, removed = [[]], []
         for k in counts[1:]:
             if k < total_heads and removed:
-                imp = head_importance(inspector, data, method=method, how=how, means=use_means, ablated=removed, **common)
+                imp = head_importance(inspector, spec, method=method, how=how, means=use_means, ablated=removed, **common)
                 keep = {(s, l, h) for s, l, h in removed}
                 rest = [hk for hk in _order(imp) if hk not in keep]
             else:
                 rest = [hk for hk in order if hk not in set(removed)]
             removed = removed + rest[: k - len(removed)]
             groups.append(list(removed))
-    total, names = _groups_over_data(inspector, src, obj, groups, use_means, batch_size, limit_len, copies_tokens,
-                                     progress, "pruning curve")
+    total, names = _groups_over_data(inspector, src, obj, groups, use_means, copies_tokens, progress, "pruning curve")
     n = max(total.n, 1)
     rows = []
     prev: list[HeadKey] = []
