@@ -7,7 +7,7 @@ import math
 import re
 import weakref
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import torch
 
@@ -24,16 +24,16 @@ from ...capture.ablation import (
 )
 from ...capture.inputs import Batch
 from ...capture.inspector import AttentionInspector
-from ...capture.interface import Site
+from ...capture.interface import OutputEdit, Site
 from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import CaptureError, InputError
 from ...core.kernels import fast_attention_output
 from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, run_sharded
 from ..sources import DatasetSource
-from .data import BATCH_SIZE, _Data, _load, _shard_batches
-from .objectives import Objective, ObjectiveFn, _objective
-from .passes import _copies, _forward, _model_inputs, _repeat, _units
+from .data import BATCH_SIZE, ImportanceData, load_importance_data, shard_batches
+from .objectives import Objective, ObjectiveFn, resolve_objective
+from .passes import copies_per_pass, forward_pass, model_inputs, repeat_rows, attention_units
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -83,7 +83,7 @@ class _LayerCache:
         below = self.order[: self.order.index(target)]
         try:
             for name in below:
-                out = _repeat(self.outputs[name], copies, batch)
+                out = repeat_rows(self.outputs[name], copies, batch)
                 self.modules[name].forward = (lambda *a, _o=out, **k: _o)  # type: ignore[method-assign]
             yield
         finally:
@@ -102,11 +102,22 @@ class _ReplayRecorder(Recorder):
     def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.output
         if out is not None and (call.site.stack, call.site.layer) == self.unit and call.query.shape[0] == out.shape[0] * self.copies:
-            return _repeat(out, self.copies, out.shape[0]), None
+            return repeat_rows(out, self.copies, out.shape[0]), None
         return fast_attention_output(call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap), None
 
 
-def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means, cache_layers, copies_tokens) -> torch.Tensor:  # noqa: ANN001
+def ablation_batch(
+    inspector: AttentionInspector,
+    inputs: dict[str, torch.Tensor],
+    targets: object,
+    obj: Objective,
+    units: list[tuple[UnitKey, int]],
+    stats: Recorder,
+    edits: Sequence[OutputEdit],
+    means: Mapping[UnitKey, torch.Tensor] | None,
+    cache_layers: bool,
+    copies_tokens: int | None,
+) -> torch.Tensor:
     """``[B, units, heads, metrics]``: the intact pass (``stats`` records the pattern statistics and every
     layer's output), then each head removed in turn (in batch copies, the layers below replayed)."""
     model = inspector.model
@@ -115,7 +126,7 @@ def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means,
     h_max = max(h for _, h in units)
     acc = obj.has_accuracy
     values = torch.zeros(b, len(units), h_max, 4 if acc else 2)
-    model_in = _model_inputs(inputs, inspector.device)
+    model_in = model_inputs(inputs, inspector.device)
     with torch.no_grad():
         cache = _LayerCache(model, _sites_of(inspector)) if cache_layers else None
         if cache is not None and not cache.ok:
@@ -123,7 +134,7 @@ def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means,
         with ExitStack() as stack:
             if cache is not None:
                 stack.enter_context(cache.record())
-            output = _forward(inspector, model_in, [stats], edits)
+            output = forward_pass(inspector, model_in, [stats], edits)
         if cache is not None and not cache.ok:
             cache = None
         if obj.needs_reference:
@@ -131,7 +142,7 @@ def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means,
         base = obj.loss(output, targets).float().cpu()
         base_acc = obj.accuracy(output, targets) if acc else None
         del output
-        per_pass = _copies(copies_tokens, b, t, inspector.device)
+        per_pass = copies_per_pass(copies_tokens, b, t, inspector.device)
         for i, (unit, h) in enumerate(units):
             for h0 in range(0, h, per_pass):
                 heads = list(range(h0, min(h, h0 + per_pass)))
@@ -140,13 +151,13 @@ def _ablation_batch(inspector, inputs, targets, obj, units, stats, edits, means,
                 scale[torch.arange(g), torch.tensor(heads)] = 0.0
                 fill = {unit: means[unit]} if means is not None and unit in means else {}
                 edit = HeadScale({unit: scale}, fill)
-                rep_in = {k: _repeat(v, g, b) for k, v in model_in.items()}
-                rep_targets = {k: _repeat(v, g, b) for k, v in targets.items()}
+                rep_in = {k: repeat_rows(v, g, b) for k, v in model_in.items()}
+                rep_targets = {k: repeat_rows(v, g, b) for k, v in targets.items()}
                 replay = _ReplayRecorder(unit, stats.outputs.get(unit) if cache is not None else None, g)
                 with ExitStack() as stack:
                     if cache is not None:
                         stack.enter_context(cache.replay_below(unit, g, b))
-                    output = _forward(inspector, rep_in, [replay], [*edits, edit])
+                    output = forward_pass(inspector, rep_in, [replay], [*edits, edit])
                 loss = obj.loss(output, rep_targets).float().cpu().view(g, b)
                 values[:, i, heads, 0] = (loss - base[None]).T
                 if acc:
@@ -170,7 +181,7 @@ def _sites_of(inspector: AttentionInspector) -> dict[UnitKey, Site]:
     inputs = {"input_ids": ids}
     if inspector.is_encoder_decoder:
         inputs["decoder_input_ids"] = ids
-    _forward(inspector, inputs, [recorder])
+    forward_pass(inspector, inputs, [recorder])
     _SITES[model] = dict(recorder.sites)
     return recorder.sites
 
@@ -179,14 +190,14 @@ _SITES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[UnitKey, Site]]" = weak
 
 
 # =========================================================================== means for mean ablation
-def _dataset_means(inspector: AttentionInspector, src: _Data, progress: bool) -> dict[UnitKey, torch.Tensor]:
+def dataset_means(inspector: AttentionInspector, src: ImportanceData, progress: bool) -> dict[UnitKey, torch.Tensor]:
     """Each head's mean output over every real token of the data (one forward pass per batch)."""
-    units = _units(inspector)
+    units = attention_units(inspector)
     recorder = MeanOutputRecorder()
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats = ShardStats.empty(1, 1, ("sentences",), ("",))
-        for batch, rows in _shard_batches(inspector, src, start, stop):
+        for batch, rows in shard_batches(inspector, src, start, stop):
             recorder.query_valid = query_masks(batch)
             inspector.run(batch, recorder)
             stats.add_values(torch.zeros(len(rows), 1, 1, 1), torch.zeros(len(rows), 1, 1, dtype=torch.long))
@@ -210,10 +221,10 @@ def _group_batch(inspector: AttentionInspector, batch: Batch, rows: list[int], o
     dims = inspector.dims()
     b, t = batch.size, batch.inputs["attention_mask"].shape[1]
     inputs, targets = obj.prepare(batch, rows)
-    model_in = _model_inputs(inputs, inspector.device)
+    model_in = model_inputs(inputs, inspector.device)
     if obj.needs_reference:
-        targets = obj.set_reference(_forward(inspector, model_in), targets)
-    per_pass = _copies(copies_tokens, b, t, inspector.device)
+        targets = obj.set_reference(forward_pass(inspector, model_in), targets)
+    per_pass = copies_per_pass(copies_tokens, b, t, inspector.device)
     losses, accs = [], []
     for g0 in range(0, len(groups), per_pass):
         chunk = groups[g0:g0 + per_pass]
@@ -223,23 +234,23 @@ def _group_batch(inspector: AttentionInspector, batch: Batch, rows: list[int], o
             for stack, layer, head in heads:
                 scale.setdefault((stack, layer), torch.ones(g, dims[stack][1]))[gi, head] = 0.0
         fill = {k: means[k] for k in scale} if means is not None else {}
-        rep_targets = {k: _repeat(v, g, b) for k, v in targets.items()}
-        output = _forward(inspector, {k: _repeat(v, g, b) for k, v in model_in.items()}, (), [HeadScale(scale, fill)])
+        rep_targets = {k: repeat_rows(v, g, b) for k, v in targets.items()}
+        output = forward_pass(inspector, {k: repeat_rows(v, g, b) for k, v in model_in.items()}, (), [HeadScale(scale, fill)])
         losses.append(obj.loss(output, rep_targets).float().cpu().view(g, b))
         if obj.has_accuracy:
             accs.append(obj.accuracy(output, rep_targets).float().cpu().view(g, b))
     return torch.cat(losses), (torch.cat(accs) if accs else None)
 
 
-def _groups_over_data(
-    inspector: AttentionInspector, src: _Data, obj: Objective, groups: list[list[HeadKey]],
+def groups_over_data(
+    inspector: AttentionInspector, src: ImportanceData, obj: Objective, groups: list[list[HeadKey]],
     means: dict[UnitKey, torch.Tensor] | None, copies_tokens: int | None, progress: bool, desc: str,
 ) -> tuple[ShardStats, tuple[str, ...]]:
     names = ("objective", "change", "accuracy") if obj.has_accuracy else ("objective", "change")
 
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats, skipped = ShardStats.empty(len(groups), 1, names, ("",)), {}
-        for batch, rows in _shard_batches(inspector, src, start, stop, skipped):
+        for batch, rows in shard_batches(inspector, src, start, stop, skipped):
             loss, acc = _group_batch(inspector, batch, rows, obj, groups, means, copies_tokens)
             parts = [loss.T, (loss - loss[:1]).T] + ([acc.T] if acc is not None else [])
             vals = torch.stack(parts, -1)[:, :, None, :]  # [B, groups, 1, metrics]; "change" is against group 0
@@ -278,11 +289,11 @@ def ablation_effect(
     keys = resolve_heads(inspector, heads)
     if not keys:
         raise InputError("no head given to ablate; pass heads like '3.5,0.1'")
-    src = _load(DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts))
-    obj = _objective(inspector, objective, src.label_column is not None, seed)
+    src = load_importance_data(DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts))
+    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, progress)
-    total, names = _groups_over_data(inspector, src, obj, [[], keys], means if how == "mean" else None, None,
+        means = dataset_means(inspector, src, progress)
+    total, names = groups_over_data(inspector, src, obj, [[], keys], means if how == "mean" else None, None,
                                      progress, "ablation")
     if total.n == 0:
         raise InputError("no usable sentence in the data")

@@ -22,7 +22,7 @@ BATCH_SIZE = 32
 
 
 @dataclass
-class _Data:
+class ImportanceData:
     """The rows to score (``spec``, loaded): a dataset with its text column(s) and optional labels, or a tensor
     of token ids."""
 
@@ -38,7 +38,7 @@ class _Data:
         return int(self.ids.shape[0]) if self.ids is not None else int(self.ds.num_rows)  # type: ignore[union-attr]
 
 
-def _load(spec: DataSpec) -> _Data:
+def load_importance_data(spec: DataSpec) -> ImportanceData:
     """Load ``spec`` (its ``source`` may also be a ``[sentences, tokens]`` tensor of token ids); streams are refused
     (the importance engines read labels and row counts by row index)."""
     data = spec.source
@@ -48,13 +48,13 @@ def _load(spec: DataSpec) -> _Data:
             raise InputError("token ids must be a [sentences, tokens] tensor with at least 2 tokens per sentence")
         if spec.limit is not None:
             ids = ids[: int(spec.limit)]
-        return _Data(spec, None, ids, ("input_ids",), None, {"source": "token ids", "num_rows": int(ids.shape[0]),
+        return ImportanceData(spec, None, ids, ("input_ids",), None, {"source": "token ids", "num_rows": int(ids.shape[0]),
                                                              "tokens": int(ids.shape[1])})
     if spec.streaming:
         raise InputError("head importance reads a dataset, not a stream; leave streaming off")
     loaded = spec.load()
     info = loaded.info
-    return _Data(spec, loaded.ds, None, info.columns, spec.label_column,
+    return ImportanceData(spec, loaded.ds, None, info.columns, spec.label_column,
                  {**info.to_dict(), "label_column": spec.label_column})
 
 
@@ -71,7 +71,7 @@ def _labels(inspector: AttentionInspector, values: list[object]) -> torch.Tensor
     return torch.tensor(out, dtype=torch.long)
 
 
-def _shard_batches(inspector: AttentionInspector, data: _Data, start: int, stop: int,
+def shard_batches(inspector: AttentionInspector, data: ImportanceData, start: int, stop: int,
                    skipped: dict[str, int] | None = None) -> Iterator[tuple[Batch, list[int]]]:
     """Batches of rows ``start:stop`` (:func:`~hf_attn_inspect.runs.data.sorted_batches` of the spec's batch size
     and maximum length; labels in ``inputs["labels"]`` when the data has them) with their dataset row indices;

@@ -24,12 +24,12 @@ from ..dataset import SentenceStatsRecorder
 from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
-from .ablation import _ablation_batch, _dataset_means
-from .data import BATCH_SIZE, _load, _shard_batches
-from .gradient import _gradient_batch
-from .objectives import Objective, ObjectiveFn, _objective
-from .passes import _units
-from .tables import _importance_frame, write_importance_tables
+from .ablation import ablation_batch, dataset_means
+from .data import BATCH_SIZE, load_importance_data, shard_batches
+from .gradient import gradient_batch
+from .objectives import Objective, ObjectiveFn, resolve_objective
+from .passes import attention_units
+from .tables import importance_frame, write_importance_tables
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -139,10 +139,10 @@ def head_importance(
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
     spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
-    src = _load(spec)
-    obj = _objective(inspector, objective, src.label_column is not None, seed)
+    src = load_importance_data(spec)
+    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
     fixed = resolve_heads(inspector, ablated) if ablated else []
-    units = _units(inspector)
+    units = attention_units(inspector)
     params = {
         "model": inspector.name, "data": src.info, "method": method, "how": how, "objective": obj.name,
         "batch_size": spec.batch_size, "max_length": spec.max_length or inspector.max_length,
@@ -151,7 +151,7 @@ def head_importance(
         "dtype": str(next(inspector.model.parameters()).dtype).replace("torch.", ""), "device": str(inspector.device),
     }
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, progress)
+        means = dataset_means(inspector, src, progress)
     if how == "zero":
         means = None
     fixed_edit = _fixed_edit(inspector, fixed, means)
@@ -161,7 +161,7 @@ def head_importance(
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         stats = ShardStats.empty(n_units, h_max, names, _class_names())
         truncated, skipped = 0, {}
-        for batch, rows in _shard_batches(inspector, src, start, stop, skipped):
+        for batch, rows in shard_batches(inspector, src, start, stop, skipped):
             truncated += int(sum(batch.truncated))
             values, classes = _score_batch(inspector, batch, rows, obj, units, method, means, fixed_edit,
                                            cache_layers, copies_tokens)
@@ -178,7 +178,7 @@ def head_importance(
     run_ = run_sharded(src.rows, spec.shard_size, compute, out_dir=out, params=params, outputs=IMPORTANCE_OUTPUTS,
                        resume=resume, overwrite=overwrite, progress=progress, desc=f"importance ({method})",
                        column=src.columns[0])
-    df = _importance_frame(run_.total, units, obj, method, how)
+    df = importance_frame(run_.total, units, obj, method, how)
     run = {"status": "finished", "parameters": params, "versions": package_versions(), "counts": run_.counts,
            "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed,
            "elapsed_s": round(run_.elapsed, 3), "objective": obj.name, "unit": obj.unit,
@@ -219,9 +219,9 @@ def _score_batch(
     recorder = _StatsRecorder(m.valid, m.special, m.punctuation, differentiable=method == "gradient")
     edits: list[OutputEdit] = [fixed] if fixed is not None else []
     if method == "gradient":
-        values = _gradient_batch(inspector, inputs, targets, rows, obj, units, recorder, edits)
+        values = gradient_batch(inspector, inputs, targets, rows, obj, units, recorder, edits)
     else:
-        values = _ablation_batch(inspector, inputs, targets, obj, units, recorder, edits, means, cache_layers, copies_tokens)
+        values = ablation_batch(inspector, inputs, targets, obj, units, recorder, edits, means, cache_layers, copies_tokens)
     stats = recorder.stats.per_sentence() if recorder.stats.values else None  # [B, L, H, M] of the main stack
     classes = torch.full((b, len(units), h_max), len(PATTERN_CLASSES), dtype=torch.long)
     if stats is not None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
-from ...capture.ablation import HeadScale
-from .passes import _forward, _model_inputs
+from ...capture.ablation import HeadScale, UnitKey
+from ...capture.inspector import AttentionInspector
+from ...capture.interface import OutputEdit
+from ...capture.recorders import Recorder
+from .objectives import Objective
+from .passes import forward_pass, model_inputs
 
 
 @contextmanager
@@ -24,14 +28,23 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _gradient_batch(inspector, inputs, targets, rows, obj, units, stats, edits) -> torch.Tensor:  # noqa: ANN001
+def gradient_batch(
+    inspector: AttentionInspector,
+    inputs: dict[str, torch.Tensor],
+    targets: object,
+    rows: object,
+    obj: Objective,
+    units: list[tuple[UnitKey, int]],
+    stats: Recorder,
+    edits: Sequence[OutputEdit],
+) -> torch.Tensor:
     """``[B, units, heads, metrics]``: one pass with a gate on every head (``stats`` records the pattern
     statistics) and one backward pass; the importance is ``|dL/d gate|`` per sentence."""
     b = next(iter(inputs.values())).shape[0]
     h_max = max(h for _, h in units)
     gates = {u: torch.ones(b, h, device=inspector.device, requires_grad=True) for u, h in units}
     with torch.enable_grad(), _frozen(inspector.model):
-        output = _forward(inspector, _model_inputs(inputs, inspector.device), [stats], [*edits, HeadScale(gates)], grad=True)
+        output = forward_pass(inspector, model_inputs(inputs, inspector.device), [stats], [*edits, HeadScale(gates)], grad=True)
         if obj.needs_reference:
             with torch.no_grad():
                 targets = obj.set_reference(output, targets)

@@ -225,7 +225,7 @@ def default_objective(inspector: AttentionInspector, *, labels: bool = False, se
     return _Embedding(_pooling_of(inspector), seed)
 
 
-def _objective(inspector: AttentionInspector, objective: Objective | ObjectiveFn | None, labels: bool, seed: int) -> Objective:
+def resolve_objective(inspector: AttentionInspector, objective: Objective | ObjectiveFn | None, labels: bool, seed: int) -> Objective:
     if objective is None:
         return default_objective(inspector, labels=labels, seed=seed)
     if isinstance(objective, Objective):

@@ -13,10 +13,10 @@ from ...capture.inspector import AttentionInspector
 from ...core.errors import InputError
 from ..data import DataOptions, DataSpec
 from ..sources import DatasetSource
-from .ablation import _dataset_means, _groups_over_data
-from .data import BATCH_SIZE, _load
+from .ablation import dataset_means, groups_over_data
+from .data import BATCH_SIZE, load_importance_data
 from .engine import head_importance
-from .objectives import Objective, ObjectiveFn, _objective
+from .objectives import Objective, ObjectiveFn, resolve_objective
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -68,11 +68,11 @@ def pruning_curve(
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
     spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
-    src = _load(spec)
-    obj = _objective(inspector, objective, src.label_column is not None, seed)
+    src = load_importance_data(spec)
+    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
     common = dict(objective=obj, seed=seed, copies_tokens=copies_tokens)
     if how == "mean" and means is None:
-        means = _dataset_means(inspector, src, progress)
+        means = dataset_means(inspector, src, progress)
     use_means = means if how == "mean" else None
     if importance is None:
         importance = head_importance(inspector, spec, method=method, how=how, means=use_means, **common)
@@ -94,7 +94,7 @@ def pruning_curve(
                 rest = [hk for hk in order if hk not in set(removed)]
             removed = removed + rest[: k - len(removed)]
             groups.append(list(removed))
-    total, names = _groups_over_data(inspector, src, obj, groups, use_means, copies_tokens, progress, "pruning curve")
+    total, names = groups_over_data(inspector, src, obj, groups, use_means, copies_tokens, progress, "pruning curve")
     n = max(total.n, 1)
     rows = []
     prev: list[HeadKey] = []

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["write_importance_tables"]
 
 
-def _importance_frame(total: ShardStats, units: list[tuple[UnitKey, int]], obj: Objective, method: str, how: str) -> pd.DataFrame:
+def importance_frame(total: ShardStats, units: list[tuple[UnitKey, int]], obj: Objective, method: str, how: str) -> pd.DataFrame:
     n = max(total.n, 1)
     mean = total.sums / n
     var = np.clip((total.sumsq - n * np.square(mean)) / max(n - 1, 1), 0.0, None)
