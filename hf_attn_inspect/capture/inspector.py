@@ -428,13 +428,14 @@ class AttentionInspector:
         request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
         budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
-        for batch in self._batches(texts, pairs, batch_size, max_length, truncation):
+        for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
             results.extend(self.capture_batch(batch, budget=budget, request=request))
         return results[0] if single else results
 
-    def _batches(self, texts: list[str], pairs: list[str] | None, batch_size: int, max_length: int | None,
-                 truncation: bool) -> Iterator[Batch]:
-        """The texts (and pairs) encoded ``batch_size`` at a time, in order (:meth:`encode`)."""
+    def encode_batches(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 8,
+                       max_length: int | None = None, truncation: bool = True) -> Iterator[Batch]:
+        """``texts`` (with their ``pairs``, or None) encoded ``batch_size`` at a time, in order: one
+        :meth:`encode` batch per ``batch_size`` texts (the last one shorter)."""
         for start in range(0, len(texts), batch_size):
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             yield self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
@@ -497,7 +498,7 @@ class AttentionInspector:
         worst: MemoryEstimate | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)
-            for batch in self._batches(texts, pairs, batch_size, max_length, truncation):
+            for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
                 est = self.batch_estimate(batch, layer_list, head_list)
                 worst = est if worst is None or est.total > worst.total else worst
         if worst is None:

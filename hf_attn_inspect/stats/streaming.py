@@ -26,7 +26,7 @@ runs texts and returns the one-row-per-(layer, head) table of
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -347,38 +347,18 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- high level
-def run_streaming(
-    inspector: AttentionInspector,
-    batch: Batch,
-    *,
-    layers: Sequence[int] | None = None,
-    sparsity_threshold: float = 0.3,
-    local_window: int = LOCAL_WINDOW,
-    distance_edges: Sequence[int] | None = None,
-    q_tile: int = 256,
-    k_tile: int = 1024,
-    keep: Sequence[str] | None = None,
-    reduce: bool = False,
-) -> StreamingStatsRecorder:
+def run_streaming(inspector: AttentionInspector, batch: Batch, **options: Any) -> StreamingStatsRecorder:
     """Run one encoded ``batch`` through the inspector's model with a :class:`StreamingStatsRecorder`; return the recorder.
 
+    ``options`` are the recorder's keyword options (``layers``, ``sparsity_threshold``, ``local_window``,
+    ``distance_edges``, ``q_tile``, ``k_tile``, ``keep``, ``reduce``; an unknown one raises ``TypeError``).
     Only the model's backbone (``model.base_model``) runs, so no language-model head turns a long input
     into a ``[T, vocab]`` logits tensor. The recorder's ``rows`` hold the per-row statistics (``O(layers x
     heads x T)`` floats on CPU), or with ``reduce=True`` only ``recorder.metrics[stack][layer]`` (``{metric:
     [batch, heads]}``); the stacks' causality is in ``recorder.causal`` (and, after the run, in
     ``batch.causal_stacks``). The key masks are the batch's own (:meth:`~hf_attn_inspect.capture.inputs.Batch.stack_masks`).
     """
-    recorder = StreamingStatsRecorder(
-        batch.stack_masks(),
-        layers=layers,
-        sparsity_threshold=sparsity_threshold,
-        local_window=local_window,
-        distance_edges=distance_edges,
-        q_tile=q_tile,
-        k_tile=k_tile,
-        keep=keep,
-        reduce=reduce,
-    )
+    recorder = StreamingStatsRecorder(batch.stack_masks(), **options)
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
     runner.run(batch, recorder)  # run() calls recorder.finish()
@@ -424,10 +404,8 @@ def streaming_head_metrics(
     stack = which or ("encoder" if inspector.is_encoder_decoder else "self")
     per: list[dict[str, torch.Tensor]] = []
     layer_ids: list[int] | None = None
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        pchunk = None if pairs is None else list(pairs)[start : start + batch_size]
-        batch = inspector.encode(chunk, pchunk, max_length=max_length, truncation=truncation)
+    for batch in inspector.encode_batches(texts, None if pairs is None else list(pairs), batch_size=batch_size,
+                                          max_length=max_length, truncation=truncation):
         rec = run_streaming(inspector, batch, layers=layers, sparsity_threshold=sparsity_threshold,
                             local_window=local_window, q_tile=q_tile, k_tile=k_tile, reduce=True)
         if stack not in rec.rows:
