@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import InputError
-from ..masks import LazyMask
+from ..masks import LazyMask, additive_masked, all_valid, keep_to_additive
 from .common import LOCAL_WINDOW, as_4d, check_query_key, check_rank, edge_lists
 from .triton_kernel import fused_kernel, triton_mode
 
@@ -98,7 +98,7 @@ def fused_masks(
     once per batch and hand it to :func:`fused_attention_packed` for every layer.
     """
     b, s, dev = int(batch), int(keys), torch.device(device)
-    keep_vec = torch.ones(b, s, dtype=torch.bool, device=dev)
+    keep_vec = all_valid(b, s, dev)
     if isinstance(mask, LazyMask):
         plain = (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0
         if not plain:
@@ -115,9 +115,9 @@ def fused_masks(
                 keep_vec = keep_vec & (m[:, 0, 0, :] != 0).expand(b, s)
                 m = None
             else:
-                m = torch.zeros(m.shape, device=dev).masked_fill_(m == 0, float("-inf"))
+                m = keep_to_additive(m != 0, fill=float("-inf"))
         else:
-            m = m.float().masked_fill(m <= torch.finfo(m.dtype).min / 2, float("-inf"))
+            m = m.float().masked_fill(additive_masked(m), float("-inf"))
         if m is not None:
             bias = m if bias is None else bias.to(dev).float() + m
     elif mask is not None:
