@@ -22,6 +22,7 @@ from ..capture.inputs import Batch, KeyMasks
 from ..capture.interface import Site
 from ..capture.pooled import PooledRecorder
 from ..core.kernels import LOCAL_WINDOW
+from ..core.masks import all_valid
 from .metrics import METRICS, entropy_ratio, reduce_rows, row_quantities
 from .patterns import PatternThresholds, name_patterns
 from .tables import head_frame
@@ -58,7 +59,7 @@ class PooledStatsRecorder(PooledRecorder):
     def _valid(self, stack: str, b: int, t: int) -> KeyMasks:
         km = self.masks.get(stack)
         if km is None:
-            ones = torch.ones(b, t, dtype=torch.bool)
+            ones = all_valid(b, t)
             return KeyMasks(ones, torch.zeros_like(ones), torch.zeros_like(ones))
         return km
 

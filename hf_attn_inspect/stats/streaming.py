@@ -46,7 +46,7 @@ from ..core.kernels import (
     fused_available,
     fused_masks,
 )
-from ..core.masks import LazyMask, lazy_mask
+from ..core.masks import LazyMask, all_valid, lazy_mask
 from .metrics import METRICS, reduce_rows, row_quantities
 from .tables import head_frame
 
@@ -98,7 +98,7 @@ def streaming_metrics(
     """
     b, t = query.shape[0], query.shape[-2]
     if valid is None:
-        valid = torch.ones(b, t, dtype=torch.bool, device=query.device)
+        valid = all_valid(b, t, query.device)
     kwargs.setdefault("key_valid", valid)
     rows = attention_row_stats(query, key, causal=causal, **kwargs)
     return reduce_rows(rows, valid.to(query.device), causal=causal)
@@ -170,11 +170,7 @@ class StreamingStatsRecorder(Recorder):
         rows go to pinned host memory with asynchronous copies (CUDA) that :meth:`finish` waits for.
         """
         if self.reduce:
-            km = self._device_masks(site.stack, rows["entropy"].device)
-            ref = rows["entropy"]
-            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
-                                                                device=ref.device)
-            metrics = reduce_rows(rows, valid, causal=causal)
+            metrics = reduce_rows(rows, self._valid_for(site.stack, rows["entropy"]), causal=causal)
             self.metrics.setdefault(site.stack, {})[site.layer] = {k: v.detach() for k, v in metrics.items()}
             self.rows.setdefault(site.stack, {})[site.layer] = {}
             self._pending = True
@@ -201,11 +197,7 @@ class StreamingStatsRecorder(Recorder):
         for (stack, causal), items in self._packed.items():
             big = torch.stack([p for _, p in items], 2)  # [P, batch, layers, heads, T]
             rows = self._layout.rows(big)
-            ref = rows["entropy"]
-            km = self._device_masks(stack, ref.device)
-            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
-                                                                device=ref.device)
-            metrics = reduce_rows(rows, valid, causal=causal)  # {metric: [batch, layers, heads]}
+            metrics = reduce_rows(rows, self._valid_for(stack, rows["entropy"]), causal=causal)  # {metric: [batch, layers, heads]}
             dense = torch.stack([metrics[k] for k in METRICS], 0).permute(2, 0, 1, 3)  # [layers, M, batch, heads]
             host = dense.contiguous().cpu() if dense.device.type != "cpu" else dense
             for (layer, _), per_layer in zip(items, host.unbind(0)):
@@ -296,6 +288,12 @@ class StreamingStatsRecorder(Recorder):
         self._store(site, rows, is_causal)
         return output, None
 
+    def _valid_for(self, stack: str, ref: torch.Tensor) -> torch.Tensor:
+        """The stack's valid-token mask ``[batch, T]`` on ``ref``'s device (``ref``: a ``[batch, ..., T]`` row
+        tensor); every token valid when the stack has no masks."""
+        km = self._device_masks(stack, ref.device)
+        return km.valid if km is not None else all_valid(ref.shape[0], ref.shape[-1], ref.device)
+
     def _device_masks(self, stack: str, device: torch.device) -> KeyMasks | None:
         """The stack's key masks on ``device``, copied there once per probe (not once per layer)."""
         km = self.masks.get(stack)
@@ -314,7 +312,7 @@ class StreamingStatsRecorder(Recorder):
             return
         km = self.masks.get(site.stack)
         b, t = weights.shape[0], weights.shape[-1]
-        valid = km.valid if km is not None else torch.ones(b, t, dtype=torch.bool)
+        valid = km.valid if km is not None else all_valid(b, t)
         w = weights.float()
         rows = row_quantities(w, valid.to(w.device), special=None if km is None else km.special,
                               punctuation=None if km is None else km.punctuation,
