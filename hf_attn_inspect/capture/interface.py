@@ -94,12 +94,6 @@ class AttentionCall:
         """True when the calling module is causal (decoder self-attention)."""
         return bool(getattr(self.module, "is_causal", False))
 
-    def reference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(output, weights)`` of this call from the reference kernel (float32 weights ``[batch, heads, T_q, T_k]``)."""
-        return scaled_dot_product_attention_with_weights(
-            self.query, self.key, self.value, self.mask, scale=self.scaling, softcap=self.softcap
-        )
-
 
 class Probe:
     """Receives every attention call of a forward pass and returns the layer's output.
@@ -114,7 +108,9 @@ class Probe:
 
     def attend(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(output [batch, heads, query, head_dim], weights or None)`` for one attention call."""
-        output, weights = call.reference()
+        output, weights = scaled_dot_product_attention_with_weights(
+            call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
+        )
         self.record(call.site, weights)
         return output, weights
 

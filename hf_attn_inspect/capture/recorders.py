@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from ..core.errors import CaptureError
-from ..core.kernels import fast_attention_output
+from ..core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
 from .interface import AttentionCall, Probe, Site
 
 __all__ = ["AttentionCall", "Recorder", "RecordingProbe", "KeepingRecorder", "WeightsRecorder", "as_probe"]
@@ -89,7 +89,10 @@ class RecordingProbe(Probe):
         if self.computing is not None:
             call.output, call.weights = self.computing.compute(call)
         elif self.needs_weights:
-            call.output, call.weights = call.reference()
+            # the reference core of every run is this module's name (tests plant errors in it here)
+            call.output, call.weights = scaled_dot_product_attention_with_weights(
+                call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
+            )
         else:
             call.output = fast_attention_output(
                 call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
