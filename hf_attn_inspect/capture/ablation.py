@@ -33,6 +33,7 @@ import torch
 
 from ..core.errors import CaptureError, InputError
 from ..core.stacks import DECODER, ENCODER, SELF, STACKS, query_stack
+from ..core.masks import all_valid
 from .inputs import Batch
 from .inspector import AttentionInspector
 from .interface import OutputEdit, Probe, Site, capture
@@ -193,7 +194,7 @@ class MeanOutputRecorder(Recorder):
             return
         valid = self.query_valid.get(call.site.stack)
         if valid is None:
-            valid = torch.ones(out.shape[0], out.shape[2], dtype=torch.bool)
+            valid = all_valid(out.shape[0], out.shape[2])
         w = valid.to(out.device, torch.float64)[:, None, :, None]  # [B, 1, T, 1]
         total = (out.double() * w).sum((0, 2)).cpu()
         k = (call.site.stack, call.site.layer)

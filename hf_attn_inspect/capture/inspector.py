@@ -416,12 +416,9 @@ class AttentionInspector:
         once instead of ``measures``/``layers``/``heads``.
         """
         single = isinstance(text_or_texts, str)
-        texts = [text_or_texts] if single else list(text_or_texts)
+        texts, pairs = _text_lists(text_or_texts, text_pair)
         if not texts:
             raise InputError("no text given")
-        pairs = None
-        if text_pair is not None:
-            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
         if request is not None and (measures is not None or layers is not None or heads is not None):
             raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
         layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
@@ -430,11 +427,17 @@ class AttentionInspector:
         request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
         budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
-        for start in range(0, len(texts), batch_size):
-            chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
-            batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+        for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
             results.extend(self.capture_batch(batch, budget=budget, request=request))
         return results[0] if single else results
+
+    def encode_batches(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 8,
+                       max_length: int | None = None, truncation: bool = True) -> Iterator[Batch]:
+        """``texts`` (with their ``pairs``, or None) encoded ``batch_size`` at a time, in order: one
+        :meth:`encode` batch per ``batch_size`` texts (the last one shorter)."""
+        for start in range(0, len(texts), batch_size):
+            chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
+            yield self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
 
     def capture_batch(
         self,
@@ -496,16 +499,13 @@ class AttentionInspector:
         masks, a rough allowance for its activations and, for language models, the ``[T, vocab]`` logits.
         Tokenization only; the model does not run.
         """
-        texts = [text_or_texts] if isinstance(text_or_texts, str) else list(text_or_texts)
-        pairs = None if text_pair is None else ([text_pair] if isinstance(text_pair, str) else list(text_pair))
+        texts, pairs = _text_lists(text_or_texts, text_pair)
         layer_list = self._check_indices(layers, "layer", 0)
         head_list = self._check_indices(heads, "head", 1)
         worst: MemoryEstimate | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)
-            for start in range(0, len(texts), batch_size):
-                chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
-                batch = self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+            for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
                 est = self.batch_estimate(batch, layer_list, head_list)
                 worst = est if worst is None or est.total > worst.total else worst
         if worst is None:
@@ -665,6 +665,13 @@ class AttentionInspector:
                 )
             )
         return out
+
+
+def _text_lists(text_or_texts: str | Sequence[str], text_pair: str | Sequence[str] | None) -> tuple[list[str], list[str] | None]:
+    """One text or a list of texts (and their pairs, or None) as lists."""
+    texts = [text_or_texts] if isinstance(text_or_texts, str) else list(text_or_texts)
+    pairs = None if text_pair is None else ([text_pair] if isinstance(text_pair, str) else list(text_pair))
+    return texts, pairs
 
 
 def _with_weights(request: CaptureRequest) -> CaptureRequest:

@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -35,6 +35,7 @@ from ..core.stacks import CROSS, DECODER, ENCODER, SELF
 __all__ = [
     "ATTENTION_NAME",
     "Site",
+    "AttentionCall",
     "Probe",
     "OutputEdit",
     "capture",
@@ -59,32 +60,59 @@ class Site:
     name: str = ""
 
 
+@dataclass
+class AttentionCall:
+    """One attention call as the probe and its recorders see it.
+
+    ``query`` is ``[batch, heads, T_q, head_dim]`` (after RoPE), ``key``/``value`` ``[batch, kv_heads, T_k,
+    head_dim]`` (``kv_heads`` may be fewer than ``heads``: grouped-query attention; repeat them with
+    :func:`~hf_attn_inspect.core.kernels.repeat_kv`), ``mask`` the model's mask (an additive float ``[batch, 1,
+    T_q, T_k]`` tensor from ``eager_mask``, a lazy mask for the pooled and streamed paths, or None). After the
+    probe computed the layer, ``output`` is ``[batch, heads, T_q, head_dim]`` (each head's output before the
+    output projection, padding rows included) and ``weights`` the float32 ``[batch, heads, T_q, T_k]`` weights
+    when some recorder needed them, else None. On the eager fallback (models that do not dispatch through
+    transformers' attention interface) only ``site`` and ``weights`` are set and ``module`` is None.
+    """
+
+    site: Site
+    module: torch.nn.Module | None = None
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    mask: Any = None
+    scaling: float | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    @property
+    def softcap(self) -> float | None:
+        """The model's logit soft-capping (Gemma 2), None without it."""
+        return self.kwargs.get("softcap")
+
+    @property
+    def causal(self) -> bool:
+        """True when the calling module is causal (decoder self-attention)."""
+        return bool(getattr(self.module, "is_causal", False))
+
+
 class Probe:
     """Receives every attention call of a forward pass and returns the layer's output.
 
     The base class computes the output and weights with the reference core and passes the weights to
     :meth:`record`; subclasses override :meth:`record` to keep what they need (all weights, a subset of
     heads, per-sentence statistics), or :meth:`attend` to compute differently (e.g. statistics from the
-    query and key while the output comes from a fast kernel). ``mask`` is the model's additive float
-    mask ``[batch, 1, query, key]`` built by ``eager_mask`` (0 = attend, dtype minimum = masked) or None.
+    query and key while the output comes from a fast kernel). :meth:`attend` receives the call as an
+    :class:`AttentionCall`, whose ``mask`` is the model's additive float mask ``[batch, 1, query, key]``
+    built by ``eager_mask`` (0 = attend, dtype minimum = masked) or None.
     """
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attend(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(output [batch, heads, query, head_dim], weights or None)`` for one attention call."""
         output, weights = scaled_dot_product_attention_with_weights(
-            query, key, value, mask, scale=scaling, softcap=kwargs.get("softcap")
+            call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
         )
-        self.record(site, weights)
+        self.record(call.site, weights)
         return output, weights
 
     def __repr__(self) -> str:
@@ -187,7 +215,8 @@ def _attention_function(
         return output.transpose(1, 2).contiguous(), weights
     state.calls += 1
     site = state.site_of(module)
-    output, weights = state.probe.attend(site, module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+    call = AttentionCall(site, module, query, key, value, attention_mask, scaling, {"dropout": dropout, **kwargs})
+    output, weights = state.probe.attend(call)
     for edit in state.edits:
         output = edit.apply(site, output)
     return output.transpose(1, 2).contiguous(), weights

@@ -26,7 +26,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.kernels import fast_attention_with_weights, repeat_kv, scaled_dot_product_attention_with_weights
-from ..core.masks import LazyMask, lazy_mask
+from ..core.masks import LazyMask, keep_to_additive, lazy_mask
 from .interface import Site, register_implementation
 from .recorders import AttentionCall, Recorder
 
@@ -177,7 +177,7 @@ class PooledRecorder(Recorder):
             if fast:
                 add = None
                 if rows_mask is not None and not bool(rows_mask.all()):
-                    add = torch.zeros(rows_mask.shape, device=query.device).masked_fill_(~rows_mask, torch.finfo(torch.float32).min)
+                    add = keep_to_additive(rows_mask, device=query.device)
                 out, w = fast_attention_with_weights(query[..., q0:q1, :], key_h, value_h, add, scaling, scratch)
                 scratch = w
             else:

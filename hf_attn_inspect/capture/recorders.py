@@ -19,52 +19,15 @@ engines' statistics recorders next to their engines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from ..core.errors import CaptureError
 from ..core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
-from .interface import Probe, Site
+from .interface import AttentionCall, Probe, Site
 
 __all__ = ["AttentionCall", "Recorder", "RecordingProbe", "KeepingRecorder", "WeightsRecorder", "as_probe"]
-
-
-@dataclass
-class AttentionCall:
-    """One attention call as a recorder sees it.
-
-    ``query`` is ``[batch, heads, T_q, head_dim]`` (after RoPE), ``key``/``value`` ``[batch, kv_heads, T_k,
-    head_dim]`` (``kv_heads`` may be fewer than ``heads``: grouped-query attention; repeat them with
-    :func:`~hf_attn_inspect.core.kernels.repeat_kv`), ``mask`` the model's mask (an additive float ``[batch, 1,
-    T_q, T_k]`` tensor from ``eager_mask``, a lazy mask for the pooled and streamed paths, or None). After the
-    probe computed the layer, ``output`` is ``[batch, heads, T_q, head_dim]`` (each head's output before the
-    output projection, padding rows included) and ``weights`` the float32 ``[batch, heads, T_q, T_k]`` weights
-    when some recorder needed them, else None. On the eager fallback (models that do not dispatch through
-    transformers' attention interface) only ``site`` and ``weights`` are set and ``module`` is None.
-    """
-
-    site: Site
-    module: torch.nn.Module | None = None
-    query: torch.Tensor | None = None
-    key: torch.Tensor | None = None
-    value: torch.Tensor | None = None
-    mask: Any = None
-    scaling: float | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    output: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
-
-    @property
-    def softcap(self) -> float | None:
-        """The model's logit soft-capping (Gemma 2), None without it."""
-        return self.kwargs.get("softcap")
-
-    @property
-    def causal(self) -> bool:
-        """True when the calling module is causal (decoder self-attention)."""
-        return bool(getattr(self.module, "is_causal", False))
 
 
 class Recorder:
@@ -122,26 +85,18 @@ class RecordingProbe(Probe):
     def __repr__(self) -> str:
         return " + ".join(type(r).__name__ for r in self.recorders) or "RecordingProbe"
 
-    def attend(
-        self,
-        site: Site,
-        module: torch.nn.Module,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        mask: torch.Tensor | None,
-        scaling: float | None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        call = AttentionCall(site, module, query, key, value, mask, scaling, kwargs)
+    def attend(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.computing is not None:
             call.output, call.weights = self.computing.compute(call)
         elif self.needs_weights:
+            # the reference core of every run is this module's name (tests plant errors in it here)
             call.output, call.weights = scaled_dot_product_attention_with_weights(
-                query, key, value, mask, scale=scaling, softcap=call.softcap
+                call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
             )
         else:
-            call.output = fast_attention_output(query, key, value, mask, scale=scaling, softcap=call.softcap)
+            call.output = fast_attention_output(
+                call.query, call.key, call.value, call.mask, scale=call.scaling, softcap=call.softcap
+            )
         for recorder in self.others:
             recorder.record(call)
         return call.output, call.weights

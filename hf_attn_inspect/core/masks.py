@@ -25,7 +25,7 @@ from transformers.masking_utils import (
     sdpa_mask,
 )
 
-__all__ = ["mask_to_keep", "LazyMask", "lazy_mask", "MaskFunction"]
+__all__ = ["mask_to_keep", "additive_masked", "keep_to_additive", "all_valid", "LazyMask", "lazy_mask", "MaskFunction"]
 
 #: A transformers mask function: ``(batch_idx, head_idx, q_idx, kv_idx) -> keep`` (True = attend).
 MaskFunction = Callable[[int, int, int, int], "torch.Tensor | bool"]
@@ -46,11 +46,38 @@ def mask_to_keep(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     is_binary = bool(((mask == 0) | (mask == 1)).all()) and bool((mask == 1).any())
     if is_binary:
         return mask != 0, None
-    masked = mask <= torch.finfo(mask.dtype).min / 2  # also catches -inf
+    masked = additive_masked(mask)
     bias = torch.where(masked, torch.zeros((), dtype=mask.dtype, device=mask.device), mask)
     if not bool((bias != 0).any()):
         bias = None
     return ~masked, bias
+
+
+def additive_masked(mask: torch.Tensor) -> torch.Tensor:
+    """Where an additive float mask masks: True at or below half of its dtype's minimum (also ``-inf``),
+    False where it attends (0) or adds a finite bias."""
+    return mask <= torch.finfo(mask.dtype).min / 2
+
+
+def keep_to_additive(
+    keep: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+    *,
+    fill: float | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The additive mask of a boolean *keep* mask, to add to attention scores: 0 where ``keep`` is True and
+    ``fill`` where it is False (default: the smallest finite value of ``dtype``, as transformers' masks; kernels
+    that want exact zero weights pass ``float("-inf")``). A ``dtype`` tensor of ``keep``'s shape on ``device``
+    (default: ``keep``'s)."""
+    add = torch.zeros(keep.shape, dtype=dtype, device=keep.device if device is None else device)
+    return add.masked_fill_(~keep, torch.finfo(dtype).min if fill is None else fill)
+
+
+def all_valid(batch: int, length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A ``[batch, length]`` boolean mask with every token valid (True): the query/key validity mask used when
+    none is given (no padding)."""
+    return torch.ones(batch, length, dtype=torch.bool, device=device)
 
 
 @dataclass

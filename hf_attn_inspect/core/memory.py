@@ -15,7 +15,6 @@ the toolkit estimates what a call would keep before running it and compares the 
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 from contextlib import contextmanager

@@ -36,6 +36,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.kernels import LOCAL_WINDOW
+from ..core.masks import all_valid
 
 __all__ = [
     "HEAD_METRICS",
@@ -109,7 +110,7 @@ def sentence_metrics(
     if w.shape[-2] != t:
         raise InputError(f"metrics need square self-attention [.., T, T], got {tuple(w.shape)}")
     if valid is None:
-        valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
+        valid = all_valid(b, t, w.device)
     rows, w, cells, scratch = _rows(
         w, valid, special=special, punctuation=punctuation, sparsity_threshold=sparsity_threshold,
         local_window=local_window, power_sums=False,
@@ -282,7 +283,7 @@ def column_share(weights: torch.Tensor, valid: torch.Tensor | None = None) -> tu
     b, t = w.shape[0], w.shape[-1]
     extra = (1,) * (w.dim() - 3)
     if valid is None:
-        valid = torch.ones(b, t, dtype=torch.bool, device=w.device)
+        valid = all_valid(b, t, w.device)
     v = valid.to(w.device).float()
     cols = torch.matmul(v.reshape(b, *extra, 1, t), w).squeeze(-2)  # sum over the valid query rows
     cols = cols * v.reshape(b, *extra, t) / v.sum(-1).clamp_min(1.0).reshape(b, *extra, 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -24,6 +23,7 @@ from ..capture.pooled import PooledRecorder
 from ..core.kernels import LOCAL_WINDOW
 from ..core.stacks import is_self_attention
 from .metrics import HEAD_METRICS, METRICS, entropy_ratio, reduce_rows, row_quantities
+from ..core.masks import all_valid
 from .patterns import PatternThresholds, name_patterns
 from .tables import head_frame
 
@@ -59,7 +59,7 @@ class PooledStatsRecorder(PooledRecorder):
     def _valid(self, stack: str, b: int, t: int) -> KeyMasks:
         km = self.masks.get(stack)
         if km is None:
-            ones = torch.ones(b, t, dtype=torch.bool)
+            ones = all_valid(b, t)
             return KeyMasks(ones, torch.zeros_like(ones), torch.zeros_like(ones))
         return km
 

@@ -26,7 +26,7 @@ runs texts and returns the one-row-per-(layer, head) table of
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -46,8 +46,8 @@ from ..core.kernels import (
     fused_available,
     fused_masks,
 )
-from ..core.masks import LazyMask, lazy_mask
 from ..core.stacks import is_self_attention, main_stack
+from ..core.masks import LazyMask, all_valid, lazy_mask
 from .metrics import METRICS, reduce_rows, row_quantities
 from .tables import head_frame
 
@@ -99,7 +99,7 @@ def streaming_metrics(
     """
     b, t = query.shape[0], query.shape[-2]
     if valid is None:
-        valid = torch.ones(b, t, dtype=torch.bool, device=query.device)
+        valid = all_valid(b, t, query.device)
     kwargs.setdefault("key_valid", valid)
     rows = attention_row_stats(query, key, causal=causal, **kwargs)
     return reduce_rows(rows, valid.to(query.device), causal=causal)
@@ -171,11 +171,7 @@ class StreamingStatsRecorder(Recorder):
         rows go to pinned host memory with asynchronous copies (CUDA) that :meth:`finish` waits for.
         """
         if self.reduce:
-            km = self._device_masks(site.stack, rows["entropy"].device)
-            ref = rows["entropy"]
-            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
-                                                                device=ref.device)
-            metrics = reduce_rows(rows, valid, causal=causal)
+            metrics = reduce_rows(rows, self._valid_for(site.stack, rows["entropy"]), causal=causal)
             self.metrics.setdefault(site.stack, {})[site.layer] = {k: v.detach() for k, v in metrics.items()}
             self.rows.setdefault(site.stack, {})[site.layer] = {}
             self._pending = True
@@ -202,11 +198,7 @@ class StreamingStatsRecorder(Recorder):
         for (stack, causal), items in self._packed.items():
             big = torch.stack([p for _, p in items], 2)  # [P, batch, layers, heads, T]
             rows = self._layout.rows(big)
-            ref = rows["entropy"]
-            km = self._device_masks(stack, ref.device)
-            valid = km.valid if km is not None else torch.ones(ref.shape[0], ref.shape[-1], dtype=torch.bool,
-                                                                device=ref.device)
-            metrics = reduce_rows(rows, valid, causal=causal)  # {metric: [batch, layers, heads]}
+            metrics = reduce_rows(rows, self._valid_for(stack, rows["entropy"]), causal=causal)  # {metric: [batch, layers, heads]}
             dense = torch.stack([metrics[k] for k in METRICS], 0).permute(2, 0, 1, 3)  # [layers, M, batch, heads]
             host = dense.contiguous().cpu() if dense.device.type != "cpu" else dense
             for (layer, _), per_layer in zip(items, host.unbind(0)):
@@ -297,6 +289,12 @@ class StreamingStatsRecorder(Recorder):
         self._store(site, rows, is_causal)
         return output, None
 
+    def _valid_for(self, stack: str, ref: torch.Tensor) -> torch.Tensor:
+        """The stack's valid-token mask ``[batch, T]`` on ``ref``'s device (``ref``: a ``[batch, ..., T]`` row
+        tensor); every token valid when the stack has no masks."""
+        km = self._device_masks(stack, ref.device)
+        return km.valid if km is not None else all_valid(ref.shape[0], ref.shape[-1], ref.device)
+
     def _device_masks(self, stack: str, device: torch.device) -> KeyMasks | None:
         """The stack's key masks on ``device``, copied there once per probe (not once per layer)."""
         km = self.masks.get(stack)
@@ -315,7 +313,7 @@ class StreamingStatsRecorder(Recorder):
             return
         km = self.masks.get(site.stack)
         b, t = weights.shape[0], weights.shape[-1]
-        valid = km.valid if km is not None else torch.ones(b, t, dtype=torch.bool)
+        valid = km.valid if km is not None else all_valid(b, t)
         w = weights.float()
         rows = row_quantities(w, valid.to(w.device), special=None if km is None else km.special,
                               punctuation=None if km is None else km.punctuation,
@@ -348,38 +346,18 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- high level
-def run_streaming(
-    inspector: AttentionInspector,
-    batch: Batch,
-    *,
-    layers: Sequence[int] | None = None,
-    sparsity_threshold: float = 0.3,
-    local_window: int = LOCAL_WINDOW,
-    distance_edges: Sequence[int] | None = None,
-    q_tile: int = 256,
-    k_tile: int = 1024,
-    keep: Sequence[str] | None = None,
-    reduce: bool = False,
-) -> StreamingStatsRecorder:
+def run_streaming(inspector: AttentionInspector, batch: Batch, **options: Any) -> StreamingStatsRecorder:
     """Run one encoded ``batch`` through the inspector's model with a :class:`StreamingStatsRecorder`; return the recorder.
 
+    ``options`` are the recorder's keyword options (``layers``, ``sparsity_threshold``, ``local_window``,
+    ``distance_edges``, ``q_tile``, ``k_tile``, ``keep``, ``reduce``; an unknown one raises ``TypeError``).
     Only the model's backbone (``model.base_model``) runs, so no language-model head turns a long input
     into a ``[T, vocab]`` logits tensor. The recorder's ``rows`` hold the per-row statistics (``O(layers x
     heads x T)`` floats on CPU), or with ``reduce=True`` only ``recorder.metrics[stack][layer]`` (``{metric:
     [batch, heads]}``); the stacks' causality is in ``recorder.causal`` (and, after the run, in
     ``batch.causal_stacks``). The key masks are the batch's own (:meth:`~hf_attn_inspect.capture.inputs.Batch.stack_masks`).
     """
-    recorder = StreamingStatsRecorder(
-        batch.stack_masks(),
-        layers=layers,
-        sparsity_threshold=sparsity_threshold,
-        local_window=local_window,
-        distance_edges=distance_edges,
-        q_tile=q_tile,
-        k_tile=k_tile,
-        keep=keep,
-        reduce=reduce,
-    )
+    recorder = StreamingStatsRecorder(batch.stack_masks(), **options)
     backbone = getattr(inspector.model, "base_model", inspector.model)
     runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
     runner.run(batch, recorder)  # run() calls recorder.finish()
@@ -425,10 +403,8 @@ def streaming_head_metrics(
     stack = which or main_stack(inspector.is_encoder_decoder)
     per: list[dict[str, torch.Tensor]] = []
     layer_ids: list[int] | None = None
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        pchunk = None if pairs is None else list(pairs)[start : start + batch_size]
-        batch = inspector.encode(chunk, pchunk, max_length=max_length, truncation=truncation)
+    for batch in inspector.encode_batches(texts, None if pairs is None else list(pairs), batch_size=batch_size,
+                                          max_length=max_length, truncation=truncation):
         rec = run_streaming(inspector, batch, layers=layers, sparsity_threshold=sparsity_threshold,
                             local_window=local_window, q_tile=q_tile, k_tile=k_tile, reduce=True)
         if stack not in rec.rows:

@@ -21,6 +21,7 @@ import torch
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.stacks import DECODER, SELF, is_main
+from ..core.masks import all_valid
 from ..core.tokens import punctuation_mask
 from .metrics import METRICS, sentence_metrics
 
@@ -145,7 +146,7 @@ def head_weights(
     if weights.dim() != 5:
         raise InputError(f"weights must be at most [batch, layers, heads, T, T], got {tuple(weights.shape)}")
     if valid is None:
-        valid = torch.ones(weights.shape[0], weights.shape[-1], dtype=torch.bool)
+        valid = all_valid(weights.shape[0], weights.shape[-1])
     valid = torch.as_tensor(valid).bool().reshape(weights.shape[0], weights.shape[-1])
     m = sentence_metrics(weights, valid, causal=bool(causal), sparsity_threshold=sparsity_threshold)
     return HeadWeights(weights, valid, m, list(range(weights.shape[1])), list(range(weights.shape[2])), None)

@@ -385,22 +385,11 @@ def explorer_html(
     return head + data + rest
 
 
-def write_explorer(
-    result: AttentionResult,
-    path: str | os.PathLike,
-    *,
-    classes: HeadClasses | None = None,
-    metrics: bool = True,
-    rollout: bool = True,
-    title: str | None = None,
-    importance: pd.DataFrame | None = None,
-    pooled: ExplorerCapture | None = None,
-) -> Path:
-    """Write :func:`explorer_html` of ``result`` (same options) to ``path`` atomically (temporary file,
-    then rename); returns the path."""
-    page = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title, importance=importance,
-                         pooled=pooled)
-    return write_text(page, path)
+def write_explorer(result: AttentionResult, path: str | os.PathLike, **options: Any) -> Path:
+    """Write :func:`explorer_html` of ``result`` to ``path`` atomically (temporary file, then rename); returns
+    the path. ``options`` are :func:`explorer_html`'s (``classes``, ``metrics``, ``rollout``, ``title``,
+    ``importance``, ``pooled``)."""
+    return write_text(explorer_html(result, **options), path)
 
 
 def iframe_html(page: str, height: int = 720) -> str:

@@ -255,16 +255,22 @@ def plot_model_view(
         for hi in range(nh):
             ax = axes[li, hi]
             im = ax.imshow(w[li, hi], cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if hi == 0:
-                ax.set_ylabel(f"L{layer_ids[li]}", fontsize=9, rotation=0, labelpad=14, va="center")
-            if li == 0:
-                ax.set_title(f"H{head_ids[hi]}", fontsize=9)
+            label_model_view_cell(ax, li, hi, layer_ids, head_ids)
     _colorbar(fig, im, scale, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02, aspect=30)
     if title:
         fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
     return fig
+
+
+def label_model_view_cell(ax: Axes, li: int, hi: int, layer_ids: Sequence[int], head_ids: Sequence[int]) -> None:
+    """Style thumbnail ``(li, hi)`` of a layers x heads grid: no ticks; the first column names the model's
+    layer (``L<i>``), the first row the head (``H<j>``)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if hi == 0:
+        ax.set_ylabel(f"L{layer_ids[li]}", fontsize=9, rotation=0, labelpad=14, va="center")
+    if li == 0:
+        ax.set_title(f"H{head_ids[hi]}", fontsize=9)
 
 
 def _max_pool(w: np.ndarray, cells: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from .plotting import label_model_view_cell
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,10 +48,22 @@ def _norm(vmax: float):
 
 
 def _draw(ax: Axes, shares: np.ndarray, q_edges, k_edges, norm, cmap: str):
+    """Draw one head's block shares on ``ax`` against token positions (queries top to bottom); return the mesh."""
     n_q, n_k = int(q_edges[-1]), int(k_edges[-1])
     # pcolormesh with the real edges: the last, shorter block is drawn at its true width
-    return ax.pcolormesh(np.asarray(k_edges), np.asarray(q_edges), shares, cmap=cmap, norm=norm, shading="flat",
-                         rasterized=True), n_q, n_k
+    mesh = ax.pcolormesh(np.asarray(k_edges), np.asarray(q_edges), shares, cmap=cmap, norm=norm, shading="flat",
+                         rasterized=True)
+    ax.set_xlim(0, n_k)
+    ax.set_ylim(n_q, 0)
+    return mesh
+
+
+def _shares(pooled: torch.Tensor | np.ndarray, q_edges: torch.Tensor | np.ndarray, ndim: int, what: str) -> np.ndarray:
+    """:func:`block_shares` of ``pooled``, which must have ``ndim`` axes (``what``: the name of that shape)."""
+    shares = block_shares(pooled, q_edges)
+    if shares.ndim != ndim:
+        raise InputError(f"pooled attention {what}, got shape {shares.shape}")
+    return shares
 
 
 def plot_pooled_heatmap(
@@ -67,16 +80,12 @@ def plot_pooled_heatmap(
 
     Rows are query positions (top to bottom), columns key positions; each cell is :func:`block_shares`.
     """
-    shares = block_shares(pooled, q_edges)
-    if shares.ndim != 2:
-        raise InputError(f"pooled attention of one head must be [query blocks, key blocks], got shape {shares.shape}")
+    shares = _shares(pooled, q_edges, 2, "of one head must be [query blocks, key blocks]")
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 6.2))
-    mesh, n_q, n_k = _draw(ax, shares, q_edges, k_edges, _norm(float(shares.max())), cmap)
-    ax.set_xlim(0, n_k)
-    ax.set_ylim(n_q, 0)
+    mesh = _draw(ax, shares, q_edges, k_edges, _norm(float(shares.max())), cmap)
     ax.set_xlabel("key position")
     ax.set_ylabel("query position")
     if colorbar:
@@ -102,9 +111,7 @@ def plot_pooled_heads(
     One panel per head (titled with its model index), one shared square-root colour scale and colour bar;
     token positions on the left column's and bottom row's axes.
     """
-    shares = block_shares(pooled, q_edges)
-    if shares.ndim != 3:
-        raise InputError(f"pooled attention of a layer must be [heads, query blocks, key blocks], got shape {shares.shape}")
+    shares = _shares(pooled, q_edges, 3, "of a layer must be [heads, query blocks, key blocks]")
     import matplotlib.pyplot as plt
 
     h = shares.shape[0]
@@ -120,9 +127,7 @@ def plot_pooled_heads(
         if idx >= h:
             ax.axis("off")
             continue
-        mesh, n_q, n_k = _draw(ax, shares[idx], q_edges, k_edges, norm, cmap)
-        ax.set_xlim(0, n_k)
-        ax.set_ylim(n_q, 0)
+        mesh = _draw(ax, shares[idx], q_edges, k_edges, norm, cmap)
         ax.set_title(f"head {head_ids[idx]}", fontsize=10)
         row, col = divmod(idx, ncols)
         if col != 0:
@@ -154,9 +159,7 @@ def plot_pooled_model_view(
     says so); rows are labelled with the model's layer index, columns with the head index. The default
     title names the number of tokens and the block size, so the figure says it is pooled.
     """
-    shares = block_shares(pooled, q_edges)
-    if shares.ndim != 4:
-        raise InputError(f"pooled attention must be [layers, heads, query blocks, key blocks], got shape {shares.shape}")
+    shares = _shares(pooled, q_edges, 4, "must be [layers, heads, query blocks, key blocks]")
     import matplotlib.pyplot as plt
 
     nl, nh, nq, nk = shares.shape
@@ -171,15 +174,8 @@ def plot_pooled_model_view(
     for li in range(nl):
         for hi in range(nh):
             ax = axes[li, hi]
-            mesh, n_q, n_k = _draw(ax, shares[li, hi], q_edges, k_edges, norm, cmap)
-            ax.set_xlim(0, n_k)
-            ax.set_ylim(n_q, 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if hi == 0:
-                ax.set_ylabel(f"L{layer_ids[li]}", fontsize=9, rotation=0, labelpad=14, va="center")
-            if li == 0:
-                ax.set_title(f"H{head_ids[hi]}", fontsize=9)
+            mesh = _draw(ax, shares[li, hi], q_edges, k_edges, norm, cmap)
+            label_model_view_cell(ax, li, hi, layer_ids, head_ids)
     if mesh is not None:
         fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02, label=_LABEL)
     if title is None:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import InputError
-from ..masks import LazyMask, mask_to_keep
+from ..masks import LazyMask, keep_to_additive, mask_to_keep
 from .common import LOCAL_WINDOW, as_4d, check_query_key, edge_lists
 
 __all__ = ["attention_row_stats"]
@@ -237,11 +237,11 @@ def _row_stats(
     if gemm_ref:
         kscore[..., d] = 1.0
     if bilinear and pad_keep is not None:
-        padcol = torch.zeros(b, s, device=dev, dtype=f32).masked_fill_(~pad_keep, ninf)
+        padcol = keep_to_additive(pad_keep, f32, fill=ninf, device=dev)
         kscore[..., n_score - 1] = padcol.repeat_interleave(hkv, 0)
     padadd = None
     if pad_keep is not None and not bilinear:  # softcap: the padding is added after the cap
-        padadd = torch.zeros(b, s, device=dev, dtype=f32).masked_fill_(~pad_keep, ninf).reshape(b, 1, 1, 1, s)
+        padadd = keep_to_additive(pad_keep, f32, fill=ninf, device=dev).reshape(b, 1, 1, 1, s)
     kscore_t = kscore.transpose(1, 2)
     koff = d if bilinear else 0
     c_one, c_dist = koff, koff + 1
@@ -285,7 +285,7 @@ def _row_stats(
             allow = dd >= 0 if causal else torch.ones_like(dd, dtype=torch.bool)
             if window is not None:
                 allow = allow & (dd < window if causal else dd.abs() < window)
-            cache[key_] = torch.zeros(tq, 1, tk, device=dev, dtype=f32).masked_fill_(~allow[:, None, :], ninf)
+            cache[key_] = keep_to_additive(allow[:, None, :], f32, fill=ninf, device=dev)
         return cache[key_]
 
     def absdist(rel0: int, tq: int, tk: int) -> torch.Tensor:
@@ -358,7 +358,7 @@ def _row_stats(
                     bias5 = _row_layout(bias.to(dev).to(f32) * _LOG2E, hkv, g)
                     sc5.add_(bias5)
                 if keep is not None and not bool(keep.all()):
-                    addm = torch.zeros(keep.shape, device=dev, dtype=f32).masked_fill_(~keep.to(dev).bool(), ninf)
+                    addm = keep_to_additive(keep.to(dev).bool(), f32, fill=ninf)
                     sc5.add_(_row_layout(addm, hkv, g))
             if index_mask:
                 sc4.add_(band(pmin - k0, tq, tk))

@@ -9,12 +9,12 @@ imported from it until a kernel runs. The PyTorch kernels stay the fallback and 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import InputError
-from ..masks import LazyMask
+from ..masks import LazyMask, additive_masked, all_valid, keep_to_additive
 from .common import LOCAL_WINDOW, as_4d, check_query_key, check_rank, edge_lists
 from .triton_kernel import fused_kernel, triton_mode
 
@@ -98,7 +98,7 @@ def fused_masks(
     once per batch and hand it to :func:`fused_attention_packed` for every layer.
     """
     b, s, dev = int(batch), int(keys), torch.device(device)
-    keep_vec = torch.ones(b, s, dtype=torch.bool, device=dev)
+    keep_vec = all_valid(b, s, dev)
     if isinstance(mask, LazyMask):
         plain = (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0
         if not plain:
@@ -115,9 +115,9 @@ def fused_masks(
                 keep_vec = keep_vec & (m[:, 0, 0, :] != 0).expand(b, s)
                 m = None
             else:
-                m = torch.zeros(m.shape, device=dev).masked_fill_(m == 0, float("-inf"))
+                m = keep_to_additive(m != 0, fill=float("-inf"))
         else:
-            m = m.float().masked_fill(m <= torch.finfo(m.dtype).min / 2, float("-inf"))
+            m = m.float().masked_fill(additive_masked(m), float("-inf"))
         if m is not None:
             bias = m if bias is None else bias.to(dev).float() + m
     elif mask is not None:
@@ -167,24 +167,15 @@ def fused_attention_stats(
     key: torch.Tensor,
     value: torch.Tensor | None,
     *,
-    scale: float | None = None,
     mask: torch.Tensor | LazyMask | None = None,
     causal: bool = False,
-    window: int | None = None,
     key_keep: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     key_valid: torch.Tensor | None = None,
     special: torch.Tensor | None = None,
     punctuation: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    softcap: float | None = None,
-    sparsity_threshold: float = 0.3,
-    local_window: int = LOCAL_WINDOW,
-    distance_edges: Sequence[int] | None = None,
-    column_sums: bool = False,
-    count_above: bool = True,
-    block_m: int | None = None,
-    block_n: int | None = None,
+    **options: Any,
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """Attention output and every per-row statistic in one fused Triton kernel: ``(output, rows)``.
 
@@ -192,7 +183,10 @@ def fused_attention_stats(
     ``key``/``value`` ``[batch, kv_heads, S, d]``, grouped heads read in place, never repeated; query ``i``
     sits at position ``S - T + i``; ``mask`` None, a tensor or a plain causal/bidirectional
     :class:`LazyMask`; ``causal``/``window``; ``key_valid`` zeroes weights on padding keys without
-    renormalising; ``special``/``punctuation`` key masks; ``softcap``), plus ``key_keep`` (boolean
+    renormalising; ``special``/``punctuation`` key masks; ``softcap``); ``options`` are the kernel options of
+    :func:`fused_attention_packed` (``scale``, ``window``, ``softcap``, ``sparsity_threshold`` (default 0.3),
+    ``local_window``, ``distance_edges``, ``column_sums`` (default False), ``count_above`` (default True),
+    ``block_m``, ``block_n``; an unknown one raises ``TypeError``). The masks are given as ``key_keep`` (boolean
     ``[batch, S]``, keys a query may attend to) or ``lengths`` (``[batch]`` real tokens, keys ``j >=
     length`` masked), and ``bias``, an additive float tensor broadcasting to ``[batch, 1|heads, T, S]``
     (``-inf`` = masked). A tensor ``mask`` is read without host synchronisation: boolean/integer = keep,
@@ -225,11 +219,7 @@ def fused_attention_stats(
     check_rank(query, key)
     masks = fused_masks(query.shape[0], key.shape[2], query.device, mask=mask, causal=causal, key_keep=key_keep,
                         lengths=lengths, key_valid=key_valid, special=special, punctuation=punctuation, bias=bias)
-    out, packed, col, layout = fused_attention_packed(
-        query, key, value, masks, scale=scale, window=window, softcap=softcap, sparsity_threshold=sparsity_threshold,
-        local_window=local_window, distance_edges=distance_edges, column_sums=column_sums, count_above=count_above,
-        block_m=block_m, block_n=block_n,
-    )
+    out, packed, col, layout = fused_attention_packed(query, key, value, masks, **options)
     rows = layout.rows(packed)
     if col is not None:
         rows["column_sum"] = col

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..masks import LazyMask, mask_to_keep
+from ..masks import LazyMask, additive_masked, keep_to_additive, mask_to_keep
 
 __all__ = [
     "repeat_kv",
@@ -157,9 +157,7 @@ def fast_attention_output(
     t, s = query.shape[-2], key.shape[-2]
     if isinstance(mask, torch.Tensor):
         keep, bias = mask_to_keep(mask)
-        add = torch.zeros(keep.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~keep, torch.finfo(query.dtype).min
-        )
+        add = keep_to_additive(keep, query.dtype, device=query.device)
         if bias is not None:
             add = add + bias.to(query.dtype)
         if softcap is None:
@@ -183,7 +181,7 @@ def fast_attention_output(
         add = None
         if mask is not None:
             keep = mask.block(q0, q1, 0, s).to(query.device)
-            add = torch.zeros(keep.shape, dtype=torch.float32, device=query.device).masked_fill(~keep, minimum)
+            add = keep_to_additive(keep, torch.float32, fill=minimum, device=query.device)
             if isinstance(mask, _TensorBlocks):
                 add = mask.bias(q0, q1)
         if softcap is None:
@@ -209,4 +207,4 @@ class _TensorBlocks:
         return self.add[..., q0:q1, :] if self.add.shape[-2] > 1 else self.add
 
     def block(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
-        return self.bias(q0, q1)[..., k0:k1] > torch.finfo(self.add.dtype).min / 2
+        return ~additive_masked(self.bias(q0, q1)[..., k0:k1])
