@@ -31,8 +31,8 @@ from ...core.kernels import fast_attention_output
 from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, run_sharded
 from ..sources import DatasetSource
-from .data import BATCH_SIZE, ImportanceData, load_importance_data, shard_batches
-from .objectives import Objective, ObjectiveFn, resolve_objective
+from .data import ImportanceData, load_scored_data, shard_batches
+from .objectives import Objective, ObjectiveFn
 from .passes import copies_per_pass, forward_pass, model_inputs, repeat_rows, attention_units
 
 if TYPE_CHECKING:
@@ -289,8 +289,7 @@ def ablation_effect(
     keys = resolve_heads(inspector, heads)
     if not keys:
         raise InputError("no head given to ablate; pass heads like '3.5,0.1'")
-    src = load_importance_data(DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts))
-    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
+    src, obj = load_scored_data(inspector, data, shortcuts, objective, seed)
     if how == "mean" and means is None:
         means = dataset_means(inspector, src, progress)
     total, names = groups_over_data(inspector, src, obj, [[], keys], means if how == "mean" else None, None,

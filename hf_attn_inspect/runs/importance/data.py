@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -13,6 +13,8 @@ from ...capture.inspector import AttentionInspector
 from ...core.errors import InputError
 from ..data import DataSpec, sorted_batches
 from ..sharded import clean_rows_indexed
+from ..sources import DatasetSource
+from .objectives import Objective, ObjectiveFn, resolve_objective
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -95,3 +97,20 @@ def shard_batches(inspector: AttentionInspector, data: ImportanceData, start: in
         if labels is not None:
             batch.inputs["labels"] = labels[sel]
         yield batch, [kept[i] for i in sel]
+
+
+def load_scored_data(
+    inspector: AttentionInspector,
+    data: "DataSpec | DatasetSource | torch.Tensor",
+    shortcuts: Mapping[str, object],
+    objective: Objective | ObjectiveFn | None,
+    seed: int,
+) -> tuple[ImportanceData, Objective]:
+    """The rows an importance engine scores and the objective it scores them with: ``data`` is a
+    :class:`~hf_attn_inspect.runs.data.DataSpec`, or its source with the shortcut keywords ``shortcuts``
+    (:meth:`DataSpec.build <hf_attn_inspect.runs.data.DataSpec.build>`, batch size :data:`BATCH_SIZE` by
+    default), loaded by :func:`load_importance_data` (its spec is ``data.spec``); the objective follows the model
+    and whether the spec names a label column (:func:`~hf_attn_inspect.runs.importance.objectives.resolve_objective`,
+    ``seed`` for the masked-LM masking)."""
+    src = load_importance_data(DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts))
+    return src, resolve_objective(inspector, objective, src.label_column is not None, seed)

@@ -25,9 +25,9 @@ from ..data import DataOptions, DataSpec
 from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
 from .ablation import ablation_batch, dataset_means
-from .data import BATCH_SIZE, load_importance_data, shard_batches
+from .data import load_scored_data, shard_batches
 from .gradient import gradient_batch
-from .objectives import Objective, ObjectiveFn, resolve_objective
+from .objectives import Objective, ObjectiveFn
 from .passes import attention_units
 from .tables import importance_frame, write_importance_tables
 
@@ -138,9 +138,8 @@ def head_importance(
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
-    spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
-    src = load_importance_data(spec)
-    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
+    src, obj = load_scored_data(inspector, data, shortcuts, objective, seed)
+    spec = src.spec
     fixed = resolve_heads(inspector, ablated) if ablated else []
     units = attention_units(inspector)
     params = {

@@ -14,9 +14,9 @@ from ...core.errors import InputError
 from ..data import DataOptions, DataSpec
 from ..sources import DatasetSource
 from .ablation import dataset_means, groups_over_data
-from .data import BATCH_SIZE, load_importance_data
+from .data import load_scored_data
 from .engine import head_importance
-from .objectives import Objective, ObjectiveFn, resolve_objective
+from .objectives import Objective, ObjectiveFn
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -67,9 +67,8 @@ def pruning_curve(
         raise InputError(f"step must be a fraction in (0, 1], got {step}")
     if how not in ABLATIONS:
         raise InputError(f"unknown ablation {how!r}; choose one of {', '.join(ABLATIONS)}")
-    spec = DataSpec.build(data, default_batch_size=BATCH_SIZE, **shortcuts)
-    src = load_importance_data(spec)
-    obj = resolve_objective(inspector, objective, src.label_column is not None, seed)
+    src, obj = load_scored_data(inspector, data, shortcuts, objective, seed)
+    spec = src.spec
     common = dict(objective=obj, seed=seed, copies_tokens=copies_tokens)
     if how == "mean" and means is None:
         means = dataset_means(inspector, src, progress)
