@@ -206,7 +206,7 @@ def _attention_function(
     """The attention function registered with transformers; delegates to the active probe."""
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise CaptureError("attention with learned sink logits (s_aux) is not supported yet")
-    attention_mask = _with_position_bias(attention_mask, kwargs.pop("position_bias", None))
+    attention_mask = _with_position_bias(attention_mask, kwargs.pop("position_bias", None), module, query, key)
     state = _active()
     if state is None:  # the model was left pointing at us: behave like exact eager attention
         output, weights = scaled_dot_product_attention_with_weights(
@@ -222,17 +222,28 @@ def _attention_function(
     return output.transpose(1, 2).contiguous(), weights
 
 
-def _with_position_bias(mask: Any, bias: torch.Tensor | None) -> Any:
-    """The additive mask with T5's relative position bias ``[1 or batch, heads, T_q, T_k]`` added, as T5's eager
-    code adds both to the scores (unmasked entries get exactly the bias). Lazy masks (pooled and streamed
-    capture) cannot carry a bias: :class:`CaptureError`."""
+def _with_position_bias(
+    mask: Any, bias: torch.Tensor | None, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
+) -> Any:
+    """The mask as one additive float tensor with T5's relative position bias ``[1 or batch, heads, T_q, T_k]``
+    folded in, as T5's eager code adds both to the scores (unmasked entries get exactly the bias, masked ones the
+    dtype's minimum). A boolean keep mask (sdpa's) masks where it is False; no mask on a causal module (sdpa's
+    causal skip) masks keys after the query. Lazy masks (pooled and streamed capture) cannot carry a bias:
+    :class:`CaptureError`."""
     if bias is None:
         return mask
-    if mask is None:
-        return bias
-    if not isinstance(mask, torch.Tensor):
+    if mask is not None and not isinstance(mask, torch.Tensor):
         raise CaptureError("models with a relative position bias (T5) need full-weights capture; "
                            "the pooled and streamed paths do not support them yet")
+    low = torch.finfo(bias.dtype).min
+    if mask is None:
+        t, s = query.shape[-2], key.shape[-2]
+        if not getattr(module, "is_causal", False) or t == 1:
+            return bias
+        keep = torch.arange(t, device=bias.device)[:, None] >= torch.arange(s, device=bias.device)[None, :]
+        return torch.where(keep, bias, low)
+    if mask.dtype == torch.bool:
+        return torch.where(mask.to(bias.device), bias, low)
     return mask + bias
 
 
