@@ -313,8 +313,10 @@ class AttentionInspector:
         ``edits`` (:class:`~hf_attn_inspect.capture.interface.OutputEdit`) change heads' outputs for this run
         (ablation, gates). Models that do not dispatch through transformers' attention interface fall back
         to eager ``output_attentions=True`` and the recorders receive those weights; a model that yields no
-        attention either way, or a run with ``edits`` on such a model (they could not apply), raises
-        :class:`CaptureError`. The model keeps no key/value cache (``use_cache=False`` where it has one). ``implementation`` names the registered
+        attention either way, or a run with edits on such a model (its own ``edits`` or those of an enclosing
+        :func:`~hf_attn_inspect.capture.ablation.ablate` block: they could not apply), raises
+        :class:`CaptureError`. The model keeps no key/value cache (``use_cache=False`` where its config has
+        ``use_cache``). ``implementation`` names the registered
         function/mask pair to use (see :func:`~hf_attn_inspect.capture.interface.passthrough_name`); by default
         the recorders' own (the streaming recorder's builds no ``[T, T]`` mask), else the exact eager masks.
         An allocation failure raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
@@ -335,7 +337,7 @@ class AttentionInspector:
                     output = model(**inputs)
                 batch.causal_stacks = set(state.causal_stacks)
                 if state.calls == 0:
-                    if edits:
+                    if state.edits:  # this run's and those of an enclosing ablate(...) block
                         raise CaptureError(f"{type(model).__name__} does not dispatch through transformers' "
                                            "attention interface, so its heads cannot be ablated")
                     output = self._run_eager_fallback(inputs, probe)
