@@ -32,7 +32,7 @@ class FullyMaskedRowRecorder(DiagnosticRecorder):
         """Mask every key of query row :attr:`row`, then diagnose as usual."""
         b, q, k = call.query.shape[0], call.query.shape[-2], call.key.shape[-2]
         mask = call.mask
-        full = torch.zeros(b, 1, q, k, dtype=torch.float32, device=call.query.device) if mask is None else mask.expand(b, 1, q, k).clone()
+        full = torch.zeros(b, 1, q, k, dtype=torch.float32, device=call.query.device) if mask is None else mask.expand(b, -1, q, k).clone()
         full[:, :, self.row, :] = torch.finfo(full.dtype).min
         call.mask = full
         return super().compute(call)
