@@ -198,3 +198,16 @@ def test_sliding_window_mask_is_honoured(tiny_tokenizer):
         outside = (j > i) | (i - j >= 4)
         assert (r.attentions[..., outside] == 0).all()
         assert (r.attentions[..., ~outside] > 0).all()
+
+
+def test_a_recorder_needing_weights_beside_one_that_keeps_none_is_a_capture_error(inspector):
+    """The streamed-statistics recorder computes attention without weights: a weights recorder in the same run
+    gets a clear CaptureError naming both, not a TypeError from inside the model."""
+    from hf_attn_inspect import CaptureError
+    from hf_attn_inspect.capture.recorders import WeightsRecorder
+    from hf_attn_inspect.stats.streaming import StreamingStatsRecorder
+
+    batch = inspector.encode(["The cat sat on the mat."])
+    with pytest.raises(CaptureError, match="StreamingStatsRecorder computes attention without keeping its weights, "
+                                           "which WeightsRecorder needs"):
+        inspector.run(batch, [StreamingStatsRecorder(batch.stack_masks()), WeightsRecorder()])

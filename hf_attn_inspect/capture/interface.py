@@ -97,12 +97,13 @@ class AttentionCall:
 
 
 class Probe:
-    """Receives every attention call of a forward pass and returns the layer's output.
+    """Receives every attention call of a forward pass and returns the layer's output: the interface between
+    the registered attention function and a run.
 
-    The base class computes the output and weights with the reference core and passes the weights to
-    :meth:`record`; subclasses override :meth:`record` to keep what they need (all weights, a subset of
-    heads, per-sentence statistics), or :meth:`attend` to compute differently (e.g. statistics from the
-    query and key while the output comes from a fast kernel). :meth:`attend` receives the call as an
+    A run's probe is a :class:`~hf_attn_inspect.capture.recorders.RecordingProbe` composing the run's
+    recorders: to keep something new, write a :class:`~hf_attn_inspect.capture.recorders.Recorder`, not a
+    probe. The base class computes the output and weights with the reference core and passes the weights to
+    :meth:`record` (the eager fallback calls :meth:`record` directly). :meth:`attend` receives the call as an
     :class:`AttentionCall`, whose ``mask`` is the model's additive float mask ``[batch, 1, query, key]``
     built by ``eager_mask`` (0 = attend, dtype minimum = masked) or None.
     """
@@ -233,8 +234,9 @@ def _with_position_bias(
     if bias is None:
         return mask
     if mask is not None and not isinstance(mask, torch.Tensor):
-        raise CaptureError("models with a relative position bias (T5) need full-weights capture; "
-                           "the pooled and streamed paths do not support them yet")
+        raise CaptureError("models with a relative position bias (T5) need full-weights capture, which does not fit "
+                           "here: raise the memory budget (max_memory= / --max-memory) or shorten the input; the "
+                           "pooled and streamed paths do not support a position bias yet")
     low = torch.finfo(bias.dtype).min
     if mask is None:
         t, s = query.shape[-2], key.shape[-2]

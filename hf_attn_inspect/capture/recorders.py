@@ -88,6 +88,12 @@ class RecordingProbe(Probe):
     def attend(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.computing is not None:
             call.output, call.weights = self.computing.compute(call)
+            if call.weights is None and self.needs_weights:
+                needing = ", ".join(type(r).__name__ for r in self.others if r.needs_weights)
+                raise CaptureError(
+                    f"{type(self.computing).__name__} computes attention without keeping its weights, which {needing} "
+                    "needs; run them in separate runs, or keep the weights with the computing recorder's own options"
+                )
         elif self.needs_weights:
             # the reference core of every run is this module's name (tests plant errors in it here)
             call.output, call.weights = scaled_dot_product_attention_with_weights(
