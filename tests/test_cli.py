@@ -87,10 +87,11 @@ def test_bad_input_in_the_real_program_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_unknown_model_points_to_local_path_and_default():
-    proc = run_cli("verify", "--model", "no-such-org/no-such-model-xyz")
-    assert proc.returncode == 2
-    assert "local model directory" in proc.stderr and "embedded default" in proc.stderr
+def test_unknown_model_points_to_local_path_and_default(capsys):
+    """In-process (the real program's exit 2 and one-line stderr: test_bad_input_in_the_real_program...)."""
+    assert main(["verify", "--model", "no-such-org/no-such-model-xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "local model directory" in err and "embedded default" in err
 
 
 def test_unwritable_output_directory(tmp_path):
