@@ -101,10 +101,11 @@ def test_unwritable_output_directory(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write to output directory")
 
 
-def test_long_text_is_truncated_with_visible_warning(tmp_path):
-    proc = run_cli("inspect", "word " * 600, "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert "warning:" in proc.stderr and "truncated to 512" in proc.stderr
+def test_long_text_is_truncated_with_visible_warning(tmp_path, capsys):
+    """In-process through ``main``, which installs the one-line ``warning:`` printer the real program uses."""
+    assert main(["inspect", "word " * 600, "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "truncated to 512" in err
 
 
 def test_verify_passes_on_the_embedded_default(capsys):
