@@ -18,6 +18,7 @@ def run_cli(*args, cwd=None):
                           env=ENV, cwd=cwd, timeout=600)
 
 
+@pytest.mark.heavy
 def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
     proc = run_cli("inspect", "The cat sat on the mat.", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -41,6 +41,7 @@ def kernel(tmp_path_factory):
     run_sync(km.shutdown_kernel)(now=True)
 
 
+@pytest.mark.xdist_group("notebooks")  # one worker, one kernel
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, kernel):
     nb = nbformat.read(path, as_version=4)
