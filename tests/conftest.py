@@ -42,6 +42,14 @@ SENTENCES = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Heavy tests and xdist groups first, otherwise in the usual order: with ``-n``, the workers start on
+    the long tests and the run ends with short ones instead of one worker finishing a long test while the
+    other idles. A group moves as a whole, so the tests sharing a module fixture stay next to each other.
+    (Under ``--dist loadgroup`` xdist itself sends the groups before single tests.)"""
+    items.sort(key=lambda item: not (item.get_closest_marker("heavy") or item.get_closest_marker("xdist_group")))
+
+
 @pytest.fixture(scope="session")
 def inspector() -> AttentionInspector:
     """The embedded default model (all-MiniLM-L6-v2: 6 layers x 12 heads), on CPU."""

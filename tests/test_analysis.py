@@ -282,6 +282,7 @@ V, T = tiny_models.INDUCTION_V, tiny_models.INDUCTION_T
 _tiny_decoder = tiny_models.induction_decoder
 
 
+@pytest.mark.xdist_group("induction_decoder")  # with test_importance's: trained once
 def test_trained_tiny_decoder_has_induction_head_in_layer_2(trained_decoder):
     inspector = AttentionInspector(trained_decoder, None)
     scores = detect_heads(inspector, "induction", seq_len=T, num_sequences=32, seed=123)

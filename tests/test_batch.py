@@ -107,6 +107,8 @@ def reference(big_dataset):
     return {k: np.stack(v) for k, v in per.items()}  # each [N, L, H], dataset order
 
 
+@pytest.mark.heavy
+@pytest.mark.xdist_group("big_run")  # big_run on one worker, computed once
 def test_head_stats_equal_independent_eager_numpy(big_run, reference):
     df = big_run
     nl, nh = reference["entropy"].shape[1:]
@@ -127,6 +129,7 @@ def test_head_stats_equal_independent_eager_numpy(big_run, reference):
     np.testing.assert_allclose(shares.sum(1), 1.0, atol=1e-12)
 
 
+@pytest.mark.xdist_group("big_run")
 def test_bad_rows_skipped_and_counted(big_run):
     counts = big_run.attrs["counts"]
     assert counts["rows"] == N + len(BAD_ROWS)

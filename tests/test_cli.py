@@ -18,6 +18,7 @@ def run_cli(*args, cwd=None):
                           env=ENV, cwd=cwd, timeout=600)
 
 
+@pytest.mark.heavy
 def test_readme_first_command_prints_analysis_and_writes_pngs(tmp_path):
     proc = run_cli("inspect", "The cat sat on the mat.", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -87,10 +88,11 @@ def test_bad_input_in_the_real_program_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_unknown_model_points_to_local_path_and_default():
-    proc = run_cli("verify", "--model", "no-such-org/no-such-model-xyz")
-    assert proc.returncode == 2
-    assert "local model directory" in proc.stderr and "embedded default" in proc.stderr
+def test_unknown_model_points_to_local_path_and_default(capsys):
+    """In-process (the real program's exit 2 and one-line stderr: test_bad_input_in_the_real_program...)."""
+    assert main(["verify", "--model", "no-such-org/no-such-model-xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "local model directory" in err and "embedded default" in err
 
 
 def test_unwritable_output_directory(tmp_path):
@@ -100,10 +102,11 @@ def test_unwritable_output_directory(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write to output directory")
 
 
-def test_long_text_is_truncated_with_visible_warning(tmp_path):
-    proc = run_cli("inspect", "word " * 600, "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert "warning:" in proc.stderr and "truncated to 512" in proc.stderr
+def test_long_text_is_truncated_with_visible_warning(tmp_path, capsys):
+    """In-process through ``main``, which installs the one-line ``warning:`` printer the real program uses."""
+    assert main(["inspect", "word " * 600, "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "truncated to 512" in err
 
 
 def test_verify_passes_on_the_embedded_default(capsys):

@@ -79,6 +79,7 @@ def two_models(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- several processes
+@pytest.mark.heavy
 def test_torchrun_batch_equals_one_process(one_process, tmp_path):
     out = tmp_path / "two"
     proc = subprocess.run(
@@ -99,6 +100,7 @@ def test_torchrun_batch_equals_one_process(one_process, tmp_path):
     assert proc.stdout.count("analysed 96 of 96 rows") == 1  # rank 0 alone says what was done
 
 
+@pytest.mark.heavy
 def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspector, tmp_path):
     out = tmp_path / "killed"
     timeout = 60
@@ -154,6 +156,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_accelerate_launch_compare_cli_and_streaming_api(two_models, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -225,6 +228,7 @@ RANKS_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_failing_rank_stops_every_rank_and_a_silent_one_times_out(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_WORKER)

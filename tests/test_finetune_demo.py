@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune_demo.py"
 
 
+@pytest.mark.heavy
 def test_finetune_demo_end_to_end(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("finetune_demo", SCRIPT)
     demo = importlib.util.module_from_spec(spec)

@@ -343,6 +343,7 @@ def induction(trained_decoder):
     return insp, ids, prev_heads
 
 
+@pytest.mark.xdist_group("induction_decoder")  # with test_analysis's: trained once
 def test_previous_token_head_ranks_first_by_ablation(induction):
     insp, ids, prev_heads = induction
     df = head_importance(insp, ids)
@@ -353,6 +354,7 @@ def test_previous_token_head_ranks_first_by_ablation(induction):
     assert effect["change"] > 1.0, effect  # nats on the repeated half
 
 
+@pytest.mark.xdist_group("induction_decoder")
 def test_gradient_importance_ranks_previous_token_head_in_top_two(induction):
     insp, ids, prev_heads = induction
     df = head_importance(insp, ids, method="gradient")

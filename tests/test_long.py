@@ -95,6 +95,7 @@ def test_long_command_errors_are_one_line(tmp_path, capsys, setup, args, message
     assert not (tmp_path / "o" / "head_metrics.csv").exists()
 
 
+@pytest.mark.heavy
 def test_16k_tokens_on_cpu_without_any_t_by_t_tensor(tiny_dir, tmp_path):
     """Done-when: 16384 tokens through ``long`` on a tiny long-context Llama, every tensor tracked.
 

@@ -180,6 +180,7 @@ def test_long_capture_every_family_matches_stored_weights(tiny_model, tiny_token
 
 
 # ------------------------------------------------------------------------------------------- command line
+@pytest.mark.heavy
 def test_inspect_long_input_within_budget_writes_pooled_figures(tmp_path, capsys):
     out = tmp_path / "o"
     text = words(400, seed=2)
@@ -263,6 +264,7 @@ RUNNER = textwrap.dedent(
 )
 
 
+@pytest.mark.heavy
 def test_12k_tokens_inspect_under_3gb_address_space(tiny_dir, tmp_path):
     """The issue's reproduction: a 12,000-token document through ``inspect`` on a 2-layer, 4-head Llama
     (2 key/value heads) with the address space limited to 3 GB. Full weights would need ~21 GB."""

@@ -11,6 +11,8 @@ import re
 import webbrowser
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -27,6 +29,7 @@ def test_python_blocks_are_found():
     assert blocks == [(2, "a = 1\n"), (9, "b = a\n")]
 
 
+@pytest.mark.heavy
 def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     opened: list[str] = []
     monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
