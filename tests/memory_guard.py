@@ -3,7 +3,7 @@
 Used to prove that the streaming path never creates a ``[T, T]`` tensor: every aten operation's outputs
 (factory functions, matmuls, masks, sdpa kernels) pass through :class:`MaxTensorTracker`. Run as a script
 it executes the ``long`` command under the tracker and prints one JSON line with the largest tensor's
-element count and operation, and the process's peak resident memory (``ru_maxrss``).
+element count and operation, and the process's own peak resident memory (``VmHWM``, :func:`peak_rss_kb`).
 """
 
 from __future__ import annotations
@@ -36,15 +36,26 @@ class MaxTensorTracker(TorchDispatchMode):
         return out
 
 
+def peak_rss_kb() -> int:
+    """This process's own peak resident memory in KiB: ``VmHWM`` of ``/proc/self/status``. Not ``ru_maxrss``:
+    Linux carries the parent's peak across fork and exec into it, so a command started from a pytest worker
+    that had loaded 1.4 GB reported 1.4 GB however little the command itself used."""
+    try:
+        with open("/proc/self/status") as fh:
+            status = dict(line.split(":", 1) for line in fh if ":" in line)
+        return int(status["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):  # no procfs: the rusage figure, an upper bound
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main(argv: list[str]) -> int:
     from hf_attn_inspect.cli import main as cli_main
 
     tracker = MaxTensorTracker()
     with tracker:
         rc = cli_main(argv)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"rc": rc, "max_numel": tracker.max_numel, "max_op": tracker.max_op, "ops": tracker.ops,
-                      "maxrss_kb": peak_kb}))
+                      "maxrss_kb": peak_rss_kb()}))
     return 0
 
 

@@ -258,7 +258,8 @@ RUNNER = textwrap.dedent(
     from hf_attn_inspect.cli import main
     rc = main(sys.argv[2:])
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-    print(json.dumps({"rc": rc, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    # VmHWM, not ru_maxrss: Linux carries the parent's (the pytest worker's) peak across fork and exec into it
+    print(json.dumps({"rc": rc, "maxrss_kb": int(status["VmHWM"].split()[0]),
                       "vmpeak_kb": int(status["VmPeak"].split()[0])}))
     """
 )

@@ -18,15 +18,14 @@ import warnings
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Iterator, Sequence, TypedDict, Union
 
-import torch
-
-from ..capture.inputs import Batch
-from ..capture.inspector import AttentionInspector
 from ..core.errors import InputError
 from .sources import DatasetInfo, DatasetSource, StreamRows, load_dataset_texts, parse_columns
 
-if TYPE_CHECKING:  # datasets is imported by load_dataset_texts; only its types are needed here
+if TYPE_CHECKING:  # datasets is imported by load_dataset_texts, torch by the batch loop; only types are needed here
     from datasets import Dataset, IterableDataset
+
+    from ..capture.inputs import Batch
+    from ..capture.inspector import AttentionInspector
 
 __all__ = ["DataOptions", "DataSpec", "LoadedData", "encode_rows", "sorted_batches"]
 
@@ -185,6 +184,8 @@ def sorted_batches(
     limit = max_length or inspector.max_length
     second = None if pairs is None or (kept_length and inspector.is_encoder_decoder) else list(pairs)
     ids = inspector.tokenizer(text=list(texts), text_pair=second)["input_ids"]
+    import torch  # not at module level: the commands build a DataSpec before any model is needed
+
     lengths = torch.tensor([min(len(x), limit) if kept_length else len(x) for x in ids])
     order = torch.sort(lengths, stable=True).indices.tolist()
     for b0 in range(0, len(texts), batch_size):
