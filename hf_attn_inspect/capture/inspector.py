@@ -171,6 +171,19 @@ class AttentionInspector:
 
     # ------------------------------------------------------------------- info
     @property
+    def backbone(self) -> "AttentionInspector":
+        """This inspector over the model's backbone (``model.base_model``): the same attention without a task
+        head, so a long input makes no ``[T, vocab]`` logits (the streamed and pooled runs use it). ``self`` when
+        the model is its own backbone; built once."""
+        base = getattr(self.model, "base_model", self.model)
+        if base is self.model:
+            return self
+        cached = self.__dict__.get("_backbone")
+        if cached is None or cached.model is not base:
+            cached = self.__dict__["_backbone"] = AttentionInspector(base, self.tokenizer, name=self.name)
+        return cached
+
+    @property
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device

@@ -189,9 +189,7 @@ def run_plan(inspector: AttentionInspector, plan: CapturePlan) -> Captured:
     pool_layers = None if not plan.for_explorer else plan.layers_in("pooled")
     recorder = PooledStatsRecorder(batch.stack_masks(), full=plan.full_heads, pool_layers=pool_layers,
                                    max_blocks=plan.max_blocks, chunk_bytes=plan.chunk_bytes)
-    backbone = getattr(inspector.model, "base_model", inspector.model)
-    runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
-    runner.run(batch, recorder)
+    inspector.backbone.run(batch, recorder)
     if plan.for_explorer:
         return _explorer_capture(inspector, plan, recorder)
     return _long_capture(inspector, plan, recorder)

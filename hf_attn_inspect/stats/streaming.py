@@ -358,9 +358,7 @@ def run_streaming(inspector: AttentionInspector, batch: Batch, **options: Any) -
     ``batch.causal_stacks``). The key masks are the batch's own (:meth:`~hf_attn_inspect.capture.inputs.Batch.stack_masks`).
     """
     recorder = StreamingStatsRecorder(batch.stack_masks(), **options)
-    backbone = getattr(inspector.model, "base_model", inspector.model)
-    runner = AttentionInspector(backbone, inspector.tokenizer, name=inspector.name) if backbone is not inspector.model else inspector
-    runner.run(batch, recorder)  # run() calls recorder.finish()
+    inspector.backbone.run(batch, recorder)  # run() calls recorder.finish()
     for stack in batch.causal_stacks:
         recorder.causal[stack] = True
     if not recorder.rows:
