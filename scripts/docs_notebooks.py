@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "notebooks"
 TARGET = ROOT / "docs" / "notebooks"
 KEY = "hf_attn_inspect_docs"
+#: Run before a notebook's own cells and removed afterwards: a figure that a cell returns is rendered as a
+#: PNG even where the notebook switches matplotlib to its Agg backend (as the tests' notebooks do).
+FIRST_CELL = "from matplotlib_inline.backend_inline import set_matplotlib_formats\nset_matplotlib_formats('png')\n"
 
 
 def source_hash(path: Path) -> str:
@@ -53,6 +56,7 @@ def execute(source: Path, target: Path, timeout: int = 900) -> None:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(source, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(FIRST_CELL))
     env = dict(os.environ)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend draws the figures into the outputs
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -69,6 +73,13 @@ def execute(source: Path, target: Path, timeout: int = 900) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    del nb.cells[0]
+    for cell in nb.cells:  # number the notebook's own cells from 1 again
+        if cell.cell_type == "code" and cell.execution_count:
+            cell.execution_count -= 1
+            for out in cell.outputs:
+                if out.get("execution_count"):
+                    out["execution_count"] -= 1
     nb.metadata[KEY] = {"source_sha256": source_hash(source)}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".ipynb.tmp")

@@ -108,7 +108,7 @@ def explorer_images(work: Path, quick: bool) -> dict[str, Path]:
     return images
 
 
-def dataset_images(work: Path) -> dict[str, Path]:
+def dataset_images(work: Path, quick: bool) -> dict[str, Path]:
     """``batch`` on 64 sentences of the shipped sample: the pattern-class map and the entropy map."""
     out = work / "batch"
     run_cli("batch", "--limit", "64", "--out", str(out), "-q")
@@ -116,7 +116,7 @@ def dataset_images(work: Path) -> dict[str, Path]:
     return {"dataset_classes.png": pick(figures, "class"), "dataset_entropy.png": pick(figures, "entropy")}
 
 
-def comparison_images(work: Path) -> dict[str, Path]:
+def comparison_images(work: Path, quick: bool) -> dict[str, Path]:
     """``compare`` of the embedded model and a copy with layer 3's queries doubled: divergence map, head diffs."""
     from hf_attn_inspect import compare_models
     from hf_attn_inspect.capture.inspector import resolve_inspector
@@ -131,14 +131,14 @@ def comparison_images(work: Path) -> dict[str, Path]:
             "compare_head_diffs.png": work / "compare" / "head_diffs.png"}
 
 
-def importance_images(work: Path) -> dict[str, Path]:
+def importance_images(work: Path, quick: bool) -> dict[str, Path]:
     """``importance`` (ablation) on 16 sample sentences: the importance map and the pruning curve."""
     out = work / "importance"
     run_cli("importance", "--limit", "16", "--prune-step", "0.2", "--out", str(out), "-q")
     return {"importance_map.png": out / "importance_map.png", "pruning_curve.png": out / "pruning_curve.png"}
 
 
-def long_images(work: Path) -> dict[str, Path]:
+def long_images(work: Path, quick: bool) -> dict[str, Path]:
     """``long`` on a document of about 470 tokens of sample sentences: first-token (sink) share and distance mass."""
     import csv
 
@@ -162,17 +162,21 @@ def pick(files: dict[str, Path], word: str) -> Path:
     return hits[0]
 
 
+#: The gallery's steps in order: each runs one command in a work folder and returns {picture name: its PNG}
+#: (a new view adds its function here and its pictures to ALL and docs/gallery.md).
+STEPS: tuple[Callable[[Path, bool], dict[str, Path]], ...] = (
+    inspect_images, explorer_images, dataset_images, comparison_images, importance_images, long_images)
+QUICK_STEPS = (inspect_images, explorer_images)
+
+
 def make_gallery(out: Path, quick: bool = False, width: int = 900) -> list[Path]:
     """Make the gallery's PNGs in ``out`` (``QUICK`` with ``quick``, else ``ALL``); returns their paths."""
-    steps: list[Callable[[Path], dict[str, Path]]] = [lambda w: inspect_images(w, quick),
-                                                      lambda w: explorer_images(w, quick)]
-    if not quick:
-        steps += [dataset_images, comparison_images, importance_images, long_images]
+    steps = QUICK_STEPS if quick else STEPS
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory(prefix="gallery-") as tmp:
         for step in steps:
-            for name, src in step(Path(tmp)).items():
+            for name, src in step(Path(tmp), quick).items():
                 written.append(shrink(src, out / name, width))
                 print(f"wrote {out / name} ({written[-1].stat().st_size // 1024} KiB)")
     return written

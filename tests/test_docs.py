@@ -43,7 +43,7 @@ def test_every_page_and_notebook_is_in_the_nav():
     for page in (ROOT / "docs").glob("*.md"):
         assert f" {page.name}\n" in nav, page.name
     for page in (ROOT / "docs" / "guides").glob("*.md"):
-        assert f"- guides/{page.name}\n" in nav, page.name
+        assert f": guides/{page.name}\n" in nav, page.name
     for notebook in (ROOT / "notebooks").glob("*.ipynb"):
         assert f"- notebooks/{notebook.name}\n" in nav, notebook.name
 
@@ -59,3 +59,11 @@ def test_an_executed_notebook_is_reused_until_its_source_changes(tmp_path):
     assert hook.is_current(source, target)
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("2 + 2")]), source)
     assert not hook.is_current(source, target)
+
+
+def test_sphinx_roles_become_plain_code():
+    roles = load("docs_roles")
+    html = ('returns an :class:<code>AttentionResult</code>; see :func:<code>~hf_attn_inspect.stats.metrics.reduce_rows</code>'
+            ' and <code>:class:</code>')
+    assert roles.strip_roles(html) == ('returns an <code>AttentionResult</code>; see <code>reduce_rows</code>'
+                                       ' and <code>:class:</code>')

@@ -32,6 +32,15 @@ def test_shrink_keeps_aspect_and_crops_the_margin(tmp_path):
         assert small.convert("RGB").getpixel((254, 129)) == (200, 30, 30)
 
 
+def test_every_picture_is_in_the_docs_and_the_gallery():
+    gallery = load_script()
+    images = Path(__file__).resolve().parents[1] / "docs" / "images"
+    page = (images.parent / "gallery.md").read_text(encoding="utf-8")
+    for name in gallery.ALL:
+        assert (images / name).is_file(), f"run scripts/make_gallery.py: docs/images/{name} is missing"
+        assert f"(images/{name})" in page, f"docs/gallery.md does not show {name}"
+
+
 @pytest.mark.heavy
 def test_quick_gallery_makes_valid_small_pngs(tmp_path):
     if not Path("/usr/bin/chromium").exists():
