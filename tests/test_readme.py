@@ -91,7 +91,7 @@ def test_readme_is_a_landing_page():
         assert (ROOT / path).is_file(), f"README shows a missing picture: {path}"
     commands = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
     for command in commands:
-        assert re.search(rf"^ +(?:torchrun .*-m hf_attn_inspect|hf-attn-inspect) {command}\b", text, re.M), (
+        assert re.search(rf"^ *(?:torchrun .*-m hf_attn_inspect|hf-attn-inspect) {command}\b", text, re.M), (
             f"README has no example of `hf-attn-inspect {command}`")
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (ROOT / link).exists(), f"README links to a missing page: {link}"
