@@ -1,7 +1,7 @@
 """Diagnose broken attention on a real model: the checklist behind ``hf-attn-inspect debug``.
 
 :func:`diagnose` runs every check of :data:`CHECKS` on one padded batch and returns a
-:class:`~hf_attn_inspect.checks.findings.Report` of :class:`~hf_attn_inspect.checks.findings.Finding`\ s. Its
+:class:`~hf_attn_inspect.checks.findings.Report` of :class:`~hf_attn_inspect.checks.findings.Finding` objects. Its
 statistics come from :class:`DiagnosticRecorder`, a :class:`~hf_attn_inspect.capture.recorders.Recorder` in
 the one capture path: while the model runs, it sees every layer's post-RoPE query and key, the scale and
 the mask the model passes, and the weights and output the reference core computes, and keeps only
