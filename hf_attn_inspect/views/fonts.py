@@ -58,7 +58,7 @@ _CJK = ((0x1100, 0x11FF), (0x2E80, 0x2FDF), (0x2FF0, 0x31FF), (0x3200, 0x4DBF), 
 _EMOJI = ((0x2300, 0x23FF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0x1F000, 0x1FAFF))
 #: Preferred CJK regional variant when several cover the same characters (simplified Chinese glyph shapes first).
 _CJK_ORDER = ("SC", "TC", "JP", "KR", "HK")
-#: Style names of a family's regular face.
+#: Style names of a family's regular face, most regular first.
 _REGULAR = ("Regular", "Book", "Normal", "Roman", "Medium")
 #: Families never used for fallback: matplotlib's Last Resort font draws every character as a placeholder box.
 _EXCLUDED = ("Last Resort",)
@@ -115,9 +115,7 @@ def installed_fonts() -> tuple[InstalledFont, ...]:
     fonts (Computer Modern, STIX, Last Resort) are left out. Read once per process (about a second with
     the Noto fonts installed), and only when a label holds a character the default font lacks.
     """
-    from matplotlib import font_manager as fm
-
-    from matplotlib import ft2font
+    from matplotlib import font_manager as fm, ft2font
 
     data = _mpl_data_dir()
     paths = {str(Path(p).resolve()) for p in fm.findSystemFonts()}
@@ -129,7 +127,8 @@ def installed_fonts() -> tuple[InstalledFont, ...]:
                 style = face.style_name
                 if not face.scalable:  # bitmap colour emoji: matplotlib cannot draw them
                     continue
-                fit = ("Italic" in style or "Oblique" in style, "Condensed" in style, style not in _REGULAR, style)
+                regular = _REGULAR.index(style) if style in _REGULAR else len(_REGULAR)
+                fit = ("Italic" in style or "Oblique" in style, "Condensed" in style, regular, style)
                 if face.family_name not in best or fit < best[face.family_name][0]:
                     best[face.family_name] = (fit, path, index)
         except (OSError, RuntimeError, ValueError):  # unreadable or unsupported font files
