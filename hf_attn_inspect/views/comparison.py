@@ -23,6 +23,7 @@ from ..core.files import atomic_path, write_json, write_text
 from ..core.stacks import result_stack
 from ..runs.compare import head_pair_results
 from .figures import plot_attention_diff
+from .fonts import readable_text
 
 if TYPE_CHECKING:  # matplotlib is imported when a function draws
     from matplotlib.axes import Axes
@@ -78,6 +79,7 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
     tokens = list(result_a.stack(which)[1])
     axes = fig.subplots(len(heads), 3, squeeze=False)
     n = len(tokens)
+    labels = readable_text(tokens)  # any script: drawn with an installed font that has it, or as code points
     for row, (layer, head) in enumerate(heads):
         wa = result_a.head(layer, head, which).numpy()
         wb = result_b.head(layer, head, which).numpy()
@@ -90,8 +92,8 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
         axes[row][2].set_ylabel("")  # the query label sits once per row, on A's panel
         for ax in axes[row][:2]:
             if n <= 40:
-                ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
-                ax.set_yticks(range(n), tokens, fontsize=7)
+                ax.set_xticks(range(n), labels.texts, rotation=90, fontsize=7, **labels.style())
+                ax.set_yticks(range(n), labels.texts, fontsize=7, **labels.style())
             ax.set_xlabel("key")
         axes[row][0].set_ylabel("query")
     fig.tight_layout()

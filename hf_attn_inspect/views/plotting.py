@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.files import atomic_path
+from .fonts import readable_text
 
 if TYPE_CHECKING:  # matplotlib is imported when a function draws, so importing this module stays cheap
     from matplotlib.axes import Axes
@@ -104,7 +105,9 @@ def _font_size(n: int) -> float:
 def thin_ticks(ax: Axes, labels: Sequence[str] | None, n: int, axis: str, max_labels: int = MAX_TICK_LABELS) -> None:
     """Label every ``k``-th of ``n`` positions on ``axis`` ('x' or 'y') so at most ``max_labels`` show.
 
-    Font size shrinks with ``n`` (9 pt down to 5 pt); x labels are rotated 90 degrees. With more than
+    Font size shrinks with ``n`` (9 pt down to 5 pt); x labels are rotated 90 degrees. Labels in any script
+    are drawn with an installed font that has their characters, or as code points (``U+6CE8``) where none
+    has them (:func:`hf_attn_inspect.views.fonts.readable_text`). With more than
     ``max_labels`` positions, only every ``ceil(n / max_labels)``-th label is drawn, so labels never
     overlap into an unreadable band on long inputs.
     """
@@ -114,12 +117,13 @@ def thin_ticks(ax: Axes, labels: Sequence[str] | None, n: int, axis: str, max_la
     step = max(1, math.ceil(n / max_labels))
     pos = list(range(0, n, step))
     size = _font_size(min(n, max_labels))
+    shown = readable_text([labels[i] for i in pos])  # every script drawn with a font that has it, never boxes
     if axis == "x":
         ax.set_xticks(pos)
-        ax.set_xticklabels([labels[i] for i in pos], rotation=90, fontsize=size)
+        ax.set_xticklabels(shown.texts, rotation=90, fontsize=size, **shown.style())
     else:
         ax.set_yticks(pos)
-        ax.set_yticklabels([labels[i] for i in pos], fontsize=size)
+        ax.set_yticklabels(shown.texts, fontsize=size, **shown.style())
 
 
 def plot_attention_heatmap(
