@@ -88,9 +88,27 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_decoder():
-    """The tiny Llama of :func:`tiny_models.induction_decoder`, trained once per session to do induction."""
+def trained_decoder(tmp_path_factory, worker_id):
+    """The tiny Llama of :func:`tiny_models.induction_decoder`, trained once per test run to do induction.
+
+    Training is deterministic (fixed seeds), so under xdist the first worker that needs the model trains it
+    and saves its weights in the run's shared temporary folder; the other worker waits on the lock and loads
+    them instead of spending the same half minute of CPU again. A run without xdist simply trains."""
+    from filelock import FileLock
+
     model = tiny_models.induction_decoder(0)
-    loss = tiny_models.train_induction(model)
+    if worker_id == "master":
+        loss = tiny_models.train_induction(model)
+    else:
+        shared = tmp_path_factory.getbasetemp().parent / "trained_induction_decoder.pt"
+        with FileLock(str(shared) + ".lock"):
+            if shared.exists():
+                saved = torch.load(shared)
+                model.load_state_dict(saved["state"])
+                model.eval()
+                loss = saved["loss"]
+            else:
+                loss = tiny_models.train_induction(model)
+                torch.save({"state": model.state_dict(), "loss": loss}, shared)
     assert loss < 0.5, f"training did not converge (loss {loss:.3f})"
     return model

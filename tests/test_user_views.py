@@ -242,8 +242,11 @@ def test_model_view_defaults_to_sqrt_above_150_tokens(tmp_path):
     bar = colorbars(fig)[0]
     assert bar.ax.get_ylabel() == "attention weight (square-root colour scale)"
     assert "max-pooled" in fig._suptitle.get_text()
-    thumb = fig.axes[0].images[0].get_array()
-    assert thumb.shape == (100, 100) and float(np.diag(thumb).min()) == 1.0
+    grid = np.ma.getdata(fig.axes[0].images[0].get_array())  # 2 x 3 thumbnails of 100 x 100, 6-cell gaps
+    assert grid.shape == (2 * 100 + 6, 3 * 100 + 2 * 6)
+    thumb = grid[:100, :100]
+    assert float(np.diag(thumb).min()) == 1.0
+    assert np.isnan(grid[100:106]).all() and np.isnan(grid[:, 100:106]).all()
     fig.savefig(tmp_path / "mv.png")
     assert png_size(tmp_path / "mv.png")[0] > 300
 

@@ -237,33 +237,56 @@ def plot_model_view(
     """Draw a layers x heads grid of thumbnails of ``[layers, heads, query, key]`` weights; return the figure.
 
     Each thumbnail is one head's full matrix (rows: queries, columns: keys) on one 0..1 colour scale
-    without tick labels; rows are labelled with the model's layer index and columns with the head index,
-    and one colour bar names the ``scale``: ``linear`` or ``sqrt`` (colour proportional to the square root
-    of the weight; default :func:`default_scale`: ``sqrt`` above 150 tokens); the title says which. Heads
-    longer than 128 tokens are max-pooled to 128 x 128 cells, so one-token-wide lines stay visible. A
-    512-token, 72-head input draws in seconds (each thumbnail is one image, no per-cell artists).
+    without tick labels, framed; rows are labelled with the model's layer index (``L<i>``) and columns with
+    the head index (``H<j>``), and one colour bar names the ``scale``: ``linear`` or ``sqrt`` (colour
+    proportional to the square root of the weight; default :func:`default_scale`: ``sqrt`` above 150
+    tokens); the title says which. Heads longer than 128 tokens are max-pooled to 128 x 128 cells, so
+    one-token-wide lines stay visible. The grid is one image on one axes (the thumbnails separated by
+    blank gaps, their frames one collection), so 72 heads draw in well under a second.
     """
+    from matplotlib.collections import PolyCollection
+
     w = _as_array(attentions, 4, "attentions")
     nl, nh = w.shape[:2]
     scale = default_scale(w.shape[2]) if scale is None else scale
-    norm = _norm(scale, 0.0, 1.0)
     pooled = max(w.shape[-2:]) > MODEL_VIEW_CELLS
     w = _max_pool(w, MODEL_VIEW_CELLS)
+    q, k = w.shape[-2:]
     layer_ids = list(range(nl)) if layer_ids is None else list(layer_ids)
     head_ids = list(range(nh)) if head_ids is None else list(head_ids)
+    mosaic, rows, cols = _model_view_mosaic(w)
     plt = _plt()
     if fig is None:
         fig = plt.figure(figsize=(1.3 * nh + 1, 1.3 * nl + 1))
-    axes = fig.subplots(nl, nh, squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.05})
-    for li in range(nl):
-        for hi in range(nh):
-            ax = axes[li, hi]
-            im = ax.imshow(w[li, hi], cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-            label_model_view_cell(ax, li, hi, layer_ids, head_ids)
-    _colorbar(fig, im, scale, ax=axes.ravel().tolist(), shrink=0.6, pad=0.02, aspect=30)
+    ax = fig.add_subplot()
+    colours = plt.get_cmap(cmap).copy()
+    colours.set_bad("white")  # the gaps between thumbnails
+    im = ax.imshow(mosaic, cmap=colours, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
+    frames = [[(x - 0.5, y - 0.5), (x + k - 0.5, y - 0.5), (x + k - 0.5, y + q - 0.5), (x - 0.5, y + q - 0.5)]
+              for y in rows for x in cols]
+    ax.add_collection(PolyCollection(frames, facecolors="none", edgecolors="black", linewidths=0.8))
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xticks([x + (k - 1) / 2 for x in cols], [f"H{h}" for h in head_ids], fontsize=9)
+    ax.set_yticks([y + (q - 1) / 2 for y in rows], [f"L{l}" for l in layer_ids], fontsize=9)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    _colorbar(fig, im, scale, ax=ax, shrink=0.6, pad=0.02, aspect=30)
     if title:
         fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
     return fig
+
+
+def _model_view_mosaic(w: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Lay ``[layers, heads, q, k]`` thumbnails out as one ``[rows, columns]`` image, layers down and heads
+    across, separated by NaN gaps of about 6 % of a thumbnail; returns the image and the first row of each
+    layer's and the first column of each head's thumbnail."""
+    nl, nh, q, k = w.shape
+    gq, gk = math.ceil(0.06 * q), math.ceil(0.06 * k)
+    grid = np.full((nl, q + gq, nh, k + gk), np.nan, dtype=np.float32)
+    grid[:, :q, :, :k] = w.transpose(0, 2, 1, 3)
+    mosaic = grid.reshape(nl * (q + gq), nh * (k + gk))[: nl * (q + gq) - gq, : nh * (k + gk) - gk]
+    return mosaic, [i * (q + gq) for i in range(nl)], [j * (k + gk) for j in range(nh)]
 
 
 def label_model_view_cell(ax: Axes, li: int, hi: int, layer_ids: Sequence[int], head_ids: Sequence[int]) -> None:
