@@ -244,8 +244,6 @@ def plot_model_view(
     one-token-wide lines stay visible. The grid is one image on one axes (the thumbnails separated by
     blank gaps, their frames one collection), so 72 heads draw in well under a second.
     """
-    from matplotlib.collections import PolyCollection
-
     w = _as_array(attentions, 4, "attentions")
     nl, nh = w.shape[:2]
     scale = default_scale(w.shape[2]) if scale is None else scale
@@ -262,15 +260,7 @@ def plot_model_view(
     colours = plt.get_cmap(cmap).copy()
     colours.set_bad("white")  # the gaps between thumbnails
     im = ax.imshow(mosaic, cmap=colours, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
-    frames = [[(x - 0.5, y - 0.5), (x + k - 0.5, y - 0.5), (x + k - 0.5, y + q - 0.5), (x - 0.5, y + q - 0.5)]
-              for y in rows for x in cols]
-    ax.add_collection(PolyCollection(frames, facecolors="none", edgecolors="black", linewidths=0.8))
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_xticks([x + (k - 1) / 2 for x in cols], [f"H{h}" for h in head_ids], fontsize=9)
-    ax.set_yticks([y + (q - 1) / 2 for y in rows], [f"L{l}" for l in layer_ids], fontsize=9)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
+    frame_model_view(ax, [y - 0.5 for y in rows], [x - 0.5 for x in cols], q, k, layer_ids, head_ids)
     _colorbar(fig, im, scale, ax=ax, shrink=0.6, pad=0.02, aspect=30)
     if title:
         fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
@@ -289,15 +279,21 @@ def _model_view_mosaic(w: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]
     return mosaic, [i * (q + gq) for i in range(nl)], [j * (k + gk) for j in range(nh)]
 
 
-def label_model_view_cell(ax: Axes, li: int, hi: int, layer_ids: Sequence[int], head_ids: Sequence[int]) -> None:
-    """Style thumbnail ``(li, hi)`` of a layers x heads grid: no ticks; the first column names the model's
-    layer (``L<i>``), the first row the head (``H<j>``)."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if hi == 0:
-        ax.set_ylabel(f"L{layer_ids[li]}", fontsize=9, rotation=0, labelpad=14, va="center")
-    if li == 0:
-        ax.set_title(f"H{head_ids[hi]}", fontsize=9)
+def frame_model_view(ax: Axes, tops: Sequence[float], lefts: Sequence[float], height: float, width: float,
+                     layer_ids: Sequence[int], head_ids: Sequence[int]) -> None:
+    """Frame the thumbnails of a layers x heads grid drawn on one axes (thumbnail ``(i, j)`` spans
+    ``lefts[j]..lefts[j] + width`` and ``tops[i]..tops[i] + height`` in data units) and label them: the model's
+    layer index (``L<i>``) left of each row, the head index (``H<j>``) above each column; no other ticks."""
+    from matplotlib.collections import PolyCollection
+
+    frames = [[(x, y), (x + width, y), (x + width, y + height), (x, y + height)] for y in tops for x in lefts]
+    ax.add_collection(PolyCollection(frames, facecolors="none", edgecolors="black", linewidths=0.8))
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xticks([x + width / 2 for x in lefts], [f"H{h}" for h in head_ids], fontsize=9)
+    ax.set_yticks([y + height / 2 for y in tops], [f"L{l}" for l in layer_ids], fontsize=9)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
 
 
 def _max_pool(w: np.ndarray, cells: int) -> np.ndarray:

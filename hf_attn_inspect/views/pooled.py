@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
-from .plotting import label_model_view_cell
+from .plotting import frame_model_view
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -142,6 +142,31 @@ def plot_pooled_heads(
     return fig
 
 
+def _draw_grid(ax: Axes, shares: np.ndarray, q_edges: np.ndarray, k_edges: np.ndarray, norm, cmap: str,
+               layer_ids: Sequence[int], head_ids: Sequence[int]):
+    """Draw ``[layers, heads, n_q_blocks, n_k_blocks]`` shares as one mesh on ``ax``: thumbnails at their
+    true block edges, separated by blank gaps of 6 % of a thumbnail, framed and labelled; return the mesh."""
+    import matplotlib.pyplot as plt
+
+    nl, nh, nq, nk = shares.shape
+    n_q, n_k = q_edges[-1], k_edges[-1]
+    gap_q, gap_k = 0.06 * n_q, 0.06 * n_k
+    tops = [i * (n_q + gap_q) for i in range(nl)]
+    lefts = [j * (n_k + gap_k) for j in range(nh)]
+    ys = np.concatenate([t + q_edges for t in tops])  # a head's last edge and the next head's first bound a gap
+    xs = np.concatenate([x + k_edges for x in lefts])
+    grid = np.full((nl, nq + 1, nh, nk + 1), np.nan)
+    grid[:, :nq, :, :nk] = shares.transpose(0, 2, 1, 3)
+    values = np.ma.masked_invalid(grid.reshape(nl * (nq + 1), nh * (nk + 1))[:-1, :-1])
+    colours = plt.get_cmap(cmap).copy()
+    colours.set_bad("white")
+    mesh = ax.pcolormesh(xs, ys, values, cmap=colours, norm=norm, shading="flat", rasterized=True)
+    ax.set_xlim(0, xs[-1])
+    ax.set_ylim(ys[-1], 0)
+    frame_model_view(ax, tops, lefts, n_q, n_k, layer_ids, head_ids)
+    return mesh
+
+
 def plot_pooled_model_view(
     pooled: torch.Tensor | np.ndarray,
     q_edges: torch.Tensor | np.ndarray,
@@ -168,16 +193,10 @@ def plot_pooled_model_view(
     if fig is None:  # constrained layout keeps the two-line title clear of the head labels
         fig = plt.figure(figsize=(1.5 * nh + 2.2, 1.5 * nl + 1.8), layout="constrained")
         fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
-    axes = fig.subplots(nl, nh, squeeze=False)
-    norm = _norm(float(shares.max()))
-    mesh = None
-    for li in range(nl):
-        for hi in range(nh):
-            ax = axes[li, hi]
-            mesh = _draw(ax, shares[li, hi], q_edges, k_edges, norm, cmap)
-            label_model_view_cell(ax, li, hi, layer_ids, head_ids)
-    if mesh is not None:
-        fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02, label=_LABEL)
+    ax = fig.add_subplot()
+    mesh = _draw_grid(ax, shares, np.asarray(q_edges, dtype=np.float64), np.asarray(k_edges, dtype=np.float64),
+                      _norm(float(shares.max())), cmap, layer_ids, head_ids)
+    fig.colorbar(mesh, ax=ax, shrink=0.8, pad=0.02, label=_LABEL)
     if title is None:
         n_tokens = int(np.asarray(q_edges)[-1])
         size = int(np.asarray(q_edges)[1] - np.asarray(q_edges)[0])
