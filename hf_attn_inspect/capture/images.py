@@ -33,6 +33,7 @@ __all__ = [
     "is_image_file",
     "is_image_input",
     "lead_units",
+    "output_norms",
     "to_pil",
     "vision_family",
     "vision_loader",
@@ -251,3 +252,14 @@ def capture_images(
         batch = inspector.encode_images(items[start : start + batch_size], first=start)
         results.extend(inspector.capture_batch(batch, budget=budget, request=request))
     return results[0] if single else results
+
+
+def output_norms(inspector: Any, batch: Batch) -> torch.Tensor:
+    """``float32 [batch, units]``: the norm of each unit's output (the backbone's ``last_hidden_state``) for an image
+    ``batch``, from one forward pass through the capture path that records nothing. High values on background
+    patches are Darcet et al.'s artifact tokens (:func:`~hf_attn_inspect.stats.vision.artifact_patches`)."""
+    output = inspector.backbone.run(batch, [])
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None:
+        raise CaptureError(f"{type(inspector.model).__name__} returned no last_hidden_state to take unit norms from")
+    return hidden.detach().float().norm(dim=-1).cpu()
