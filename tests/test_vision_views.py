@@ -118,12 +118,12 @@ def test_attention_distance_against_a_loop(photo):
                 dist = [np.hypot(centers[i][0] - cx, centers[i][1] - cy) for cx, cy in centers]
                 per_query.append(float(np.dot(row, dist) / row.sum()))
             assert d["pixels"][layer, h] == pytest.approx(np.mean(per_query), rel=1e-5)
-            assert d["share_class"][layer, h] == pytest.approx(a[layer, h, 2:, 0].mean(), rel=1e-5)
-            assert d["share_distillation"][layer, h] == pytest.approx(a[layer, h, 2:, 1].mean(), rel=1e-5)
+            assert d["to_class"][layer, h] == pytest.approx(a[layer, h, 2:, 0].mean(), rel=1e-5)
+            assert d["to_distillation"][layer, h] == pytest.approx(a[layer, h, 2:, 1].mean(), rel=1e-5)
     assert np.allclose(d["patches"], d["pixels"] / grid.patch)
     table = head_table(photo)
     assert table["attention_distance_px"].to_numpy() == pytest.approx(d["pixels"].ravel(), rel=1e-6)
-    assert "share_register" not in table.columns
+    assert "to_register" not in table.columns
 
 
 def test_artifact_patches_and_output_norms(deit, photo):

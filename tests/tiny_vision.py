@@ -41,11 +41,11 @@ def build_vision(family: str, seed: int = 0):
     return model.eval(), proc
 
 
-def save_vision(family: str, directory: Path) -> Path:
-    """Save a tiny ``family`` model and its image processor to ``directory``; returns it."""
+def save_vision(family: str, directory: Path, seed: int = 0) -> Path:
+    """Save a tiny ``family`` model (weights drawn with ``seed``) and its image processor to ``directory``."""
     import warnings
 
-    model, proc = build_vision(family)
+    model, proc = build_vision(family, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.save_pretrained(directory)

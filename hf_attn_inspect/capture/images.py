@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CaptureError, InputError
+from ..core.images import IMAGE_SUFFIXES, is_image_file
 from .grid import PatchGrid
 from .inputs import Batch
 
@@ -51,9 +52,6 @@ VISION_FAMILIES = {
 
 #: config.model_type of vision transformers whose attention is windowed (refused).
 WINDOWED_TYPES = ("swin", "swinv2", "donut-swin", "maskformer-swin")
-
-#: File endings read as images (``inspect IMAGE``, image folders).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 _SUPPORTED = "ViT, DeiT, DINOv2 (with or without registers) and CLIP's vision tower"
 
@@ -103,11 +101,6 @@ def _patch_size(config: Any) -> int:
     if not isinstance(p, int) or p < 1:
         raise CaptureError("cannot read patch_size from the vision model's config")
     return p
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` names a file with an image ending (:data:`IMAGE_SUFFIXES`), existing or not."""
-    return Path(os.fspath(path)).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _is_one_image(x: object) -> bool:

@@ -187,7 +187,7 @@ def head_table(
     :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds its ``importance`` and
     ``importance_rank`` columns for the same stack, matched by layer and head. Results of images add the mean
     attention distance of :func:`~hf_attn_inspect.stats.vision.distance_table` (``attention_distance_px``,
-    ``attention_distance_patches``, ``share_class``...)."""
+    ``attention_distance_patches``, ``to_class``...)."""
     df = classify_heads(result, thresholds=thresholds, which=which)
     images = [result] if isinstance(result, AttentionResult) else list(result)
     if images and all(isinstance(r, AttentionResult) and r.grid is not None for r in images):

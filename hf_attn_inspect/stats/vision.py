@@ -15,8 +15,8 @@ returns patch maps ``[..., rows, cols]`` in the grid of :class:`~hf_attn_inspect
 * :func:`attention_distance` / :func:`distance_table` — the ViT paper's mean attention distance (Dosovitskiy et
   al. 2020, Fig. 7): per head, the distance in pixels between a query patch and the patches it attends to,
   weighted by attention and averaged over query patches. Non-patch keys (``[CLS]``, ``[DIST]``, registers)
-  have no position: their share of each patch query's attention is reported apart (``share_class``,
-  ``share_register``, ...), and the distance is over the patch keys with their weights renormalised.
+  have no position: their share of each patch query's attention is reported apart (``to_class``,
+  ``to_register``, ...), and the distance is over the patch keys with their weights renormalised.
 * :func:`artifact_patches` — Darcet et al. (2024): vision transformers without registers turn some background
   patches into high-norm tokens that hold global information; a patch whose output norm exceeds ``factor``
   times the median patch norm is flagged.
@@ -137,7 +137,7 @@ def patch_query(result: AttentionResult, layer: int | None, head: int | None, ro
 
 def attention_distance(result: AttentionResult) -> dict[str, np.ndarray]:
     """Mean attention distance of every captured head (``[layers, heads]`` arrays): ``pixels`` (in the model's
-    input image), ``patches`` (the same in patch widths), and ``share_<kind>`` for each non-patch kind present
+    input image), ``patches`` (the same in patch widths), and ``to_<kind>`` for each non-patch kind present
     (``class``, ``distillation``, ``register``): the mean share of a patch query's attention on such units.
 
     Per patch query ``i``: ``d_i = sum_j a_ij |c_i - c_j| / sum_j a_ij`` over patch keys ``j`` (``c`` the patch
@@ -154,13 +154,13 @@ def attention_distance(result: AttentionResult) -> dict[str, np.ndarray]:
     kinds = np.array(grid.kinds())
     for kind in dict.fromkeys(grid.lead_kinds):
         cols = torch.from_numpy(np.flatnonzero(kinds == kind))
-        out[f"share_{kind}"] = w[..., grid.patches, :][..., cols].sum(-1).mean(-1).numpy()
+        out[f"to_{kind}"] = w[..., grid.patches, :][..., cols].sum(-1).mean(-1).numpy()
     return out
 
 
 def distance_table(results: AttentionResult | Sequence[AttentionResult]) -> pd.DataFrame:
     """One row per captured layer and head: ``attention_distance_px``, ``attention_distance_patches`` and the
-    ``share_<kind>`` columns of :func:`attention_distance`, averaged over the images (all of one grid kind)."""
+    ``to_<kind>`` columns of :func:`attention_distance`, averaged over the images (all of one grid kind)."""
     items = [results] if isinstance(results, AttentionResult) else list(results)
     if not items:
         raise InputError("no image results given")

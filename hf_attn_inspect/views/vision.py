@@ -144,8 +144,12 @@ def plot_cls_attention_heads(result: AttentionResult, layer: int | None = None, 
     flat[0].set_yticks([])
     for i, h in enumerate(result.head_ids):
         plot_cls_attention(result, layer, h, top_mass=top_mass, ax=flat[i + 1], artifacts=artifacts)
+        flat[i + 1].set_title(f"head {h}", fontsize=9)
     for ax in flat[n:]:
         ax.axis("off")
+    lid = result.layer_ids[-1] if layer is None else layer
+    fig.suptitle(f"[CLS] attention over the image, layer {lid}"
+                 + ("" if top_mass is None else f" (top {top_mass:.0%} of each map's mass)"), fontsize=10)
     fig.tight_layout()
     return fig
 
