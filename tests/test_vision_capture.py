@@ -12,6 +12,8 @@ from hf_attn_inspect import AttentionInspector, AttentionResult, CaptureError, I
 from hf_attn_inspect.capture.interface import use_implementation
 from tiny_vision import PATCH, SIZE, VISION_FAMILIES, save_vision, synthetic_image
 
+GRACE = str(__import__("matplotlib.cbook").cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
 
 @pytest.fixture(scope="module")
 def vision_dir(tmp_path_factory):
@@ -108,3 +110,44 @@ def test_refusals_are_one_line(vision, vision_dir, tmp_path, inspector):
         vision("vit")(np.zeros((4, 4, 5)))
     with pytest.raises(InputError, match="no image file at"):
         vision("vit")(tmp_path / "missing.png")
+
+
+def test_a_whole_clip_checkpoint_loads_its_vision_tower(tmp_path):
+    import transformers as tf
+
+    from tiny_vision import _COMMON
+
+    torch.manual_seed(0)
+    cfg = tf.CLIPConfig(text_config={"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                     "intermediate_size": 64, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config=_COMMON, projection_dim=16)
+    model = tf.CLIPModel(cfg).eval()
+    model.save_pretrained(tmp_path)
+    tf.CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(tmp_path)
+    ins = AttentionInspector.from_pretrained(tmp_path, device="cpu")
+    assert type(ins.model).__name__ == "CLIPVisionModel" and ins.dims() == {"self": (2, 4)}
+    r = ins(synthetic_image())
+    pixels = ins.processor(images=[Image.fromarray(synthetic_image())], return_tensors="pt")["pixel_values"]
+    with use_implementation(model, "eager"), torch.no_grad():
+        eager = model.vision_model(pixel_values=pixels, output_attentions=True).attentions
+    for layer in range(2):
+        assert torch.allclose(r.attentions[layer], eager[layer][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(VISION_FAMILIES))
+def test_verify_passes_on_images(family, vision, vision_dir, capsys):
+    from hf_attn_inspect.checks.verify import verify
+    from hf_attn_inspect.cli import main
+
+    report = verify(vision(family))
+    assert report.passed and len(report.layers) == 2
+    assert all(c.weights_max_diff <= 1e-5 and c.output_max_diff <= 1e-5 for c in report.layers)
+    assert main(["verify", "--model", str(vision_dir(family)), "--device", "cpu", GRACE]) == 0
+    assert "PASS" in capsys.readouterr().out.upper()
+
+
+def test_verify_refuses_an_image_for_a_text_model(capsys):
+    from hf_attn_inspect.cli import main
+
+    assert main(["verify", GRACE]) == 2
+    assert "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model" in capsys.readouterr().err

@@ -69,6 +69,7 @@ def test_view_image_writes_the_explorer(work, capsys):
     assert '"grid"' in html and "data:image/png;base64," in html
 
 
+@pytest.mark.heavy
 def test_batch_on_an_image_folder_and_an_image_column(work, capsys):
     out = work / "b_folder"
     assert main(["batch", "--dataset", str(work / "imgs"), "--model", str(work / "vit"), "--out", str(out),
@@ -114,24 +115,32 @@ def test_compare_two_vision_checkpoints(work, capsys):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("corrupt", "cannot read {work}/bad.jpg as an image"),
     ("text_to_vision", "is a vision model without a tokenizer; give it images"),
     ("image_to_text", "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model"),
     ("swin", "swin attends within shifted local windows of the image"),
+    ("batch_text_model", "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model"),
 ])
-def test_bad_input_is_one_line_and_exit_2(work, case, message):
-    argv = {"corrupt": ["inspect", str(work / "bad.jpg"), "--model", str(work / "vit")],
-            "text_to_vision": ["inspect", "A cat sat on the mat.", "--model", str(work / "vit")],
-            "image_to_text": ["inspect", str(work / "imgs" / "grace.jpg")],
-            "swin": ["view", str(work / "imgs" / "grace.jpg"), "--model", str(work / "swin")]}[case]
-    proc = subprocess.run([sys.executable, "-m", "hf_attn_inspect", *argv, "--out" if argv[0] == "inspect" else "-o",
-                           str(work / f"never_{case}") + ("" if argv[0] == "inspect" else ".html")],
-                          capture_output=True, text=True, env=ENV, cwd=work, timeout=300)
-    assert proc.returncode == 2
+def test_bad_input_is_one_line_and_exit_2(work, case, message, capsys):
+    never = work / f"never_{case}"
+    argv = {"text_to_vision": ["inspect", "A cat sat on the mat.", "--model", str(work / "vit"), "--out", str(never)],
+            "image_to_text": ["inspect", str(work / "imgs" / "grace.jpg"), "--out", str(never)],
+            "swin": ["view", str(work / "imgs" / "grace.jpg"), "--model", str(work / "swin"), "-o", f"{never}.html"],
+            "batch_text_model": ["batch", "--dataset", str(work / "imgs"), "--out", str(never)]}[case]
+    assert main(argv) == 2
+    err = capsys.readouterr()
+    lines = _lines(err.err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err.err
+    assert not never.exists() and not (work / f"never_{case}.html").exists() and err.out == ""
+
+
+def test_corrupt_image_is_refused_by_the_program_before_any_model(work):
+    proc = subprocess.run([sys.executable, "-m", "hf_attn_inspect", "inspect", str(work / "bad.jpg"), "--model",
+                           str(work / "vit"), "--out", str(work / "never")], capture_output=True, text=True, env=ENV,
+                          cwd=work, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
     lines = _lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(work=work) in lines[0], proc.stderr
-    assert not (work / f"never_{case}").exists() and not (work / f"never_{case}.html").exists()
-    assert proc.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read {work / 'bad.jpg'} as an image"), proc.stderr
+    assert not (work / "never").exists()
 
 
 def test_api_batch_of_images_matches_torch(work):

@@ -49,9 +49,6 @@ def _vision(args: argparse.Namespace):
 
 def inspect_image(args: argparse.Namespace) -> int:
     """``inspect IMAGE``: the figures of one image and the chosen head's distance (see the module docstring)."""
-    from ..core.files import files_kept_on_success
-    from ..core.memory import oom_guard
-
     image = check_image_file(args.text.strip())
     if args.pair is not None:
         raise InputError("--pair is for texts; an image has no second text")
@@ -64,6 +61,9 @@ def inspect_image(args: argparse.Namespace) -> int:
     files = [f"head_L{args.layer}_H{args.head}.{f}", f"layer_{args.layer}_heads.{f}", f"model_view.{f}",
              f"rollout.{f}", f"attention_distance.{f}"] + (["attention.html"] if args.html else [])
     check_replaceable(out, files, overwrite=args.overwrite)
+    from ..core.files import files_kept_on_success
+    from ..core.memory import oom_guard
+
     with files_kept_on_success(out), oom_guard("writing inspect's figures", "try a smaller --max-memory"):
         return _inspect_image(args, image, out, files)
 
@@ -121,11 +121,11 @@ def _inspect_image(args: argparse.Namespace, image: Path, out: Path, files: list
 
 def view_image(args: argparse.Namespace, out: Path) -> int:
     """``view IMAGE``: the explorer page in its image mode (the image with the overlay; hover a patch)."""
-    from ..views.explorer import write_explorer
-
     image = check_image_file(args.text.strip())
     if args.pair is not None:
         raise InputError("--pair is for texts; an image has no second text")
+    from ..views.explorer import write_explorer
+
     inspector = _vision(args)
     result = inspector(image, layers=args.layers, max_memory=args.max_memory)
     path = write_explorer(result, out, rollout=not args.no_rollout)
@@ -168,12 +168,12 @@ def batch_images(args: argparse.Namespace) -> int:
 def compare_images(args: argparse.Namespace, models: list[str | None]) -> int:
     """``compare`` of two vision checkpoints on images: ``head_divergence.csv`` (JS divergence and both mean
     attention distances per head)."""
+    out = _image_outputs(args, ["head_divergence.csv"])
+    source = [check_image_file(i) for i in args.image] if args.image else args.dataset
     from ..capture.inspector import resolve_inspector
     from ..core.files import atomic_write
     from ..runs.images import compare_image_models
 
-    out = _image_outputs(args, ["head_divergence.csv"])
-    source = [check_image_file(i) for i in args.image] if args.image else args.dataset
     insp = [resolve_inspector(m, device=args.device, dtype=args.dtype, what=f"model {w}") for m, w in zip(models, "AB")]
     for i, w in zip(insp, "AB"):
         if i.processor is None:
