@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import CaptureError, InputError
-from ..core.images import IMAGE_SUFFIXES, is_image_file
+from ..core.images import IMAGE_SUFFIXES, is_image_file, read_image
 from .grid import PatchGrid
 from .inputs import Batch
 
@@ -132,20 +132,11 @@ def to_pil(x: object, index: int = 0, total: int = 1) -> Any:
     """Image ``x`` (a path, a PIL image, or a ``uint8``/``[0, 1]`` float array ``[H, W]``, ``[H, W, 3]`` or
     ``[H, W, 4]``) as an RGB PIL image. A missing or unreadable file, or an array of another shape, raises
     :class:`InputError` in one line."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     which = "image" if total == 1 else f"image {index + 1} of {total}"
     if isinstance(x, (str, os.PathLike)):
-        path = Path(os.fspath(x)).expanduser()
-        if not path.is_file():
-            raise InputError(f"{which}: no image file at {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise InputError(f"{which}: cannot read {path} as an image ({reason})") from None
+        return read_image(x, which)
     if isinstance(x, Image.Image):
         return x.convert("RGB")
     if isinstance(x, torch.Tensor):
