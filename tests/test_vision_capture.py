@@ -151,3 +151,16 @@ def test_verify_refuses_an_image_for_a_text_model(capsys):
 
     assert main(["verify", GRACE]) == 2
     assert "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model" in capsys.readouterr().err
+
+
+def test_debug_checklist_runs_on_images(vision, capsys):
+    from hf_attn_inspect.checks.diagnose import diagnose
+    from hf_attn_inspect.cli import main
+
+    report = diagnose(vision("deit"), [GRACE, synthetic_image()])
+    status = {f.check: f.status for f in report.findings}
+    assert status["row_sums"] == "ok" and status["padding_leak"] == "ok" and status["fully_masked_rows"] == "ok"
+    assert status["masks_dropped"] == "ok"  # the photo alone gives the attention it gets inside the batch
+    assert status["uniform_heads"] == "fail"  # a random tiny model attends almost uniformly: the check says so
+    assert main(["debug", GRACE]) == 2
+    assert "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from .inputs import Batch
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "default_images",
     "VISION_FAMILIES",
     "WINDOWED_TYPES",
     "encode_images",
@@ -247,3 +248,13 @@ def output_norms(inspector: Any, batch: Batch) -> torch.Tensor:
     if hidden is None:
         raise CaptureError(f"{type(inspector.model).__name__} returned no last_hidden_state to take unit norms from")
     return hidden.detach().float().norm(dim=-1).cpu()
+
+
+def default_images() -> list[np.ndarray]:
+    """Two ``uint8`` RGB test images of different sizes and content (a colour gradient with a bright square, and
+    deterministic noise) that ``verify`` and ``debug`` check a vision model on when given none."""
+    y, x = np.mgrid[0:48, 0:64]
+    ramp = np.stack([x * 4, y * 5, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
+    ramp[12:30, 20:40] = 255
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    return [ramp, noise]

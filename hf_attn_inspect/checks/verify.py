@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import pandas as pd
-import numpy as np
 import torch
 from transformers.utils import ModelOutput
 
+from ..capture.images import default_images
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import original_attention_function, passthrough_name, use_implementation
 from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
@@ -25,7 +25,7 @@ from ..core.errors import InputError
 from ..core.stacks import OUTPUT_FIELDS, STACKS, model_stacks
 from .diagnose import query_key_valid
 
-__all__ = ["verify", "VerificationReport", "LayerCheck", "DEFAULT_TEXTS", "default_images"]
+__all__ = ["verify", "VerificationReport", "LayerCheck", "DEFAULT_TEXTS"]
 
 DEFAULT_TEXTS = (
     "The cat sat on the mat.",
@@ -131,7 +131,7 @@ def verify(
 ) -> VerificationReport:
     """Check every layer of ``inspector``'s model on one padded batch of ``texts`` (default: 4 sentences
     of different lengths; ``pairs``: second texts of sentence pairs; for a vision model, images: paths, PIL images
-    or arrays, default :func:`default_images`) and return a :class:`VerificationReport`
+    or arrays, default :func:`~hf_attn_inspect.capture.images.default_images`) and return a :class:`VerificationReport`
     with the per-layer largest absolute differences over real tokens. A blank text or a negative
     ``tolerance`` raises :class:`~hf_attn_inspect.core.errors.InputError`."""
     if tolerance < 0 or math.isnan(tolerance):
@@ -169,16 +169,6 @@ def verify(
             od = _max_diff(ours.outputs[key], theirs.outputs[key], vq, None)
         report.layers.append(LayerCheck(stack, layer, wd, od))
     return report
-
-
-def default_images() -> list[np.ndarray]:
-    """Two ``uint8`` RGB test images of different sizes and content (a colour gradient with a bright square, and
-    deterministic noise) that :func:`verify` checks a vision model on when given none."""
-    y, x = np.mgrid[0:48, 0:64]
-    ramp = np.stack([x * 4, y * 5, (x + y) * 2], -1).clip(0, 255).astype(np.uint8)
-    ramp[12:30, 20:40] = 255
-    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    return [ramp, noise]
 
 
 def _eager_weights(output: ModelOutput, enc_dec: bool) -> dict[tuple[str, int], torch.Tensor]:

@@ -18,7 +18,7 @@ from ..core.images import check_image_file, image_files, is_image_file
 from .options import load_inspector
 
 __all__ = ["batch_images", "compare_images", "inspect_image", "is_image_argument", "is_image_column", "is_image_folder",
-           "view_image"]
+           "refuse_images_for_text_model", "view_image"]
 
 
 def is_image_argument(value: str) -> bool:
@@ -38,12 +38,22 @@ def is_image_column(loaded: object, column: str) -> bool:
     return type(features.get(column)).__name__ == "Image"
 
 
+def _image_to_text_model(inspector: object) -> InputError:
+    return InputError(f"an image was given to {getattr(inspector, 'name', 'the model')}, a text model; pick a "
+                      "vision transformer (ViT, DeiT, DINOv2, CLIP) with --model")
+
+
+def refuse_images_for_text_model(inspector: object, values: list[str]) -> None:
+    """Raise the one-line "an image was given to a text model" when a text model's TEXT arguments name image files."""
+    if getattr(inspector, "processor", None) is None and any(is_image_argument(v) for v in values):
+        raise _image_to_text_model(inspector)
+
+
 def _vision(args: argparse.Namespace):
     """The inspector of ``--model``; a text model raises the one-line "an image was given to a text model"."""
     inspector = load_inspector(args)
     if inspector.processor is None:
-        raise InputError(f"an image was given to {inspector.name}, a text model; pick a vision transformer "
-                         "(ViT, DeiT, DINOv2, CLIP) with --model")
+        raise _image_to_text_model(inspector)
     return inspector
 
 

@@ -37,11 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..checks.verify import verify
 
     inspector = load_inspector(args)
-    from .images import is_image_argument
+    from .images import refuse_images_for_text_model
 
-    if inspector.processor is None and any(is_image_argument(t) for t in args.texts):
-        raise InputError(f"an image was given to {inspector.name}, a text model; pick a vision transformer "
-                         "(ViT, DeiT, DINOv2, CLIP) with --model")
+    refuse_images_for_text_model(inspector, args.texts)
     report = verify(inspector, args.texts or None, tolerance=args.tolerance)
     print(report.format())
     return 0 if report.passed else 1
