@@ -164,3 +164,13 @@ def test_debug_checklist_runs_on_images(vision, capsys):
     assert status["uniform_heads"] == "fail"  # a random tiny model attends almost uniformly: the check says so
     assert main(["debug", GRACE]) == 2
     assert "an image was given to sentence-transformers/all-MiniLM-L6-v2, a text model" in capsys.readouterr().err
+
+
+def test_an_in_memory_vision_model_finds_its_image_processor(vision, vision_dir):
+    from hf_attn_inspect.capture.inspector import resolve_inspector
+
+    model = vision("vit").model
+    model.config._name_or_path = str(vision_dir("vit"))
+    ins = resolve_inspector(model)
+    assert ins.processor is not None and ins.tokenizer is None
+    assert torch.allclose(ins(synthetic_image()).attentions, vision("vit")(synthetic_image()).attentions)

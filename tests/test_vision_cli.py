@@ -44,7 +44,7 @@ def _lines(text: str) -> list[str]:
 def test_inspect_image_writes_the_overlays_and_prints_distances(work, capsys):
     out = work / "o_inspect"
     rc = main(["inspect", str(work / "imgs" / "grace.jpg"), "--model", str(work / "dinov2_with_registers"), "--layer",
-               "1", "--head", "2", "--top-mass", "0.6", "--out", str(out), "--html"])
+               "1", "--head", "2", "--top-mass", "0.6", "--out", str(out), "--html", "--all-heads"])
     text = capsys.readouterr().out
     assert rc == 0
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -59,6 +59,8 @@ def test_inspect_image_writes_the_overlays_and_prints_distances(work, capsys):
     row = distance_table(result).query("layer == 1 and head == 2").iloc[0]
     assert f"mean attention distance {row['attention_distance_px']:.1f} px" in text
     assert f"register {row['to_register']:.3f}" in text and "high-norm patches" in text
+    every = text.split("EVERY HEAD")[1].split("\nwrote ")[0]
+    assert "attention_distance_px" in every and "to_register" in every and len(every.strip().splitlines()) == 2 + 8
 
 
 def test_view_image_writes_the_explorer(work, capsys):

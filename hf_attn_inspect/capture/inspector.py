@@ -834,6 +834,17 @@ def resolve_inspector(
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], torch.nn.Module):
         return AttentionInspector(source[0], source[1])
     if isinstance(source, torch.nn.Module):
+        name = getattr(getattr(source, "config", None), "_name_or_path", "")
+        if tokenizer is None and vision_family(getattr(source, "config", None)) is not None:
+            from transformers import AutoImageProcessor
+
+            try:  # a vision model: its image processor, from where the model came from
+                with quiet_transformers():
+                    processor = AutoImageProcessor.from_pretrained(name)
+            except Exception:  # transformers raises OSError, ValueError or hub errors here
+                raise InputError(f"{what} is an in-memory vision model whose image processor could not be loaded from "
+                                 "its config; pass AttentionInspector(model, processor=...)") from None
+            return AttentionInspector(source, None, processor=processor)
         if tokenizer is None:
             from transformers import AutoTokenizer
 

@@ -124,6 +124,15 @@ def _inspect_image(args: argparse.Namespace, image: Path, out: Path, files: list
         print(f"  layer {layer:2d}  {r['min']:7.1f} {r['mean']:7.1f} {r['max']:7.1f}")
     flagged = [f"p({r},{c})" for r, c in zip(*flags.nonzero())]
     print(f"high-norm patches (output norm > 2 x median, Darcet et al. 2024): {' '.join(flagged) if flagged else 'none'}")
+    if args.all_heads:
+        from ..stats.patterns import head_table
+        from ..stats.tables import format_head_table
+
+        table = head_table(result)
+        extra = ["attention_distance_px", "attention_distance_patches"] + [c for c in table.columns if c.startswith("to_")]
+        print("\nEVERY HEAD: pattern class, entropy (nats) and mean attention distance (pixels, patches); to_<kind>: "
+              "share of patch queries' attention on non-patch units")
+        print(format_head_table(table, columns=["layer", "head", "class", "entropy", *extra]))
     for path in written:
         print(f"wrote {path}")
     return 0
