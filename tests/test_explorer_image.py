@@ -64,7 +64,7 @@ def test_image_mode_draws_the_row_and_follows_the_hovered_patch(browser, planted
     # captured strongest up to one level
     assert row[shown] >= row[grid.patches].max() - row.max() / 255 - 1e-6
     assert float(page.locator("#hover-info").get_attribute("data-value")) == pytest.approx(row[grid.patches].max(), abs=row.max() / 255 + 1e-6)
-    assert f"query p(3,3) (layer 1, head 0)" in info.text_content()
+    assert "query p(3,3) (layer 1, head 0)" in info.text_content()
     assert f"[CLS] {row[0]:.3f}, [DIST] {row[1]:.3f}" in info.text_content()
     page.click("#im-cls")
     p.settle()

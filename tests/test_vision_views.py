@@ -23,7 +23,7 @@ from hf_attn_inspect.stats.vision import (  # noqa: E402
 from hf_attn_inspect.views.vision import (  # noqa: E402
     plot_attention_distance, plot_cls_attention, plot_cls_attention_heads, plot_image_rollout, plot_patch_query,
 )
-from tiny_vision import save_vision, synthetic_image  # noqa: E402
+from tiny_vision import save_vision  # noqa: E402
 
 GRACE = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
 

@@ -27,6 +27,7 @@ from .inputs import Batch
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "capture_images",
     "default_images",
     "VISION_FAMILIES",
     "WINDOWED_TYPES",
@@ -105,7 +106,7 @@ def _patch_size(config: Any) -> int:
 
 
 def _is_one_image(x: object) -> bool:
-    if isinstance(x, np.ndarray) or isinstance(x, os.PathLike):
+    if isinstance(x, (np.ndarray, os.PathLike)):
         return True
     try:
         from PIL import Image

@@ -42,6 +42,7 @@ __all__ = [
     "cls_attention",
     "distance_table",
     "fuse_heads",
+    "image_grid",
     "image_rollout",
     "patch_query",
     "top_mass_mask",
