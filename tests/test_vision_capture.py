@@ -174,3 +174,10 @@ def test_an_in_memory_vision_model_finds_its_image_processor(vision, vision_dir)
     ins = resolve_inspector(model)
     assert ins.processor is not None and ins.tokenizer is None
     assert torch.allclose(ins(synthetic_image()).attentions, vision("vit")(synthetic_image()).attentions)
+
+
+def test_a_bfloat16_vision_model_takes_the_float32_pixels(vision, vision_dir):
+    half = AttentionInspector.from_pretrained(vision_dir("vit"), device="cpu", dtype="bfloat16")
+    r = half(synthetic_image())
+    assert r.attentions.dtype == torch.float32
+    assert torch.allclose(r.attentions, vision("vit")(synthetic_image()).attentions, atol=2e-2)

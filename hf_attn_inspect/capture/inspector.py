@@ -355,6 +355,8 @@ class AttentionInspector:
         probe = as_probe(recorders)
         model = self.model
         inputs: dict[str, Any] = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        if "pixel_values" in inputs:  # an image: the processor gives float32 pixels, the model may run in bfloat16
+            inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
         if getattr(self.config, "use_cache", None) is not None:
             inputs["use_cache"] = False
         was_training = model.training
