@@ -181,3 +181,22 @@ def test_a_bfloat16_vision_model_takes_the_float32_pixels(vision, vision_dir):
     r = half(synthetic_image())
     assert r.attentions.dtype == torch.float32
     assert torch.allclose(r.attentions, vision("vit")(synthetic_image()).attentions, atol=2e-2)
+
+
+def test_a_non_square_image_gets_a_non_square_grid(tmp_path):
+    import transformers as tf
+
+    from tiny_vision import _COMMON
+
+    torch.manual_seed(0)
+    model = tf.Dinov2Model(tf.Dinov2Config(**_COMMON)).eval()
+    proc = tf.BitImageProcessor(size={"shortest_edge": 24}, do_center_crop=False)  # keeps the aspect ratio
+    ins = AttentionInspector(model, processor=proc)
+    r = ins(synthetic_image(40, 70))
+    pixels = proc(images=[Image.fromarray(synthetic_image(40, 70))], return_tensors="pt")["pixel_values"]
+    h, w = pixels.shape[-2:]
+    assert (h, w) == (24, 42) and (r.grid.rows, r.grid.cols) == (h // PATCH, w // PATCH) == (3, 5)
+    assert r.image.shape == (24, 40, 3) and r.grid.boxes()[-1].tolist() == [32, 16, 40, 24]
+    with use_implementation(model, "eager"), torch.no_grad():
+        eager = model(pixel_values=pixels, output_attentions=True).attentions
+    assert r.attentions.shape[-1] == 1 + 15 and torch.allclose(r.attentions[1], eager[1][0], atol=1e-5)
