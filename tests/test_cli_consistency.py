@@ -52,6 +52,8 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     empty.write_text("  \n")
     good = tmp_path / "good.txt"
     good.write_text("The cat sat on the mat.")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     out = str(tmp_path / "out")
     errors = [
         ["inspect", "   "], ["inspect", ""], ["inspect", "hi", "--pair", " "], ["view", ""], ["verify", " "], ["debug", ""],
@@ -67,6 +69,8 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
         ["view", "hi", "-o", str(blocker / "x.html")],
         ["batch", "--dataset", str(tmp_path / "missing.csv"), "--out", out],
         ["compare", "a", "b", "--dataset", "./missing.jsonl", "--out", out],
+        ["inspect", str(tmp_path / "missing.png"), "--out", out], ["inspect", str(corrupt), "--out", out],
+        ["view", str(corrupt), "-o", str(tmp_path / "v.html")], ["compare", "a", "b", "--image", str(corrupt), "--out", out],
     ]
     names = list(_commands())
     code = textwrap.dedent(f"""
@@ -101,6 +105,7 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     assert "not UTF-8" in messages[f"long {latin} --out {out}"]
     assert "does not exist" in messages[f"batch --dataset {tmp_path / 'missing.csv'} --out {out}"]
     assert "cannot write to output directory" in messages[f"inspect hi --out {blocker / 'out'}"]
+    assert "as an image" in messages[f"inspect {corrupt} --out {out}"] and "no image file" in messages[f"inspect {tmp_path / 'missing.png'} --out {out}"]
     assert not (tmp_path / "out").exists()
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from transformers import BatchEncoding
 
 from ..core.errors import InputError
 from ..core.stacks import DECODER, ENCODER, SELF, STACKS, check_stack, key_stack
+from .grid import PatchGrid
 
 __all__ = ["Batch", "KeyMasks", "PAD", "STACKS", "UNIT_KINDS"]
 
@@ -82,7 +84,9 @@ class Batch:
     :meth:`AttentionInspector.run <hf_attn_inspect.capture.inspector.AttentionInspector.run>`.
     ``unit_kinds`` (int8 ``[batch, T]`` codes, :data:`UNIT_KINDS`, :data:`PAD` on padding) and
     ``unit_labels`` (each row's unit strings) are set by :meth:`from_units`; None for tokenized text, whose
-    :attr:`kinds` come from ``special`` and whose labels are the tokenizer's tokens.
+    :attr:`kinds` come from ``special`` and whose labels are the tokenizer's tokens. Image batches
+    (:func:`~hf_attn_inspect.capture.images.encode_images`) carry their :class:`PatchGrid` in ``grid`` and each
+    image as the model saw it (``uint8 [H, W, 3]``) in ``images``.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -98,6 +102,8 @@ class Batch:
     causal_stacks: set[str] = field(default_factory=set)
     unit_kinds: torch.Tensor | None = None
     unit_labels: list[list[str]] | None = None
+    grid: PatchGrid | None = None
+    images: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not {"input_ids", "inputs_embeds", "pixel_values"} & set(self.inputs):
@@ -291,4 +297,5 @@ class Batch:
             causal_stacks=set(),
             unit_kinds=cut(self.unit_kinds, enc_len),
             unit_labels=None if self.unit_labels is None else [self.unit_labels[i] for i in pick],
+            images=None if self.images is None else [self.images[i] for i in pick],
         )

@@ -13,6 +13,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from ..core.tokens import punctuation_table
+from .images import capture_images, encode_images, is_image_input, vision_family, vision_loader
 from .inputs import Batch
 from .interface import OutputEdit, Probe, Site, capture, use_implementation
 from .measures import compute_measures
@@ -112,12 +113,16 @@ class AttentionInspector:
     Wrap a model you already have (``AttentionInspector(model, tokenizer)``, loaded with any attention
     implementation; it is left as it was after each call) or load one with :meth:`from_pretrained`.
     Calling the inspector on a text returns an :class:`AttentionResult`; on a list of texts, a list of
-    them (run in padded batches, padding stripped from every result).
+    them (run in padded batches, padding stripped from every result). A vision transformer (ViT, DeiT,
+    DINOv2, CLIP's vision tower) is loaded with its image processor (``processor``) and called on images
+    instead (:mod:`hf_attn_inspect.capture.images`).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, name: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None, *,
+                 name: str | None = None, processor: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.processor = processor  # a vision model's image processor (AutoImageProcessor); None for text models
         self.config = model.config
         self.name = name or getattr(self.config, "_name_or_path", "") or type(model).__name__
         self.is_encoder_decoder = bool(getattr(self.config, "is_encoder_decoder", False))
@@ -152,13 +157,22 @@ class AttentionInspector:
                 raise InputError(f"unknown dtype '{dtype}'; choose float32, bfloat16 or float16")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         common = {"revision": revision, "trust_remote_code": trust_remote_code}
+        processor = None
         try:
             config = AutoConfig.from_pretrained(path, **common)
-            auto = model_class(config)
-            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            if vision_family(config) is None:
+                auto = model_class(config)
+                tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            else:  # a vision transformer: its image processor instead of a tokenizer
+                from transformers import AutoImageProcessor
+
+                auto, config = vision_loader(config, model_class(config))
+                tokenizer = None
+                with quiet_transformers():
+                    processor = AutoImageProcessor.from_pretrained(path, **common)
             with quiet_transformers():
                 model = auto.from_pretrained(path, config=config, dtype=dtype or torch.float32, **common)
-        except InputError:
+        except (InputError, CaptureError):
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -167,7 +181,7 @@ class AttentionInspector:
                 "directory, or leave out --model to use the embedded default (all-MiniLM-L6-v2)"
             ) from None
         model.to(device).eval()
-        return cls(model, tokenizer, name=display)
+        return cls(model, tokenizer, name=display, processor=processor)
 
     # ------------------------------------------------------------------- info
     @property
@@ -180,7 +194,8 @@ class AttentionInspector:
             return self
         cached = self.__dict__.get("_backbone")
         if cached is None or cached.model is not base:
-            cached = self.__dict__["_backbone"] = AttentionInspector(base, self.tokenizer, name=self.name)
+            cached = self.__dict__["_backbone"] = AttentionInspector(base, self.tokenizer, name=self.name,
+                                                                      processor=self.processor)
         return cached
 
     @property
@@ -239,6 +254,9 @@ class AttentionInspector:
         maximum) is truncated with a :class:`TruncationWarning`, or raises when ``truncation`` is False.
         For encoder-decoder models ``pairs`` are the decoder texts (default: the same texts).
         """
+        if self.tokenizer is None:
+            raise InputError(f"{self.name} is a vision model without a tokenizer; give it images (a path, a PIL "
+                             "image or an array), not text")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
@@ -337,6 +355,8 @@ class AttentionInspector:
         probe = as_probe(recorders)
         model = self.model
         inputs: dict[str, Any] = {k: v.to(self.device) for k, v in batch.inputs.items()}
+        if "pixel_values" in inputs:  # an image: the processor gives float32 pixels, the model may run in bfloat16
+            inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
         if getattr(self.config, "use_cache", None) is not None:
             inputs["use_cache"] = False
         was_training = model.training
@@ -430,6 +450,11 @@ class AttentionInspector:
         :class:`~hf_attn_inspect.capture.request.CaptureRequest`) states records, measures, layers and heads at
         once instead of ``measures``/``layers``/``heads``.
         """
+        if self.processor is not None or is_image_input(text_or_texts):
+            if text_pair is not None or max_length is not None:
+                raise InputError("text_pair and max_length are for texts; an image has neither")
+            return capture_images(self, text_or_texts, layers=layers, heads=heads, batch_size=batch_size,
+                                  max_memory=max_memory, measures=measures, request=request)
         single = isinstance(text_or_texts, str)
         texts, pairs = _text_lists(text_or_texts, text_pair)
         if not texts:
@@ -453,6 +478,15 @@ class AttentionInspector:
         for start in range(0, len(texts), batch_size):
             chunk_pairs = None if pairs is None else pairs[start : start + batch_size]
             yield self.encode(texts[start : start + batch_size], chunk_pairs, max_length=max_length, truncation=truncation)
+
+    def encode_images(self, images: Sequence[object], *, first: int = 0) -> Batch:
+        """``images`` (paths, PIL images or arrays) through the model's image processor into one :class:`Batch` whose
+        units are the model's leading tokens and the image's patches (see
+        :func:`~hf_attn_inspect.capture.images.encode_images`). A text model raises :class:`InputError`."""
+        if self.processor is None:
+            raise InputError(f"an image was given to {self.name}, a text model; give a vision transformer (ViT, DeiT, "
+                             "DINOv2, CLIP) with --model / model=")
+        return encode_images(self.processor, self.config, images, first=first)
 
     def capture_batch(
         self,
@@ -636,6 +670,11 @@ class AttentionInspector:
         if main is None:
             raise CaptureError(f"no attention was captured from {type(self.model).__name__}")
         main_layers, main_weights = main
+        grid = batch.grid
+        if grid is not None and main_weights.shape[-1] != grid.n_units:
+            raise CaptureError(f"{type(self.model).__name__} attends over {main_weights.shape[-1]} units but its image "
+                               f"processor's {grid.rows} x {grid.cols} patches and {grid.lead} leading tokens make "
+                               f"{grid.n_units}; this vision model is not supported")
         records = captured.stacked(main_stack_of(stacks)) if captured is not None and measures else {}
         head_ids = heads if heads is not None else list(range(main_weights.shape[2]))
         causal = SELF in batch.causal_stacks
@@ -652,6 +691,8 @@ class AttentionInspector:
                     "decoder_special_tokens_mask": batch.decoder_special[b, :m].tolist(),
                 }
             attentions = main_weights[:, b, :, :n, :n].clone()
+            if grid is not None:
+                kw.update(grid=grid, image=None if batch.images is None else batch.images[b])
             if measures:
                 text = {kind: t[:, b, :, :n] for kind, t in records.items()}
                 kw["measures"] = compute_measures(measures, {"weights": attentions, **text})
@@ -795,6 +836,17 @@ def resolve_inspector(
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], torch.nn.Module):
         return AttentionInspector(source[0], source[1])
     if isinstance(source, torch.nn.Module):
+        name = getattr(getattr(source, "config", None), "_name_or_path", "")
+        if tokenizer is None and vision_family(getattr(source, "config", None)) is not None:
+            from transformers import AutoImageProcessor
+
+            try:  # a vision model: its image processor, from where the model came from
+                with quiet_transformers():
+                    processor = AutoImageProcessor.from_pretrained(name)
+            except Exception:  # transformers raises OSError, ValueError or hub errors here
+                raise InputError(f"{what} is an in-memory vision model whose image processor could not be loaded from "
+                                 "its config; pass AttentionInspector(model, processor=...)") from None
+            return AttentionInspector(source, None, processor=processor)
         if tokenizer is None:
             from transformers import AutoTokenizer
 

@@ -15,6 +15,7 @@ from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
 from ..core.stacks import ATTENTIONS, DECODER, check_stack, is_main
 from ..core.tokens import clean_token
+from .grid import PatchGrid
 from .measures import MEASURES
 
 __all__ = ["AttentionResult"]
@@ -41,7 +42,10 @@ class AttentionResult:
     their characters the kept tokens cover (``text[:kept_chars[0]]`` is what was analysed; None where the
     tokenizer has no character offsets). ``measures`` holds the other measures captured for the main stack
     (``self``/encoder), ``{name: [layers, heads, query, key]}`` aligned with ``attentions``; read any of them,
-    ``weights`` included, with :meth:`measure`.
+    ``weights`` included, with :meth:`measure`. For an image (vision transformers), ``tokens`` are the unit labels
+    (``[CLS]``, ``[DIST]``, ``[REG0]``..., ``p(row,col)``), ``grid`` the :class:`~hf_attn_inspect.capture.grid.PatchGrid`
+    (grid shape, each patch's pixel box) and ``image`` the image as the model saw it (``uint8 [H, W, 3]``, after the
+    processor's resize and crop, normalisation undone), which the image views draw over.
     """
 
     tokens: list[str]
@@ -63,6 +67,8 @@ class AttentionResult:
     truncated: bool = False
     kept_chars: list[int | None] | None = None
     measures: dict[str, torch.Tensor] = field(default_factory=dict)
+    grid: PatchGrid | None = None
+    image: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.attentions.dim() != 4:
@@ -163,8 +169,10 @@ class AttentionResult:
 
     # ----------------------------------------------------------- persistence
     def _metadata(self) -> dict[str, Any]:
-        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures"}
+        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures", "grid", "image"}
         meta = {k: v for k, v in self.__dict__.items() if k not in skip}
+        if self.grid is not None:
+            meta["grid"] = self.grid.to_dict()
         meta["format_version"] = _FORMAT_VERSION
         return meta
 
@@ -186,6 +194,8 @@ class AttentionResult:
             tensors["cross_attentions"] = self.cross_attentions.contiguous()
         for name, values in self.measures.items():
             tensors[_MEASURE_PREFIX + name] = values.contiguous()
+        if self.image is not None:
+            tensors["image"] = torch.from_numpy(np.ascontiguousarray(self.image))
         metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
@@ -207,6 +217,10 @@ class AttentionResult:
             raise InputError(f"{path} is not an hf-attn-inspect result file ({exc})") from None
         meta.pop("format_version", None)
         measures = {k[len(_MEASURE_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_MEASURE_PREFIX)}
+        if "image" in tensors:
+            tensors["image"] = tensors["image"].numpy()
+        if meta.get("grid") is not None:
+            meta["grid"] = PatchGrid.from_dict(meta["grid"])
         return cls(**meta, **tensors, measures=measures)
 
     # ------------------------------------------------------------- explorer

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..capture.images import default_images
 from ..capture.inputs import Batch
 from ..capture.inspector import AttentionInspector, ModelSource, quiet_transformers, resolve_inspector
 from ..capture.interface import attention_implementation
@@ -247,13 +248,14 @@ def diagnose(
     """
     th = thresholds or DiagnoseThresholds()
     inspector = resolve_inspector(inspector_or_model, tokenizer, what="the model to diagnose")
-    texts = list(DEFAULT_TEXTS if texts is None else texts)
+    vision = getattr(inspector, "processor", None) is not None  # images: paths, PIL images or arrays
+    texts = list((default_images() if vision else DEFAULT_TEXTS) if texts is None else texts)
     if not texts:
         raise InputError("no text to diagnose with")
-    batch = inspector.encode(texts, max_length=max_length)
-    if len(set(batch.lengths)) == 1:
+    batch = _encode(inspector, texts, max_length)
+    if len(set(batch.lengths)) == 1 and not vision:  # an image batch has no padding: every image has its units
         texts = texts + [DEFAULT_TEXTS[3]]
-        batch = inspector.encode(texts, max_length=max_length)
+        batch = _encode(inspector, texts, max_length)
     shortest = int(np.argmin(batch.lengths))
     probe = probe_class(batch, keep=shortest)
     inspector.run(batch, probe)
@@ -265,10 +267,17 @@ def diagnose(
         _check_uniform(probe, th),
         _check_collapsed(probe, th),
         _check_scale(probe, th),
-        _check_masks_dropped(inspector, probe, batch, shortest, probe_class, th, max_length),
+        _check_masks_dropped(inspector, probe, batch, texts[shortest], shortest, probe_class, th, max_length),
         _check_sdpa_trap(inspector),
     ]
-    return Report(inspector.name, findings, texts)
+    return Report(inspector.name, findings, batch.texts if vision else texts)
+
+
+def _encode(inspector: AttentionInspector, items: Sequence[Any], max_length: int | None) -> Batch:
+    """One batch of ``items``: texts through the tokenizer, or images through a vision model's image processor."""
+    if getattr(inspector, "processor", None) is not None:
+        return inspector.encode_images(items)
+    return inspector.encode(items, max_length=max_length)
 
 
 def _sum(probe: DiagnosticRecorder, key: str, source: str = "qk") -> int:
@@ -445,14 +454,15 @@ def _check_masks_dropped(
     inspector: AttentionInspector,
     probe: DiagnosticRecorder,
     batch: Batch,
+    item: Any,
     shortest: int,
     probe_class: type[DiagnosticRecorder],
     th: DiagnoseThresholds,
     max_length: int | None,
 ) -> Finding:
-    text = batch.texts[shortest]
+    text = str(batch.texts[shortest])
     pad = max(batch.lengths) - batch.lengths[shortest]
-    alone_batch = inspector.encode([text], max_length=max_length)
+    alone_batch = _encode(inspector, [item], max_length)
     alone = probe_class(alone_batch, keep=0)
     inspector.run(alone_batch, alone)
     diff = 0.0
@@ -475,7 +485,8 @@ def _check_masks_dropped(
 def _check_sdpa_trap(inspector: AttentionInspector) -> Finding:
     model = inspector.model
     impl = attention_implementation(model) or "unknown"
-    enc = inspector.encode(["Is attention returned?"])
+    enc = _encode(inspector, default_images()[:1] if getattr(inspector, "processor", None) is not None
+                  else ["Is attention returned?"], None)
     inputs = {k: v.to(inspector.device) for k, v in enc.inputs.items()}
     was_training = model.training
     model.eval()

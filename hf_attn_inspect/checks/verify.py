@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from transformers.utils import ModelOutput
 
+from ..capture.images import default_images
 from ..capture.inspector import AttentionInspector
 from ..capture.interface import original_attention_function, passthrough_name, use_implementation
 from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
@@ -129,16 +130,19 @@ def verify(
     pairs: Sequence[str] | None = None,
 ) -> VerificationReport:
     """Check every layer of ``inspector``'s model on one padded batch of ``texts`` (default: 4 sentences
-    of different lengths; ``pairs``: second texts of sentence pairs) and return a :class:`VerificationReport`
+    of different lengths; ``pairs``: second texts of sentence pairs; for a vision model, images: paths, PIL images
+    or arrays, default :func:`~hf_attn_inspect.capture.images.default_images`) and return a :class:`VerificationReport`
     with the per-layer largest absolute differences over real tokens. A blank text or a negative
     ``tolerance`` raises :class:`~hf_attn_inspect.core.errors.InputError`."""
-    texts = list(texts or DEFAULT_TEXTS)
     if tolerance < 0 or math.isnan(tolerance):
         raise InputError(f"tolerance must be 0 or more, got {tolerance}")
     model = inspector.model
     implementation = getattr(model.config, "_attn_implementation", None) or "eager"
     report = VerificationReport(inspector.name, implementation, tolerance)
-    batch = inspector.encode(texts, pairs)
+    if getattr(inspector, "processor", None) is not None:  # a vision model: images (paths, PIL images, arrays)
+        batch = inspector.encode_images(list(texts) if texts else default_images())
+    else:
+        batch = inspector.encode(list(texts or DEFAULT_TEXTS), pairs)
     kept = WeightsRecorder(device=None)
     ours = _OutputRecorder()
     inspector.run(batch, [kept, ours])

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=examples(
             "hf-attn-inspect batch --limit 100 --out runs/sample",
             "hf-attn-inspect batch --dataset my.csv --column text --max-length 128 --out runs/mine --resume",
-        ),
+        ) + "\n  hf-attn-inspect batch --dataset photos/ --column image --model facebook/dinov2-small --out runs/img",
     )
     add_model_options(p)
     add_data_options(p, batch_size=64)
@@ -35,10 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.files import check_output_dir
 
+    from .images import batch_images, is_image_folder, is_image_column
+
     check_data_options(args)
     check_output_dir(args.out)
+    if is_image_folder(args.dataset):  # a folder of images: a vision model's per-head statistics
+        return batch_images(args)
     spec = data_spec(args, args.dataset)
-    spec.load()  # check the dataset before loading the model: a wrong column fails in a second
+    loaded = spec.load()  # check the dataset before loading the model: a wrong column fails in a second
+    if is_image_column(loaded, args.column):
+        return batch_images(args)
 
     from ..runs.dataset import OUTPUTS, analyze_dataset
     from ..runs.distributed import process_device, processes

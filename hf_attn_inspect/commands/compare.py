@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model_b", help="model B: Hub name or local checkpoint directory ('default' = the embedded model)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", "-t", action="append", default=None, help="a text to compare on (repeatable)")
+    src.add_argument("--image", action="append", default=None,
+                     help="an image file to compare two vision checkpoints on (repeatable)")
     add_data_options(p, batch_size=16, dataset_into=src)
     p.add_argument("--stack", default=None, choices=list(SELF_STACKS),
                    help="which attention of encoder-decoder models (default: encoder)")
@@ -47,8 +49,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--text is empty or blank; give a text to compare on")
     check_output_dir(args.out)
     models = [None if m == "default" else m for m in (args.model_a, args.model_b)]
+    from .images import compare_images, is_image_column, is_image_folder
+
+    if args.image or is_image_folder(args.dataset):  # two vision checkpoints on images
+        return compare_images(args, models)
     spec = data_spec(args, args.text if args.text is not None else args.dataset)
-    spec.load()  # check the data before loading the models: a wrong column fails in a second
+    loaded = spec.load()  # check the data before loading the models: a wrong column fails in a second
+    if is_image_column(loaded, args.column):
+        return compare_images(args, models)
 
     from ..capture.inspector import resolve_inspector
     from ..runs.compare import OUTPUTS, compare_models

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             'hf-attn-inspect debug --model ./my-model --brief "A short text." "A much longer text to pad against."',
         ),
     )
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to run (default: 6 built-in sentences of different lengths)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to run (default: 6 built-in sentences of different lengths); "
+                   "image files for a vision model (default: two built-in images)")
     add_model_options(p)
     p.add_argument("--brief", action="store_true", help="one line per check, without numbers, causes and fixes")
     add_max_length_option(p, default=256)
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..checks.diagnose import diagnose
 
     inspector = load_inspector(args)
+    from .images import refuse_images_for_text_model
+
+    refuse_images_for_text_model(inspector, args.texts)
     report = diagnose(inspector, args.texts or None, max_length=args.max_length)
     print(report.format(details=not args.brief))
     return report.exit_code

@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=examples(
             'hf-attn-inspect inspect "The cat sat on the mat."',
             'hf-attn-inspect inspect "The cat sat." --pair "It slept." --layer 5 --head 11 --format svg --out figs',
-        ),
+        ) + "\n  hf-attn-inspect inspect photo.jpg --model google/vit-base-patch16-224 --top-mass 0.6",
     )
-    p.add_argument("text", metavar="TEXT", help="the text to inspect")
+    p.add_argument("text", metavar="TEXT", help="the text to inspect, or an image file (.jpg, .png...) for a vision model")
     add_model_options(p)
     p.add_argument("--pair", default=None, metavar="TEXT2",
                    help="second text: a sentence pair, or the decoder text of an encoder-decoder model")
@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
     add_memory_option(p)
+    img = p.add_argument_group("images (a vision transformer given an image file)")
+    img.add_argument("--top-mass", type=float, default=None, metavar="X",
+                     help="[CLS] maps keep only the largest patches holding this share (0..1) of the mass (DINO)")
+    img.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
+                     help="how the rollout over the image fuses each layer's heads (default mean)")
+    img.add_argument("--discard-ratio", type=float, default=0.0, metavar="R",
+                     help="the rollout drops this share (0..1) of each layer's weakest weights (default 0)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +68,11 @@ def _check_index(value: int, limit: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .images import inspect_image, is_image_argument
+
+    if is_image_argument(args.text):
+        check_common(args)
+        return inspect_image(args)
     if not args.text.strip():
         raise InputError("text is empty or blank")
     if args.pair is not None and not args.pair.strip():

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             'hf-attn-inspect verify --model ./my-model --device cpu "A first text." "A second, longer text."',
         ),
     )
-    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to check (default: 4 built-in sentences of different lengths)")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to check (default: 4 built-in sentences of different "
+                   "lengths); image files for a vision model (default: two built-in images)")
     add_model_options(p)
     p.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted absolute difference (default 1e-5)")
     p.set_defaults(func=run)
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..checks.verify import verify
 
     inspector = load_inspector(args)
+    from .images import refuse_images_for_text_model
+
+    refuse_images_for_text_model(inspector, args.texts)
     report = verify(inspector, args.texts or None, tolerance=args.tolerance)
     print(report.format())
     return 0 if report.passed else 1

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             'hf-attn-inspect view "The cat sat." --pair "It slept." -o pair.html --overwrite',
         ),
     )
-    p.add_argument("text", help="the input text")
+    p.add_argument("text", help="the input text, or an image file (.jpg, .png...) for a vision model")
     p.add_argument("--pair", default=None, help="second text of a sentence pair (decoder text for encoder-decoder models)")
     p.add_argument("-o", "--output", default="attention.html", help="HTML file to write (default: attention.html)")
     add_max_length_option(p)
@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise InputError(f"output {out} is a directory; give the path of an .html file")
     check_replaceable(out.parent, [out.name], overwrite=args.overwrite, owned=[out.name] if _is_explorer_page(out) else [])
+
+    from .images import is_image_argument, view_image
+
+    if is_image_argument(args.text):
+        return view_image(args, out)
 
     from ..views.explorer import write_explorer
 

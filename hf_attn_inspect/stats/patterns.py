@@ -185,8 +185,15 @@ def head_table(
     (the table ``hf-attn-inspect inspect --all-heads`` prints; format it with
     :func:`~hf_attn_inspect.stats.tables.format_head_table`). ``importance`` (a
     :func:`~hf_attn_inspect.runs.importance.head_importance` table) adds its ``importance`` and
-    ``importance_rank`` columns for the same stack, matched by layer and head."""
+    ``importance_rank`` columns for the same stack, matched by layer and head. Results of images add the mean
+    attention distance of :func:`~hf_attn_inspect.stats.vision.distance_table` (``attention_distance_px``,
+    ``attention_distance_patches``, ``to_class``...)."""
     df = classify_heads(result, thresholds=thresholds, which=which)
+    images = [result] if isinstance(result, AttentionResult) else list(result)
+    if images and all(isinstance(r, AttentionResult) and r.grid is not None for r in images):
+        from .vision import distance_table
+
+        df = df.merge(distance_table(images), on=["layer", "head"], how="left")
     if importance is not None:
         if not isinstance(importance, pd.DataFrame) or not {"layer", "head", "importance"} <= set(importance.columns):
             raise InputError("importance must be a head_importance table (columns layer, head, importance)")

@@ -244,7 +244,19 @@ def _payload(
         "axes": axes,
         "stacks": stacks,
         "metric_names": (list(METRICS) + (["importance"] if importance is not None else [])) if metrics else [],
+        **({"image": _image_payload(result)} if result.grid is not None and result.image is not None else {}),
     }
+
+
+def _image_payload(result: AttentionResult) -> dict[str, Any]:
+    """An image result's picture (PNG, base64) and patch grid for the explorer's image mode."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(result.image[: result.grid.height, : result.grid.width])).save(buf, format="PNG")
+    return {"png": base64.b64encode(buf.getvalue()).decode("ascii"), "grid": result.grid.to_dict()}
 
 
 def _ranges(ids: list[int]) -> str:
@@ -375,8 +387,10 @@ def explorer_html(
         raise InputError("the result has no layers to draw")
     data = _script_json(_payload(result, classes, metrics, rollout, pooled, importance))
     js = _static("explorer.js")
+    if result.grid is not None and result.image is not None:  # the image mode registers before the page starts
+        js = _static("explorer_image.js") + "\n" + js
     if "</script" in js.lower() or "<!--" in js:
-        raise OutputError("explorer.js must not contain '</script' or '<!--'")
+        raise OutputError("explorer.js and its modes must not contain '</script' or '<!--'")
     page_title = title or f"attention: {result.model_name or 'model'}"
     page = _static("explorer.html")
     head, rest = page.split("@@DATA@@", 1)

@@ -633,7 +633,7 @@
   function setView(view) {
     state.view = view;
     for (const b of $("tabs").querySelectorAll("button")) b.classList.toggle("active", b.dataset.view === view);
-    for (const v of ["head", "matrix", "model", "metrics"]) $("view-" + v).classList.toggle("hidden", v !== view);
+    for (const v of ["head", "matrix", "model", "metrics", ...Object.keys(MODES)]) $("view-" + v).classList.toggle("hidden", v !== view);
     setInfo("");
     render();
   }
@@ -646,6 +646,7 @@
       if (state.view === "head") await renderHead(gen);
       else if (state.view === "matrix") await renderMatrix(gen);
       else if (state.view === "model") await renderModel(gen);
+      else if (MODES[state.view]) await MODES[state.view].render(gen);
       else renderMetrics();
       $("status").textContent = "";
     } catch (err) {
@@ -659,6 +660,9 @@
     }
   }
 
+  /* extra modes (explorer_<mode>.js) register in window.hfAttnModes; those whose data is present stay */
+  const MODES = Object.fromEntries(Object.entries(window.hfAttnModes || {}).filter(([, m]) =>
+    m.init({ DATA, state, selection, setInfo, layerName, render, generation: () => generation })));
   buildControls();
   setView(state.view);
   window.hfAttnExplorer = { state, render, setView };
