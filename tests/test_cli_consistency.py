@@ -67,6 +67,10 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
         ["view", "hi", "-o", str(blocker / "x.html")],
         ["batch", "--dataset", str(tmp_path / "missing.csv"), "--out", out],
         ["compare", "a", "b", "--dataset", "./missing.jsonl", "--out", out],
+        ["generate", "hi", "--out", out], ["generate", " ", "--model", "m", "--out", out],
+        ["generate", "hi", "--model", "m", "--seed", "1", "--out", out],
+        ["generate", "hi", "--model", "m", "--max-new-tokens", "0", "--out", out],
+        ["generate", "hi", "--model", "m", "--out", str(blocker / "o")],
     ]
     names = list(_commands())
     code = textwrap.dedent(f"""
@@ -101,6 +105,7 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     assert "not UTF-8" in messages[f"long {latin} --out {out}"]
     assert "does not exist" in messages[f"batch --dataset {tmp_path / 'missing.csv'} --out {out}"]
     assert "cannot write to output directory" in messages[f"inspect hi --out {blocker / 'out'}"]
+    assert "pass --model" in messages[f"generate hi --out {out}"]
     assert not (tmp_path / "out").exists()
 
 
@@ -162,9 +167,9 @@ def test_nan_null_none_texts_are_text(tmp_path, tiny_dir, capsys):
 # ----------------------------------------------------------------------------- item 11: the same flags everywhere
 SHARED = {
     "--quiet": ("batch", "compare"),
-    "--device": ("inspect", "verify", "debug", "view", "batch", "compare", "long"),
+    "--device": ("inspect", "verify", "debug", "view", "batch", "compare", "long", "generate"),
     "--max-length": ("inspect", "debug", "view", "batch", "compare", "long"),
-    "--overwrite": ("inspect", "view", "batch", "compare", "long"),
+    "--overwrite": ("inspect", "view", "batch", "compare", "long", "generate"),
     "--resume": ("batch", "compare"),
 }
 
