@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture.result import AttentionResult
+from ..capture.result import AttentionResult, GenerationResult
 from ..core.errors import InputError, OutputError
 from ..core.files import write_text
 from ..core.stacks import CROSS, DECODER, SELF, is_self_attention, stack_aliases
@@ -230,7 +230,7 @@ def _payload(
         if merged:
             _add_pooled(entry, att, result, pooled, which, metrics, classes)
         stacks[which] = entry
-    return {
+    payload = {
         "version": 1,
         "levels": LEVELS,
         "model": result.model_name,
@@ -245,6 +245,15 @@ def _payload(
         "stacks": stacks,
         "metric_names": (list(METRICS) + (["importance"] if importance is not None else [])) if metrics else [],
     }
+    if isinstance(result, GenerationResult):  # the generation mode (static/explorer_generation.js) reads this
+        payload["generation"] = {
+            "stack": result.stack_name,
+            "prompt_length": result.prompt_length,
+            "probabilities": list(result.probabilities),
+            "alternatives": [[[clean_token(t), p] for t, p in step] for step in result.alternatives],
+            "cross": CROSS in stacks,
+        }
+    return payload
 
 
 def _ranges(ids: list[int]) -> str:
@@ -375,6 +384,8 @@ def explorer_html(
         raise InputError("the result has no layers to draw")
     data = _script_json(_payload(result, classes, metrics, rollout, pooled, importance))
     js = _static("explorer.js")
+    if isinstance(result, GenerationResult):  # a mode file registers itself before explorer.js runs
+        js = _static("explorer_generation.js") + "\n" + js
     if "</script" in js.lower() or "<!--" in js:
         raise OutputError("explorer.js must not contain '</script' or '<!--'")
     page_title = title or f"attention: {result.model_name or 'model'}"

@@ -9,11 +9,12 @@
   performance.mark("hai-parsed");
   const $ = (id) => document.getElementById(id);
   const stackNames = Object.keys(DATA.stacks);
+  const MODES = window.hfAttnModes || {};  /* extra views of explorer_<mode>.js files, keyed by view name */
   const state = {
     stack: stackNames[0], layer: 0, heads: [0], focus: 0, average: false, rollout: false,
     hideSpecial: false, level: "token", pair: "all", dark: false,
     /* long inputs open on the matrix (a 512-token head view is 9000 px tall) */
-    view: DATA.stacks[stackNames[0]].nq > 150 || DATA.stacks[stackNames[0]].pooled ? "matrix" : "head",
+    view: DATA.generation ? "generation" : DATA.stacks[stackNames[0]].nq > 150 || DATA.stacks[stackNames[0]].pooled ? "matrix" : "head",
     colour: DATA.stacks[stackNames[0]].nq > 64 ? "sqrt" : "linear",
     metric: DATA.metric_names.length ? DATA.metric_names[0] : null,
   };
@@ -633,7 +634,7 @@
   function setView(view) {
     state.view = view;
     for (const b of $("tabs").querySelectorAll("button")) b.classList.toggle("active", b.dataset.view === view);
-    for (const v of ["head", "matrix", "model", "metrics"]) $("view-" + v).classList.toggle("hidden", v !== view);
+    for (const v of ["head", "matrix", "model", "metrics", ...Object.keys(MODES)]) $("view-" + v).classList.toggle("hidden", v !== view);
     setInfo("");
     render();
   }
@@ -646,6 +647,7 @@
       if (state.view === "head") await renderHead(gen);
       else if (state.view === "matrix") await renderMatrix(gen);
       else if (state.view === "model") await renderModel(gen);
+      else if (MODES[state.view]) await MODES[state.view].render({ DATA, state, matrix, render, setView, LUT, gen });
       else renderMetrics();
       $("status").textContent = "";
     } catch (err) {
@@ -660,6 +662,7 @@
   }
 
   buildControls();
+  for (const m of Object.values(MODES)) m.init({ DATA, state, matrix, render, setView });
   setView(state.view);
   window.hfAttnExplorer = { state, render, setView };
 })();
