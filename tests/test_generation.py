@@ -170,3 +170,31 @@ def test_refusals():
         insp.generate("hello", max_new_tokens=500)
     with pytest.raises(InputError, match="blank"):
         insp.generate(" ")
+
+
+def test_long_generation_keeps_full_rows_where_they_fit_and_row_statistics_elsewhere(tmp_path):
+    from hf_attn_inspect.core.errors import MemoryBudgetError
+    from hf_attn_inspect.runs.generation import generate_within_budget
+    from hf_attn_inspect.stats.metrics import ROW_QUANTITIES, row_quantities
+
+    insp, _ = _pair("llama")
+    n = 40
+    full = insp.generate(PROMPT, max_new_tokens=n)
+    one = insp.generation_estimate(PROMPT, n, [1]).total
+    t = len(full.tokens)
+    stats = 2 * 2 * 4 * (t + 1) * len(ROW_QUANTITIES) * 4
+    with pytest.raises(MemoryBudgetError, match="memory budget"):
+        insp.generate(PROMPT, max_new_tokens=n, max_memory=one + stats)
+    res = generate_within_budget(insp, PROMPT, max_new_tokens=n, max_memory=one + stats + 1000)
+    assert res.layer_ids == [1] and res.tokens == full.tokens  # the last layer full, the other as statistics
+    _close(res.attentions[0], full.attentions[1])
+    assert res.row_stats_layers == [0, 1]
+    want = row_quantities(full.attentions[None], torch.ones(1, t, dtype=torch.bool))
+    for name in ("entropy", "max_weight", "first_token", "previous_token"):
+        _close(res.row_stats[name], want[name][0])
+    back = AttentionResult.load(res.save(tmp_path / "long.safetensors"))
+    assert torch.equal(back.row_stats["entropy"], res.row_stats["entropy"]) and back.row_stats_layers == [0, 1]
+    with pytest.raises(MemoryBudgetError, match="one layer"):
+        generate_within_budget(insp, PROMPT, max_new_tokens=n, max_memory=one // 2)
+    # everything fits: the plain generation
+    assert generate_within_budget(insp, PROMPT, max_new_tokens=n).layer_ids == [0, 1]

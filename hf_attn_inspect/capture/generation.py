@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.errors import InputError
+from ..core.sampling import check_generation_values
 from ..core.stacks import CROSS, DECODER, ENCODER, SELF
 from .result import GenerationResult
 from .measures import compute_measures
-from .recorders import AttentionCall, RecordingProbe, WeightsRecorder
+from .recorders import AttentionCall, Recorder, RecordingProbe, WeightsRecorder
 from .request import CaptureRequest, CaptureResult
 
 __all__ = ["GenerationRecorder", "GenerationSettings", "generate_captured"]
@@ -70,16 +70,7 @@ class GenerationSettings:
 
     def check(self) -> None:
         """Raise :class:`InputError` for values ``generate`` cannot use."""
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise InputError(f"temperature must be above 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {self.top_k}")
-        if self.alternatives < 0:
-            raise InputError(f"alternatives must be at least 0, got {self.alternatives}")
+        check_generation_values(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.alternatives)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``model.generate`` these settings give."""
@@ -103,17 +94,18 @@ def generate_captured(
     texts: Sequence[str] | None,
     pad_id: int | None,
     extra: dict[str, Any] | None = None,
+    recorders: Sequence[Recorder] = (),
 ) -> list[GenerationResult]:
     """Generate from the encoded prompts ``inputs`` (``input_ids``/``attention_mask``, decoder-only prompts
     left-padded) with ``inspector``'s model while recording ``request``; one :class:`GenerationResult` per prompt
     (its generated tokens end at the first end-of-sequence token). ``pad_id`` pads finished sequences; ``extra``
-    goes to ``model.generate`` as it is. Use :meth:`AttentionInspector.generate
+    goes to ``model.generate`` as it is; ``recorders`` run beside the request's (they see every step's calls). Use :meth:`AttentionInspector.generate
     <hf_attn_inspect.capture.inspector.AttentionInspector.generate>`, which checks and encodes the input."""
     model = inspector.model
     enc_dec = inspector.is_encoder_decoder
     inputs = {k: v.to(inspector.device) for k, v in inputs.items()}
-    recorders = request.recorders(model, weights=GenerationRecorder)
-    probe = RecordingProbe(recorders)
+    kept = request.recorders(model, weights=GenerationRecorder)
+    probe = RecordingProbe([*kept, *recorders])
     kwargs = {**settings.generate_kwargs(), "return_dict_in_generate": True, "output_logits": True,
               "pad_token_id": pad_id, **(extra or {})}
 
@@ -133,7 +125,7 @@ def generate_captured(
 
     b, width = inputs["input_ids"].shape
     out = inspector.guarded(probe, work, f"{b} x {width} prompt tokens + {settings.max_new_tokens} generated")
-    captured = CaptureResult.collect(recorders)
+    captured = CaptureResult.collect(kept)
     return _results(inspector, inputs, out, captured, request, settings, texts)
 
 

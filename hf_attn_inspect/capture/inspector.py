@@ -458,12 +458,7 @@ class AttentionInspector:
         texts, pairs = _text_lists(text_or_texts, text_pair)
         if not texts:
             raise InputError("no text given")
-        if request is not None and (measures is not None or layers is not None or heads is not None):
-            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
-        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
-        layer_list = self._check_indices(layers, "layer", 0)
-        head_list = self._check_indices(heads, "head", 1)
-        request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
+        request, layer_list, head_list = self._request(request, measures, layers, heads)
         budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
         for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
@@ -486,6 +481,7 @@ class AttentionInspector:
         measures: Sequence[str] | None = None,
         request: CaptureRequest | None = None,
         max_memory: int | str | None = None,
+        recorders: Sequence[Recorder] = (),
         **generate_kwargs: Any,
     ) -> "GenerationResult | list[GenerationResult]":
         """Generate from a prompt (or several) and capture the attention of every generated token, exactly.
@@ -501,8 +497,10 @@ class AttentionInspector:
         (KV cache on), the last token's row included; ``measures``/``request``/``layers``/``heads`` as in
         :meth:`__call__` (a measure such as ``"norm"`` fills the same rows). Encoder-decoder models keep the
         source's encoder attention, the decoder's self-attention and the cross-attention of every generated
-        token. The weights' bytes are checked against the memory budget (``max_memory``) before the model runs.
-        A model that cannot generate (the embedded MiniLM, any encoder) raises :class:`InputError`.
+        token. The weights' bytes (:meth:`generation_estimate`) are checked against the memory budget
+        (``max_memory``) before the model runs; :func:`~hf_attn_inspect.runs.generation.generate_within_budget`
+        keeps row statistics where full rows do not fit. ``recorders`` run beside the weights recorder (they see
+        every step). A model that cannot generate (the embedded MiniLM, any encoder) raises :class:`InputError`.
         """
         from .generation import GenerationSettings, generate_captured
 
@@ -511,19 +509,14 @@ class AttentionInspector:
                              "Llama, or an encoder-decoder such as BART or T5); load one with --model / model=")
         settings = GenerationSettings(max_new_tokens, do_sample, seed, temperature, top_p, top_k, alternatives)
         settings.check()
-        if request is not None and (measures is not None or layers is not None or heads is not None):
-            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
-        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
-        layer_list = self._check_indices(layers, "layer", 0)
-        head_list = self._check_indices(heads, "head", 1)
-        request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
+        request, layer_list, head_list = self._request(request, measures, layers, heads)
         single, texts, inputs = self._encode_prompts(prompt_or_prompts, max_new_tokens)
         self._check_generation_budget(inputs, max_new_tokens, layer_list, head_list, memory_budget(max_memory, self.device))
         pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
         with quiet_transformers():
-            results = generate_captured(self, inputs, request, settings, texts, pad, generate_kwargs)
+            results = generate_captured(self, inputs, request, settings, texts, pad, generate_kwargs, recorders)
         return results[0] if single else results
 
     def _encode_prompts(self, prompts: str | Sequence[str] | torch.Tensor, new: int):
@@ -555,8 +548,16 @@ class AttentionInspector:
                              f"model's maximum of {limit} tokens; shorten the prompt or generate fewer tokens")
         return single, texts, inputs
 
-    def _check_generation_budget(self, inputs, new: int, layers, heads, budget: MemoryBudget) -> None:
-        """Raise :class:`MemoryBudgetError` when the full ``[T, T]`` rows of a generation would not fit."""
+    def generation_estimate(
+        self, prompt_or_prompts: str | Sequence[str] | torch.Tensor, max_new_tokens: int,
+        layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+    ) -> MemoryEstimate:
+        """Bytes of the full rows :meth:`generate` would keep for ``layers``/``heads`` (every stack; float32,
+        counted twice: the step rows and the assembled matrix exist together at the end). Tokenization only."""
+        _, _, inputs = self._encode_prompts(prompt_or_prompts, max_new_tokens)
+        return self._generation_estimate(inputs, max_new_tokens, layers, heads)
+
+    def _generation_estimate(self, inputs, new: int, layers, heads) -> MemoryEstimate:
         b, width = inputs["input_ids"].shape
         total = 0
         for stack, (nl, nh) in self.dims().items():
@@ -565,13 +566,30 @@ class AttentionInspector:
             lengths = {SELF: width + new, ENCODER: width, DECODER: 1 + new}  # decoder: start token + generated
             tq, tk = lengths[query_stack(stack)], lengths[key_stack(stack)]
             total += 2 * b * kl * kh * tq * tk * 4
-        estimate = MemoryEstimate(total, 0, f"float32 rows of {b} x {width} prompt tokens + {new} generated")
-        if total > budget.bytes:
+        return MemoryEstimate(total, 0, f"float32 rows of {b} x {width} prompt tokens + {new} generated")
+
+    def _check_generation_budget(self, inputs, new: int, layers, heads, budget: MemoryBudget) -> None:
+        """Raise :class:`MemoryBudgetError` when the full ``[T, T]`` rows of a generation would not fit."""
+        estimate = self._generation_estimate(inputs, new, layers, heads)
+        if estimate.total > budget.bytes:
+            width = inputs["input_ids"].shape[1]
             raise MemoryBudgetError(
                 f"capturing full attention rows of a generation of {width + new} tokens needs about "
                 f"{estimate.describe()}, more than the memory budget of {budget.describe()}; keep fewer layers or "
-                "heads (layers=[...]/heads=[...], --layers), generate fewer tokens, or raise the budget "
-                "(max_memory= / --max-memory)", estimate=total, budget=budget.bytes)
+                "heads (layers=[...]/heads=[...], --layers), generate fewer tokens, raise the budget "
+                "(max_memory= / --max-memory), or keep row statistics where full rows do not fit "
+                "(runs.generation.generate_within_budget, the generate command)", estimate=estimate.total,
+                budget=budget.bytes)
+
+    def _request(self, request: CaptureRequest | None, measures, layers, heads):
+        """``(request with weights, checked layers, checked heads)`` from ``request=`` or the separate arguments."""
+        if request is not None and (measures is not None or layers is not None or heads is not None):
+            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
+        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
+        layer_list = self._check_indices(layers, "layer", 0)
+        head_list = self._check_indices(heads, "head", 1)
+        return _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list)), \
+            layer_list, head_list
 
     def encode_batches(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 8,
                        max_length: int | None = None, truncation: bool = True) -> Iterator[Batch]:

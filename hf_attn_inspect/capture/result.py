@@ -21,6 +21,7 @@ __all__ = ["AttentionResult", "GenerationResult"]
 
 _FORMAT_VERSION = 1
 _MEASURE_PREFIX = "measure."  # safetensors key of a measure: measure.<name>
+_ROW_STATS_PREFIX = "row_stats."  # safetensors key of a generation's row statistic: row_stats.<name>
 
 
 @dataclass
@@ -163,7 +164,7 @@ class AttentionResult:
 
     # ----------------------------------------------------------- persistence
     def _metadata(self) -> dict[str, Any]:
-        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures"}
+        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures", "row_stats"}
         meta = {k: v for k, v in self.__dict__.items() if k not in skip}
         meta["format_version"] = _FORMAT_VERSION
         return meta
@@ -186,6 +187,8 @@ class AttentionResult:
             tensors["cross_attentions"] = self.cross_attentions.contiguous()
         for name, values in self.measures.items():
             tensors[_MEASURE_PREFIX + name] = values.contiguous()
+        for name, values in getattr(self, "row_stats", {}).items():  # a GenerationResult's row statistics
+            tensors[_ROW_STATS_PREFIX + name] = values.contiguous()
         metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
@@ -210,7 +213,8 @@ class AttentionResult:
         if meta.pop("kind", None) == GenerationResult.kind:  # a saved generation loads as one
             cls = GenerationResult
         measures = {k[len(_MEASURE_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_MEASURE_PREFIX)}
-        return cls(**meta, **tensors, measures=measures)
+        stats = {k[len(_ROW_STATS_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_ROW_STATS_PREFIX)}
+        return cls(**meta, **tensors, measures=measures, **({"row_stats": stats} if stats else {}))
 
     # ------------------------------------------------------------- explorer
     def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
@@ -254,7 +258,11 @@ class GenerationResult(AttentionResult):
     probability of the ``k``-th generated token (softmax of its logits, before temperature, top-k and top-p),
     ``alternatives[k]`` the most probable tokens of that step as ``[token, probability]`` pairs;
     ``generation`` the settings (``do_sample``, ``seed``, ``temperature``, ``top_p``, ``top_k``,
-    ``max_new_tokens``).
+    ``max_new_tokens``). A generation whose full rows do not fit the memory budget
+    (:func:`~hf_attn_inspect.runs.generation.generate_within_budget`) keeps full rows for ``layer_ids`` only and
+    ``row_stats`` for every layer of ``row_stats_layers``: ``{quantity: [layers, heads, T]}``, the per-row
+    quantities of :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES` (entropy, max weight, first token...) of
+    each position's row of the generating stack.
     """
 
     prompt_length: int = 0
@@ -262,6 +270,8 @@ class GenerationResult(AttentionResult):
     probabilities: list[float] = field(default_factory=list)
     alternatives: list[list[list[Any]]] = field(default_factory=list)
     generation: dict[str, Any] = field(default_factory=dict)
+    row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_stats_layers: list[int] = field(default_factory=list)
 
     kind = "generation"  # the ``kind`` written into a saved file's metadata (AttentionResult.load dispatches on it)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from .options import add_memory_option, add_model_options, add_output_options, examples, load_inspector
 from ..core.errors import InputError
 from ..core.files import check_output_dir, check_replaceable, record_outputs
+from ..core.sampling import check_generation_values
 
 if TYPE_CHECKING:
     from ..capture.result import GenerationResult
@@ -61,20 +62,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.model is None:
         raise InputError("generate needs a generative model and the embedded default (MiniLM) is not one; pass "
                          "--model with a causal LM or encoder-decoder model, e.g. --model gpt2 or a local directory")
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.alternatives < 0:
-        raise InputError(f"--alternatives must be at least 0, got {args.alternatives}")
+    check_generation_values(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.alternatives, flags=True)
     sampling = {"--seed": args.seed, "--temperature": args.temperature, "--top-p": args.top_p, "--top-k": args.top_k}
     given = [flag for flag, value in sampling.items() if value is not None]
     if given and not args.sample:
         raise InputError(f"{', '.join(given)} only apply with --sample (greedy decoding draws nothing)")
-    if args.temperature is not None and not args.temperature > 0:
-        raise InputError(f"--temperature must be above 0, got {args.temperature}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise InputError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {args.top_k}")
     if args.layer is not None and args.layers is not None and args.layer not in args.layers:
         raise InputError(f"--layer {args.layer} is not among --layers {' '.join(map(str, args.layers))}")
 
@@ -86,9 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.files import files_kept_on_success
 
+    from ..runs.generation import generate_within_budget
+
     inspector = load_inspector(args)
-    result = inspector.generate(
-        args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
+    result = generate_within_budget(
+        inspector, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, alternatives=args.alternatives,
         layers=args.layers, max_memory=args.max_memory,
     )
@@ -101,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {inspector.name}")
     print(f"prompt ({result.prompt_length} tokens): {args.prompt}")
     print(f"generated ({result.num_generated} tokens): {result.generated_text}")
+    if result.row_stats:
+        print(f"long generation: full rows of layers {' '.join(map(str, result.layer_ids))} fit the memory budget; "
+              f"row statistics of every layer are in attention.safetensors (row_stats)")
     for path in written:
         print(f"wrote {path}")
     return 0
