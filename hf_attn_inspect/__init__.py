@@ -25,6 +25,7 @@ _LAZY = {
     "TruncationWarning": "capture.inspector",
     "default_model_path": "capture.inspector",
     "AttentionResult": "capture.result",
+    "GenerationResult": "capture.result",
     "AttentionMonitor": "runs.monitor",
     "AttentionStatsCallback": "runs.monitor",
     "plot_training_trends": "views.training",
@@ -36,7 +37,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
     from .capture.inspector import AttentionInspector, TruncationWarning, default_model_path
-    from .capture.result import AttentionResult
+    from .capture.result import AttentionResult, GenerationResult
     from .core.errors import (
         AttnInspectError, CaptureError, DistributedError, InputError, MemoryBudgetError, ModelLoadError, OutputError,
     )
@@ -72,6 +73,7 @@ __all__ = [
     "DataSpec",
     "plot_training_trends",
     "AttentionResult",
+    "GenerationResult",
     "AttnInspectError",
     "CaptureError",
     "DistributedError",

@@ -71,6 +71,10 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
         ["compare", "a", "b", "--dataset", "./missing.jsonl", "--out", out],
         ["inspect", str(tmp_path / "missing.png"), "--out", out], ["inspect", str(corrupt), "--out", out],
         ["view", str(corrupt), "-o", str(tmp_path / "v.html")], ["compare", "a", "b", "--image", str(corrupt), "--out", out],
+        ["generate", "hi", "--out", out], ["generate", " ", "--model", "m", "--out", out],
+        ["generate", "hi", "--model", "m", "--seed", "1", "--out", out],
+        ["generate", "hi", "--model", "m", "--max-new-tokens", "0", "--out", out],
+        ["generate", "hi", "--model", "m", "--out", str(blocker / "o")],
     ]
     names = list(_commands())
     code = textwrap.dedent(f"""
@@ -106,6 +110,7 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     assert "does not exist" in messages[f"batch --dataset {tmp_path / 'missing.csv'} --out {out}"]
     assert "cannot write to output directory" in messages[f"inspect hi --out {blocker / 'out'}"]
     assert "as an image" in messages[f"inspect {corrupt} --out {out}"] and "no image file" in messages[f"inspect {tmp_path / 'missing.png'} --out {out}"]
+    assert "pass --model" in messages[f"generate hi --out {out}"]
     assert not (tmp_path / "out").exists()
 
 
@@ -167,9 +172,9 @@ def test_nan_null_none_texts_are_text(tmp_path, tiny_dir, capsys):
 # ----------------------------------------------------------------------------- item 11: the same flags everywhere
 SHARED = {
     "--quiet": ("batch", "compare"),
-    "--device": ("inspect", "verify", "debug", "view", "batch", "compare", "long"),
+    "--device": ("inspect", "verify", "debug", "view", "batch", "compare", "long", "generate"),
     "--max-length": ("inspect", "debug", "view", "batch", "compare", "long"),
-    "--overwrite": ("inspect", "view", "batch", "compare", "long"),
+    "--overwrite": ("inspect", "view", "batch", "compare", "long", "generate"),
     "--resume": ("batch", "compare"),
 }
 

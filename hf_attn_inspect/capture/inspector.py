@@ -6,7 +6,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, Union
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -29,6 +29,8 @@ from .result import AttentionResult
 if TYPE_CHECKING:
     from transformers import BatchEncoding
 
+    from .result import GenerationResult
+
 __all__ = [
     "AttentionInspector",
     "TruncationWarning",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+T_ = TypeVar("T_")
 
 
 class TruncationWarning(UserWarning):
@@ -353,43 +356,64 @@ class AttentionInspector:
         An allocation failure raises :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError`.
         """
         probe = as_probe(recorders)
-        model = self.model
         inputs: dict[str, Any] = {k: v.to(self.device) for k, v in batch.inputs.items()}
         if "pixel_values" in inputs:  # an image: the processor gives float32 pixels, the model may run in bfloat16
-            inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(next(self.model.parameters()).dtype)
         if getattr(self.config, "use_cache", None) is not None:
             inputs["use_cache"] = False
+
+        def forward(states: list) -> ModelOutput:
+            with self.capturing(probe, states, implementation, edits) as state:
+                output = self.model(**inputs)
+            batch.causal_stacks = set(state.causal_stacks)
+            if state.calls == 0:
+                if state.edits:  # this run's and those of an enclosing ablate(...) block
+                    raise CaptureError(f"{type(self.model).__name__} does not dispatch through transformers' "
+                                       "attention interface, so its heads cannot be ablated")
+                output = self._run_eager_fallback(inputs, probe)
+                batch.causal_stacks = self._fallback_causal_stacks()
+            return output
+
+        return self.guarded(probe, forward, f"{batch.size} x {batch.width} tokens", grad=grad)
+
+    @contextmanager
+    def capturing(
+        self, probe: Probe, states: list, implementation: str | None = None, edits: Sequence[OutputEdit] = ()
+    ) -> Iterator[Any]:
+        """:func:`~hf_attn_inspect.capture.interface.capture` of this model into ``probe``, its state appended to
+        ``states`` (so :meth:`guarded` can name the layer an allocation failure happened in)."""
+        with capture(self.model, probe, implementation, edits=edits) as state:
+            states.append(state)
+            yield state
+
+    def guarded(self, probe: Probe, work: Callable[[list], T_], shape: str, *, grad: bool = False) -> T_:
+        """Run ``work(states)`` the way every capture runs: model in eval mode (its mode restored afterwards),
+        gradients off unless ``grad``, ``probe.finish()`` after it, and an allocation failure raised as one
+        :class:`~hf_attn_inspect.core.errors.MemoryExhaustedError` naming the layer (from the capture states
+        ``work`` appends, see :meth:`capturing`) and ``shape`` (the input's size in words). Used by :meth:`run`
+        and :meth:`generate`, so both share one capture context."""
+        model = self.model
         was_training = model.training
         model.eval()
-        states = []
+        states: list = []
         failure = None
         try:
             with torch.set_grad_enabled(grad):
-                with capture(model, probe, implementation, edits=edits) as state:
-                    states.append(state)
-                    output = model(**inputs)
-                batch.causal_stacks = set(state.causal_stacks)
-                if state.calls == 0:
-                    if state.edits:  # this run's and those of an enclosing ablate(...) block
-                        raise CaptureError(f"{type(model).__name__} does not dispatch through transformers' "
-                                           "attention interface, so its heads cannot be ablated")
-                    output = self._run_eager_fallback(inputs, probe)
-                    batch.causal_stacks = self._fallback_causal_stacks()
+                output = work(states)
             probe.finish()  # e.g. one device-to-host transfer for the whole batch
         except BaseException as exc:  # noqa: BLE001 - only allocation failures are translated
             if not is_out_of_memory(exc):
                 raise
-            failure = self._oom_message(exc, batch, probe, states[0].site if states else None)
+            failure = self._oom_message(exc, shape, probe, states[0].site if states else None)
         finally:
             model.train(was_training)
         if failure is not None:  # raised outside the handler, so the failed frames' tensors are freed
             raise MemoryExhaustedError(failure) from None
         return output
 
-    def _oom_message(self, exc: BaseException, batch: Batch, probe: Probe, site: Site | None) -> str:
+    def _oom_message(self, exc: BaseException, shape: str, probe: Probe, site: Site | None) -> str:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(". ") or type(exc).__name__
         where = f"layer {site.layer}'s {site.stack} attention" if site is not None else "the model's forward pass"
-        shape = f"{batch.size} x {batch.width} tokens"
         return (
             f"out of memory while computing {where} ({probe!r}, {shape}) with {self.name}: {reason}; "
             "keep fewer layers or heads, give a smaller max_memory / --max-memory so the estimate leaves more "
@@ -459,17 +483,138 @@ class AttentionInspector:
         texts, pairs = _text_lists(text_or_texts, text_pair)
         if not texts:
             raise InputError("no text given")
-        if request is not None and (measures is not None or layers is not None or heads is not None):
-            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
-        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
-        layer_list = self._check_indices(layers, "layer", 0)
-        head_list = self._check_indices(heads, "head", 1)
-        request = _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list))
+        request, layer_list, head_list = self._request(request, measures, layers, heads)
         budget = memory_budget(max_memory, self.device)
         results: list[AttentionResult] = []
         for batch in self.encode_batches(texts, pairs, batch_size=batch_size, max_length=max_length, truncation=truncation):
             results.extend(self.capture_batch(batch, budget=budget, request=request))
         return results[0] if single else results
+
+    def generate(
+        self,
+        prompt_or_prompts: str | Sequence[str] | torch.Tensor,
+        *,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        alternatives: int = 5,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        measures: Sequence[str] | None = None,
+        request: CaptureRequest | None = None,
+        max_memory: int | str | None = None,
+        recorders: Sequence[Recorder] = (),
+        **generate_kwargs: Any,
+    ) -> "GenerationResult | list[GenerationResult]":
+        """Generate from a prompt (or several) and capture the attention of every generated token, exactly.
+
+        Greedy by default; ``do_sample`` samples (``seed`` makes it reproducible; ``temperature``/``top_p``/
+        ``top_k`` as in transformers); more ``generate_kwargs`` go to ``model.generate``. A list of prompts runs
+        as one left-padded batch (decoder-only models), each result equal to its prompt run alone; a tensor of
+        token ids ``[prompts, tokens]`` (no padding) is taken as it is. Returns a
+        :class:`~hf_attn_inspect.capture.result.GenerationResult` (a list for a list of prompts): tokens =
+        prompt + generated (ending at the first end-of-sequence token), ``prompt_length``, ``generated_text``,
+        per generated token the model's probability of it and the ``alternatives`` most probable tokens of that
+        step, and ``[layers, heads, T, T]`` weights whose every row is the one the model computed while generating
+        (KV cache on), the last token's row included; ``measures``/``request``/``layers``/``heads`` as in
+        :meth:`__call__` (a measure such as ``"norm"`` fills the same rows). Encoder-decoder models keep the
+        source's encoder attention, the decoder's self-attention and the cross-attention of every generated
+        token. The weights' bytes (:meth:`generation_estimate`) are checked against the memory budget
+        (``max_memory``) before the model runs; :func:`~hf_attn_inspect.runs.generation.generate_within_budget`
+        keeps row statistics where full rows do not fit. ``recorders`` run beside the weights recorder (they see
+        every step). A model that cannot generate (the embedded MiniLM, any encoder) raises :class:`InputError`.
+        """
+        from .generation import GenerationSettings, generate_captured
+
+        if not callable(getattr(self.model, "generate", None)) or not _can_generate(self.model):
+            raise InputError(f"{type(self.model).__name__} is not a generative model (a causal LM such as GPT-2 or "
+                             "Llama, or an encoder-decoder such as BART or T5); load one with --model / model=")
+        settings = GenerationSettings(max_new_tokens, do_sample, seed, temperature, top_p, top_k, alternatives)
+        settings.check()
+        request, layer_list, head_list = self._request(request, measures, layers, heads)
+        single, texts, inputs = self._encode_prompts(prompt_or_prompts, max_new_tokens)
+        self._check_generation_budget(inputs, max_new_tokens, layer_list, head_list, memory_budget(max_memory, self.device))
+        pad = getattr(self.tokenizer, "pad_token_id", None) if self.tokenizer is not None else None
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        pad = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+        with quiet_transformers():
+            results = generate_captured(self, inputs, request, settings, texts, pad, generate_kwargs, recorders)
+        return results[0] if single else results
+
+    def _encode_prompts(self, prompts: str | Sequence[str] | torch.Tensor, new: int):
+        """``(single, texts or None, inputs)`` of the prompts: left-padded for decoder-only models."""
+        if isinstance(prompts, torch.Tensor):
+            ids = prompts[None] if prompts.dim() == 1 else prompts
+            if ids.dim() != 2 or ids.shape[1] == 0:
+                raise InputError(f"prompt token ids must be [prompts, tokens], got shape {tuple(prompts.shape)}")
+            single, texts, inputs = prompts.dim() == 1, None, {"input_ids": ids.long(), "attention_mask": torch.ones_like(ids).long()}
+        else:
+            single = isinstance(prompts, str)
+            texts = [prompts] if single else list(prompts)
+            if not texts:
+                raise InputError("no prompt given")
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) or not t.strip():
+                    raise InputError(_blank_message(i, len(texts), "prompt"))
+            if self.tokenizer is None:
+                raise InputError("this inspector has no tokenizer; pass the prompt as token ids (a tensor)")
+            side = "right" if self.is_encoder_decoder else "left"
+            with _pad_token(self.tokenizer):
+                enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side=side,
+                                     return_token_type_ids=False)
+            inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        limit = self.max_length
+        width = inputs["input_ids"].shape[1] + (0 if self.is_encoder_decoder else new)
+        if width > limit:
+            raise InputError(f"prompt ({inputs['input_ids'].shape[1]} tokens) + max_new_tokens ({new}) exceeds the "
+                             f"model's maximum of {limit} tokens; shorten the prompt or generate fewer tokens")
+        return single, texts, inputs
+
+    def generation_estimate(
+        self, prompt_or_prompts: str | Sequence[str] | torch.Tensor, max_new_tokens: int,
+        layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+    ) -> MemoryEstimate:
+        """Bytes of the full rows :meth:`generate` would keep for ``layers``/``heads`` (every stack; float32,
+        counted twice: the step rows and the assembled matrix exist together at the end). Tokenization only."""
+        _, _, inputs = self._encode_prompts(prompt_or_prompts, max_new_tokens)
+        return self._generation_estimate(inputs, max_new_tokens, layers, heads)
+
+    def _generation_estimate(self, inputs, new: int, layers, heads) -> MemoryEstimate:
+        b, width = inputs["input_ids"].shape
+        total = 0
+        for stack, (nl, nh) in self.dims().items():
+            kl = nl if layers is None else len([i for i in layers if i < nl])
+            kh = nh if heads is None else len([i for i in heads if i < nh])
+            lengths = {SELF: width + new, ENCODER: width, DECODER: 1 + new}  # decoder: start token + generated
+            tq, tk = lengths[query_stack(stack)], lengths[key_stack(stack)]
+            total += 2 * b * kl * kh * tq * tk * 4
+        return MemoryEstimate(total, 0, f"float32 rows of {b} x {width} prompt tokens + {new} generated")
+
+    def _check_generation_budget(self, inputs, new: int, layers, heads, budget: MemoryBudget) -> None:
+        """Raise :class:`MemoryBudgetError` when the full ``[T, T]`` rows of a generation would not fit."""
+        estimate = self._generation_estimate(inputs, new, layers, heads)
+        if estimate.total > budget.bytes:
+            width = inputs["input_ids"].shape[1]
+            raise MemoryBudgetError(
+                f"capturing full attention rows of a generation of {width + new} tokens needs about "
+                f"{estimate.describe()}, more than the memory budget of {budget.describe()}; keep fewer layers or "
+                "heads (layers=[...]/heads=[...], --layers), generate fewer tokens, raise the budget "
+                "(max_memory= / --max-memory), or keep row statistics where full rows do not fit "
+                "(runs.generation.generate_within_budget, the generate command)", estimate=estimate.total,
+                budget=budget.bytes)
+
+    def _request(self, request: CaptureRequest | None, measures, layers, heads):
+        """``(request with weights, checked layers, checked heads)`` from ``request=`` or the separate arguments."""
+        if request is not None and (measures is not None or layers is not None or heads is not None):
+            raise InputError("pass measures, layers and heads either in request= or as arguments, not both")
+        layers, heads = (request.layers, request.heads) if request is not None else (layers, heads)
+        layer_list = self._check_indices(layers, "layer", 0)
+        head_list = self._check_indices(heads, "head", 1)
+        return _with_weights(request or CaptureRequest(measures=measures or (), layers=layer_list, heads=head_list)), \
+            layer_list, head_list
 
     def encode_batches(self, texts: list[str], pairs: list[str] | None = None, *, batch_size: int = 8,
                        max_length: int | None = None, truncation: bool = True) -> Iterator[Batch]:
@@ -764,6 +909,12 @@ def _first(cfg: PretrainedConfig, *names: str) -> int:
         if isinstance(v, int):
             return v
     raise CaptureError(f"cannot read {names[0]} from the model config")
+
+
+def _can_generate(model: torch.nn.Module) -> bool:
+    """True when ``model`` has a generation head (causal LM or encoder-decoder)."""
+    can = getattr(model, "can_generate", None)
+    return bool(can()) if callable(can) else _is_causal_lm(model)
 
 
 def _is_causal_lm(model: torch.nn.Module) -> bool:

@@ -67,16 +67,18 @@ class CaptureRequest:
         wanted = set(self.record).union(*(MEASURES[m].needs for m in self.measures))
         return tuple(r for r in RECORDS if r in wanted)
 
-    def recorders(self, model: torch.nn.Module) -> list[Recorder]:
+    def recorders(self, model: torch.nn.Module, weights: type[WeightsRecorder] = WeightsRecorder) -> list[Recorder]:
         """The recorders of the weights, values, head outputs and contributions this request needs (row
         statistics and pooled blocks come from the engines' recorders); ``model`` is the model that will run
         (the contributions recorder looks up its output projections). A measure that needs contributions
-        without ``contributions`` in ``record`` keeps only the norms."""
+        without ``contributions`` in ``record`` keeps only the norms. ``weights`` is the class that keeps the
+        weights (a generation keeps each decoding step's rows with
+        :class:`~hf_attn_inspect.capture.generation.GenerationRecorder`)."""
         where = {"layers": self.layers, "heads": self.heads, "stacks": self.stacks}
         needs = self.needs
         out: list[Recorder] = []
         if "weights" in needs:
-            out.append(WeightsRecorder(**where))
+            out.append(weights(**where))
         if "values" in needs:
             out.append(ValuesRecorder(**where))
         if "head_outputs" in needs:

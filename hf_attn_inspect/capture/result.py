@@ -13,15 +13,16 @@ import torch
 
 from ..core.errors import InputError
 from ..core.files import atomic_path, write_text
-from ..core.stacks import ATTENTIONS, DECODER, check_stack, is_main
+from ..core.stacks import ATTENTIONS, CROSS, DECODER, SELF, check_stack, is_main
 from ..core.tokens import clean_token
 from .grid import PatchGrid
 from .measures import MEASURES
 
-__all__ = ["AttentionResult"]
+__all__ = ["AttentionResult", "GenerationResult"]
 
 _FORMAT_VERSION = 1
 _MEASURE_PREFIX = "measure."  # safetensors key of a measure: measure.<name>
+_ROW_STATS_PREFIX = "row_stats."  # safetensors key of a generation's row statistic: row_stats.<name>
 
 
 @dataclass
@@ -169,7 +170,7 @@ class AttentionResult:
 
     # ----------------------------------------------------------- persistence
     def _metadata(self) -> dict[str, Any]:
-        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures", "grid", "image"}
+        skip = {"attentions", "decoder_attentions", "cross_attentions", "measures", "row_stats", "grid", "image"}
         meta = {k: v for k, v in self.__dict__.items() if k not in skip}
         if self.grid is not None:
             meta["grid"] = self.grid.to_dict()
@@ -196,6 +197,8 @@ class AttentionResult:
             tensors[_MEASURE_PREFIX + name] = values.contiguous()
         if self.image is not None:
             tensors["image"] = torch.from_numpy(np.ascontiguousarray(self.image))
+        for name, values in getattr(self, "row_stats", {}).items():  # a GenerationResult's row statistics
+            tensors[_ROW_STATS_PREFIX + name] = values.contiguous()
         metadata = {"hf_attn_inspect": json.dumps(self._metadata())}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=metadata)
@@ -203,7 +206,8 @@ class AttentionResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AttentionResult":
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save` (a saved :class:`GenerationResult`
+        loads as one)."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -216,12 +220,15 @@ class AttentionResult:
         except (KeyError, ValueError, OSError) as exc:
             raise InputError(f"{path} is not an hf-attn-inspect result file ({exc})") from None
         meta.pop("format_version", None)
+        if meta.pop("kind", None) == GenerationResult.kind:  # a saved generation loads as one
+            cls = GenerationResult
         measures = {k[len(_MEASURE_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_MEASURE_PREFIX)}
+        stats = {k[len(_ROW_STATS_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(_ROW_STATS_PREFIX)}
         if "image" in tensors:
             tensors["image"] = tensors["image"].numpy()
         if meta.get("grid") is not None:
             meta["grid"] = PatchGrid.from_dict(meta["grid"])
-        return cls(**meta, **tensors, measures=measures)
+        return cls(**meta, **tensors, measures=measures, **({"row_stats": stats} if stats else {}))
 
     # ------------------------------------------------------------- explorer
     def to_html(self, path: str | os.PathLike | None = None, **kwargs: Any) -> str:
@@ -247,6 +254,83 @@ class AttentionResult:
         kind = "encoder-decoder" if self.is_encoder_decoder else ("causal" if self.is_causal else "bidirectional")
         return (
             f"AttentionResult(model={self.model_name!r}, {kind}, tokens={self.seq_len}, "
+            f"layers={self.num_layers}, heads={self.num_heads})"
+        )
+
+
+@dataclass(repr=False)
+class GenerationResult(AttentionResult):
+    """Attention of every position of a generated sequence, as the model computed it while generating (KV cache on).
+
+    The generating stack (``self`` for decoder-only models, ``decoder`` for encoder-decoder ones, see
+    :attr:`stack_name`) holds prompt + generated tokens; its first ``prompt_length`` tokens are the prompt (the
+    decoder start token(s) for encoder-decoder models, whose source is ``tokens``). Its ``[layers, heads, T, T]``
+    weights keep rows by position: row ``i`` is what position ``i`` attended to; the prompt rows come from the
+    first decoding step, every later row from the step that fed that token, the last generated token's row from
+    one more cached step. What the model looked at when it wrote the generated token at position ``t`` is row
+    ``t - 1`` (the query whose output predicted ``t``): :meth:`step_rows`. ``probabilities[k]`` is the model's
+    probability of the ``k``-th generated token (softmax of its logits, before temperature, top-k and top-p),
+    ``alternatives[k]`` the most probable tokens of that step as ``[token, probability]`` pairs;
+    ``generation`` the settings (``do_sample``, ``seed``, ``temperature``, ``top_p``, ``top_k``,
+    ``max_new_tokens``). A generation whose full rows do not fit the memory budget
+    (:func:`~hf_attn_inspect.runs.generation.generate_within_budget`) keeps full rows for ``layer_ids`` only and
+    ``row_stats`` for every layer of ``row_stats_layers``: ``{quantity: [layers, heads, T]}``, the per-row
+    quantities of :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES` (entropy, max weight, first token...) of
+    each position's row of the generating stack.
+    """
+
+    prompt_length: int = 0
+    generated_text: str = ""
+    probabilities: list[float] = field(default_factory=list)
+    alternatives: list[list[list[Any]]] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
+    row_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_stats_layers: list[int] = field(default_factory=list)
+
+    kind = "generation"  # the ``kind`` written into a saved file's metadata (AttentionResult.load dispatches on it)
+
+    @property
+    def stack_name(self) -> str:
+        """The generating stack: ``decoder`` for encoder-decoder models, else ``self``."""
+        return DECODER if self.is_encoder_decoder else SELF
+
+    @property
+    def sequence_tokens(self) -> list[str]:
+        """Prompt + generated tokens of the generating stack."""
+        return list(self.decoder_tokens if self.is_encoder_decoder else self.tokens)
+
+    @property
+    def generated_tokens(self) -> list[str]:
+        """The generated tokens (tokenizer tokens)."""
+        return self.sequence_tokens[self.prompt_length:]
+
+    @property
+    def num_generated(self) -> int:
+        """Number of generated tokens."""
+        return len(self.sequence_tokens) - self.prompt_length
+
+    def step_rows(self, layer: int, head: int | None = None, which: str | None = None) -> torch.Tensor:
+        """``[generated, keys]``: row ``k`` is what the model looked at when it wrote generated token ``k`` (the row
+        of position ``prompt_length + k - 1``), for the model's ``layer`` and ``head`` (``None``: the average over
+        the captured heads). ``which`` is the generating stack (default) or ``cross`` (encoder-decoder models: the
+        source). Keys are every position of the sequence (later ones are 0: the model could not see them)."""
+        which = which or self.stack_name
+        if which not in (self.stack_name, CROSS):
+            raise InputError(f"step rows exist for '{self.stack_name}' and, for encoder-decoder models, 'cross'")
+        weights = self.layer(layer, which)
+        weights = weights.mean(0) if head is None else weights[self.head_index(head)]
+        start = self.prompt_length - 1
+        return weights[start:start + self.num_generated]
+
+    def _metadata(self) -> dict[str, Any]:
+        meta = super()._metadata()
+        meta["kind"] = self.kind
+        return meta
+
+    def __repr__(self) -> str:
+        return (
+            f"GenerationResult(model={self.model_name!r}, prompt={self.prompt_length} tokens, "
+            f"generated={self.num_generated}, text={self.generated_text[:40]!r}, "
             f"layers={self.num_layers}, heads={self.num_heads})"
         )
 

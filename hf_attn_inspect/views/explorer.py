@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..capture.result import AttentionResult
+from ..capture.result import AttentionResult, GenerationResult
 from ..core.errors import InputError, OutputError
 from ..core.files import write_text
 from ..core.stacks import CROSS, DECODER, SELF, is_self_attention, stack_aliases
@@ -230,7 +230,7 @@ def _payload(
         if merged:
             _add_pooled(entry, att, result, pooled, which, metrics, classes)
         stacks[which] = entry
-    return {
+    payload = {
         "version": 1,
         "levels": LEVELS,
         "model": result.model_name,
@@ -246,6 +246,15 @@ def _payload(
         "metric_names": (list(METRICS) + (["importance"] if importance is not None else [])) if metrics else [],
         **({"image": _image_payload(result)} if result.grid is not None and result.image is not None else {}),
     }
+    if isinstance(result, GenerationResult):  # the generation mode (static/explorer_generation.js) reads this
+        payload["generation"] = {
+            "stack": result.stack_name,
+            "prompt_length": result.prompt_length,
+            "probabilities": list(result.probabilities),
+            "alternatives": [[[clean_token(t), p] for t, p in step] for step in result.alternatives],
+            "cross": CROSS in stacks,
+        }
+    return payload
 
 
 def _image_payload(result: AttentionResult) -> dict[str, Any]:
@@ -387,8 +396,10 @@ def explorer_html(
         raise InputError("the result has no layers to draw")
     data = _script_json(_payload(result, classes, metrics, rollout, pooled, importance))
     js = _static("explorer.js")
-    if result.grid is not None and result.image is not None:  # the image mode registers before the page starts
+    if result.grid is not None and result.image is not None:  # a mode file registers before the page starts
         js = _static("explorer_image.js") + "\n" + js
+    if isinstance(result, GenerationResult):
+        js = _static("explorer_generation.js") + "\n" + js
     if "</script" in js.lower() or "<!--" in js:
         raise OutputError("explorer.js and its modes must not contain '</script' or '<!--'")
     page_title = title or f"attention: {result.model_name or 'model'}"

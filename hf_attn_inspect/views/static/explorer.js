@@ -9,11 +9,12 @@
   performance.mark("hai-parsed");
   const $ = (id) => document.getElementById(id);
   const stackNames = Object.keys(DATA.stacks);
+  const MODES = window.hfAttnModes || {};  /* extra views of explorer_<mode>.js files, keyed by view name */
   const state = {
     stack: stackNames[0], layer: 0, heads: [0], focus: 0, average: false, rollout: false,
     hideSpecial: false, level: "token", pair: "all", dark: false,
     /* long inputs open on the matrix (a 512-token head view is 9000 px tall) */
-    view: DATA.stacks[stackNames[0]].nq > 150 || DATA.stacks[stackNames[0]].pooled ? "matrix" : "head",
+    view: DATA.generation ? "generation" : DATA.stacks[stackNames[0]].nq > 150 || DATA.stacks[stackNames[0]].pooled ? "matrix" : "head",
     colour: DATA.stacks[stackNames[0]].nq > 64 ? "sqrt" : "linear",
     metric: DATA.metric_names.length ? DATA.metric_names[0] : null,
   };
@@ -660,9 +661,11 @@
     }
   }
 
-  /* extra modes (explorer_<mode>.js) register in window.hfAttnModes; those whose data is present stay */
-  const MODES = Object.fromEntries(Object.entries(window.hfAttnModes || {}).filter(([, m]) =>
-    m.init({ DATA, state, selection, setInfo, layerName, render, generation: () => generation })));
+  /* extra modes (explorer_<mode>.js, inlined only on the pages that need them) get one api before the
+     controls are built: each adds its tab and section and may choose the opening view */
+  const modeApi = { DATA, state, selection, setInfo, layerName, matrix, render, setView,
+                    get LUT() { return LUT; }, generation: () => generation };
+  for (const m of Object.values(MODES)) m.init(modeApi);
   buildControls();
   setView(state.view);
   window.hfAttnExplorer = { state, render, setView };
