@@ -183,7 +183,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
         analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     assert sorted((part / "shards").iterdir()) == [shard_path(part, 0), shard_path(part, 1)]
     assert not (part / "head_stats.csv").exists()
-    assert json.loads((part / "run.json").read_text())["status"] == "running"
+    assert json.loads((part / "run.json").read_text())["status"] == "stopped"
     # an unfinished run is neither silently restarted nor overwritten
     with pytest.raises(OutputError, match="--resume"):
         analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)

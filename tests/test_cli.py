@@ -137,3 +137,15 @@ def test_verify_fails_when_capture_is_wrong(monkeypatch, capsys):
     monkeypatch.setattr(capture, "scaled_dot_product_attention_with_weights", skewed)
     assert main(["verify"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib import metadata
+
+    import hf_attn_inspect
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-attn-inspect {hf_attn_inspect.__version__}"
+    assert hf_attn_inspect.__version__ == metadata.version("hf-attn-inspect")

@@ -47,3 +47,22 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
     assert Path("attention.html").read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
     assert opened, "result.show() outside a notebook opens the page in a browser"
     assert (tmp_path / "cmp" / "divergence_map.png").is_file() and (tmp_path / "runs/sample/report.md").is_file()
+
+
+def test_no_resume_example_follows_a_run_into_the_same_folder():
+    """A ``--resume`` command line of a ```bash block does not follow a command that finishes a run into
+    the same ``--out`` (it would answer "holds a finished run"): the README's examples run as written."""
+    text = README.read_text(encoding="utf-8")
+    checked = 0
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        earlier: set[str] = set()
+        for line in block.splitlines():
+            line = line.split("#", 1)[0]
+            m = re.search(r"--out\s+(\S+)", line)
+            if not line.startswith("hf-attn-inspect") or m is None:
+                continue
+            if "--resume" in line.split():
+                checked += 1
+                assert m.group(1) not in earlier, line
+            earlier.add(m.group(1))
+    assert checked >= 1

@@ -9,6 +9,7 @@ from :func:`describe_changes`), each written atomically with ordinary umask perm
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -179,9 +180,10 @@ def write_comparison(out_dir: str | os.PathLike, df: pd.DataFrame, a: AttentionI
     first text, the stack and the maximum length) and ``a``/``b`` the two models' inspectors.
     ``divergence_map.png`` is drawn always, ``head_diffs.png`` for the ``top`` most changed heads on the
     first text (none when ``top`` is 0); ``report.md`` lists at least 5 heads. When ``out_dir`` holds the
-    engine's ``run.json`` (``compare_models(..., out=out_dir)``), the figure names are added to it, so
-    ``hf-attn-inspect compare --out d`` is ``compare_models(..., out=d)`` followed by
-    ``write_comparison(d, df, a, b, top=...)``.
+    engine's finished ``run.json`` (``compare_models(..., out=out_dir)``), the figure names are added to
+    it (and always to ``df.attrs["run"]``), so ``compare_models(..., out=d)`` followed by
+    ``write_comparison(d, df, a, b, top=...)`` writes what ``hf-attn-inspect compare --out d`` writes; the
+    command passes it as ``compare_models(..., report=...)``, so ``run.json`` says ``finished`` last.
     """
     import matplotlib
 
@@ -210,12 +212,22 @@ def write_comparison(out_dir: str | os.PathLike, df: pd.DataFrame, a: AttentionI
             figures.append("head_diffs.png")
     write_text(comparison_report(df, top=max(top, 5), figures=figures), out / "report.md")
     run = df.attrs.get("run")
-    if run is not None and (out / "run.json").exists():
+    if run is not None:
         record = {}
         for key, value in run.items():
             if key == "elapsed_s":
                 record["figures"] = figures
             record[key] = value
         record["figures"] = figures
-        write_json(record, out / "run.json")
+        run.clear()  # the record the engine writes as run.json once this returns (compare_models(report=...))
+        run.update(record)
+        if _finished(out / "run.json"):  # called after the engine: add the figures to its run.json
+            write_json(record, out / "run.json")
     return figures
+
+
+def _finished(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
