@@ -240,11 +240,11 @@ class AttentionInspector:
         tok = self.tokenizer
         with _pad_token(tok):
             if self.is_encoder_decoder:
-                encoding, trunc = self._tokenize(texts, None, limit, truncation)
-                decoder, dtrunc = self._tokenize(None, pairs if pairs is not None else texts, limit, truncation)
+                encoding, trunc, lengths = self._tokenize(texts, None, limit, truncation)
+                decoder, dtrunc, _ = self._tokenize(None, pairs if pairs is not None else texts, limit, truncation)
                 trunc = [a or b for a, b in zip(trunc, dtrunc)]
             else:
-                encoding, trunc = self._tokenize(texts, pairs, limit, truncation)
+                encoding, trunc, lengths = self._tokenize(texts, pairs, limit, truncation)
                 decoder = None
         inputs = {k: encoding[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding}
         table = punctuation_table(tok)
@@ -259,6 +259,7 @@ class AttentionInspector:
             texts=texts,
             pairs=pairs,
             truncated=trunc,
+            input_lengths=lengths,
             encoding=encoding,
             decoder_encoding=decoder,
             special=encoding["special_tokens_mask"].bool(),
@@ -288,7 +289,7 @@ class AttentionInspector:
             return_special_tokens_mask=True,
             padding_side="right",
         )
-        return encoding, truncated
+        return encoding, truncated, lengths
 
     # ------------------------------------------------------------------- run
     def run(

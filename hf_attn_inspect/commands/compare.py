@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.compare import OPTIONAL, OUTPUTS, compare_models
     from ..runs.sharded import check_out_dir
     from ..runs.distributed import process_device, processes
-    from ..views.comparison import write_comparison
+    from ..views.comparison import UNCHANGED, changed_heads, write_comparison
 
     if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
         check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS, optional=OPTIONAL)
@@ -67,8 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if not processes().is_main:
         return 0
     n = df.attrs["counts"]["analysed"]
-    print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
-    for row in df.head(max(args.top, 5)).itertuples():
+    changed = changed_heads(df)
+    if changed.empty:
+        print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}: no head changed (every JS divergence "
+              f"is below {UNCHANGED:g} nats; the two models attend alike)")
+    else:
+        print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
+    for row in changed.head(max(args.top, 5)).itertuples():
         cls = ""
         if "class_a" in df.columns:
             cls = f"  {row.class_a} -> {row.class_b}"

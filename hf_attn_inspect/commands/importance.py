@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..runs.sharded import check_out_dir
     from ..views.importance import write_importance_report
+    from ..views.words import counted
     from .options import load_inspector
 
     if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     effect = done.get("effect")
     unit = df.attrs.get("unit", "")
     top = df.sort_values("rank").iloc[0]
-    print(f"scored {len(df)} heads on {int(df['n_sentences'].iloc[0])} sentences ({args.method}); most important: "
+    print(f"scored {len(df)} heads on {counted(int(df['n_sentences'].iloc[0]), 'sentence')} ({args.method}); most important: "
           f"layer {int(top['layer'])} head {int(top['head'])} ({top['importance']:+.4g}{' ' + unit if args.method == 'ablation' else ''}) "
           f"-> {args.out}/head_importance.csv, report.md")
     if effect is not None:
