@@ -365,12 +365,13 @@ class AttentionInspector:
         with use_implementation(self.model, "eager"):
             output = self.model(**inputs, output_attentions=True)
         groups = [(stack, OUTPUT_FIELDS[stack]) for stack in model_stacks(self.is_encoder_decoder)]
+        causal = self._fallback_causal_stacks()
         found = False
         for stack, attr in groups:
             for layer, weights in enumerate(getattr(output, attr, None) or ()):
                 if weights is not None:
                     found = True
-                    probe.record(Site(stack, layer, attr), weights.float())
+                    probe.record(Site(stack, layer, attr), weights.float(), causal=stack in causal)
         if not found:
             raise CaptureError(
                 f"{type(self.model).__name__} returned no attention weights, neither through the attention "

@@ -122,8 +122,9 @@ def _colorbar(fig: Figure, image, scale: str, **kwargs):
     bar = fig.colorbar(image, label=f"attention weight ({_scale_name(scale)})", **kwargs)
     if scale == "sqrt":
         ticks = [t for t in _SQRT_TICKS if lo <= t <= hi]
-        if hi < 1.0 and (not ticks or ticks[-1] < 0.8 * hi):
-            ticks.append(float(f"{hi:.2g}"))
+        if 0 < hi < 1.0 and (not ticks or ticks[-1] < 0.8 * hi):
+            unit = 10.0 ** (math.floor(math.log10(hi)) - 1)
+            ticks.append(round(math.floor(hi / unit) * unit, 12))  # two significant digits, inside the range
         bar.set_ticks(ticks)
     return bar
 
