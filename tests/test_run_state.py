@@ -151,3 +151,14 @@ def test_resume_with_other_settings_names_the_values_to_pass(tmp_path):
                     resume=True)
     assert "(batch_size, shard_size)" in str(info.value)
     assert "rerun with the same options (--batch-size 8; --shard-size 10)" in str(info.value)
+
+
+def test_one_sentence_is_said_in_the_singular(tiny_bert, tmp_path, capsys):
+    from hf_attn_inspect.views.words import counted
+
+    assert (counted(1, "sentence"), counted(0, "sentence"), counted(4271, "token")) == (
+        "1 sentence", "0 sentences", "4,271 tokens")
+    assert main(["importance", "The cat sat on the mat.", "--model", tiny_bert, "--no-pruning", "--no-progress",
+                 "--out", str(tmp_path / "i")]) == 0
+    out = capsys.readouterr().out
+    assert " heads on 1 sentence (ablation)" in out and "1 sentences" not in out

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.heads is not None:
         parse_heads(args.heads)  # a typo fails before the model loads
-    from ..runs.distributed import process_device, processes
+    from ..runs.distributed import alone, process_device, processes
     from ..runs.importance import (
         IMPORTANCE_OPTIONAL, IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve,
         write_importance_tables,
@@ -82,15 +82,17 @@ def run(args: argparse.Namespace) -> int:
     done: dict[str, object] = {}
 
     def report(df) -> None:  # noqa: ANN001 (the importance table)
-        """Rank 0's pruning curve, ablation effect and report, written before run.json says "finished"."""
-        curve = None
-        if not args.no_pruning:
-            curve = pruning_curve(inspector, spec, df, step=args.prune_step, how=args.ablate,
-                                  reestimate=args.reestimate, method=args.method, seed=args.seed, progress=progress)
-            write_importance_tables(args.out, curve=curve)
-        effect = None
-        if args.heads is not None:
-            effect = ablation_effect(inspector, spec, args.heads, how=args.ablate, seed=args.seed, progress=progress)
+        """Rank 0's pruning curve, ablation effect and report (alone: the other ranks are done), written
+        before run.json says "finished"."""
+        curve = effect = None
+        with alone():
+            if not args.no_pruning:
+                curve = pruning_curve(inspector, spec, df, step=args.prune_step, how=args.ablate,
+                                      reestimate=args.reestimate, method=args.method, seed=args.seed, progress=progress)
+                write_importance_tables(args.out, curve=curve)
+            if args.heads is not None:
+                effect = ablation_effect(inspector, spec, args.heads, how=args.ablate, seed=args.seed,
+                                         progress=progress)
         write_importance_report(args.out, df, curve, effect)
         run_record = df.attrs["run"]
         run_record["pruning_steps"] = None if curve is None else len(curve)
