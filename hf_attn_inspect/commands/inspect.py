@@ -209,14 +209,14 @@ def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", 
     written = []
     if cap.head_weights is not None:
         ax = plot_attention_heatmap(cap.head_weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}",
-                                    scale=scale)
+                                    scale=scale, vmax="auto")
     else:
         ax = plot_pooled_heatmap(cap.pooled[li, args.head], cap.q_edges, cap.k_edges,
                                  title=f"layer {args.layer}, head {args.head} ({cap.n_tokens:,} tokens, {pooled_note})")
     written.append(save_figure(ax.figure, out / f"{prefix}head_L{args.layer}_H{args.head}.{args.format}"))
     if cap.layer_weights is not None:
         fig = plot_multi_head_attention(cap.layer_weights, q_labels if q_labels == k_labels else None,
-                                        title=f"layer {args.layer}: all heads", scale=scale)
+                                        title=f"layer {args.layer}: all heads", scale=scale, vmax="auto")
     else:
         fig = plot_pooled_heads(cap.pooled[li], cap.q_edges, cap.k_edges, head_ids=cap.head_ids,
                                 title=f"layer {args.layer}: all heads ({cap.n_tokens:,} tokens, {pooled_note})")
