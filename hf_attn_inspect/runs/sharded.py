@@ -12,13 +12,15 @@ With an output directory:
 - every finished shard is written atomically to ``shards/shard-NNNNNN.npz``
   (:func:`~hf_attn_inspect.core.files.atomic_write`, ordinary umask permissions);
 - a stopped run continues from its finished shards with ``resume=True`` when its parameters are the
-  same (a damaged shard is recomputed), and ends with the same numbers as an uninterrupted run;
+  same (a damaged shard is recomputed), and ends with the same numbers as an uninterrupted run; a run
+  says ``finished`` only once every file it writes is written (:func:`finishing`), and ``resume=True``
+  writes whatever a ``finished`` one lacks;
 - a finished run (``"status": "finished"``) is never replaced unless ``overwrite=True``, and an
   unfinished one (stopped or interrupted) is neither silently restarted nor overwritten;
 - a run that stops on an input error, or on any error before a shard was finished, is recorded as
   ``"status": "failed"`` (with the error) and blocks nothing: the next run starts afresh (or continues
-  with ``resume=True``); one that stops on an error after finishing shards stays unfinished, like a
-  killed run, with the error recorded;
+  with ``resume=True``); one that stops on an error or an interrupt after finishing shards is recorded
+  as ``"status": "stopped"``, with the error and how to resume (its ``resume`` entry, :data:`RESUME`);
 - a file the run would write that no run of ours wrote (no ``run.json`` of ours in the folder) is
   never replaced without ``overwrite=True``, and the folder is created only with the first file.
 
@@ -27,8 +29,9 @@ Launched on several processes (``accelerate launch`` / ``torchrun``; see
 writes its shards to the shared output folder, and rank 0 merges them in shard order: the numbers are
 those of one process, and a run stopped with any number of processes resumes with any other number.
 
-The engine writes its own tables and the final ``run.json`` (``"status": "finished"``) once the loop
-returns (on rank 0 only: :attr:`ShardedRun.is_main`). :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
+The engine writes its own tables, then its report (a ``report`` callback), and only then the final
+``run.json`` (``"status": "finished"``; :func:`finishing`) once the loop returns (on rank 0 only:
+:attr:`ShardedRun.is_main`). :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
 skipped and counted), :func:`package_versions` the version record of ``run.json`` files.
 """
 
@@ -230,8 +233,11 @@ def run_sharded(
     with fewer than ``shard_size`` rows (``ShardStats.rows``), the last one. With ``out_dir`` (see the
     module docstring), the directory is checked with :func:`prepare_out_dir` (``params`` are the run's
     settings, compared on ``resume``; ``outputs`` the files of a finished run that ``overwrite`` deletes
-    besides ``run.json`` and the shards), ``run.json`` says ``running`` and every finished shard is
-    written atomically; a shard that raises leaves the shards before it on disk for ``resume``.
+    besides ``run.json`` and the shards, and whose absence from a ``finished`` run lets ``resume`` complete
+    it, ``optional`` those of them a finished run may lack), ``run.json`` says ``running`` and every
+    finished shard is written atomically; a shard that raises (or an interrupt) leaves the shards before it
+    on disk for ``resume`` and ``run.json`` saying ``stopped``, with the error and how to resume. The
+    engine marks the run finished with :func:`finishing` once it wrote its files.
     ``progress=True`` shows a tqdm bar labelled ``desc`` on stderr.
 
     Launched on several processes (``torchrun``/``accelerate launch``, see
