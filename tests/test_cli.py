@@ -195,3 +195,4 @@ def test_inspect_causal_entropy_uses_one_maximum(tiny_dir, tmp_path, capsys):
     assert maximum == pytest.approx(float(np.mean(np.log(np.arange(1, n + 1)))), abs=1e-3)
     assert share == pytest.approx(entropy / maximum, abs=0.01)
     assert "max_entropy is the mean over query rows of ln(keys the row can see)" in out
+    assert f"mean_entropy / max_entropy = {share:.2f}" in out

@@ -106,8 +106,9 @@ def format_raw_fields(analysis: dict[str, float | bool], threshold: float = 0.3,
     if causal is not None:
         ratio = a["mean_entropy"] / a["max_entropy"] if a["max_entropy"] > 0 else 1.0
         seen = ("the mean over query rows of ln(keys the row can see), row i seeing i + 1 keys (causal)" if causal
-                else "ln(number of keys)")
-        lines.append(f"  max_entropy is {seen}; the verdict's entropy share is their ratio, {ratio:.2f}")
+                else "ln(number of keys): every row sees every key")
+        lines.append(f"  max_entropy is {seen};")
+        lines.append(f"  the verdict's 'entropy ... of its maximum' is mean_entropy / max_entropy = {ratio:.2f}")
     return "\n".join(lines)
 
 
