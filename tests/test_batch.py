@@ -256,7 +256,7 @@ def test_run_sharded_writes_atomic_shards_and_resumes(tmp_path):
         saved = ShardStats.load(shard_path(out, i))
         assert saved.n == (9 if i == 0 else 10) and saved.rows == 10
     running = json.loads((out / "run.json").read_text())
-    assert running["status"] == "running" and running["shards_total"] == 4 and running["parameters"] == params
+    assert running["status"] == "stopped" and running["shards_total"] == 4 and running["parameters"] == params
     # an unfinished run: refused without resume, and resumed only with the same parameters
     with pytest.raises(OutputError, match="--resume"):
         run_sharded(35, 10, _counting([]), out_dir=out, params=params)

@@ -65,7 +65,8 @@ def test_inspect_pair_layer_head_svg_html(tmp_path, capsys):
         (["inspect", "   "], "empty"),
         (["inspect", ""], "empty"),
         (["inspect", "hi", "--layer", "6"], "valid layers: 0..5"),
-        (["inspect", "hi", "--head", "-1"], "valid heads: 0..11"),
+        (["inspect", "hi", "--head", "-1"], "--head counts from 0; got -1"),  # before the model loads
+        (["inspect", "hi", "--head", "12"], "valid heads: 0..11"),
         (["inspect", "hi", "--model", "/nonexistent/model-dir"], "model directory '/nonexistent/model-dir' does not exist"),
         (["inspect", "word " * 600, "--no-truncate"], "more than the maximum"),
         (["verify", " "], "empty"),
