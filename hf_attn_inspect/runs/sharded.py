@@ -467,8 +467,8 @@ def check_out_dir(
             )
         if not resume:
             raise OutputError(
-                f"{str(out)!r} holds a run that stopped before writing {', '.join(lacking)}; pass --resume to "
-                "write what it lacks, --overwrite to start again, or choose another --out"
+                f"{str(out)!r} holds a finished run without {', '.join(lacking)}; pass --resume to write what "
+                "it lacks, --overwrite to start again, or choose another --out"
             )
     if (status in UNFINISHED or (previous is None and has_shards)) and not resume:
         raise OutputError(
