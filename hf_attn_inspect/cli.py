@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from typing import Sequence
 
+from . import __version__
 from .commands import batch, compare, debug, generate, importance, inspect, long, verify, view
 from .core.errors import AttnInspectError
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="See and debug the attention of Hugging Face transformer models.",
         epilog="Run 'hf-attn-inspect COMMAND --help' for a command's options and examples.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMAND_MODULES:
@@ -86,15 +90,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     _quiet_libraries()
+    started = time.time()
     try:
         return int(args.func(args) or 0)
     except AttnInspectError as exc:
         if not exc.relayed:  # another process of a distributed run reports it
-            print(f"error: {exc}", file=sys.stderr)
+            message = str(exc)
+            print(f"error: {message}{'' if '--resume' in message else _resume_hint(args, started)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: interrupted{_resume_hint(args, started)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace, started: float) -> str:
+    """How to finish the run this command left unfinished in ``--out`` (a command with ``--resume``), else ""."""
+    out = getattr(args, "out", None)
+    if out is None or not hasattr(args, "resume"):
+        return ""
+    try:
+        if os.stat(os.path.join(os.path.expanduser(out), "run.json")).st_mtime < started - 1:
+            return ""  # not this command's run: it stopped before starting one
+    except OSError:
+        return ""
+    from .runs.sharded import unfinished_hint
+
+    return unfinished_hint(out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -183,7 +183,7 @@ def test_killed_run_resumes_to_identical_results(inspector, tmp_path):
         analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
     assert sorted((part / "shards").iterdir()) == [shard_path(part, 0), shard_path(part, 1)]
     assert not (part / "head_stats.csv").exists()
-    assert json.loads((part / "run.json").read_text())["status"] == "running"
+    assert json.loads((part / "run.json").read_text())["status"] == "stopped"
     # an unfinished run is neither silently restarted nor overwritten
     with pytest.raises(OutputError, match="--resume"):
         analyze_dataset(inspector, texts, out=part, probe=CrashingRecorder, **kw)
@@ -256,7 +256,7 @@ def test_run_sharded_writes_atomic_shards_and_resumes(tmp_path):
         saved = ShardStats.load(shard_path(out, i))
         assert saved.n == (9 if i == 0 else 10) and saved.rows == 10
     running = json.loads((out / "run.json").read_text())
-    assert running["status"] == "running" and running["shards_total"] == 4 and running["parameters"] == params
+    assert running["status"] == "stopped" and running["shards_total"] == 4 and running["parameters"] == params
     # an unfinished run: refused without resume, and resumed only with the same parameters
     with pytest.raises(OutputError, match="--resume"):
         run_sharded(35, 10, _counting([]), out_dir=out, params=params)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -64,7 +65,8 @@ def test_inspect_pair_layer_head_svg_html(tmp_path, capsys):
         (["inspect", "   "], "empty"),
         (["inspect", ""], "empty"),
         (["inspect", "hi", "--layer", "6"], "valid layers: 0..5"),
-        (["inspect", "hi", "--head", "-1"], "valid heads: 0..11"),
+        (["inspect", "hi", "--head", "-1"], "--head counts from 0; got -1"),  # before the model loads
+        (["inspect", "hi", "--head", "12"], "valid heads: 0..11"),
         (["inspect", "hi", "--model", "/nonexistent/model-dir"], "model directory '/nonexistent/model-dir' does not exist"),
         (["inspect", "word " * 600, "--no-truncate"], "more than the maximum"),
         (["verify", " "], "empty"),
@@ -137,3 +139,61 @@ def test_verify_fails_when_capture_is_wrong(monkeypatch, capsys):
     monkeypatch.setattr(capture, "scaled_dot_product_attention_with_weights", skewed)
     assert main(["verify"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib import metadata
+
+    import hf_attn_inspect
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-attn-inspect {hf_attn_inspect.__version__}"
+    assert hf_attn_inspect.__version__ == metadata.version("hf-attn-inspect")
+
+
+def test_inspect_of_a_cut_input_says_the_cut_and_shows_the_weights(tiny_dir, tmp_path, capsys):
+    """Issue 23: a text cut to --max-length names the cut in the figures' titles and the printed token line,
+    which is shortened and wrapped instead of listing every token on one line."""
+    text = " ".join(["the cat sat on the mat"] * 50)  # 300 words
+    rc = main(["inspect", text, "--model", str(tiny_dir("llama")), "--max-length", "200", "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    lines = captured.out.splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("tokens (")))
+    token_lines = [lines[start]]
+    while lines[start + len(token_lines)].startswith("  "):  # the wrapped continuation lines
+        token_lines.append(lines[start + len(token_lines)])
+    assert token_lines[0].startswith("tokens (200; cut from 302 tokens to 200): ")
+    assert 1 < len(token_lines) <= 3 and all(len(x) <= 100 for x in token_lines)
+    assert " ... " in " ".join(token_lines) and len(" ".join(token_lines).split()) < 40
+    with Image.open(tmp_path / "head_L0_H0.png") as img:
+        grey = np.asarray(img.convert("L"), dtype=float)
+    assert (grey < 200).mean() > 0.3  # most of the plot is coloured, not near-white
+
+
+def test_inspect_cross_attention_explains_itself(tiny_dir, tmp_path, capsys):
+    rc = main(["inspect", "The cat sat on the mat.", "--model", str(tiny_dir("bart")), "--attention", "cross",
+               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "cross-attention: each decoder token (a row, query) over the encoder's tokens" in out
+    assert "decoder tokens (" in out and "encoder tokens (" in out
+    assert "layer 0, head 0 cross-attention:" in out and "of its maximum" in out and "most attended encoder token" in out
+
+
+def test_inspect_causal_entropy_uses_one_maximum(tiny_dir, tmp_path, capsys):
+    """GPT-2: the verdict's entropy share and the raw fields use the same (causal) maximum, and say which."""
+    import re
+
+    rc = main(["inspect", "The cat sat on the mat.", "--model", str(tiny_dir("gpt2")), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    share = float(re.search(r"entropy ([0-9.]+) of its maximum", out).group(1))
+    entropy, maximum = map(float, re.search(r"mean_entropy ([0-9.]+) / max_entropy ([0-9.]+) nats", out).groups())
+    n = int(re.search(r"tokens \((\d+)\)", out).group(1))
+    assert maximum == pytest.approx(float(np.mean(np.log(np.arange(1, n + 1)))), abs=1e-3)
+    assert share == pytest.approx(entropy / maximum, abs=0.01)
+    assert "max_entropy is the mean over query rows of ln(keys the row can see)" in out
+    assert f"mean_entropy / max_entropy = {share:.2f}" in out

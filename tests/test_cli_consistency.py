@@ -54,6 +54,10 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     good.write_text("The cat sat on the mat.")
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\nThe cat sat.,1\nIt slept.,0\n")
+    latin_csv = tmp_path / "latin1.csv"
+    latin_csv.write_bytes("text\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
     out = str(tmp_path / "out")
     errors = [
         ["inspect", "   "], ["inspect", ""], ["inspect", "hi", "--pair", " "], ["view", ""], ["verify", " "], ["debug", ""],
@@ -75,6 +79,13 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
         ["generate", "hi", "--model", "m", "--seed", "1", "--out", out],
         ["generate", "hi", "--model", "m", "--max-new-tokens", "0", "--out", out],
         ["generate", "hi", "--model", "m", "--out", str(blocker / "o")],
+        # issue 23: checks that need no model answer before it loads
+        ["inspect", "hi", "--head", "-1"], ["inspect", "hi", "--layer", "-1"], ["view", "hi", "--layers", "0", "-2"],
+        ["inspect", "hi", "--max-memory", "lots"], ["view", "hi", "--max-memory", "lots"],
+        ["inspect", "hi", "--model", "./nope"], ["batch", "--model", "./nope", "--out", out],
+        ["compare", "default", "./nope", "--out", out], ["debug", "--model", "./nope"],
+        ["importance", "--dataset", str(labelled), "--label-column", "lab", "--out", out],
+        ["batch", "--dataset", str(latin_csv), "--out", out],
     ]
     names = list(_commands())
     code = textwrap.dedent(f"""
@@ -107,6 +118,11 @@ def test_help_and_early_errors_do_not_import_torch(tmp_path):
     assert report["heavy"] == [], f"imported before the first model was needed: {report['heavy']}"
     messages = {" ".join(a): t for _, a, _, t in report["results"]}
     assert "not UTF-8" in messages[f"long {latin} --out {out}"]
+    assert "not UTF-8" in messages[f"batch --dataset {latin_csv} --out {out}"]
+    assert "label column 'lab' not found" in messages[f"importance --dataset {labelled} --label-column lab --out {out}"]
+    assert "does not exist" in messages[f"compare default ./nope --out {out}"]
+    assert "--head counts from 0; got -1" in messages["inspect hi --head -1"]
+    assert "cannot read memory size 'lots'" in messages["view hi --max-memory lots"]
     assert "does not exist" in messages[f"batch --dataset {tmp_path / 'missing.csv'} --out {out}"]
     assert "cannot write to output directory" in messages[f"inspect hi --out {blocker / 'out'}"]
     assert "as an image" in messages[f"inspect {corrupt} --out {out}"] and "no image file" in messages[f"inspect {tmp_path / 'missing.png'} --out {out}"]

@@ -317,3 +317,27 @@ def test_other_families(tiny_tokenizer, family, stack):
                                     y.head(row.layer, row.head, which).numpy().astype(np.float64)) for x, y in zip(ra, rb)])
         assert row.js_divergence == pytest.approx(expect, abs=1e-7)
     assert (compare_models(a, a, texts, stack=stack, classes=False)["js_divergence"] == 0).all()
+
+
+def test_identical_models_print_no_most_changed_heads(tmp_path, capsys):
+    """Issue 23: compare of a model with itself says that no head changed instead of listing heads at 0.0000;
+    head_diffs.png names the text it shows, with readable token labels."""
+    import matplotlib.pyplot as plt
+
+    from hf_attn_inspect.runs.compare import head_pair_results
+    from hf_attn_inspect.views.comparison import plot_head_diffs
+
+    d = tiny_models.save("bert", tmp_path / "bert")
+    rc = main(["compare", str(d), str(d), "--text", "The cat sat on the mat.", "--out", str(tmp_path / "c"), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "no head changed (every JS divergence is below 1e-06 nats" in out
+    assert "most changed" not in out and "0.0000" not in out
+    assert "No head changed" in (tmp_path / "c" / "report.md").read_text()
+    inspector = AttentionInspector.from_pretrained(str(d), device="cpu")
+    ra, rb = head_pair_results(inspector, inspector, "The cat sat on the mat.", None, [(0, 1)])
+    fig = plot_head_diffs(ra, rb, [(0, 1)], text="The cat sat on the mat.")
+    assert fig._suptitle.get_text() == f'A and B on the first text ({len(ra.tokens)} tokens): "The cat sat on the mat."'
+    sizes = {label.get_fontsize() for ax in fig.axes[:4] for label in ax.get_xticklabels() if label.get_text()}
+    assert sizes and min(sizes) >= 8
+    plt.close(fig)

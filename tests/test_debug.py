@@ -87,6 +87,11 @@ def test_healthy_embedded_model_passes_every_check(healthy):
     assert not_ok == {"sdpa_trap": "warn"}, healthy.format()
     assert healthy["sdpa_trap"].numbers == {"implementation": "sdpa", "layers_returned": 0}
     assert healthy["attention_scale"].numbers["scale_x_sqrt_dk"] == pytest.approx(1.0)
+    # the ok line names the number the check compares (the median head's variance) beside its threshold
+    scale = healthy["attention_scale"]
+    assert f"median head's score variance is {scale.numbers['median_score_var']:.3g}" in scale.summary
+    assert f"fail_var = 0.5 d_k = {scale.numbers['fail_var']:.3g}" in scale.summary
+    assert scale.numbers["median_score_var"] < scale.numbers["fail_var"]
     assert healthy["masks_dropped"].numbers["padding_tokens"] > 10
     assert healthy["row_sums"].numbers["max_row_sum_error"] < 1e-5
 

@@ -254,6 +254,26 @@ def test_failing_rank_stops_every_rank_and_a_silent_one_times_out(tmp_path):
     assert printed1 == ""  # rank 1 was still asleep (killed above), so it never saw the timeout itself
 
 
+@pytest.mark.heavy
+def test_importance_on_two_processes_prunes_and_reports_on_rank_0_only(two_models, tmp_path):
+    """Issue 23: the shards are shared out, but the pruning curve, the report and the summary come from
+    rank 0 alone (rank 1 computes and prints nothing after the shards) and equal one process's."""
+    texts = ["The cat sat on the mat.", "Dogs bark at night.", "A bird sang.", "Rain fell all day."]
+    argv = [sys.executable, "-m", "hf_attn_inspect", "importance", *texts, "--model", two_models[0],
+            "--shard-size", "2", "--prune-step", "0.5", "--no-progress"]
+    one = subprocess.run([*argv, "--out", str(tmp_path / "one")], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    procs = _ranks([*argv, "--out", str(tmp_path / "two")])
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert outs[1][0] == "" and outs[0][0].startswith("scored ")
+    for name in ("head_importance.csv", "pruning_curve.csv"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["status"] == "finished" and run["pruning_steps"] == 3 and run["shards_total"] == 2
+
+
 # --------------------------------------------------------------------------- one process
 def test_single_process_world():
     me = processes()

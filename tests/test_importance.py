@@ -425,3 +425,25 @@ def test_importance_command_bad_input_is_one_line_exit_2(tmp_path, capsys, argv,
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_importance_map_colour_bar_covers_only_the_signs_that_occur():
+    """Issue 23: with every value >= 0 the colour bar runs 0..max (not -max..max); with both signs it stays
+    symmetric around 0."""
+    import matplotlib.pyplot as plt
+
+    from hf_attn_inspect.views.importance import plot_importance_map
+
+    rng = np.random.default_rng(0)
+    values = np.abs(rng.normal(0, 0.02, 12))
+    df = pd.DataFrame({"layer": np.repeat([0, 1, 2], 4), "head": np.tile([0, 1, 2, 3], 3), "importance": values})
+    ax = plot_importance_map(df)
+    norm = ax.collections[0].norm
+    assert (norm.vmin, norm.vmax) == (0.0, pytest.approx(values.max()))
+    plt.close(ax.figure)
+    df["importance"] = values - values.mean()
+    ax = plot_importance_map(df)
+    norm = ax.collections[0].norm
+    lim = float(np.abs(df["importance"]).max())
+    assert (norm.vmin, norm.vmax) == (pytest.approx(-lim), pytest.approx(lim))
+    plt.close(ax.figure)

@@ -91,3 +91,31 @@ def test_save_refuses_unknown_format_and_unwritable_dir(tmp_path):
     ax = plot_attention_heatmap(np.eye(3))
     with pytest.raises(OutputError, match="cannot write"):
         save_figure(ax.figure, blocker / "sub" / "h.png")
+
+
+def test_long_input_heatmap_uses_a_colour_range_that_shows_its_weights():
+    """Issue 23: a 400-token head's weights (about 1/400 each) were drawn on 0..1, nearly white. With
+    ``vmax="auto"`` the range ends at the 99.5th percentile, the title names it, the colour bar shows the clip,
+    and the median weight gets a visible colour; short inputs keep 0..1 and their title."""
+    from hf_attn_inspect.views.plotting import weight_range
+
+    torch.manual_seed(0)
+    w = torch.softmax(torch.randn(400, 400), -1)
+    top = float(np.quantile(w.numpy(), 0.995))
+    assert weight_range(w) == pytest.approx(top) and 2 / 400 < top < 0.05
+    uniform = np.full((400, 400), 1 / 400, dtype=np.float32)
+    assert weight_range(uniform) == pytest.approx(2 / 400)  # never below twice the uniform weight
+    ax = plot_attention_heatmap(w, scale="sqrt", vmax="auto", title="layer 0, head 0 (cut from 4,271 tokens to 400)")
+    norm = ax.images[0].norm
+    assert norm.vmax == pytest.approx(top)
+    median = float(np.median(w.numpy()))
+    assert float(norm(median)) > 0.25 and float(norm(median)) > 5 * median ** 0.5  # on 0..1: 0.04 of the range, white
+    assert ax.get_title() == (f"layer 0, head 0 (cut from 4,271 tokens to 400)\n"
+                              f"colour 0-{top:.3g} (square-root colour scale; brighter cells clipped)")
+    bar = ax.figure.axes[-1]
+    ticks = [t for t in bar.get_yticks() if 0 <= t <= top]
+    assert ticks[0] == 0 and top * 0.8 <= ticks[-1] <= top  # the top of the range is labelled, inside the bar
+    plt.close(ax.figure)
+    short = plot_attention_heatmap(torch.softmax(torch.randn(20, 20), -1), vmax="auto", title="layer 0, head 0")
+    assert short.images[0].norm.vmax == 1.0 and short.get_title() == "layer 0, head 0"
+    plt.close(short.figure)

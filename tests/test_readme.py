@@ -95,3 +95,20 @@ def test_readme_is_a_landing_page():
             f"README has no example of `hf-attn-inspect {command}`")
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (ROOT / link).exists(), f"README links to a missing page: {link}"
+def test_no_resume_example_follows_a_run_into_the_same_folder():
+    """A ``--resume`` command line of a ```bash block (README and docs pages) does not follow a command that
+    finishes a run into the same ``--out`` (it would answer "holds a finished run"): examples run as written."""
+    text = "\n".join(p.read_text(encoding="utf-8") for p in [README, *sorted((ROOT / "docs").rglob("*.md"))])
+    checked = 0
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        earlier: set[str] = set()
+        for line in block.splitlines():
+            line = line.split("#", 1)[0]
+            m = re.search(r"--out\s+(\S+)", line)
+            if not line.startswith("hf-attn-inspect") or m is None:
+                continue
+            if "--resume" in line.split():
+                checked += 1
+                assert m.group(1) not in earlier, line
+            earlier.add(m.group(1))
+    assert checked >= 1

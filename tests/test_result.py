@@ -79,6 +79,29 @@ def test_show_outside_a_notebook_opens_a_complete_file(monkeypatch, tmp_path):
     assert Path(path).read_text(encoding="utf-8") == r.to_html()
 
 
+def test_show_outside_a_notebook_leaves_no_folder_and_clears_old_pages(monkeypatch, tmp_path):
+    """In a plain script show() writes one page file straight into the temporary folder (no folder of its
+    own), and a later call removes pages older than an hour."""
+    import os
+    import tempfile
+    import time
+    import webbrowser
+    from pathlib import Path
+
+    import IPython
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    monkeypatch.setattr(webbrowser, "open", lambda uri: True)
+    r = _result()
+    first = Path(r.show())
+    assert first.parent == tmp_path and [p for p in tmp_path.iterdir() if p.is_dir()] == []
+    old = time.time() - 2 * 3600
+    os.utime(first, (old, old))
+    second = Path(r.show())
+    assert sorted(tmp_path.iterdir()) == [second]
+
+
 def test_to_html_writes_what_it_returns(tmp_path):
     r = _result()
     text = r.to_html(tmp_path / "a.html")

@@ -78,7 +78,9 @@ class Batch:
     ``inputs`` holds ``input_ids``, ``attention_mask`` (and ``token_type_ids``, ``decoder_input_ids``,
     ``decoder_attention_mask`` where the model has them; an image batch holds ``pixel_values`` and no mask). With right padding, sentence ``b``'s real
     tokens are positions ``0 .. lengths[b]-1``. ``encoding``/``decoder_encoding`` are the tokenizer's
-    outputs (token strings, word and sequence ids), None for batches built from ids. ``special`` and
+    outputs (token strings, word and sequence ids), None for batches built from ids. ``truncated`` says which
+    texts were cut to the maximum length and ``input_lengths`` how many tokens each (encoder) input had
+    before the cut (special tokens included; empty for batches built from ids). ``special`` and
     ``punctuation`` are boolean ``[batch, T]`` masks (None = no such token); ``decoder_special`` and
     ``decoder_punctuation`` the same for the decoder input. ``causal_stacks`` is filled by
     :meth:`AttentionInspector.run <hf_attn_inspect.capture.inspector.AttentionInspector.run>`.
@@ -93,6 +95,7 @@ class Batch:
     texts: list[str] = field(default_factory=list)
     pairs: list[str] | None = None
     truncated: list[bool] = field(default_factory=list)
+    input_lengths: list[int] = field(default_factory=list)
     encoding: BatchEncoding | None = None
     decoder_encoding: BatchEncoding | None = None
     special: torch.Tensor | None = None
@@ -288,6 +291,7 @@ class Batch:
             texts=[self.texts[i] for i in pick] if self.texts else [],
             pairs=None if self.pairs is None else [self.pairs[i] for i in pick],
             truncated=[self.truncated[i] for i in pick] if self.truncated else [],
+            input_lengths=[self.input_lengths[i] for i in pick] if self.input_lengths else [],
             encoding=None,
             decoder_encoding=None,
             special=cut(self.special, enc_len),

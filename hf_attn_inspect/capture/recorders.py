@@ -107,9 +107,10 @@ class RecordingProbe(Probe):
             recorder.record(call)
         return call.output, call.weights
 
-    def record(self, site: Site, weights: torch.Tensor) -> None:
-        """Eager fallback: the model's own weights of one layer go to every recorder."""
-        call = AttentionCall(site, weights=weights)
+    def record(self, site: Site, weights: torch.Tensor, *, causal: bool = False) -> None:
+        """Eager fallback: the model's own weights of one layer go to every recorder (``call.causal`` says
+        whether the stack is causal)."""
+        call = AttentionCall(site, weights=weights, is_causal=causal)
         for recorder in self.recorders:
             recorder.record(call)
 

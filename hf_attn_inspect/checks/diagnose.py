@@ -447,7 +447,10 @@ def _check_scale(probe: DiagnosticRecorder, th: DiagnoseThresholds) -> Finding:
                        f"scale is {worst:.3g} x 1/sqrt(d_k) but the scores stay moderate (median variance {median_var:.3g}): a model trained with its own scale (T5-style)?",
                        nums, ["the model folds the scale into its weights, or uses a custom scale"],
                        "nothing if the model was trained this way; otherwise use 1/sqrt(d_k)")
-    return Finding("attention_scale", "ok", f"scale is 1/sqrt(d_k) = {1 / math.sqrt(d_k):.4g}; score variance at most {var:.3g}", nums)
+    return Finding("attention_scale", "ok",
+                   f"scale is 1/sqrt(d_k) = {1 / math.sqrt(d_k):.4g}; the median head's score variance is "
+                   f"{median_var:.3g} (with a wrong scale, fail_var = {th.score_var_share} d_k = "
+                   f"{th.score_var_share * d_k:.3g} fails; the largest head's is {var:.3g})", nums)
 
 
 def _check_masks_dropped(

@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
     args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
+    # rank 0 writes the figures and the report before run.json says "finished", and says what was done
     df = analyze_dataset(inspector, spec, out=args.out, resume=args.resume, overwrite=args.overwrite,
-                         progress=show_progress(args))
-    if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
+                         progress=show_progress(args), report=lambda d: write_dataset_report(args.out, d))
+    if not processes().is_main:
         return 0
-    write_dataset_report(args.out, df)
     c = df.attrs.get("counts", {})
     print(f"analysed {c.get('analysed', 0):,} of {c.get('rows', 0):,} rows "
           f"({c.get('skipped_total', 0)} skipped, {c.get('truncated', 0)} truncated); "

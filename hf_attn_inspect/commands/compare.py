@@ -59,24 +59,29 @@ def run(args: argparse.Namespace) -> int:
         return compare_images(args, models)
 
     from ..capture.inspector import resolve_inspector
-    from ..runs.compare import OUTPUTS, compare_models
+    from ..runs.compare import OPTIONAL, OUTPUTS, compare_models
     from ..runs.sharded import check_out_dir
     from ..runs.distributed import process_device, processes
-    from ..views.comparison import write_comparison
+    from ..views.comparison import UNCHANGED, changed_heads, write_comparison
 
     if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
-        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
+        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS, optional=OPTIONAL)
     device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     a = resolve_inspector(models[0], device=device, dtype=args.dtype, what="model A")
     b = resolve_inspector(models[1], a.tokenizer, device=device, dtype=args.dtype, what="model B")
+    # rank 0 writes the figures and the report before run.json says "finished", and says what was done
     df = compare_models(a, b, spec, out=args.out, overwrite=args.overwrite, resume=args.resume, stack=args.stack,
-                        progress=show_progress(args))
-    if not processes().is_main:  # rank 0 writes the figures and the report and says what was done
+                        progress=show_progress(args), report=lambda d: write_comparison(args.out, d, a, b, top=args.top))
+    if not processes().is_main:
         return 0
-    write_comparison(args.out, df, a, b, top=args.top)
     n = df.attrs["counts"]["analysed"]
-    print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
-    for row in df.head(max(args.top, 5)).itertuples():
+    changed = changed_heads(df)
+    if changed.empty:
+        print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}: no head changed (every JS divergence "
+              f"is below {UNCHANGED:g} nats; the two models attend alike)")
+    else:
+        print(f"compared {len(df)} heads on {n} text{'s' if n != 1 else ''}; most changed (JS divergence, nats):")
+    for row in changed.head(max(args.top, 5)).itertuples():
         cls = ""
         if "class_a" in df.columns:
             cls = f"  {row.class_a} -> {row.class_b}"

@@ -46,10 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..core.errors import InputError
-    from ..core.files import check_output_dir, write_json
+    from ..core.files import check_output_dir
 
     if args.texts and args.dataset is not None:
         raise InputError("give texts or --dataset, not both")
@@ -57,43 +55,59 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.prune_step <= 1:
         raise InputError(f"--prune-step must be in (0, 1], got {args.prune_step}")
     check_output_dir(args.out)
+    spec = data_spec(args, list(args.texts) if args.texts else args.dataset)
+    spec.load()  # check the data (columns, label column) before loading the model: a wrong column fails in a second
     from ..capture.ablation import parse_heads, resolve_heads
 
     if args.heads is not None:
         parse_heads(args.heads)  # a typo fails before the model loads
-    spec = data_spec(args, list(args.texts) if args.texts else args.dataset)
-    spec.load()  # check the data (columns, label column) before loading the model: a wrong column fails in a second
+    from ..runs.distributed import alone, process_device, processes
     from ..runs.importance import (
-        IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve, write_importance_tables,
+        IMPORTANCE_OPTIONAL, IMPORTANCE_OUTPUTS, ablation_effect, head_importance, pruning_curve,
+        write_importance_tables,
     )
     from ..runs.sharded import check_out_dir
     from ..views.importance import write_importance_report
+    from ..views.words import counted
     from .options import load_inspector
 
-    check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=IMPORTANCE_OUTPUTS)
+    if processes().is_main:  # rank 0 checks the folder (and reports a refusal once)
+        check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=IMPORTANCE_OUTPUTS,
+                      optional=IMPORTANCE_OPTIONAL)
+    args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
     if args.heads is not None:
         resolve_heads(inspector, args.heads)
     progress = show_progress(args)
+    done: dict[str, object] = {}
+
+    def report(df) -> None:  # noqa: ANN001 (the importance table)
+        """Rank 0's pruning curve, ablation effect and report (alone: the other ranks are done), written
+        before run.json says "finished"."""
+        curve = effect = None
+        with alone():
+            if not args.no_pruning:
+                curve = pruning_curve(inspector, spec, df, step=args.prune_step, how=args.ablate,
+                                      reestimate=args.reestimate, method=args.method, seed=args.seed, progress=progress)
+                write_importance_tables(args.out, curve=curve)
+            if args.heads is not None:
+                effect = ablation_effect(inspector, spec, args.heads, how=args.ablate, seed=args.seed,
+                                         progress=progress)
+        write_importance_report(args.out, df, curve, effect)
+        run_record = df.attrs["run"]
+        run_record["pruning_steps"] = None if curve is None else len(curve)
+        if effect is not None:
+            run_record["ablation_effect"] = effect
+        done["effect"] = effect
+
     df = head_importance(inspector, spec, method=args.method, how=args.ablate, seed=args.seed, out=args.out,
-                         resume=args.resume, overwrite=args.overwrite, progress=progress)
-    curve = None
-    if not args.no_pruning:
-        curve = pruning_curve(inspector, spec, df, step=args.prune_step, how=args.ablate, reestimate=args.reestimate,
-                              method=args.method, seed=args.seed, progress=progress)
-        write_importance_tables(args.out, curve=curve)
-    effect = None
-    if args.heads is not None:
-        effect = ablation_effect(inspector, spec, args.heads, how=args.ablate, seed=args.seed, progress=progress)
-    write_importance_report(args.out, df, curve, effect)
-    run_record = dict(df.attrs.get("run", {}))
-    run_record["pruning_steps"] = None if curve is None else len(curve)
-    if effect is not None:
-        run_record["ablation_effect"] = effect
-    write_json(run_record, Path(args.out) / "run.json")
+                         resume=args.resume, overwrite=args.overwrite, progress=progress, report=report)
+    if not processes().is_main:  # rank 0 computed the pruning curve and wrote the report
+        return 0
+    effect = done.get("effect")
     unit = df.attrs.get("unit", "")
     top = df.sort_values("rank").iloc[0]
-    print(f"scored {len(df)} heads on {int(df['n_sentences'].iloc[0])} sentences ({args.method}); most important: "
+    print(f"scored {len(df)} heads on {counted(int(df['n_sentences'].iloc[0]), 'sentence')} ({args.method}); most important: "
           f"layer {int(top['layer'])} head {int(top['head'])} ({top['importance']:+.4g}{' ' + unit if args.method == 'ablation' else ''}) "
           f"-> {args.out}/head_importance.csv, report.md")
     if effect is not None:

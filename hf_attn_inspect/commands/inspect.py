@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from ..capture.inspector import AttentionInspector
     from ..runs.captured import LongCapture
 
-#: Tokens shown at each end of a long input's token list.
+#: Tokens shown at each end of a long input's token list; inputs up to ``_ALL_TOKENS`` tokens are listed whole.
 _SHOWN_TOKENS = 12
+_ALL_TOKENS = 64
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,12 +124,17 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     record_outputs(out, files)
     written = []
     scale = args.scale or default_scale(max(att.shape[-2:]))
-    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}", scale=scale)
+    n_input = batch.input_lengths[0] if batch.truncated and batch.truncated[0] and batch.input_lengths else None
+    cut = f"cut from {n_input:,} tokens to {len(q_tokens):,}" if n_input else ""
+    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}"
+                                + (f" ({cut})" if cut else ""), scale=scale, vmax="auto")
     written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
     fig = plot_multi_head_attention(result.layer(args.layer, args.attention), q_labels if q_labels == k_labels else None,
-                                    title=f"layer {args.layer}: all heads", scale=scale)
+                                    title=f"layer {args.layer}: all heads" + (f" ({cut})" if cut else ""), scale=scale,
+                                    vmax="auto")
     written.append(save_figure(fig, out / f"{name}layer_{args.layer}_heads.{args.format}"))
-    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids, scale=scale)
+    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids, scale=scale,
+                          title="Model view (rows: layers, columns: heads)" + (f", {cut}" if cut else ""))
     written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
     if args.html:
         from ..views.explorer import write_explorer
@@ -136,15 +142,26 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
         written.append(write_explorer(result, out / "attention.html"))
 
     print(f"model: {inspector.name}")
-    print(f"tokens ({len(q_tokens)}): {' '.join(q_tokens)}")
-    if weights.shape[0] == weights.shape[1]:
+    if args.attention == CROSS:
+        print("cross-attention: each decoder token (a row, query) over the encoder's tokens (columns, keys); "
+              "the self-attention pattern classes do not apply")
+        print("decoder " + _token_line(q_tokens, cut))
+        print("encoder " + _token_line(k_tokens, cut))
+        from ..stats.chapter import analyze_cross_attention, format_cross_analysis
+
+        print(f"layer {args.layer}, head {args.head} cross-attention:")
+        print(format_cross_analysis(analyze_cross_attention(weights), k_labels))
+    else:
+        print(_token_line(q_tokens, cut))
+    if weights.shape[0] == weights.shape[1] and args.attention != CROSS:
         from ..stats.patterns import describe_pattern, head_table
 
         table = head_table(result, which=result_stack(key_stack(args.attention)))
         row = table[(table["layer"] == args.layer) & (table["head"] == args.head)].iloc[0]
         print(f"layer {args.layer}, head {args.head} pattern: {describe_pattern(row)}")
         print("  (the package's classification, hf_attn_inspect.stats.patterns; --all-heads lists every head)")
-        print(format_raw_fields(analyze_attention_pattern(weights)))
+        causal = result.is_causal if args.attention == SELF else key_stack(args.attention) == "decoder"
+        print(format_raw_fields(analyze_attention_pattern(weights, causal=causal), causal=causal))
     if args.all_heads:
         from ..stats.patterns import head_table
         from ..stats.tables import format_head_table
@@ -157,6 +174,18 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _token_line(tokens: list[str], cut: str = "") -> str:
+    """``tokens (N): t1 t2 ...``: every token of an input up to 64 tokens; of a longer one the first and
+    last 12 around ``...`` (the figures and ``--html`` show them all), wrapped at 100 columns, with
+    ``cut`` (``"cut from 4,271 tokens to 512"``) when the text was truncated."""
+    import textwrap
+
+    n = len(tokens)
+    shown = tokens if n <= _ALL_TOKENS else tokens[:_SHOWN_TOKENS] + ["..."] + tokens[-_SHOWN_TOKENS:]
+    line = f"tokens ({n}{'; ' + cut if cut else ''}): {' '.join(shown)}"
+    return line if n <= _ALL_TOKENS else textwrap.fill(line, 100, subsequent_indent="  ", break_long_words=False)
 
 
 def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", cap: "LongCapture", out: Path) -> int:
@@ -192,14 +221,14 @@ def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", 
     written = []
     if cap.head_weights is not None:
         ax = plot_attention_heatmap(cap.head_weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}",
-                                    scale=scale)
+                                    scale=scale, vmax="auto")
     else:
         ax = plot_pooled_heatmap(cap.pooled[li, args.head], cap.q_edges, cap.k_edges,
                                  title=f"layer {args.layer}, head {args.head} ({cap.n_tokens:,} tokens, {pooled_note})")
     written.append(save_figure(ax.figure, out / f"{prefix}head_L{args.layer}_H{args.head}.{args.format}"))
     if cap.layer_weights is not None:
         fig = plot_multi_head_attention(cap.layer_weights, q_labels if q_labels == k_labels else None,
-                                        title=f"layer {args.layer}: all heads", scale=scale)
+                                        title=f"layer {args.layer}: all heads", scale=scale, vmax="auto")
     else:
         fig = plot_pooled_heads(cap.pooled[li], cap.q_edges, cap.k_edges, head_ids=cap.head_ids,
                                 title=f"layer {args.layer}: all heads ({cap.n_tokens:,} tokens, {pooled_note})")
@@ -212,9 +241,7 @@ def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", 
                       "skipped (hf-attn-inspect view TEXT --layers L writes an explorer of chosen layers)")
 
     print(f"model: {inspector.name}")
-    shown = cap.tokens if cap.n_tokens <= 2 * _SHOWN_TOKENS else (
-        cap.tokens[:_SHOWN_TOKENS] + ["..."] + cap.tokens[-_SHOWN_TOKENS:])
-    print(f"tokens ({cap.n_tokens}): {' '.join(shown)}")
+    print(_token_line(cap.tokens))
     print(f"long input: full weights would need about {format_bytes(cap.full_estimate.total)}, more than the memory "
           f"budget of {cap.budget.describe()}; {cap.kept()}")
     row = cap.table[(cap.table["layer"] == args.layer) & (cap.table["head"] == args.head)]

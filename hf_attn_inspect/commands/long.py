@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.files import check_output_dir, check_replaceable, record_outputs
+from ..core.paths import check_utf8
 from .options import add_max_length_option, add_model_options, add_output_options, check_common, examples
 
 
@@ -49,10 +50,8 @@ def _read_text(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"text file '{path}' does not exist; give the path of a UTF-8 text file")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"text file '{path}' is not UTF-8 text; convert it to UTF-8 first") from None
+    check_utf8(p, "text file")
+    return p.read_text(encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -137,13 +137,31 @@ def add_output_options(parser: argparse.ArgumentParser, *, resume: bool = False)
 
 
 def check_common(args: argparse.Namespace) -> None:
-    """Check the shared options' values (before any model is loaded): ``--max-length`` at least 2,
-    ``--resume`` and ``--overwrite`` not together. Raises :class:`InputError`."""
+    """Check the shared options' values (before any model is loaded, without importing torch):
+    ``--max-length`` at least 2, ``--resume`` and ``--overwrite`` not together, ``--layer``/``--head``/
+    ``--layers`` not negative (their upper bound needs the model), ``--max-memory`` a size
+    (:func:`~hf_attn_inspect.core.memory.parse_size`), a ``--model`` (or compare's models) written as a path
+    that exists (:func:`~hf_attn_inspect.core.paths.local_or_hub`). Raises :class:`InputError` (a missing
+    model directory: :class:`~hf_attn_inspect.core.errors.ModelLoadError`)."""
+    from ..core.memory import parse_size
+    from ..core.paths import local_or_hub
+
     max_length = getattr(args, "max_length", None)
     if max_length is not None and max_length < 2:
         raise InputError(f"--max-length must be at least 2, got {max_length}")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise InputError("--resume and --overwrite exclude each other; pick one")
+    for flag in ("layer", "head", "layers"):
+        values = getattr(args, flag, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, int) and value < 0:
+                raise InputError(f"--{flag} counts from 0; got {value}")
+    if getattr(args, "max_memory", None) is not None:
+        parse_size(args.max_memory)
+    for name in ("model", "model_a", "model_b"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value != "default":
+            local_or_hub(value)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -20,11 +20,12 @@ import resource
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import InputError, MemoryExhaustedError
+
+if TYPE_CHECKING:  # imported where a device is asked about: parse_size answers without torch
+    import torch
 
 __all__ = [
     "DEFAULT_FRACTION",
@@ -117,6 +118,8 @@ def available_memory(device: torch.device | str | None = None) -> list[tuple[int
     free = _proc_kb("/proc/meminfo", "MemAvailable")
     if free is not None:
         found.append((free, "free RAM"))
+    import torch
+
     dev = torch.device(device) if device is not None else None
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         gpu_free, _ = torch.cuda.mem_get_info(dev)

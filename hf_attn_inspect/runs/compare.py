@@ -33,7 +33,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,13 +44,13 @@ from ..capture.inspector import AttentionInspector, ModelSource, resolve_inspect
 from ..capture.recorders import AttentionCall, Recorder, WeightsRecorder
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
-from ..core.files import atomic_write, write_json
+from ..core.files import atomic_write
 from ..core.stacks import DECODER, is_self_attention, main_stack_of, result_stack, self_attention_stacks
 from ..core.tokens import Tokenizer
 from ..stats.metrics import METRICS, sentence_metrics
 from ..stats.patterns import classify_heads
 from .data import DataSpec, Rows, encode_rows, sorted_batches
-from .sharded import Progress, ShardStats, clean_rows, package_versions, run_sharded
+from .sharded import Progress, ShardStats, clean_rows, finishing, package_versions, run_sharded
 from .distributed import process_device
 from .sources import DatasetSource
 
@@ -253,6 +253,9 @@ def _add_classes(df: pd.DataFrame, a: AttentionInspector, b: AttentionInspector,
 #: engine's ``head_divergence.csv`` and the view layer's figures and ``report.md`` (deleted by ``overwrite=True``).
 OUTPUTS = ("head_divergence.csv", "divergence_map.png", "head_diffs.png", "report.md")
 
+#: The outputs a finished comparison may lack: ``head_diffs.png`` is not drawn with ``top=0``.
+OPTIONAL = ("head_diffs.png",)
+
 
 def compare_models(
     a: ModelSource,
@@ -277,6 +280,7 @@ def compare_models(
     progress: bool = False,
     streaming: bool = False,
     data: DataSpec | None = None,
+    report: Callable[[pd.DataFrame], object] | None = None,
 ) -> pd.DataFrame:
     """Per-head difference between the attention of models A and B on the same inputs.
 
@@ -300,7 +304,9 @@ def compare_models(
     finishes, then ``head_divergence.csv`` and ``run.json``; ``resume=True`` continues a stopped run from
     its shards (same numbers as an uninterrupted run), ``overwrite=True`` replaces a finished one (refused
     otherwise). The figures and ``report.md`` are written by
-    :func:`hf_attn_inspect.views.comparison.write_comparison`. Raises :class:`InputError` when the models
+    :func:`hf_attn_inspect.views.comparison.write_comparison`: pass it as ``report`` (called with the table
+    once ``head_divergence.csv`` is written), so ``run.json`` says ``finished`` only once they are written
+    too (an interrupted report leaves a ``stopped`` run that ``resume=True`` completes). Raises :class:`InputError` when the models
     differ in layers/heads or their tokenizers split a text differently (naming text and token).
     ``classes=False`` skips the pattern classes. ``streaming=True`` reads the dataset as a stream (same
     rows, same numbers; see :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`).
@@ -337,7 +343,8 @@ def compare_models(
         return _run_shard(ia, ib, rows, start, stop, info.columns, spec.batch_size, limit_len, which, dims, bar)
 
     run_ = run_sharded(
-        loaded.num_rows, spec.shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
+        loaded.num_rows, spec.shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, optional=OPTIONAL,
+        resume=resume,
         overwrite=overwrite, progress=progress, desc="compare", column=info.columns[0],
     )
     total, counts = run_.total, run_.counts
@@ -354,8 +361,10 @@ def compare_models(
                      "max_length": limit_len, "first_text": first_texts[0],
                      "first_pair": None if first_pairs is None else first_pairs[0], "run": run})
     if out is not None and run_.is_main:
-        atomic_write(Path(out) / "head_divergence.csv", lambda fh: df.to_csv(fh, index=False))
-        write_json(run, Path(out) / "run.json")
+        with finishing(out, run):  # run.json says "finished" once the table and the report are written
+            atomic_write(Path(out) / "head_divergence.csv", lambda fh: df.to_csv(fh, index=False))
+            if report is not None:
+                report(df)
     return df
 
 

@@ -56,11 +56,12 @@ from ..core.kernels import (
     scaled_dot_product_attention_with_weights,
 )
 from ..core.errors import CaptureError
-from ..core.files import atomic_write, write_json
+from ..core.files import atomic_write
 from ..core.stacks import MAIN_STACKS
 from ..stats.metrics import HEAD_METRICS, METRICS, column_share, reduce_rows, sentence_metrics
 from .data import DataSpec, Rows, sorted_batches
-from .sharded import Progress, ShardStats, clean_rows, package_versions, release_free_memory, run_sharded
+from .sharded import (Progress, ShardStats, clean_rows, finishing, package_versions, release_free_memory,
+                      run_sharded)
 from .sources import DatasetSource
 
 __all__ = [
@@ -306,6 +307,7 @@ def analyze_dataset(
     progress: bool = False,
     streaming: bool = False,
     data: DataSpec | None = None,
+    report: Callable[[pd.DataFrame], object] | None = None,
 ) -> pd.DataFrame:
     """Analyse every text of a dataset and return the ``head_stats`` table (one row per layer and head).
 
@@ -328,7 +330,9 @@ def analyze_dataset(
     run is written there shard by shard (:func:`~hf_attn_inspect.runs.sharded.run_sharded`):
     ``resume=True`` continues a stopped run, ``overwrite=True`` replaces a previous one; at the end the
     tables (:func:`write_tables`) and ``run.json`` are written. The figures and ``report.md`` come from
-    :func:`hf_attn_inspect.views.reports.write_dataset_report`. ``progress=True`` shows a tqdm bar with
+    :func:`hf_attn_inspect.views.reports.write_dataset_report`: pass it as ``report`` (called with the table
+    after the tables are written), so ``run.json`` says ``finished`` only once they are written too (an
+    interrupted report leaves a ``stopped`` run that ``resume=True`` completes). ``progress=True`` shows a tqdm bar with
     sentences per second on stderr. ``streaming=True`` reads the dataset as a stream (see
     :func:`~hf_attn_inspect.runs.sources.load_dataset_texts`): same rows, same numbers, nothing loaded
     or converted before the first batch.
@@ -377,8 +381,10 @@ def analyze_dataset(
     df.attrs["counts"] = run_.counts
     df.attrs["run"] = run
     if out is not None and run_.is_main:
-        write_tables(out, df)
-        write_json(run, Path(out) / "run.json")
+        with finishing(out, run):  # run.json says "finished" once the tables and the report are written
+            write_tables(out, df)
+            if report is not None:
+                report(df)
     return df
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 import torch
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "TIMEOUT_ENV",
     "Processes",
+    "alone",
     "launched_distributed",
     "process_device",
     "processes",
@@ -169,6 +171,22 @@ def processes(device: str | None = None) -> Processes:
         device="cpu" if state.device.type == "cpu" else str(state.device), timeout=wait, group=group,
     )
     return _CURRENT
+
+
+@contextmanager
+def alone() -> Iterator[Processes]:
+    """Within the block this process is a world of one (rank 0, same device), so runs started there
+    (:func:`~hf_attn_inspect.runs.sharded.run_sharded`) meet no other process: for work that only rank 0
+    does after the shared part of a launch (the importance command's pruning curve and report). Yields
+    that :class:`Processes`; the launch's own comes back when the block ends."""
+    global _CURRENT
+    before = _CURRENT
+    single = Processes(device=before.device if before is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    _CURRENT = single
+    try:
+        yield single
+    finally:
+        _CURRENT = before
 
 
 def process_device(device: str | None = None) -> str | None:

@@ -12,13 +12,15 @@ With an output directory:
 - every finished shard is written atomically to ``shards/shard-NNNNNN.npz``
   (:func:`~hf_attn_inspect.core.files.atomic_write`, ordinary umask permissions);
 - a stopped run continues from its finished shards with ``resume=True`` when its parameters are the
-  same (a damaged shard is recomputed), and ends with the same numbers as an uninterrupted run;
+  same (a damaged shard is recomputed), and ends with the same numbers as an uninterrupted run; a run
+  says ``finished`` only once every file it writes is written (:func:`finishing`), and ``resume=True``
+  writes whatever a ``finished`` one lacks;
 - a finished run (``"status": "finished"``) is never replaced unless ``overwrite=True``, and an
   unfinished one (stopped or interrupted) is neither silently restarted nor overwritten;
 - a run that stops on an input error, or on any error before a shard was finished, is recorded as
   ``"status": "failed"`` (with the error) and blocks nothing: the next run starts afresh (or continues
-  with ``resume=True``); one that stops on an error after finishing shards stays unfinished, like a
-  killed run, with the error recorded;
+  with ``resume=True``); one that stops on an error or an interrupt after finishing shards is recorded
+  as ``"status": "stopped"``, with the error and how to resume (its ``resume`` entry, :data:`RESUME`);
 - a file the run would write that no run of ours wrote (no ``run.json`` of ours in the folder) is
   never replaced without ``overwrite=True``, and the folder is created only with the first file.
 
@@ -27,14 +29,16 @@ Launched on several processes (``accelerate launch`` / ``torchrun``; see
 writes its shards to the shared output folder, and rank 0 merges them in shard order: the numbers are
 those of one process, and a run stopped with any number of processes resumes with any other number.
 
-The engine writes its own tables and the final ``run.json`` (``"status": "finished"``) once the loop
-returns (on rank 0 only: :attr:`ShardedRun.is_main`). :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
+The engine writes its own tables, then its report (a ``report`` callback), and only then the final
+``run.json`` (``"status": "finished"``; :func:`finishing`) once the loop returns (on rank 0 only:
+:attr:`ShardedRun.is_main`). :func:`clean_rows` is the row filter every engine shares (non-string and empty rows are
 skipped and counted), :func:`package_versions` the version record of ``run.json`` files.
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 import json
 import math
 import os
@@ -43,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +61,9 @@ if TYPE_CHECKING:  # datasets is imported by the engines that load data; only it
     from datasets import Dataset
 
 __all__ = [
+    "RESUME",
     "SHARDS_DIR",
+    "UNFINISHED",
     "Progress",
     "RunRecord",
     "ShardCompute",
@@ -66,15 +72,25 @@ __all__ = [
     "check_out_dir",
     "clean_rows",
     "clean_rows_indexed",
+    "finishing",
+    "lacking_outputs",
     "package_versions",
     "prepare_out_dir",
     "release_free_memory",
     "run_sharded",
     "shard_path",
+    "unfinished_hint",
 ]
 
 #: Folder of an output directory that holds the finished shards.
 SHARDS_DIR = "shards"
+
+#: The statuses of a run that ``resume=True`` (``--resume``) continues: ``running`` while it runs (or after a
+#: kill), ``stopped`` after an error or an interrupt that left finished shards.
+UNFINISHED = ("running", "stopped")
+
+#: What ``run.json`` of a stopped run says to do (its ``resume`` entry).
+RESUME = "rerun the same command with --resume (same options) to finish the run from its saved shards"
 
 #: A ``run.json`` record: JSON values by key (``status``, ``parameters``, ``versions``, ``counts``, ...).
 RunRecord = dict[str, Any]
@@ -203,6 +219,7 @@ def run_sharded(
     out_dir: str | os.PathLike | None = None,
     params: RunRecord | None = None,
     outputs: Sequence[str] = (),
+    optional: Sequence[str] = (),
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -216,8 +233,11 @@ def run_sharded(
     with fewer than ``shard_size`` rows (``ShardStats.rows``), the last one. With ``out_dir`` (see the
     module docstring), the directory is checked with :func:`prepare_out_dir` (``params`` are the run's
     settings, compared on ``resume``; ``outputs`` the files of a finished run that ``overwrite`` deletes
-    besides ``run.json`` and the shards), ``run.json`` says ``running`` and every finished shard is
-    written atomically; a shard that raises leaves the shards before it on disk for ``resume``.
+    besides ``run.json`` and the shards, and whose absence from a ``finished`` run lets ``resume`` complete
+    it, ``optional`` those of them a finished run may lack), ``run.json`` says ``running`` and every
+    finished shard is written atomically; a shard that raises (or an interrupt) leaves the shards before it
+    on disk for ``resume`` and ``run.json`` saying ``stopped``, with the error and how to resume. The
+    engine marks the run finished with :func:`finishing` once it wrote its files.
     ``progress=True`` shows a tqdm bar labelled ``desc`` on stderr.
 
     Launched on several processes (``torchrun``/``accelerate launch``, see
@@ -238,7 +258,7 @@ def run_sharded(
     procs = processes()
     n_shards = None if n_rows is None else max(1, math.ceil(n_rows / shard_size))
     out = Path(out_dir) if out_dir is not None else None
-    done = _start(procs, out, params, n_shards, resume=resume, overwrite=overwrite, outputs=outputs)
+    done = _start(procs, out, params, n_shards, resume=resume, overwrite=overwrite, outputs=outputs, optional=optional)
     bar = None
     if progress and procs.is_main:
         from tqdm.auto import tqdm
@@ -286,15 +306,16 @@ def run_sharded(
         n_shards = max(1, n_shards)
         if total.n == 0:
             raise InputError(f"no usable text in column {column!r} ({total.rows} rows, all empty or not text)")
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt (Ctrl-C) too: the run says how to go on
         if out is not None and procs.is_main:
             # Nothing worth resuming (bad input, or no shard finished): "failed", which blocks no later run.
-            # Finished shards: the run stays unfinished ("running"), for --resume, as after a kill.
+            # Finished shards: the run is "stopped", for --resume, and run.json says so.
             shards_done = len(list((out / SHARDS_DIR).glob("shard-*.npz")))
             failed = isinstance(exc, InputError) or shards_done == 0
-            write_json({"status": "failed" if failed else "running", "error": f"{type(exc).__name__}: {exc}",
-                        "parameters": params, "versions": package_versions(), "shards_total": n_shards,
-                        "shards_done": shards_done}, out / "run.json")
+            record = {"status": "failed" if failed else "stopped", "error": _error_text(exc),
+                      "parameters": params, "versions": package_versions(), "shards_total": n_shards,
+                      "shards_done": shards_done}
+            write_json(record if failed else {**record, "resume": RESUME}, out / "run.json")
         raise
     finally:
         if bar is not None:
@@ -307,14 +328,14 @@ def run_sharded(
 
 
 def _start(procs: Processes, out: Path | None, params: RunRecord, n_shards: int | None, *, resume: bool,
-           overwrite: bool, outputs: Sequence[str]) -> dict[int, ShardStats]:
+           overwrite: bool, outputs: Sequence[str], optional: Sequence[str]) -> dict[int, ShardStats]:
     """Rank 0 checks the output folder and marks the run ``running``; every rank learns which shards are
     finished (non-main ranks get their numbers only, as empty placeholders) or raises rank 0's refusal."""
     done: dict[int, ShardStats] = {}
     refusal: AttnInspectError | None = None
     if out is not None and procs.is_main:
         try:
-            done = prepare_out_dir(out, params, resume=resume, overwrite=overwrite, outputs=outputs)
+            done = prepare_out_dir(out, params, resume=resume, overwrite=overwrite, outputs=outputs, optional=optional)
             write_json({"status": "running", "parameters": params, "versions": package_versions(),
                         "shards_total": n_shards, "shards_done": len(done)}, out / "run.json")
         except AttnInspectError as exc:
@@ -419,14 +440,17 @@ def check_out_dir(
     resume: bool = False,
     overwrite: bool = False,
     outputs: Sequence[str] = (),
+    optional: Sequence[str] = (),
 ) -> RunRecord | None:
     """Check, writing nothing, that a run may write into ``out_dir``; returns the earlier run's record, if any.
 
     Refused with :class:`OutputError`: a path that is a file or cannot be created or written; a file
     among ``run.json`` and ``outputs`` that exists while the folder holds no run of ours (it is the user's,
     :func:`~hf_attn_inspect.core.files.check_replaceable`); a finished run; an unfinished one (status
-    ``running``, or shards without ``run.json``) without ``resume``. ``overwrite`` allows all but the
-    first. A run recorded as ``failed`` blocks nothing: without ``resume`` it is started afresh.
+    ``running`` or ``stopped``, or shards without ``run.json``) without ``resume``. ``overwrite`` allows all
+    but the first. A run recorded as ``failed`` blocks nothing: without ``resume`` it is started afresh. A
+    run that says ``finished`` but lacks some of ``outputs`` (not counting ``optional`` ones; see
+    :func:`lacking_outputs`) is continued by ``resume``, which writes what it lacks.
     """
     out = check_output_dir(out_dir)
     if overwrite:
@@ -436,14 +460,62 @@ def check_out_dir(
     status = previous.get("status") if previous else None
     has_shards = (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).glob("shard-*.npz"))
     if status == "finished":
-        raise OutputError(
-            f"{str(out)!r} holds a finished run; pass --overwrite to replace it or choose another --out"
-        )
-    if (status == "running" or (previous is None and has_shards)) and not resume:
+        lacking = lacking_outputs(out, outputs, optional)
+        if not lacking:
+            raise OutputError(
+                f"{str(out)!r} holds a finished run; pass --overwrite to replace it or choose another --out"
+            )
+        if not resume:
+            raise OutputError(
+                f"{str(out)!r} holds a finished run without {', '.join(lacking)}; pass --resume to write what "
+                "it lacks, --overwrite to start again, or choose another --out"
+            )
+    if (status in UNFINISHED or (previous is None and has_shards)) and not resume:
         raise OutputError(
             f"{str(out)!r} holds an unfinished run; pass --resume to continue it or --overwrite to start again"
         )
     return previous
+
+
+def lacking_outputs(out_dir: str | os.PathLike, outputs: Sequence[str], optional: Sequence[str] = ()) -> list[str]:
+    """The files of ``outputs`` (names in ``out_dir``) that do not exist, leaving out those of ``optional``
+    (files a finished run writes only with some options, e.g. ``head_diffs.png`` with ``--top 0``)."""
+    out = Path(out_dir)
+    return [name for name in outputs if name not in optional and not (out / name).exists()]
+
+
+def unfinished_hint(out_dir: str | os.PathLike | None) -> str:
+    """``"; <how to finish it>"`` when ``out_dir`` holds a run of ours that is not finished (``running`` or
+    ``stopped``), else ``""``: what the command line adds to an interrupted command's error line."""
+    if out_dir is None:
+        return ""
+    previous = _read_run(Path(out_dir).expanduser())
+    if previous is None or previous.get("status") not in UNFINISHED:
+        return ""
+    return f"; {str(out_dir)!r} keeps what was done: {RESUME}"
+
+
+@contextmanager
+def finishing(out_dir: str | os.PathLike, record: RunRecord) -> Iterator[RunRecord]:
+    """Write a run's last files inside the ``with`` block; ``run.json`` becomes ``record`` (the finished
+    run, which the block may still complete) only when the block ends, so a run is ``finished`` only once
+    everything it writes is written. An error or interrupt inside marks it ``stopped`` instead (with the
+    error and how to resume: its shards are all saved, so ``--resume`` only writes the files)."""
+    out = Path(out_dir)
+    try:
+        yield record
+    except BaseException as exc:
+        stopped = {**record, "status": "stopped", "error": _error_text(exc), "resume": RESUME}
+        stopped.pop("finished_at", None)
+        write_json(stopped, out / "run.json")
+        raise
+    write_json(record, out / "run.json")
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def prepare_out_dir(
@@ -453,6 +525,7 @@ def prepare_out_dir(
     resume: bool = False,
     overwrite: bool = False,
     outputs: Sequence[str] = (),
+    optional: Sequence[str] = (),
 ) -> dict[int, ShardStats]:
     """Check an output directory for a run with ``params`` and return the shards a resumed run already finished.
 
@@ -463,7 +536,7 @@ def prepare_out_dir(
     each refusal.
     """
     out = Path(out_dir).expanduser()
-    previous = check_out_dir(out, resume=resume, overwrite=overwrite, outputs=outputs)
+    previous = check_out_dir(out, resume=resume, overwrite=overwrite, outputs=outputs, optional=optional)
     if overwrite or (not resume and previous is not None):  # replace our own earlier (or failed) run
         _clear(out, outputs)
         return {}
@@ -475,7 +548,7 @@ def prepare_out_dir(
         diff = sorted(k for k in set(old) | set(as_json) if old.get(k) != as_json.get(k))
         raise OutputError(
             f"cannot resume {str(out)!r}: it was started with different settings ({', '.join(diff)}); "
-            "rerun with the same options or pass --overwrite"
+            f"rerun with the same options ({_settings(diff, old, as_json)}) or pass --overwrite"
         )
     done = {}
     for path in sorted((out / SHARDS_DIR).glob("shard-*.npz")):
@@ -484,6 +557,24 @@ def prepare_out_dir(
         except Exception:  # a damaged shard (any read or parse error) is recomputed
             continue
     return done
+
+
+#: The command-line flag of each run parameter a user sets directly.
+_FLAGS = {"batch_size": "--batch-size", "shard_size": "--shard-size", "max_length": "--max-length",
+          "dtype": "--dtype", "model": "--model", "stack": "--stack"}
+
+
+def _settings(keys: Sequence[str], old: RunRecord, new: RunRecord) -> str:
+    """The earlier run's value of each differing parameter, as a flag to pass where there is one
+    (``--batch-size 8``), else ``name: value (now value)``."""
+    parts = []
+    for k in keys:
+        before, now = old.get(k), new.get(k)
+        if k in _FLAGS and before is not None and not isinstance(before, (dict, list)):
+            parts.append(f"{_FLAGS[k]} {before}")
+        else:
+            parts.append(f"{k} was {json.dumps(before)}, now {json.dumps(now)}")
+    return "; ".join(parts)
 
 
 def _clear(out_dir: Path, outputs: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 from ..core.errors import InputError
+from ..core.paths import check_utf8
 
 if TYPE_CHECKING:  # datasets is imported on first load (it is slow to import)
     from datasets import Dataset, DatasetDict, IterableDataset
@@ -179,6 +180,9 @@ def _load_local(path: Path, split: str | None, datasets: ModuleType, streaming: 
         kwargs["keep_default_na"] = False
         if all(f.lower().endswith(".tsv") for f in data_files):
             kwargs["sep"] = "\t"
+    if builder != "parquet":  # one line, as for `long`, instead of the builder's decoding traceback
+        for name in data_files:
+            check_utf8(name, "dataset file")
     try:
         dd = datasets.load_dataset(builder, data_files={"train": data_files}, streaming=streaming, **kwargs)
     except Exception as exc:

@@ -323,7 +323,8 @@ class StreamingStatsRecorder(Recorder):
             dist = (idx[:, None] - idx[None, :]).abs()
             w0 = w * valid.to(w.device).float().reshape(b, *(1,) * (w.dim() - 3), 1, t)
             rows["within"] = torch.stack([(w0 * (dist <= e)).sum(-1) for e in self.distance_edges], -1)
-        self._store(site, rows)
+        self.causal[site.stack] = self.causal.get(site.stack, False) or call.causal
+        self._store(site, rows, call.causal)  # a causal model's maximum entropy: row i sees i + 1 keys
 
     def stacked(self, stack: str) -> dict[str, torch.Tensor]:
         """``{name: [batch, layers, heads, T]}`` of one stack, layers in increasing order."""

@@ -9,6 +9,7 @@ from :func:`describe_changes`), each written atomically with ordinary umask perm
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -23,13 +24,14 @@ from ..core.files import atomic_path, write_json, write_text
 from ..core.stacks import result_stack
 from ..runs.compare import head_pair_results
 from .figures import plot_attention_diff
-from .fonts import readable_text
+from .plotting import thin_ticks
+from .words import counted
 
 if TYPE_CHECKING:  # matplotlib is imported when a function draws
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["comparison_report", "describe_changes", "plot_divergence_map", "plot_head_diffs", "write_comparison"]
+__all__ = ["UNCHANGED", "changed_heads", "comparison_report", "describe_changes", "plot_divergence_map", "plot_head_diffs", "write_comparison"]
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -63,11 +65,13 @@ def plot_divergence_map(df: pd.DataFrame, ax: "Axes | None" = None, *, value: st
 
 
 def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads: Sequence[tuple[int, int]],
-                    fig: "Figure | None" = None, *, which: str = "self") -> "Figure":
+                    fig: "Figure | None" = None, *, which: str = "self", text: str | None = None) -> "Figure":
     """One row per (layer, head): A's and B's attention on one text and B - A (rows = queries, columns = keys).
 
     ``result_a``/``result_b`` are :class:`AttentionResult` objects of the same text holding those heads
-    (:func:`~hf_attn_inspect.runs.compare.head_pair_results`).
+    (:func:`~hf_attn_inspect.runs.compare.head_pair_results`); ``text`` (that text) is quoted in the
+    figure's title (shortened to 80 characters). Token labels are those of
+    :func:`~hf_attn_inspect.views.plotting.thin_ticks` on every panel (9 pt on short texts, thinned on long ones).
     The difference uses a diverging scale centred at 0 (red = more weight in B, blue = less), drawn by
     :func:`~hf_attn_inspect.views.figures.plot_attention_diff`. Returns the figure.
     """
@@ -79,7 +83,6 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
     tokens = list(result_a.stack(which)[1])
     axes = fig.subplots(len(heads), 3, squeeze=False)
     n = len(tokens)
-    labels = readable_text(tokens)  # any script: drawn with an installed font that has it, or as code points
     for row, (layer, head) in enumerate(heads):
         wa = result_a.head(layer, head, which).numpy()
         wb = result_b.head(layer, head, which).numpy()
@@ -91,11 +94,13 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
                             ax=axes[row][2], annotate=False, title=f"B - A  L{layer} H{head}")
         axes[row][2].set_ylabel("")  # the query label sits once per row, on A's panel
         for ax in axes[row][:2]:
-            if n <= 40:
-                ax.set_xticks(range(n), labels.texts, rotation=90, fontsize=7, **labels.style())
-                ax.set_yticks(range(n), labels.texts, fontsize=7, **labels.style())
+            thin_ticks(ax, tokens, n, "x")
+            thin_ticks(ax, tokens, n, "y")
             ax.set_xlabel("key")
         axes[row][0].set_ylabel("query")
+    if text is not None:
+        quoted = text if len(text) <= 80 else text[:77].rstrip() + "..."
+        fig.suptitle(f'A and B on the first text ({counted(n, "token")}): "{quoted}"', fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -139,6 +144,16 @@ def describe_changes(row: pd.Series, df: pd.DataFrame, n: int = 3) -> list[str]:
     return out
 
 
+#: A head whose JS divergence (nats) is below this is unchanged (float noise of identical models is ~1e-9).
+UNCHANGED = 1e-6
+
+
+def changed_heads(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a comparison table (:func:`~hf_attn_inspect.runs.compare.compare_models`) whose heads
+    changed: JS divergence at least :data:`UNCHANGED` nats, most changed first (the table's order)."""
+    return df[df["js_divergence"] >= UNCHANGED]
+
+
 def comparison_report(df: pd.DataFrame, *, top: int = 5, figures: Sequence[str] = ()) -> str:
     """``report.md`` text: the inputs, the heads that changed most and how, per-layer means, figures."""
     n = df.attrs.get("n_sentences", "?")
@@ -154,9 +169,9 @@ def comparison_report(df: pd.DataFrame, *, top: int = 5, figures: Sequence[str] 
         f"## Heads that changed most (top {min(top, len(df))})",
         "",
     ]
-    changed = df[df["js_divergence"] >= 1e-6]
+    changed = changed_heads(df)
     if changed.empty:
-        lines.append("No head changed: every head's divergence is below 1e-6 nats.")
+        lines.append(f"No head changed: every head's divergence is below {UNCHANGED:g} nats.")
     for rank, (_, row) in enumerate(changed.head(top).iterrows(), 1):
         how = "; ".join(describe_changes(row, df))
         cls = ""
@@ -166,8 +181,8 @@ def comparison_report(df: pd.DataFrame, *, top: int = 5, figures: Sequence[str] 
     per_layer = df.groupby("layer")["js_divergence"].mean().sort_index()
     lines += ["", "## Mean divergence per layer", "", "| layer | mean JS (nats) |", "|---|---|"]
     lines += [f"| {int(layer)} | {value:.4f} |" for layer, value in per_layer.items()]
-    quiet = int((df["js_divergence"] < 1e-6).sum())
-    lines += ["", f"{quiet} of {len(df)} heads are unchanged (JS < 1e-6)."]
+    quiet = len(df) - len(changed)
+    lines += ["", f"{quiet} of {len(df)} heads are unchanged (JS < {UNCHANGED:g})."]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     return "\n".join(lines) + "\n"
@@ -181,9 +196,10 @@ def write_comparison(out_dir: str | os.PathLike, df: pd.DataFrame, a: AttentionI
     first text, the stack and the maximum length) and ``a``/``b`` the two models' inspectors.
     ``divergence_map.png`` is drawn always, ``head_diffs.png`` for the ``top`` most changed heads on the
     first text (none when ``top`` is 0); ``report.md`` lists at least 5 heads. When ``out_dir`` holds the
-    engine's ``run.json`` (``compare_models(..., out=out_dir)``), the figure names are added to it, so
-    ``hf-attn-inspect compare --out d`` is ``compare_models(..., out=d)`` followed by
-    ``write_comparison(d, df, a, b, top=...)``.
+    engine's finished ``run.json`` (``compare_models(..., out=out_dir)``), the figure names are added to
+    it (and always to ``df.attrs["run"]``), so ``compare_models(..., out=d)`` followed by
+    ``write_comparison(d, df, a, b, top=...)`` writes what ``hf-attn-inspect compare --out d`` writes; the
+    command passes it as ``compare_models(..., report=...)``, so ``run.json`` says ``finished`` last.
     """
     import matplotlib
 
@@ -205,19 +221,29 @@ def write_comparison(out_dir: str | os.PathLike, df: pd.DataFrame, a: AttentionI
             heads = [(int(r.layer), int(r.head)) for r in df.head(k).itertuples()]
             ra, rb = head_pair_results(a, b, df.attrs["first_text"], df.attrs.get("first_pair"), heads,
                                        max_length=df.attrs.get("max_length"))
-            fig = plot_head_diffs(ra, rb, heads, which=result_stack(stack))
+            fig = plot_head_diffs(ra, rb, heads, which=result_stack(stack), text=df.attrs["first_text"])
             with atomic_path(out / "head_diffs.png") as tmp:
                 fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             figures.append("head_diffs.png")
     write_text(comparison_report(df, top=max(top, 5), figures=figures), out / "report.md")
     run = df.attrs.get("run")
-    if run is not None and (out / "run.json").exists():
+    if run is not None:
         record = {}
         for key, value in run.items():
             if key == "elapsed_s":
                 record["figures"] = figures
             record[key] = value
         record["figures"] = figures
-        write_json(record, out / "run.json")
+        run.clear()  # the record the engine writes as run.json once this returns (compare_models(report=...))
+        run.update(record)
+        if _finished(out / "run.json"):  # called after the engine: add the figures to its run.json
+            write_json(record, out / "run.json")
     return figures
+
+
+def _finished(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False

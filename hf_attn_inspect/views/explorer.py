@@ -441,8 +441,9 @@ def show(
     """Display the explorer (:func:`explorer_html`, same options) inline in Jupyter / VS Code / Colab.
 
     In IPython it displays an ``<iframe srcdoc>`` ``height`` pixels high and returns the ``HTML`` display
-    object. Outside IPython the page is written to a temporary file, opened in the default web browser,
-    and the file's path is returned.
+    object. Outside IPython the page is written to a temporary file (``hf-attn-inspect-explorer-*.html``
+    in the temporary folder, no folder of its own; a later call removes such pages older than an hour),
+    opened in the default web browser, and the file's path is returned.
     """
     text = explorer_html(result, classes=classes, metrics=metrics, rollout=rollout, title=title)
     try:
@@ -456,6 +457,28 @@ def show(
         return frame
     import webbrowser
 
-    page = write_text(text, Path(tempfile.mkdtemp(prefix="hf-attn-inspect-")) / "explorer.html")
+    page = write_text(text, _page_path())
     webbrowser.open(page.as_uri())
     return str(page)
+
+
+#: Pages that :func:`show` wrote outside a notebook are removed by a later call once this many seconds old
+#: (the browser has read them by then).
+PAGE_LIFETIME_S = 3600
+
+
+def _page_path() -> Path:
+    """A new ``hf-attn-inspect-explorer-*.html`` file directly in the temporary folder (no folder of its own);
+    such pages older than :data:`PAGE_LIFETIME_S` are removed first, so they do not pile up."""
+    import time
+
+    folder = Path(tempfile.gettempdir())
+    for old in folder.glob("hf-attn-inspect-explorer-*.html"):
+        try:
+            if time.time() - old.stat().st_mtime > PAGE_LIFETIME_S:
+                old.unlink()
+        except OSError:
+            continue
+    fd, name = tempfile.mkstemp(prefix="hf-attn-inspect-explorer-", suffix=".html", dir=folder)
+    os.close(fd)
+    return Path(name)

@@ -62,8 +62,11 @@ def plot_importance_map(
 ) -> "Axes":
     """Layers x heads heatmap of ``importance[value]`` for one ``stack`` (default: the first); returns the axes.
 
-    The colours diverge around 0 (red: the objective gets worse without the head, blue: better); each
-    cell shows the value and, with ``patterns``, the head's pattern class (``pattern`` column).
+    The colours diverge around 0 (red: the objective gets worse without the head, blue: better) when
+    values of both signs occur; when every value is >= 0 (gradient importance, or no head whose removal
+    helps) the scale runs from 0 (white) to the largest value in reds only, so no colour-bar half stands
+    for values that do not occur (and the other way round for all values <= 0). Each cell shows the value
+    and, with ``patterns``, the head's pattern class (``pattern`` column).
     """
     import seaborn as sns
 
@@ -90,7 +93,14 @@ def plot_importance_map(
         _, ax = _plt().subplots(figsize=(1.4 + 0.72 * vals.shape[1], 1.2 + 0.62 * vals.shape[0]))
     unit = importance.attrs.get("unit", "")
     label = value + (f" ({unit})" if unit and value == "importance" else "")
-    sns.heatmap(grid, ax=ax, cmap="RdBu_r", center=0.0, vmin=-lim, vmax=lim, annot=cells, fmt="",
+    finite = vals[np.isfinite(vals)]
+    lo, hi = (-lim, lim)
+    if finite.size and finite.min() >= 0:
+        lo = 0.0
+    elif finite.size and finite.max() <= 0:
+        hi = 0.0
+    cmap = "RdBu_r" if lo < 0 < hi else "Reds" if lo == 0 else "Blues_r"
+    sns.heatmap(grid, ax=ax, cmap=cmap, vmin=lo, vmax=hi, annot=cells, fmt="",
                 annot_kws={"fontsize": 7}, cbar_kws={"label": label, "format": "%.2g"}, linewidths=0.5,
                 linecolor="white")
     ax.set_xlabel("head")

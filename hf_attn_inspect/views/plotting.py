@@ -31,6 +31,8 @@ __all__ = [
     "thin_ticks",
     "save_figure",
     "default_scale",
+    "range_note",
+    "weight_range",
     "SCALES",
     "SQRT_SCALE_ABOVE",
     "Weights",
@@ -48,6 +50,9 @@ SCALES = ("linear", "sqrt")
 SQRT_SCALE_ABOVE = 150
 #: Tick values of a colour bar on the ``sqrt`` scale (the ones inside its range are used).
 _SQRT_TICKS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+#: Above :data:`SQRT_SCALE_ABOVE` keys, the colour range of a weight figure ends at this quantile of its
+#: weights (:func:`weight_range`).
+RANGE_QUANTILE = 0.995
 #: A model-view thumbnail holds at most this many cells per side; larger heads are max-pooled to it.
 MODEL_VIEW_CELLS = 128
 
@@ -89,12 +94,39 @@ def _norm(scale: str, vmin: float, vmax: float):
     return PowerNorm(0.5, vmin=vmin, vmax=vmax) if scale == "sqrt" else Normalize(vmin=vmin, vmax=vmax)
 
 
+def weight_range(weights: Weights) -> float:
+    """The top of the colour range that shows ``weights`` (``[..., query, key]``): 1 (the weight's full
+    range) up to :data:`SQRT_SCALE_ABOVE` keys; above, where a row's weights are about 1/keys and a 0..1
+    range draws them white, the 99.5th percentile of the weights, at least twice the uniform weight
+    2/keys and at most 1 (the few brighter cells take the darkest colour, and the colour bar says so)."""
+    w = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, np.float32)
+    keys = w.shape[-1]
+    if keys <= SQRT_SCALE_ABOVE or w.size == 0:
+        return 1.0
+    return float(min(1.0, max(np.quantile(w, RANGE_QUANTILE), 2.0 / keys)))
+
+
+def range_note(vmax: float, scale: str) -> str:
+    """``'colour 0-0.0123 (square-root colour scale; brighter cells clipped)'``: a figure title's words for
+    a colour range that ends below 1 (empty for the full 0..1 range)."""
+    if vmax >= 1.0:
+        return ""
+    return f"colour 0-{vmax:.3g} ({_scale_name(scale)}; brighter cells clipped)"
+
+
 def _colorbar(fig: Figure, image, scale: str, **kwargs):
-    """A colour bar labelled with the weight and the scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ..."""
+    """A colour bar labelled with the weight and the scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ...
+    (with the top of a range below 1 added); a range below 1 ends in an arrow (brighter cells clipped)."""
+    lo, hi = image.norm.vmin, image.norm.vmax
+    if hi < 1.0:
+        kwargs.setdefault("extend", "max")
     bar = fig.colorbar(image, label=f"attention weight ({_scale_name(scale)})", **kwargs)
     if scale == "sqrt":
-        lo, hi = image.norm.vmin, image.norm.vmax
-        bar.set_ticks([t for t in _SQRT_TICKS if lo <= t <= hi])
+        ticks = [t for t in _SQRT_TICKS if lo <= t <= hi]
+        if 0 < hi < 1.0 and (not ticks or ticks[-1] < 0.8 * hi):
+            unit = 10.0 ** (math.floor(math.log10(hi)) - 1)
+            ticks.append(round(math.floor(hi / unit) * unit, 12))  # two significant digits, inside the range
+        bar.set_ticks(ticks)
     return bar
 
 
@@ -135,7 +167,7 @@ def plot_attention_heatmap(
     title: str | None = "Attention weights",
     cmap: str = "Blues",
     vmin: float = 0.0,
-    vmax: float | None = 1.0,
+    vmax: float | str | None = 1.0,
     annotate: bool | str = "auto",
     colorbar: bool = True,
     scale: str = "linear",
@@ -143,7 +175,9 @@ def plot_attention_heatmap(
     """Draw one head's ``[query, key]`` weights as a heatmap and return the axes.
 
     Rows are query tokens (``y_labels``), columns key tokens (``x_labels``); colour runs from ``vmin``
-    to ``vmax`` (default 0..1, the weight's full range; ``vmax=None`` uses the data maximum), on the
+    to ``vmax`` (default 0..1, the weight's full range; ``vmax=None`` uses the data maximum, ``"auto"``
+    :func:`weight_range`: 0..1 up to 150 keys, a range that shows the weights of longer inputs, which the
+    title then names with :func:`range_note`), on the
     ``linear`` or ``sqrt`` colour ``scale`` (colour proportional to the square root of the weight, so faint
     weights of long inputs stay visible; the colour bar names the scale). Values are written in the cells
     only where readable: ``annotate="auto"`` does so up to 16 x 16 tokens.
@@ -154,6 +188,10 @@ def plot_attention_heatmap(
     if ax is None:
         q, k = w.shape
         _, ax = plt.subplots(figsize=(min(4 + 0.35 * k, 16), min(3 + 0.3 * q, 14)))
+    if vmax == "auto":
+        vmax = weight_range(w)
+        note = range_note(vmax, scale)
+        title = f"{title}\n{note}" if title and note else title
     norm = _norm(scale, vmin, vmax if vmax is not None else float(w.max() or 1.0))
     im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     if colorbar:
@@ -184,12 +222,14 @@ def plot_multi_head_attention(
     title: str | None = "Multi-head attention",
     cmap: str = "Blues",
     scale: str = "linear",
+    vmax: float | str = 1.0,
 ) -> Figure:
     """Draw every head of one layer (``[heads, query, key]``) in a grid and return the figure.
 
     One panel per head titled with its model index (``head_ids``, default 0..H-1), all on the same
-    0..1 colour scale (``linear`` or ``sqrt``, named on the one shared colour bar); ``tokens`` label both
-    axes of each panel (thinned on long inputs; only the left column and bottom row carry labels).
+    colour scale (``linear`` or ``sqrt``, named on the one shared colour bar) from 0 to ``vmax`` (default
+    1; ``"auto"``: :func:`weight_range` of all heads, named in the title when below 1); ``tokens`` label
+    both axes of each panel (thinned on long inputs; only the left column and bottom row carry labels).
     """
     w = _as_array(attention_weights, 3, "attention_weights")
     h, q, k = w.shape
@@ -201,12 +241,16 @@ def plot_multi_head_attention(
         size = 3.2 if q <= 32 else 4.0
         fig = plt.figure(figsize=(ncols * size + 1, nrows * size + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    if vmax == "auto":
+        vmax = weight_range(w)
+        note = range_note(vmax, scale)
+        title = f"{title}\n{note}" if title and note else title
     im = None
     for idx, ax in enumerate(axes):
         if idx >= h:
             ax.axis("off")
             continue
-        im = ax.imshow(w[idx], cmap=cmap, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
+        im = ax.imshow(w[idx], cmap=cmap, norm=_norm(scale, 0.0, float(vmax)), aspect="auto", interpolation="nearest")
         ax.set_title(f"head {head_ids[idx]}", fontsize=10)
         row, col = divmod(idx, ncols)
         if tokens is not None and col == 0:

@@ -19,6 +19,7 @@ from ..core.errors import InputError
 from ..core.files import atomic_write, write_text
 from ..runs.dataset import layer_stats_frame
 from ..runs.sharded import RunRecord
+from .words import counted
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
     from matplotlib.axes import Axes
@@ -107,7 +108,7 @@ def plot_head_stat_map(head_stats: pd.DataFrame, name: str, ax: "Axes | None" = 
         _, ax = plt.subplots(figsize=(2.2 + cell * grid.shape[1], 1.4 + 0.55 * grid.shape[0]))
     sns.heatmap(grid, ax=ax, cmap=cmap, annot=annotate, fmt=".2f", annot_kws={"size": 9},
                 cbar_kws={"label": title})
-    ax.set_title(f"{title}, mean over {n:,} sentences")
+    ax.set_title(f"{title}, mean over {counted(n, 'sentence')}")
     return ax
 
 
@@ -134,7 +135,7 @@ def plot_class_map(head_stats: pd.DataFrame, ax: "Axes | None" = None) -> "Axes"
                 fmt="", annot_kws={"size": 8}, linewidths=0.5, linecolor="white",
                 cbar_kws={"ticks": range(len(classes)), "label": "pattern class"})
     ax.collections[0].colorbar.set_ticklabels(classes)
-    ax.set_title(f"most frequent pattern class per head (share of {n:,} sentences)")
+    ax.set_title(f"most frequent pattern class per head (share of {counted(n, 'sentence')})")
     return ax
 
 
@@ -160,7 +161,7 @@ def dataset_report_text(head_stats: pd.DataFrame, run: RunRecord | None = None) 
         "# Attention over a dataset",
         "",
         f"Model `{p.get('model')}`, dataset `{ds.get('source')}` (column {', '.join(ds.get('columns', []))}, "
-        f"split {ds.get('split')}): {n:,} sentences analysed of {c.get('rows', n):,} rows "
+        f"split {ds.get('split')}): {counted(n, 'sentence')} analysed of {counted(c.get('rows', n), 'row')} "
         f"({c.get('skipped_total', 0)} skipped as empty or not text, {c.get('truncated', 0)} truncated to "
         f"{p.get('max_length')} tokens). Every sentence weighs the same; values are mean +/- standard "
         "deviation over sentences; padding never counts.",
@@ -183,7 +184,7 @@ def dataset_report_text(head_stats: pd.DataFrame, run: RunRecord | None = None) 
             value = (f", {m.replace('_', '-')} {r[f'{m}_mean']:.2f} +/- {r[f'{m}_std']:.2f}"
                      if m and f"{m}_mean" in r else "")
             lines.append(f"- layer {int(r['layer'])} head {int(r['head'])}: {cls} head in {r[f'share_{cls}']:.0%} of "
-                         f"{n:,} sentences{value}")
+                         f"{counted(n, 'sentence')}{value}")
     if not found:
         lines.append("- no head shows one pattern in at least half of the sentences")
     lines += ["", "## Layers", ""]

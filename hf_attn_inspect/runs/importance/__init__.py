@@ -34,13 +34,14 @@ figures and ``report.md`` are :mod:`hf_attn_inspect.views.importance`'s.
 from __future__ import annotations
 
 from .ablation import ablation_effect
-from .engine import IMPORTANCE_OUTPUTS, METHODS, head_importance
+from .engine import IMPORTANCE_OPTIONAL, IMPORTANCE_OUTPUTS, METHODS, head_importance
 from .objectives import Objective, ObjectiveFn, default_objective
 from .pruning import pruning_curve
 from .tables import write_importance_tables
 
 __all__ = [
     "METHODS",
+    "IMPORTANCE_OPTIONAL",
     "IMPORTANCE_OUTPUTS",
     "Objective",
     "default_objective",

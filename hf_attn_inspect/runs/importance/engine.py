@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 import torch
@@ -16,13 +15,12 @@ from ...capture.inspector import AttentionInspector
 from ...capture.interface import OutputEdit, Site
 from ...capture.recorders import AttentionCall, Recorder
 from ...core.errors import InputError
-from ...core.files import write_json
 from ...core.kernels import fast_attention_output, scaled_dot_product_attention_with_weights
 from ...core.stacks import is_main
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..dataset import SentenceStatsRecorder
 from ..data import DataOptions, DataSpec
-from ..sharded import Progress, ShardStats, package_versions, release_free_memory, run_sharded
+from ..sharded import Progress, ShardStats, finishing, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
 from .ablation import ablation_batch, dataset_means
 from .data import load_scored_data, shard_batches
@@ -34,12 +32,15 @@ from .tables import importance_frame, write_importance_tables
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["METHODS", "IMPORTANCE_OUTPUTS", "head_importance"]
+__all__ = ["METHODS", "IMPORTANCE_OPTIONAL", "IMPORTANCE_OUTPUTS", "head_importance"]
 
 #: The importance methods of :func:`head_importance`.
 METHODS = ("ablation", "gradient")
 #: Files of an importance run's output directory besides ``run.json`` and the shards.
 IMPORTANCE_OUTPUTS = ("head_importance.csv", "pruning_curve.csv", "importance_map.png", "pruning_curve.png", "report.md")
+
+#: The outputs a finished importance run may lack: no pruning curve with ``--no-pruning``.
+IMPORTANCE_OPTIONAL = ("pruning_curve.csv", "pruning_curve.png")
 
 
 class _StatsRecorder(Recorder):
@@ -108,6 +109,7 @@ def head_importance(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    report: Callable[[pd.DataFrame], object] | None = None,
     **shortcuts: Unpack[DataOptions],
 ) -> pd.DataFrame:
     """Score every head of ``inspector``'s model on ``data``; returns one row per head (the ``head_importance`` table).
@@ -131,7 +133,9 @@ def head_importance(
     re-estimating importance after pruning). ``cache_layers`` replays the layers below the ablated one
     (same numbers as ``False``, faster); ``copies_tokens`` caps the tokens of one pass of batch copies.
     With ``out`` the run is sharded there (``resume``/``overwrite``, ``run.json``, ``shards/``) and
-    ``head_importance.csv`` is written. ``df.attrs`` holds ``objective``, ``unit``, ``method``, ``how``,
+    ``head_importance.csv`` is written (by rank 0 of a run on several processes), then ``report(df)`` if
+    given (the command's pruning curve and report; it may add to ``df.attrs["run"]``), and only then
+    ``run.json`` says ``finished``. ``df.attrs`` holds ``objective``, ``unit``, ``method``, ``how``,
     ``counts`` and ``run``.
     """
     if method not in METHODS:
@@ -175,6 +179,7 @@ def head_importance(
         return stats
 
     run_ = run_sharded(src.rows, spec.shard_size, compute, out_dir=out, params=params, outputs=IMPORTANCE_OUTPUTS,
+                       optional=IMPORTANCE_OPTIONAL,
                        resume=resume, overwrite=overwrite, progress=progress, desc=f"importance ({method})",
                        column=src.columns[0])
     df = importance_frame(run_.total, units, obj, method, how)
@@ -184,9 +189,11 @@ def head_importance(
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs.update(objective=obj.name, unit=obj.unit, method=method, how=how, counts=run_.counts, run=run,
                     model=inspector.name)
-    if out is not None:
-        write_importance_tables(out, df)
-        write_json(run, Path(out) / "run.json")
+    if out is not None and run_.is_main:
+        with finishing(out, run):  # run.json says "finished" once the tables and the report are written
+            write_importance_tables(out, df)
+            if report is not None:
+                report(df)
     return df
 
 
