@@ -345,7 +345,7 @@ class AttentionInspector:
         failure = None
         try:
             with torch.set_grad_enabled(grad):
-                with capture(model, probe, implementation, edits=edits) as state:
+                with capture(model, probe, implementation, edits=edits) as state, probe.attached():
                     states.append(state)
                     output = model(**inputs)
                 batch.causal_stacks = set(state.causal_stacks)
