@@ -28,10 +28,10 @@ import sys
 import warnings
 from typing import Sequence
 
-from .commands import batch, compare, debug, importance, inspect, long, verify, view
+from .commands import attribute, batch, compare, debug, importance, inspect, long, verify, view
 from .core.errors import AttnInspectError
 
-COMMAND_MODULES = (inspect, verify, debug, view, batch, compare, long, importance)
+COMMAND_MODULES = (inspect, verify, debug, view, batch, compare, long, importance, attribute)
 """Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``."""
 
 
