@@ -73,3 +73,18 @@ def test_attribute_command_writes_its_files(tmp_path, capsys):
     assert (foreign / "report.md").read_text() == "mine"
     assert main(["attribute", TEXT, "--measures", "weights,nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown measure 'nope'" in capsys.readouterr().err
+
+
+def test_inspect_draws_a_measure(tmp_path, capsys, monkeypatch):
+    import hf_attn_inspect.views.plotting as plotting
+
+    drawn = []
+    real = plotting.plot_attention_heatmap
+    monkeypatch.setattr(plotting, "plot_attention_heatmap", lambda w, *a, **k: drawn.append(w) or real(w, *a, **k))
+    out = tmp_path / "insp"
+    assert main(["inspect", TEXT, "--measure", "alti", "--layer", "2", "--head", "3", "--out", str(out)]) == 0
+    assert (out / "head_L2_H0.png").is_file()  # a per-layer measure is drawn as head 0
+    assert main(["inspect", TEXT, "--measure", "bogus", "--out", str(out)]) == 2
+    assert "unknown measure 'bogus'" in capsys.readouterr().err
+    assert drawn and drawn[0].shape[0] == drawn[0].shape[1]
+    np.testing.assert_allclose(np.asarray(drawn[0]).sum(-1), 1.0, atol=1e-5)
