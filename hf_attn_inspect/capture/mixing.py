@@ -4,8 +4,9 @@ An attention block's output for token ``i`` decomposes into one vector per input
 2021; Ferrando et al. 2022): ``z_ij = sum_h alpha^h_ij f_h(x_j) + [i = j] x_i``, the attention's share of ``j``
 plus the residual on the diagonal, so that ``y_i = sum_j z_ij + b_O`` is the real input of the norm after
 attention (post-LN) or the residual stream after attention (pre-LN). :func:`decompose` computes them for a block
-of query rows; :class:`MixingRecorder` turns them into ``[batch, 1, T_q, T_k]`` maps per layer (never a
-``[T, T, hidden]`` tensor for the whole input: query rows go in chunks):
+of tokens; :class:`MixingRecorder` turns them into ``[batch, 1, T_q, T_k]`` maps per layer (never a ``[T, T,
+hidden]`` tensor for the whole input: the norms come from per-token Gram matrices of the heads' vectors, ALTI's
+L1 distances from query rows in chunks):
 
 - ``norm_layer``: ``||sum_h alpha_ij f_h(x_j)||`` (Kobayashi et al. 2020, the whole layer);
 - ``norm_res``: ``||z_ij||`` (the residual added on the diagonal);
@@ -30,44 +31,73 @@ from .layout import POST, Layout, block_layouts
 from .projections import output_projection
 from .recorders import AttentionCall, KeepingRecorder
 
-__all__ = ["MIXING_MAPS", "MixingRecorder", "decompose", "hooked_inputs"]
+__all__ = ["MIXING_MAPS", "MixingRecorder", "decompose", "alti", "hooked_inputs"]
 
 #: The maps :class:`MixingRecorder` can keep.
 MIXING_MAPS = ("norm_layer", "norm_res", "norm_res_ln", "alti")
 
 #: Float32 elements of one chunk of transformed vectors ``[batch, rows, T_k, hidden]``.
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 
 
-def decompose(
-    layout: Layout,
-    x: torch.Tensor,
-    alpha: torch.Tensor,
-    f: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: slice,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The decomposition of query ``rows`` of one attention block: ``(attn [B, r, T_k, hidden], z, transformed,
-    output)``.
+def _norms(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    """``||sum_h alpha^h_ij f_hj + [i = j] x_i|| / scale_i`` ``[B, T_q, T_k]`` without the ``[T, T, hidden]`` vectors:
+    from the Gram matrices ``f_hj . f_gj`` (``x`` None: no residual term)."""
+    gram = torch.einsum("bhko,bgko->bkhg", f, f)  # [B, T_k, H, H]
+    sq = torch.einsum("bhqk,bkhg,bgqk->bqk", alpha, gram, alpha)
+    if x is not None:
+        n = min(alpha.shape[2], alpha.shape[3])
+        idx = torch.arange(n)
+        cross = torch.einsum("bhko,bko->bhk", f[:, :, :n], x[:, :n])  # f_hi . x_i
+        diag = alpha[:, :, idx, idx]  # [B, H, n]
+        sq[:, idx, idx] += 2 * (diag * cross).sum(1) + x[:, :n].pow(2).sum(-1)
+    return sq.clamp_min(0).sqrt() / scale[:, :, None]
+
+
+def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Tensor, bias: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One attention block's decomposition, per token: ``(f', x', scale [B, T_q], output [B, T_q, hidden])``.
 
     ``x [B, T, hidden]`` is the residual stream entering the block, ``alpha [B, H, T_q, T_k]`` the weights, ``f [B,
-    H, T_k, hidden]`` each head's transformed values ``f_h(x_j)``, ``bias`` the output projection's bias. ``attn`` is
-    ``sum_h alpha_ij f_h(x_j)``, ``z`` adds ``x_i`` on the diagonal, ``transformed`` are ALTI's ``T_i(x_j)``
-    (``z`` itself for pre-LN, the LayerNorm applied to each summand for post-LN) and ``output [B, r, hidden]`` the
-    real output they decompose (``sum_j transformed + bias terms``; post-LN: the block's LayerNorm output).
+    H, T_k, hidden]`` each head's transformed values ``f_h(x_j)``, ``bias`` the output projection's bias. ALTI's
+    transformed vector of ``j`` for ``i`` is ``T_i(x_j) = (sum_h alpha^h_ij f'_hj + [i = j] x'_i) / scale_i``:
+    pre-LN ``f' = f``, ``x' = x``, ``scale = 1`` (the summands of the residual stream after attention); post-LN
+    the LayerNorm applied to each summand: ``f' = gamma * (f - mean f)``, ``x' = gamma * (x - mean x)`` and
+    ``scale`` the standard deviation of the real LayerNorm input ``y_i = x_i + sum_h (alpha^h f_h)_i + b_O``.
+    ``output`` is what they decompose (``sum_j T_i(x_j)`` plus the bias terms): post-LN the block's LayerNorm
+    output, pre-LN ``y``.
     """
-    attn = torch.einsum("bhqk,bhko->bqko", alpha[:, :, rows], f)
-    z = attn.clone()
-    idx = torch.arange(rows.start, rows.stop)
-    z[:, idx - rows.start, idx] += x[:, rows]
-    y = z.sum(2) if bias is None else z.sum(2) + bias
+    y = x + torch.einsum("bhqk,bhko->bqo", alpha, f)
+    if bias is not None:
+        y = y + bias
     if layout.kind != POST:
-        return attn, z, z, y
+        return f, x, torch.ones(y.shape[:2], device=y.device), y
     norm = layout.norm
-    std = (y.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()  # [B, r, 1]
-    gamma = norm.weight.float() if norm.weight is not None else 1.0
-    transformed = gamma * (z - z.mean(-1, keepdim=True)) / std[:, :, None]
-    return attn, z, transformed, norm(y.to(norm.weight.dtype)).float()
+    gamma = norm.weight.float() if norm.weight is not None else torch.ones(y.shape[-1], device=y.device)
+    scale = (y.var(-1, unbiased=False) + norm.eps).sqrt()
+    f_ln = gamma * (f - f.mean(-1, keepdim=True))
+    x_ln = gamma * (x - x.mean(-1, keepdim=True))
+    return f_ln, x_ln, scale, norm(y.to(norm.weight.dtype)).float()
+
+
+def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """ALTI's contributions ``[B, T_q, T_k]`` (rows sum to 1) from :func:`decompose`'s ``f', x', scale, output``:
+    ``max(0, ||o_i||_1 - ||o_i - T_i(x_j)||_1)`` normalised per row, query rows in chunks (no ``[T, T, hidden]``
+    tensor for the whole input)."""
+    b, t_q, t_k, hidden = alpha.shape[0], alpha.shape[2], alpha.shape[3], f.shape[-1]
+    out = torch.zeros(b, t_q, t_k, device=alpha.device)
+    step = max(1, _CHUNK // max(1, b * t_k * hidden))
+    own = output.abs().sum(-1)  # [B, T_q]
+    alpha = alpha / scale[:, None, :, None]  # the LayerNorm's division, folded into the rows
+    x = x / scale[:, :, None]
+    for start in range(0, t_q, step):
+        stop = min(t_q, start + step)
+        rows = torch.arange(start, stop)
+        vec = torch.einsum("bhqk,bhko->bqko", alpha[:, :, start:stop], f)
+        vec[:, rows - start, rows] += x[:, start:stop]
+        vec.sub_(output[:, start:stop, None])
+        out[:, start:stop] = (own[:, start:stop, None] - vec.abs_().sum(-1)).clamp_min(0)
+    return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 @contextmanager
@@ -132,22 +162,16 @@ class MixingRecorder(KeepingRecorder):
         per_head = weight.float().reshape(weight.shape[0], heads, dim).transpose(0, 1)  # [H, hidden, d]
         f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), per_head)
         bias = None if bias is None else bias.float()
-        b, t_q, t_k, hidden = alpha.shape[0], alpha.shape[2], alpha.shape[3], f.shape[-1]
-        out = {name: torch.zeros(b, 1, t_q, t_k, device=alpha.device) for name in self.maps}
-        step = max(1, _CHUNK // max(1, b * t_k * hidden))
-        for start in range(0, t_q, step):
-            rows = slice(start, min(t_q, start + step))
-            attn, z, transformed, output = decompose(layout, x, alpha, f, bias, rows)
-            if "norm_layer" in out:
-                out["norm_layer"][:, 0, rows] = attn.norm(dim=-1)
-            if "norm_res" in out:
-                out["norm_res"][:, 0, rows] = z.norm(dim=-1)
-            if "norm_res_ln" in out:
-                out["norm_res_ln"][:, 0, rows] = transformed.norm(dim=-1)
-            if "alti" in out:
-                distance = (output[:, :, None] - transformed).abs().sum(-1)
-                out["alti"][:, 0, rows] = (output.abs().sum(-1)[:, :, None] - distance).clamp_min(0)
-        if "alti" in out:
-            out["alti"] = out["alti"] / out["alti"].sum(-1, keepdim=True).clamp_min(1e-12)
+        out = {}
+        if "norm_layer" in self.maps:
+            out["norm_layer"] = _norms(alpha, f, None, alpha.new_ones(alpha.shape[0], alpha.shape[2]))
+        if "norm_res" in self.maps:
+            out["norm_res"] = _norms(alpha, f, x, alpha.new_ones(alpha.shape[0], alpha.shape[2]))
+        if "norm_res_ln" in self.maps or "alti" in self.maps:
+            f_t, x_t, scale, output = decompose(layout, x, alpha, f, bias)
+            if "norm_res_ln" in self.maps:
+                out["norm_res_ln"] = _norms(alpha, f_t, x_t, scale)
+            if "alti" in self.maps:
+                out["alti"] = alti(alpha, f_t, x_t, scale, output)
         for name, values in out.items():
-            self.keep(name, call.site, values)
+            self.keep(name, call.site, values[:, None])

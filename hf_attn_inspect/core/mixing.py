@@ -66,11 +66,12 @@ def attention_flow(a: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
     ``a[l, i, j]``. Entry ``[l, i, j]`` is the maximum flow from node ``i`` after layer ``l`` down to input token
     ``j`` (rows then normalised to sum to 1 unless ``normalise`` is False). Exact: one layer is the capacities
     themselves, two layers are parallel two-edge paths (``sum_k min(a[1, i, k], a[0, k, j])``), deeper layers are
-    solved by networkx's preflow-push maximum flow (the same value as its Edmonds-Karp) on one residual network
-    reused for every pair. Cost: ``T^2`` maximum flows per layer from the third on.
+    solved by networkx's shortest-augmenting-path maximum flow (the same value as its Edmonds-Karp) on one residual
+    network reused for every pair. Cost: ``T^2`` maximum flows per layer from the third on (seconds at 16 tokens,
+    far more at 128: see docs/guides/measures.md).
     """
     import networkx as nx
-    from networkx.algorithms.flow import build_residual_network, preflow_push
+    from networkx.algorithms.flow import build_residual_network, shortest_augmenting_path
 
     a = _check_square(a, "attention flow").cpu().double()
     layers, t = a.shape[0], a.shape[-1]
@@ -92,8 +93,8 @@ def attention_flow(a: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
         for layer in range(2, layers):
             for i in range(t):
                 for j in range(t):
-                    out[layer, i, j] = preflow_push(
-                        graph, (layer + 1, i), (0, j), residual=residual, value_only=True
+                    out[layer, i, j] = shortest_augmenting_path(
+                        graph, (layer + 1, i), (0, j), residual=residual
                     ).graph["flow_value"]
     out = out.float()
     return row_normalise(out) if normalise else out
