@@ -88,3 +88,20 @@ def test_inspect_draws_a_measure(tmp_path, capsys, monkeypatch):
     assert "unknown measure 'bogus'" in capsys.readouterr().err
     assert drawn and drawn[0].shape[0] == drawn[0].shape[1]
     np.testing.assert_allclose(np.asarray(drawn[0]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_batch_norm_shares_equal_the_per_text_measure(inspector):
+    from hf_attn_inspect.runs.dataset import analyze_dataset
+    from hf_attn_inspect.runs.measure_stats import norm_shares_factory
+
+    texts = ["The cat sat on the mat, and it purred.", "Hello, world!", "A longer sentence; with punctuation."]
+    df = analyze_dataset(inspector, texts, probe=norm_shares_factory(inspector.model), batch_size=2)
+    per_text = [token_shares(r, ["norm"]) for r in inspector(texts, measures=["norm"])]
+    expected = pd.concat(per_text).groupby(["layer", "head", "group"])["share"].mean()
+    for group in GROUPS:
+        got = df.set_index(["layer", "head"])[f"norm_{group}_mean"]
+        want = expected.xs(group, level="group")
+        np.testing.assert_allclose(got.sort_index().to_numpy(), want.sort_index().to_numpy(), atol=1e-5)
+    plain = analyze_dataset(inspector, texts, batch_size=2)
+    np.testing.assert_allclose(plain["first_token_mean"], df["first_token_mean"], atol=1e-6)
+    assert (df["norm_first_mean"].mean() < 0.5 * df["first_token_mean"].mean())  # Kobayashi et al. 2020

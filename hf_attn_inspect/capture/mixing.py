@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..core.errors import CaptureError
-from .contributions import head_values
+from .contributions import head_values, per_head_projection
 from .layout import POST, Layout, block_layouts
 from .projections import output_projection
 from .recorders import AttentionCall, KeepingRecorder
@@ -156,11 +156,9 @@ class MixingRecorder(KeepingRecorder):
         if layout is None or id(layout.source) not in self._inputs:
             raise CaptureError(f"cannot find the residual stream of attention module '{call.site.name}'")
         x = first_input(*self._inputs.pop(id(layout.source))).float()
-        weight, bias = output_projection(self.model, call.module, call.site.name or None)
-        heads, dim = call.query.shape[1], call.value.shape[-1]
+        _, bias = output_projection(self.model, call.module, call.site.name or None)
         alpha = call.weights.float()
-        per_head = weight.float().reshape(weight.shape[0], heads, dim).transpose(0, 1)  # [H, hidden, d]
-        f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), per_head)
+        f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), per_head_projection(self.model, call))
         bias = None if bias is None else bias.float()
         out = {}
         if "norm_layer" in self.maps:
