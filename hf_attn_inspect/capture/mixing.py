@@ -31,7 +31,7 @@ from .layout import POST, Layout, block_layouts
 from .projections import output_projection
 from .recorders import AttentionCall, KeepingRecorder
 
-__all__ = ["MIXING_MAPS", "MixingRecorder", "decompose", "alti", "hooked_inputs"]
+__all__ = ["MIXING_MAPS", "LayoutRecorder", "MixingRecorder", "decompose", "alti", "hooked_inputs"]
 
 #: The maps :class:`MixingRecorder` can keep.
 MIXING_MAPS = ("norm_layer", "norm_res", "norm_res_ln", "alti")
@@ -119,7 +119,40 @@ def first_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-class MixingRecorder(KeepingRecorder):
+class LayoutRecorder(KeepingRecorder):
+    """A recorder of all heads that reads, besides each attention call, the inputs of one module of its layer's
+    :class:`~hf_attn_inspect.capture.layout.Layout` (``hooked``: ``"source"`` for the residual stream,
+    ``"block"`` for the whole layer), by forward pre-hooks installed while the run lasts (:meth:`attach`).
+    ``model`` is the model that runs."""
+
+    hooked = "source"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        layers: Sequence[int] | None = None,
+        *,
+        stacks: Sequence[str] | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__(layers, None, stacks=stacks, device=device)
+        self.model = model
+        self.layouts = block_layouts(model)
+        self._inputs: dict[int, tuple] = {}
+
+    def attach(self):
+        return hooked_inputs([getattr(layout, self.hooked) for layout in self.layouts.values()], self._inputs)
+
+    def inputs(self, call: AttentionCall) -> tuple[Layout, tuple]:
+        """``call``'s layout and the ``(args, kwargs)`` its hooked module was called with in this run."""
+        layout = self.layouts.get(id(call.module))
+        module = None if layout is None else getattr(layout, self.hooked)
+        if module is None or id(module) not in self._inputs:
+            raise CaptureError(f"cannot find the {self.hooked} inputs of attention module '{call.site.name}'")
+        return layout, self._inputs.pop(id(module))
+
+
+class MixingRecorder(LayoutRecorder):
     """Keeps the per-layer mixing maps ``maps`` (of :data:`MIXING_MAPS`) of every kept layer, each ``[batch, 1,
     T_q, T_k]`` float32 (see the module docstring); all heads always enter (the maps are per layer).
 
@@ -140,22 +173,14 @@ class MixingRecorder(KeepingRecorder):
         stacks: Sequence[str] | None = None,
         device: str | torch.device | None = "cpu",
     ) -> None:
-        super().__init__(layers, None, stacks=stacks, device=device)
-        self.model = model
+        super().__init__(model, layers, stacks=stacks, device=device)
         self.maps = tuple(maps)
-        self.layouts = block_layouts(model)
-        self._inputs: dict[int, tuple] = {}
-
-    def attach(self):
-        return hooked_inputs([layout.source for layout in self.layouts.values()], self._inputs)
 
     def record(self, call: AttentionCall) -> None:
         if not self.wants(call.site):
             return
-        layout = self.layouts.get(id(call.module))
-        if layout is None or id(layout.source) not in self._inputs:
-            raise CaptureError(f"cannot find the residual stream of attention module '{call.site.name}'")
-        x = first_input(*self._inputs.pop(id(layout.source))).float()
+        layout, (args, kwargs) = self.inputs(call)
+        x = first_input(args, kwargs).float()
         _, bias = output_projection(self.model, call.module, call.site.name or None)
         alpha = call.weights.float()
         f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), per_head_projection(self.model, call))

@@ -15,12 +15,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..core.errors import CaptureError
 from ..core.kernels import fast_attention_output
 from .interface import capture
-from .layout import block_layouts
-from .mixing import first_input, hooked_inputs
-from .recorders import AttentionCall, KeepingRecorder, Recorder, RecordingProbe
+from .mixing import LayoutRecorder, first_input
+from .recorders import AttentionCall, Recorder, RecordingProbe
 
 __all__ = ["ValueZeroingRecorder"]
 
@@ -57,7 +55,7 @@ def _output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-class ValueZeroingRecorder(KeepingRecorder):
+class ValueZeroingRecorder(LayoutRecorder):
     """Keeps ``value_zeroing[stack][layer]``: ``[batch, 1, T_q, T_k]`` float32, row ``i`` the normalised cosine
     distances of token ``i``'s layer output when each key token's values are zeroed (module docstring).
 
@@ -66,6 +64,7 @@ class ValueZeroingRecorder(KeepingRecorder):
     """
 
     kinds = {"value_zeroing": "zeroing"}
+    hooked = "block"
     zeroing: dict[str, dict[int, torch.Tensor]]
 
     def __init__(
@@ -76,22 +75,13 @@ class ValueZeroingRecorder(KeepingRecorder):
         stacks: Sequence[str] | None = None,
         device: str | torch.device | None = "cpu",
     ) -> None:
-        super().__init__(layers, None, stacks=stacks, device=device)
-        self.model = model
-        self.layouts = block_layouts(model)
-        self._inputs: dict[int, tuple] = {}
-        self._sites: list[tuple[Any, Any]] = []
-
-    def attach(self):
-        return hooked_inputs([layout.block for layout in self.layouts.values()], self._inputs)
+        super().__init__(model, layers, stacks=stacks, device=device)
+        self._sites: list[tuple[Any, Any, tuple]] = []
 
     def record(self, call: AttentionCall) -> None:
-        if not self.wants(call.site):
-            return
-        layout = self.layouts.get(id(call.module))
-        if layout is None or id(layout.block) not in self._inputs:
-            raise CaptureError(f"cannot find the layer around attention module '{call.site.name}' to re-run")
-        self._sites.append((call.site, layout.block, self._inputs.pop(id(layout.block))))
+        if self.wants(call.site):
+            layout, inputs = self.inputs(call)
+            self._sites.append((call.site, layout.block, inputs))
 
     def finish(self) -> None:
         with torch.no_grad():

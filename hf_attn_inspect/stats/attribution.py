@@ -69,7 +69,7 @@ def disagreement_report(result: AttentionResult, names: Sequence[str]) -> str:
     measures, and the key token each measure credits most in the last layer)."""
     groups = token_groups(result)
     tokens = result.display_tokens
-    lines = [f"# How the measures attribute this input\n", f"Model: {result.model_name or 'unknown'}  ",
+    lines = ["# How the measures attribute this input\n", f"Model: {result.model_name or 'unknown'}  ",
              f"Tokens ({result.seq_len}): {' '.join(tokens)}\n",
              "Each measure's rows are turned into shares that sum to 1, so the numbers compare across measures.\n",
              "| measure | mixing ratio | " + " | ".join(GROUPS) + " | top key token (last layer) |",
