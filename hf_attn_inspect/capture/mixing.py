@@ -164,16 +164,9 @@ class MixingRecorder(LayoutRecorder):
     needs_weights = True
     kinds = {name: "_" + name for name in MIXING_MAPS}
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        maps: Sequence[str] = MIXING_MAPS,
-        layers: Sequence[int] | None = None,
-        *,
-        stacks: Sequence[str] | None = None,
-        device: str | torch.device | None = "cpu",
-    ) -> None:
-        super().__init__(model, layers, stacks=stacks, device=device)
+    def __init__(self, model: torch.nn.Module, maps: Sequence[str] = MIXING_MAPS, layers: Sequence[int] | None = None,
+                 **where: object) -> None:
+        super().__init__(model, layers, **where)  # stacks=, device= as in LayoutRecorder
         self.maps = tuple(maps)
 
     def record(self, call: AttentionCall) -> None:

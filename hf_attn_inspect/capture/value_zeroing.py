@@ -67,15 +67,8 @@ class ValueZeroingRecorder(LayoutRecorder):
     hooked = "block"
     zeroing: dict[str, dict[int, torch.Tensor]]
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        layers: Sequence[int] | None = None,
-        *,
-        stacks: Sequence[str] | None = None,
-        device: str | torch.device | None = "cpu",
-    ) -> None:
-        super().__init__(model, layers, stacks=stacks, device=device)
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int] | None = None, **where: object) -> None:
+        super().__init__(model, layers, **where)  # stacks=, device= as in LayoutRecorder
         self._sites: list[tuple[Any, Any, tuple]] = []
 
     def record(self, call: AttentionCall) -> None:
