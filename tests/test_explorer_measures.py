@@ -49,3 +49,21 @@ def test_pages_without_measures_have_no_selector(browser, inspector, tmp_path): 
     assert pg.page.locator("#measure").count() == 0
     pg.assert_clean()
     pg.close()
+
+
+def test_strip_shows_one_token_across_measures(measures_page):
+    r, pg = measures_page
+    pg.reload()
+    pg.set("#layer", "2")
+    pg.page.select_option("#strip-token", "2")
+    pg.page.wait_for_selector("#strip-table[data-drawn='layer 2 token 2']", state="attached")
+    header = pg.page.eval_on_selector_all("#strip-table tr:first-child td", "els => els.map(e => e.textContent)")
+    assert header == ["key", "weights", "norm", "alti"]
+    values = np.array(pg.page.eval_on_selector_all(
+        "#strip-table tr:not(:first-child)",
+        "rows => rows.map(r => Array.from(r.cells).slice(1).map(c => Number(c.dataset.value)))"))
+    expected = np.stack([r.attentions[2, :, 2].mean(0).numpy(),
+                         row_normalise(r.measure("norm")[2, :, 2]).mean(0).numpy(),
+                         r.measure("alti")[2, 2].numpy()], 1)
+    np.testing.assert_allclose(values, expected, atol=expected.max() / 255 + 1e-6)
+    pg.assert_clean()

@@ -661,5 +661,5 @@
 
   buildControls();
   setView(state.view);
-  window.hfAttnExplorer = { state, render, setView, DATA, cache };  /* DATA, cache: explorer_measures.js */
+  window.hfAttnExplorer = { state, render, setView, DATA, cache, gunzip };  /* DATA, cache, gunzip: explorer_measures.js */
 })();
