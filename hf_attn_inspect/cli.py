@@ -30,10 +30,10 @@ import warnings
 from typing import Sequence
 
 from . import __version__
-from .commands import batch, compare, debug, generate, importance, inspect, long, verify, view
+from .commands import attribute, batch, compare, debug, generate, importance, inspect, long, verify, view
 from .core.errors import AttnInspectError
 
-COMMAND_MODULES = (inspect, verify, debug, view, batch, compare, long, importance, generate)
+COMMAND_MODULES = (inspect, verify, debug, view, batch, compare, long, importance, generate, attribute)
 """Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``."""
 
 

@@ -25,7 +25,7 @@ from ..core.kernels import repeat_kv
 from .projections import output_projection
 from .recorders import AttentionCall, KeepingRecorder
 
-__all__ = ["ValuesRecorder", "HeadOutputsRecorder", "ContributionsRecorder", "head_values"]
+__all__ = ["ValuesRecorder", "HeadOutputsRecorder", "ContributionsRecorder", "head_values", "per_head_projection"]
 
 
 def _check(call: AttentionCall, recorder: KeepingRecorder) -> None:
@@ -41,6 +41,14 @@ def head_values(call: AttentionCall) -> torch.Tensor:
     """``call``'s value vectors with one copy per query head: ``[batch, heads, T_k, head_dim]`` (grouped-query
     key/value heads repeated, as the attention itself uses them)."""
     return repeat_kv(call.value, call.query.shape[1])
+
+
+def per_head_projection(model: torch.nn.Module, call: AttentionCall) -> torch.Tensor:
+    """``W_O^h`` of ``call``'s attention module, ``[heads, hidden, head_dim]`` float32: head ``h``'s columns of the
+    output projection (linear orientation), so ``f_h(x_j) = W_O^h v_hj``."""
+    weight, _ = output_projection(model, call.module, call.site.name or None)
+    heads, dim = call.query.shape[1], call.value.shape[-1]
+    return weight.float().reshape(weight.shape[0], heads, dim).transpose(0, 1)
 
 
 class ValuesRecorder(KeepingRecorder):
@@ -101,11 +109,8 @@ class ContributionsRecorder(KeepingRecorder):
         if not self.wants(call.site):
             return
         _check(call, self)
-        weight, _ = output_projection(self.model, call.module, call.site.name or None)
-        heads, dim = call.query.shape[1], call.value.shape[-1]
         with torch.no_grad():
-            # [heads, hidden, d]: W_O^h (head h's columns of the projection, linear orientation)
-            per_head = weight.float().reshape(weight.shape[0], heads, dim).transpose(0, 1)
+            per_head = per_head_projection(self.model, call)  # [heads, hidden, d]
             if self.heads is not None:
                 per_head = per_head[self.heads]
             values = self.pick_heads(head_values(call)).float()

@@ -367,7 +367,7 @@ class AttentionInspector:
     ) -> Iterator[Any]:
         """:func:`~hf_attn_inspect.capture.interface.capture` of this model into ``probe``, its state appended to
         ``states`` (so :meth:`guarded` can name the layer an allocation failure happened in)."""
-        with capture(self.model, probe, implementation, edits=edits) as state:
+        with capture(self.model, probe, implementation, edits=edits) as state, probe.attached():
             states.append(state)
             yield state
 

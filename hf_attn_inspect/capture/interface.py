@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -129,6 +129,10 @@ class Probe:
 
     def finish(self) -> None:
         """Called once after the forward pass: move results to the host, wait for asynchronous copies."""
+
+    def attached(self) -> Any:
+        """The context the run's forward pass happens in (a recording probe's recorders install hooks there)."""
+        return nullcontext()
 
 
 class OutputEdit:

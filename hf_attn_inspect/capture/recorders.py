@@ -19,7 +19,8 @@ engines' statistics recorders next to their engines.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import ExitStack, nullcontext
+from typing import ContextManager, Sequence
 
 import torch
 
@@ -59,6 +60,11 @@ class Recorder:
 
     def finish(self) -> None:
         """Called once after the forward pass."""
+
+    def attach(self) -> ContextManager[object]:
+        """A context the run's forward pass happens in: a recorder that reads more than the attention calls (e.g.
+        the residual stream, through forward hooks) installs and removes its hooks there; the base has none."""
+        return nullcontext()
 
 
 class RecordingProbe(Probe):
@@ -113,6 +119,13 @@ class RecordingProbe(Probe):
         call = AttentionCall(site, weights=weights, is_causal=causal)
         for recorder in self.recorders:
             recorder.record(call)
+
+    def attached(self) -> ExitStack:
+        """Every recorder's :meth:`Recorder.attach` context at once (the run's forward pass happens inside)."""
+        stack = ExitStack()
+        for recorder in self.recorders:
+            stack.enter_context(recorder.attach())
+        return stack
 
     def finish(self) -> None:
         for recorder in self.recorders:

@@ -17,15 +17,19 @@ import torch
 from ..core.errors import InputError
 from ..core.stacks import STACKS
 from .contributions import ContributionsRecorder, HeadOutputsRecorder, ValuesRecorder
+from .layout import check_layout
 from .measures import MEASURES, check_measures
+from .mixing import MIXING_MAPS, MixingRecorder
 from .recorders import Recorder, WeightsRecorder
+from .value_zeroing import ValueZeroingRecorder
 
 __all__ = ["RECORDS", "CaptureRequest", "CaptureResult"]
 
 #: What a capture can record: attention ``weights``; each head's ``values``; ``head_outputs`` before the output
 #: projection; per-head ``contributions`` through it (with the norms ``||f_h(x_j)||``); ``row_stats`` and
-#: ``pooled`` blocks (kept by the engines' own recorders: a request only names them).
-RECORDS = ("weights", "values", "head_outputs", "contributions", "row_stats", "pooled")
+#: ``pooled`` blocks (kept by the engines' own recorders: a request only names them); the per-layer ``mixing`` maps
+#: (:mod:`~hf_attn_inspect.capture.mixing`) and ``value_zeroing`` (:mod:`~hf_attn_inspect.capture.value_zeroing`).
+RECORDS = ("weights", "values", "head_outputs", "contributions", "row_stats", "pooled", "mixing", "value_zeroing")
 
 
 def _names(values: Sequence[str] | str | None, valid: Sequence[str], what: str) -> tuple[str, ...] | None:
@@ -85,7 +89,20 @@ class CaptureRequest:
             out.append(HeadOutputsRecorder(**where))
         if "contributions" in needs:
             out.append(ContributionsRecorder(model, **where, sums="contributions" in self.record))
+        for name in self.measures:
+            if MEASURES[name].layouts is not None:
+                check_layout(model, name, MEASURES[name].layouts)
+        if "mixing" in needs:
+            maps = self.mixing_maps or MIXING_MAPS
+            out.append(MixingRecorder(model, maps, self.layers, stacks=self.stacks))
+        if "value_zeroing" in needs:
+            out.append(ValueZeroingRecorder(model, self.layers, stacks=self.stacks))
         return out
+
+    @property
+    def mixing_maps(self) -> tuple[str, ...]:
+        """The per-layer mixing maps (:data:`~hf_attn_inspect.capture.mixing.MIXING_MAPS`) the measures read."""
+        return tuple(m for m in MIXING_MAPS if any(m in MEASURES[name].maps for name in self.measures))
 
     def kept_bytes(self, batch: int, layers: int, heads: int, t_q: int, t_k: int, hidden: int, head_dim: int) -> int:
         """Float32 bytes of the records other than weights this request keeps for one stack of ``layers`` kept
@@ -98,6 +115,10 @@ class CaptureRequest:
             per_layer += batch * heads * t_q * head_dim
         if "contributions" in needs:
             per_layer += batch * heads * t_k + ("contributions" in self.record) * batch * heads * t_q * hidden
+        if "mixing" in needs:
+            per_layer += len(self.mixing_maps or MIXING_MAPS) * batch * t_q * t_k
+        if "value_zeroing" in needs:
+            per_layer += batch * t_q * t_k
         return 2 * layers * per_layer * 4
 
 

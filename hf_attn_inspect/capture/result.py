@@ -42,11 +42,12 @@ class AttentionResult:
     ``max_length``) and was cut; then ``kept_chars`` gives, for ``text`` and ``text_pair``, how many of
     their characters the kept tokens cover (``text[:kept_chars[0]]`` is what was analysed; None where the
     tokenizer has no character offsets). ``measures`` holds the other measures captured for the main stack
-    (``self``/encoder), ``{name: [layers, heads, query, key]}`` aligned with ``attentions``; read any of them,
-    ``weights`` included, with :meth:`measure`. For an image (vision transformers), ``tokens`` are the unit labels
-    (``[CLS]``, ``[DIST]``, ``[REG0]``..., ``p(row,col)``), ``grid`` the :class:`~hf_attn_inspect.capture.grid.PatchGrid`
-    (grid shape, each patch's pixel box) and ``image`` the image as the model saw it (``uint8 [H, W, 3]``, after the
-    processor's resize and crop, normalisation undone), which the image views draw over.
+    (``self``/encoder), ``{name: [layers, heads, query, key]}`` (per head) or ``{name: [layers, query, key]}``
+    (per layer) aligned with ``attentions``; read any of them, ``weights`` included, with :meth:`measure`. For an
+    image (vision transformers), ``tokens`` are the unit labels (``[CLS]``, ``[DIST]``, ``[REG0]``...,
+    ``p(row,col)``), ``grid`` the :class:`~hf_attn_inspect.capture.grid.PatchGrid` (grid shape, each patch's pixel
+    box) and ``image`` the image as the model saw it (``uint8 [H, W, 3]``, after the processor's resize and crop,
+    normalisation undone), which the image views draw over.
     """
 
     tokens: list[str]
@@ -74,11 +75,12 @@ class AttentionResult:
     def __post_init__(self) -> None:
         if self.attentions.dim() != 4:
             raise InputError(f"attentions must be [layers, heads, query, key], got shape {tuple(self.attentions.shape)}")
+        per_layer = self.attentions.shape[:1] + self.attentions.shape[2:]
         for name, values in self.measures.items():
-            if values.shape != self.attentions.shape:
+            if values.shape != self.attentions.shape and values.shape != per_layer:
                 raise InputError(
-                    f"measure '{name}' must have the shape of attentions {tuple(self.attentions.shape)}, "
-                    f"got {tuple(values.shape)}"
+                    f"measure '{name}' must have the shape of attentions {tuple(self.attentions.shape)} (per head) "
+                    f"or {tuple(per_layer)} (per layer), got {tuple(values.shape)}"
                 )
         if not self.layer_ids:
             self.layer_ids = list(range(self.attentions.shape[0]))
@@ -147,10 +149,12 @@ class AttentionResult:
         return att[self.layer_index(layer)]
 
     def measure(self, name: str) -> torch.Tensor:
-        """The ``[layers, heads, query, key]`` map of measure ``name`` for the main stack: ``weights`` is
-        :attr:`attentions`, ``norm`` is ``||alpha_ij f_h(x_j)||`` (how far token ``j``'s value vector, mapped
-        through head ``h``'s output projection and weighted by the attention, moves token ``i``; Kobayashi et al.
-        2020); see :data:`~hf_attn_inspect.capture.measures.MEASURES`. A measure that was not captured raises
+        """The map of measure ``name`` for the main stack, ``[layers, heads, query, key]`` for a per-head measure and
+        ``[layers, query, key]`` for a per-layer one: ``weights`` is :attr:`attentions`, ``norm`` is
+        ``||alpha_ij f_h(x_j)||`` (how far token ``j``'s value vector, mapped through head ``h``'s output projection
+        and weighted by the attention, moves token ``i``; Kobayashi et al. 2020), ``alti``, ``value_zeroing``,
+        ``flow``... are per layer; see :data:`~hf_attn_inspect.capture.measures.MEASURES` and
+        docs/guides/measures.md. A measure that was not captured raises
         :class:`InputError` saying what to pass."""
         if name == "weights":
             return self.attentions

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_data_options(p, batch_size=64)
     p.add_argument("--out", "-o", required=True, help="output directory")
+    p.add_argument("--measures", default="weights", metavar="LIST",
+                   help="weights (default) or weights,norm: also per-head norm-based shares (norm_first, norm_special, "
+                   "norm_punctuation, norm_other: Kobayashi et al. 2020; see docs/guides/measures.md)")
     add_output_options(p, resume=True)
     add_quiet_option(p)
     p.set_defaults(func=run)
@@ -35,9 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core.files import check_output_dir
 
+    from ..core.errors import InputError
     from .images import batch_images, is_image_folder, is_image_column
 
     check_data_options(args)
+    measures = {m.strip() for m in args.measures.split(",") if m.strip()}
+    if not measures <= {"weights", "norm"}:
+        raise InputError(f"batch --measures takes weights and norm, got '{args.measures}'; the other measures "
+                         "are per text: hf-attn-inspect attribute")
     check_output_dir(args.out)
     if is_image_folder(args.dataset):  # a folder of images: a vision model's per-head statistics
         return batch_images(args)
@@ -56,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite, outputs=OUTPUTS)
     args.device = process_device(args.device)  # launched on several processes: this rank's own GPU (or the CPU)
     inspector = load_inspector(args)
+    probe = None
+    if "norm" in measures:
+        from ..runs.measure_stats import norm_shares_factory
+
+        probe = norm_shares_factory(inspector.model)
     # rank 0 writes the figures and the report before run.json says "finished", and says what was done
     df = analyze_dataset(inspector, spec, out=args.out, resume=args.resume, overwrite=args.overwrite,
-                         progress=show_progress(args), report=lambda d: write_dataset_report(args.out, d))
+                         progress=show_progress(args), probe=probe, report=lambda d: write_dataset_report(args.out, d))
     if not processes().is_main:
         return 0
     c = df.attrs.get("counts", {})

@@ -16,6 +16,7 @@ from ..core.stacks import ATTENTIONS, CROSS, SELF, is_self_attention, key_stack,
 
 if TYPE_CHECKING:
     from ..capture.inspector import AttentionInspector
+    from ..capture.result import AttentionResult
     from ..runs.captured import LongCapture
 
 #: Tokens shown at each end of a long input's token list; inputs up to ``_ALL_TOKENS`` tokens are listed whole.
@@ -52,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the maximum instead of truncating")
     p.add_argument("--all-heads", action="store_true", help="also print every head's metrics and pattern class")
     p.add_argument("--html", action="store_true", help="also write the interactive explorer (attention.html) next to the images")
+    p.add_argument("--measure", default="weights", metavar="NAME",
+                   help="draw the images from this measure instead of the weights: norm, alti, value_zeroing, rollout, "
+                   "flow... (rows shown as shares summing to 1; per-layer measures are drawn as head 0; see "
+                   "docs/guides/measures.md)")
     add_memory_option(p)
     img = p.add_argument_group("images (a vision transformer given an image file)")
     img.add_argument("--top-mass", type=float, default=None, metavar="X",
@@ -79,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
     if args.pair is not None and not args.pair.strip():
         raise InputError("--pair text is empty or blank")
     check_common(args)
+    if args.measure != "weights":
+        if args.attention != SELF:
+            raise InputError("--measure applies to the main stack's self-attention; drop --attention")
+        from ..capture.measures import check_measures
+
+        check_measures(args.measure)
     out = check_output_dir(args.out)  # created with the first image, not before
     name = f"{args.attention}_" if args.attention != SELF else ""
     files = [f"{name}head_L{args.layer}_H{args.head}.{args.format}", f"{name}layer_{args.layer}_heads.{args.format}",
@@ -114,7 +125,10 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     batch = inspector.encode([args.text], None if args.pair is None else [args.pair], max_length=args.max_length,
                              truncation=not args.no_truncate)  # the one tokenization of the text
     plan = plan_capture(inspector, batch, stack=stack, layer=args.layer, head=args.head, max_memory=args.max_memory)
-    result = run_plan(inspector, plan)
+    if args.measure != "weights":
+        result = _measure_result(inspector, args)
+    else:
+        result = run_plan(inspector, plan)
     if isinstance(result, LongCapture):  # the full weights do not fit the memory budget: pooled figures, streamed metrics
         return _draw_long_input(args, inspector, result, out)
 
@@ -126,7 +140,8 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     scale = args.scale or default_scale(max(att.shape[-2:]))
     n_input = batch.input_lengths[0] if batch.truncated and batch.truncated[0] and batch.input_lengths else None
     cut = f"cut from {n_input:,} tokens to {len(q_tokens):,}" if n_input else ""
-    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"layer {args.layer}, head {args.head}"
+    what = "" if args.measure == "weights" else f"{args.measure}, "
+    ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"{what}layer {args.layer}, head {args.head}"
                                 + (f" ({cut})" if cut else ""), scale=scale, vmax="auto")
     written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
     fig = plot_multi_head_attention(result.layer(args.layer, args.attention), q_labels if q_labels == k_labels else None,
@@ -186,6 +201,21 @@ def _token_line(tokens: list[str], cut: str = "") -> str:
     shown = tokens if n <= _ALL_TOKENS else tokens[:_SHOWN_TOKENS] + ["..."] + tokens[-_SHOWN_TOKENS:]
     line = f"tokens ({n}{'; ' + cut if cut else ''}): {' '.join(shown)}"
     return line if n <= _ALL_TOKENS else textwrap.fill(line, 100, subsequent_indent="  ", break_long_words=False)
+
+
+def _measure_result(inspector: "AttentionInspector", args: argparse.Namespace) -> "AttentionResult":
+    """The text's result with measure ``args.measure`` (rows normalised to shares) in place of the weights; a
+    per-layer measure becomes one head per layer (and ``args.head`` 0)."""
+    from dataclasses import replace
+
+    from ..core.mixing import row_normalise
+
+    result = inspector(args.text, args.pair, measures=[args.measure], max_length=args.max_length,
+                       truncation=not args.no_truncate, max_memory=args.max_memory)
+    m = row_normalise(result.measure(args.measure).float().clamp_min(0))
+    if m.dim() == 3:
+        m, args.head = m[:, None], 0
+    return replace(result, attentions=m, head_ids=list(range(m.shape[1])), measures={})
 
 
 def _draw_long_input(args: argparse.Namespace, inspector: "AttentionInspector", cap: "LongCapture", out: Path) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from ..core.mixing import residual_mix, rollout_product
 from ..core.stacks import is_self_attention
 from ..capture.result import AttentionResult
 from ..core.tokens import clean_token
@@ -83,18 +84,7 @@ def attention_rollout(
         w = _as_tensor(data)
     if w.dim() != 4 or w.shape[-1] != w.shape[-2]:
         raise InputError(f"rollout needs [layers, heads, T, T] weights, got shape {tuple(w.shape)}")
-    if not 0.0 <= residual <= 1.0:
-        raise InputError(f"residual must be in [0, 1], got {residual}")
-    t = w.shape[-1]
-    a = residual * torch.eye(t, dtype=torch.float32) + (1.0 - residual) * head_average(w, heads)  # [L, T, T]
-    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-    out = torch.empty_like(a)
-    r = a[0]
-    out[0] = r
-    for layer in range(1, a.shape[0]):
-        r = a[layer] @ r
-        out[layer] = r
-    return out
+    return rollout_product(residual_mix(head_average(w, heads), residual))
 
 
 def word_units(

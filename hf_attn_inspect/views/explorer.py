@@ -38,6 +38,7 @@ import torch
 from ..capture.result import AttentionResult, GenerationResult
 from ..core.errors import InputError, OutputError
 from ..core.files import write_text
+from ..core.mixing import row_normalise
 from ..core.stacks import CROSS, DECODER, SELF, is_self_attention, stack_aliases
 from ..core.tokens import clean_token
 from ..stats.aggregate import attention_rollout, word_labels, word_units
@@ -229,6 +230,8 @@ def _payload(
             entry["rollout"] = {"levels": [p[0] for p in r_packed], "steps": r_steps}
         if merged:
             _add_pooled(entry, att, result, pooled, which, metrics, classes)
+        elif which == SELF and result.measures:
+            entry["measures"] = _measures(result)
         stacks[which] = entry
     payload = {
         "version": 1,
@@ -266,6 +269,19 @@ def _image_payload(result: AttentionResult) -> dict[str, Any]:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(result.image[: result.grid.height, : result.grid.width])).save(buf, format="PNG")
     return {"png": base64.b64encode(buf.getvalue()).decode("ascii"), "grid": result.grid.to_dict()}
+
+
+def _measures(result: AttentionResult) -> dict[str, Any]:
+    """The page data of the result's measures, each ``{levels, steps}`` like the weights: rows normalised to
+    shares summing to 1, per-layer measures repeated over the heads (so every view draws them as it is)."""
+    out = {}
+    for name, m in result.measures.items():
+        m = row_normalise(m.float().clamp_min(0))
+        if m.dim() == 3:
+            m = m[:, None].expand(-1, result.num_heads, -1, -1)
+        packed, steps = _encode(m.contiguous())
+        out[name] = {"levels": packed, "steps": steps}
+    return out
 
 
 def _ranges(ids: list[int]) -> str:
@@ -400,6 +416,8 @@ def explorer_html(
         js = _static("explorer_image.js") + "\n" + js
     if isinstance(result, GenerationResult):
         js = _static("explorer_generation.js") + "\n" + js
+    if result.measures:  # the measure selector (static/explorer_measures.js) runs after explorer.js
+        js = js + "\n" + _static("explorer_measures.js")
     if "</script" in js.lower() or "<!--" in js:
         raise OutputError("explorer.js and its modes must not contain '</script' or '<!--'")
     page_title = title or f"attention: {result.model_name or 'model'}"

@@ -668,5 +668,5 @@
   for (const m of Object.values(MODES)) m.init(modeApi);
   buildControls();
   setView(state.view);
-  window.hfAttnExplorer = { state, render, setView };
+  window.hfAttnExplorer = { state, render, setView, DATA, cache, gunzip };  /* DATA, cache, gunzip: explorer_measures.js */
 })();
