@@ -175,7 +175,11 @@ def test_contributions_values_and_head_outputs_match_the_models_modules(family, 
     model = _build(family)
     if family in ("vit", "deit"):
         inspector = AttentionInspector(model, None)
-        batch = Batch(inputs={"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))})
+        lead = ["[CLS]"] + (["[DIST]"] if family == "deit" else [])  # a 16 x 16 image in 4 x 4 patches
+        units = lead + [f"p({r},{c})" for r in range(4) for c in range(4)]
+        kinds = ["class"] + (["distillation"] if family == "deit" else []) + ["patch"] * 16
+        batch = Batch.from_units({"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))},
+                                 [units, units], [kinds, kinds])
     else:
         inspector = AttentionInspector(model, tiny_tokenizer)
         batch = inspector.encode(TEXTS, TARGETS if family in ("bart", "t5") else None)

@@ -126,7 +126,8 @@ def test_killed_rank_stops_the_other_then_one_process_resumes(one_process, inspe
     assert "--resume" in lines[0] and str(out / "shards") in lines[0]
     assert waited < timeout  # a dead rank is noticed at the next meeting point, well within the timeout
     assert not (out / "head_stats.csv").exists()
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    stopped = json.loads((out / "run.json").read_text())
+    assert stopped["status"] == "stopped" and "--resume" in stopped["resume"], stopped  # says how to go on
     finished = {int(p.stem.split("-")[1]) for p in (out / "shards").glob("shard-*.npz")}
     assert 1 in finished and len(finished) < 6
     # one process finishes what two began: the missing shards only, and the same file as one process

@@ -23,6 +23,9 @@ from .measures import compute_measures
 from .recorders import AttentionCall, Recorder, RecordingProbe, WeightsRecorder
 from .request import CaptureRequest, CaptureResult
 
+# ``inspector`` parameters below are capture.inspector.AttentionInspector (which imports this module, so the
+# name is a forward reference only, never imported here)
+
 __all__ = ["GenerationRecorder", "GenerationSettings", "generate_captured"]
 
 
@@ -87,7 +90,7 @@ class GenerationSettings:
 
 
 def generate_captured(
-    inspector: Any,
+    inspector: "AttentionInspector",
     inputs: dict[str, torch.Tensor],
     request: CaptureRequest,
     settings: GenerationSettings,

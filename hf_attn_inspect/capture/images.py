@@ -25,6 +25,9 @@ from ..core.images import IMAGE_SUFFIXES, is_image_file, read_image
 from .grid import PatchGrid
 from .inputs import Batch
 
+# ``inspector`` parameters below are capture.inspector.AttentionInspector (which imports this module, so the
+# name is a forward reference only, never imported here)
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "capture_images",
@@ -198,7 +201,7 @@ def encode_images(processor: Any, config: Any, images: Sequence[object], *, firs
 
 
 def capture_images(
-    inspector: Any,
+    inspector: "AttentionInspector",
     images: object,
     *,
     layers: Sequence[int] | None = None,
@@ -240,7 +243,7 @@ def capture_images(
     return results[0] if single else results
 
 
-def output_norms(inspector: Any, batch: Batch) -> torch.Tensor:
+def output_norms(inspector: "AttentionInspector", batch: Batch) -> torch.Tensor:
     """``float32 [batch, units]``: the norm of each unit's output (the backbone's ``last_hidden_state``) for an image
     ``batch``, from one forward pass through the capture path that records nothing. High values on background
     patches are Darcet et al.'s artifact tokens (:func:`~hf_attn_inspect.stats.vision.artifact_patches`)."""

@@ -10,7 +10,7 @@ from ..capture.result import GenerationResult
 from ..core.errors import InputError
 from ..core.stacks import CROSS
 from ..core.tokens import clean_token
-from .plotting import _colorbar, _font_size, _plt, default_scale, plot_attention_heatmap, thin_ticks
+from .plotting import default_scale, label_font_size, weight_colorbar, plot_attention_heatmap, thin_ticks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +61,7 @@ def plot_generation(
     if result.num_generated == 0:
         raise InputError("the result holds no generated token")
     rows, what = generation_rows(result, layer, head, which)
-    plt = _plt()
+    import matplotlib.pyplot as plt
     g, k = rows.shape
     if ax is None:
         _, ax = plt.subplots(figsize=(min(5 + 0.16 * k, 18), min(3 + 0.16 * g, 16)))
@@ -70,7 +70,7 @@ def plot_generation(
     y_labels = [clean_token(t) for t in result.generated_tokens]
     scale = scale or default_scale(max(g, k))
     plot_attention_heatmap(rows, None, None, ax=ax, title=None, annotate=False, colorbar=False, scale=scale, vmax=None)
-    _colorbar(ax.figure, ax.images[-1], scale, ax=ax, fraction=0.046, pad=0.1 if probabilities else 0.04)
+    weight_colorbar(ax.figure, ax.images[-1], scale, ax=ax, fraction=0.046, pad=0.1 if probabilities else 0.04)
     thin_ticks(ax, x_labels, k, "x", max_labels)
     thin_ticks(ax, y_labels, g, "y", max_labels)
     ax.set_ylabel("generated token (row: the query that wrote it)")
@@ -90,7 +90,7 @@ def plot_generation(
         step = max(1, -(-g // max_labels))
         shown = list(range(0, g, step))
         right.set_yticks(shown)
-        right.set_yticklabels([_probability(result.probabilities[i]) for i in shown], fontsize=_font_size(min(g, max_labels)))
+        right.set_yticklabels([_probability(result.probabilities[i]) for i in shown], fontsize=label_font_size(min(g, max_labels)))
         right.set_ylabel("p(token)")
     ax.set_title(title if title is not None else f"what each generated token looked at: {what}", pad=14)
     return ax

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.mixing import row_normalise
-from .plotting import _plt, plot_attention_heatmap, thin_ticks
+from .plotting import plot_attention_heatmap, thin_ticks
 
 __all__ = ["plot_measures", "plot_measure_map", "measure_layer"]
 
@@ -49,7 +49,7 @@ def plot_measures(
             raise InputError(f"token {token} is out of range; valid positions: 0..{result.seq_len - 1}")
         i = token
     grid = np.stack([measure_layer(result, n, layer)[i].numpy() for n in names], 1)  # [T, measures]
-    plt = _plt()
+    import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(2.2 + 1.1 * len(names), min(2.5 + 0.3 * len(labels), 14)))
     im = ax.imshow(grid, cmap="Purples", vmin=0, vmax=max(float(grid.max()), 1e-12), aspect="auto",

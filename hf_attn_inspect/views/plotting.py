@@ -29,6 +29,8 @@ __all__ = [
     "plot_multi_head_attention",
     "plot_model_view",
     "thin_ticks",
+    "weight_colorbar",
+    "label_font_size",
     "save_figure",
     "default_scale",
     "range_note",
@@ -114,7 +116,7 @@ def range_note(vmax: float, scale: str) -> str:
     return f"colour 0-{vmax:.3g} ({_scale_name(scale)}; brighter cells clipped)"
 
 
-def _colorbar(fig: Figure, image, scale: str, **kwargs):
+def weight_colorbar(fig: Figure, image, scale: str, **kwargs):
     """A colour bar labelled with the weight and the scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ...
     (with the top of a range below 1 added); a range below 1 ends in an arrow (brighter cells clipped)."""
     lo, hi = image.norm.vmin, image.norm.vmax
@@ -130,7 +132,9 @@ def _colorbar(fig: Figure, image, scale: str, **kwargs):
     return bar
 
 
-def _font_size(n: int) -> float:
+def label_font_size(n: int) -> float:
+    """The font size (points) of tick labels when ``n`` labels share an axis: 9 up to 8 labels, smaller as
+    they grow (10 - 4 log10(n / 8)), never below 5."""
     return float(np.clip(10 - 4 * math.log10(max(n, 1) / 8 + 1e-9), 5, 9)) if n > 8 else 9.0
 
 
@@ -148,7 +152,7 @@ def thin_ticks(ax: Axes, labels: Sequence[str] | None, n: int, axis: str, max_la
         raise InputError(f"{len(labels)} labels for {n} positions on the {axis} axis")
     step = max(1, math.ceil(n / max_labels))
     pos = list(range(0, n, step))
-    size = _font_size(min(n, max_labels))
+    size = label_font_size(min(n, max_labels))
     shown = readable_text([labels[i] for i in pos])  # every script drawn with a font that has it, never boxes
     if axis == "x":
         ax.set_xticks(pos)
@@ -195,7 +199,7 @@ def plot_attention_heatmap(
     norm = _norm(scale, vmin, vmax if vmax is not None else float(w.max() or 1.0))
     im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     if colorbar:
-        _colorbar(ax.figure, im, scale, ax=ax, fraction=0.046, pad=0.04)
+        weight_colorbar(ax.figure, im, scale, ax=ax, fraction=0.046, pad=0.04)
     thin_ticks(ax, x_labels, w.shape[1], "x")
     thin_ticks(ax, y_labels, w.shape[0], "y")
     ax.set_xlabel("key")
@@ -262,7 +266,7 @@ def plot_multi_head_attention(
         else:
             ax.set_xticks([])
     if im is not None:
-        _colorbar(fig, im, scale, ax=list(axes[:h]), shrink=0.6)
+        weight_colorbar(fig, im, scale, ax=list(axes[:h]), shrink=0.6)
     if title:
         fig.suptitle(title, fontweight="bold")
     return fig
@@ -305,7 +309,7 @@ def plot_model_view(
     colours.set_bad("white")  # the gaps between thumbnails
     im = ax.imshow(mosaic, cmap=colours, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
     frame_model_view(ax, [y - 0.5 for y in rows], [x - 0.5 for x in cols], q, k, layer_ids, head_ids)
-    _colorbar(fig, im, scale, ax=ax, shrink=0.6, pad=0.02, aspect=30)
+    weight_colorbar(fig, im, scale, ax=ax, shrink=0.6, pad=0.02, aspect=30)
     if title:
         fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
     return fig
