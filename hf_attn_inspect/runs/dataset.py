@@ -58,6 +58,7 @@ from ..core.kernels import (
     fused_available,
     fused_masks,
     plan_tiles,
+    single_threaded,
     scaled_dot_product_attention_with_weights,
 )
 from ..core.errors import CaptureError
@@ -206,11 +207,12 @@ class SentenceStatsRecorder(Recorder):
             punctuation=self.punctuation, scale=call.scaling, sparsity_threshold=self.sparsity_threshold,
             workspace=self._workspace,
         )
-        m = reduce_rows(rows, self.valid, causal=call.causal)
-        n = self.valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1)
-        m["column_share"] = (cols / n.unsqueeze(-1)).amax(-1)
-        self.values[call.site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
-        return output.to(call.query.dtype)
+        with single_threaded():  # a few dozen small operations: no intra-op barriers
+            m = reduce_rows(rows, self.valid, causal=call.causal)
+            n = self.valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1)
+            m["column_share"] = (cols / n.unsqueeze(-1)).amax(-1)
+            self.values[call.site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
+        return output
 
     def _fused(
         self,

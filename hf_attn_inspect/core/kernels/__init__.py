@@ -47,7 +47,14 @@ fast CPU path, the fused-sdpa output, :func:`repeat_kv`), :mod:`.cpu_stats` (the
 from . import common, cpu_stats, cpu_tiles, fused, reference
 from .common import LOCAL_WINDOW
 from .cpu_stats import attention_row_stats
-from .cpu_tiles import TILE_MIN_LENGTH, TilePlan, TileWorkspace, attention_output_row_stats, plan_tiles
+from .cpu_tiles import (
+    TILE_MIN_LENGTH,
+    TilePlan,
+    TileWorkspace,
+    attention_output_row_stats,
+    plan_tiles,
+    single_threaded,
+)
 from .fused import (
     FUSED_ENV,
     FusedLayout,

@@ -3,7 +3,7 @@
 :func:`attention_output_row_stats` is the dataset engines' path at paragraph and document length: for each
 sequence and a block of its heads and query rows it forms the score tile ``q k^T`` (only the sequence's
 own keys: a key-padding mask becomes a key range, so padding is never computed), takes the row maximum,
-``e = exp(s - max)`` in place, and one GEMM of ``e`` against the values augmented with indicator columns
+``e = 2^(s - max)`` (scores in base 2), and one GEMM of ``e`` against the values augmented with indicator columns
 (ones, special keys, punctuation keys, key position) gives the output and the row sums behind ``mass``,
 ``special_tokens``, ``punctuation`` and ``mean_distance`` at once. Entropy is ``ln l - sum_j e_ij (s_ij -
 max_i) / l`` (the log-sum-exp form of ``long``'s kernel), ``max_weight`` is ``1 / l`` (the maximum's ``e``
@@ -20,7 +20,9 @@ from __future__ import annotations
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
@@ -29,14 +31,18 @@ from ..masks import keep_to_additive, mask_to_keep
 from .common import LOCAL_WINDOW, as_4d
 from .reference import repeat_kv
 
-__all__ = ["TilePlan", "TileWorkspace", "plan_tiles", "attention_output_row_stats", "TILE_ELEMENTS", "TILE_MIN_LENGTH"]
+__all__ = [
+    "TilePlan", "TileWorkspace", "plan_tiles", "attention_output_row_stats", "single_threaded", "TILE_ELEMENTS",
+    "TILE_MIN_LENGTH",
+]
 
 #: From this many tokens per batch the dataset engines take the tiles on the CPU; shorter batches are
 #: cheaper on the materialised weights (measured with ``scripts/bench_doclength.py``).
 TILE_MIN_LENGTH = 64
 
-#: Score elements per tile (``heads x rows x keys``): about 1 MiB of float32, so a tile's dozen passes stay in cache.
-TILE_ELEMENTS = 1 << 18
+#: Score elements per tile (``heads x rows x keys``, 16 MiB of float32): a sequence's heads at 512 tokens in one tile;
+#: fewer, larger tiles measured faster than cache-sized ones (each tile costs a few dozen torch calls).
+TILE_ELEMENTS = 1 << 22
 
 #: The row quantities returned, in order (the :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`).
 _ROWS = ("entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
@@ -110,6 +116,15 @@ class TileWorkspace:
             self._buffers[(worker, name)] = buf
         return buf[:n].view(shape)
 
+    def get_bool(self, worker: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """A boolean buffer of ``shape`` for ``worker`` (comparison results), reused like :meth:`get`."""
+        n = math.prod(shape)
+        buf = self._buffers.get((worker, "bool"))
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=torch.bool)
+            self._buffers[(worker, "bool")] = buf
+        return buf[:n].view(shape)
+
 
 _WORKER = threading.local()
 
@@ -157,18 +172,28 @@ def attention_output_row_stats(
         _WORKER.workspace = workspace  # this thread's buffers, kept for the next call
     ws = workspace
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    out = torch.empty(b, h, t, d, dtype=torch.float32)
-    rows = torch.zeros(len(_ROWS), b, h, t, dtype=torch.float32)
-    cols = torch.zeros(b, h, t, dtype=torch.float32)
-    row_w = valid.to(torch.float32)
-    extras = [x.to(torch.float32) if x is not None else None for x in (special, punctuation)]
-    # items: (sequence, head block); heads split only when there are fewer sequences than threads
+    f32 = torch.float32
+    thr, lw = float(sparsity_threshold), int(local_window)
+    rs = max(1, lw)  # columns i - rs .. i + rs around the diagonal are gathered
+    acc = _Accumulators(
+        q=query * (scale * _LOG2E),  # scores in base 2: exp2 is cheaper than exp
+        agg=torch.empty(b, h, t, _width(d), dtype=f32),  # e @ [v | 1 | special | punctuation | 0...] per row
+        raw=torch.zeros(len(_RAW), b, h, t, dtype=f32),
+        near=torch.zeros(b, h, t, 2 * rs + 1, dtype=f32),
+        cols=torch.zeros(b, h, t, dtype=f32),
+    )
+    row_w = valid.to(f32)
+    extras = [x.to(f32) if x is not None else None for x in (special, punctuation)]
+    # items: (sequence, head block) of about tile_elements scores; query rows split only for long inputs
     n_workers = workers or _workers(b * h * t * t)
-    split = max(1, min(h, -(-2 * n_workers // b))) if n_workers > 1 else 1
-    bounds = [h * i // split for i in range(split + 1)]
-    items = [(i, bounds[k], bounds[k + 1]) for i in range(b) for k in range(split)]
-    args = (query, key, value, plan, out, rows, cols, row_w, extras, scale, float(sparsity_threshold),
-            int(local_window), ws, tile_elements)
+    items = []
+    for i, (lo, hi) in enumerate(plan.ranges):
+        per_head = t * (hi - lo)
+        heads = max(1, min(h, tile_elements // max(1, per_head)))
+        if n_workers > 1 and b * -(-h // heads) < 2 * n_workers:  # enough items for every thread
+            heads = max(1, -(-h * b // (2 * n_workers)))
+        items += [(i, h0, min(h, h0 + heads)) for h0 in range(0, h, heads)]
+    args = (key, value, plan, acc, row_w, extras, thr, rs, ws, tile_elements)
     if n_workers < 2:
         for item in items:
             _item(0, item, *args)
@@ -188,7 +213,161 @@ def attention_output_row_stats(
                 list(pool.map(work, range(n_workers)))
         finally:
             torch.set_num_threads(threads)
-    return out, dict(zip(_ROWS, rows.unbind(0))), cols
+    with single_threaded():
+        return _finish(acc, plan, lw, rs, d)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run the enclosed torch operations on one intra-op thread (restored after).
+
+    The per-row reductions are many small operations; with several intra-op threads each ends in a
+    barrier, and on a loaded machine every barrier waits for a descheduled thread (tens of milliseconds
+    per operation measured on a shared 2-core machine), whereas one thread does them in microseconds.
+    """
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+_LOG2E = 1.0 / math.log(2.0)
+_LN2 = math.log(2.0)
+_RAW = ("es", "sq", "dist", "first", "above")
+
+
+def _width(d: int) -> int:
+    """Columns of the augmented values: ``d`` plus three indicator columns, rounded up to a multiple of 8."""
+    return -(-(d + 3) // 8) * 8
+
+
+@dataclass
+class _Accumulators:
+    """Per-row sums of one call, filled tile by tile (disjoint slices per tile)."""
+
+    q: torch.Tensor  # scaled queries [b, h, t, d]
+    agg: torch.Tensor  # [b, h, t, _width(d)]
+    raw: torch.Tensor  # [len(_RAW), b, h, t]
+    near: torch.Tensor  # [b, h, t, 2 rs + 1]: e at keys i - rs .. i + rs (clamped into the key range)
+    cols: torch.Tensor  # [b, h, t]
+
+
+def _finish(acc: _Accumulators, plan: TilePlan, lw: int, rs: int, d: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Every row quantity from the per-row sums, all sequences and heads at once."""
+    b, h, t, _ = acc.agg.shape
+    l = acc.agg[..., d]
+    il = 1.0 / l
+    out = acc.agg[..., :d] * il.unsqueeze(-1)
+    es, sq, dist, first, above = acc.raw.unbind(0)
+    # gathered columns outside the sequence's key range were clamped copies: zero them
+    lo = torch.tensor([r[0] for r in plan.ranges]).reshape(b, 1, 1)
+    hi = torch.tensor([r[1] for r in plan.ranges]).reshape(b, 1, 1)
+    cidx = torch.arange(t).reshape(1, t, 1) + torch.arange(-rs, rs + 1).reshape(1, 1, -1)
+    inside = ((cidx >= lo) & (cidx < hi)).to(torch.float32).unsqueeze(1)  # [b, 1, t, 2 rs + 1]
+    near = acc.near * inside
+    rows = {
+        "entropy": torch.log(l) - _LN2 * es * il,
+        "diagonal": near[..., rs] * il,
+        "previous_token": near[..., rs - 1] * il,
+        "next_token": near[..., rs + 1] * il,
+        "first_token": first * il,
+        "special_tokens": acc.agg[..., d + 1] * il,
+        "punctuation": acc.agg[..., d + 2] * il,
+        "max_weight": il,
+        "mean_distance": dist * il,
+        "local_window": (near[..., rs - lw : rs + lw + 1].sum(-1)) * il,
+        "mass": l * il,
+        "sq_sum": sq.square() * il.square(),
+        "above": above,
+    }
+    return out, rows, acc.cols
+
+
+def _cached(ws: TileWorkspace, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    cache = ws.__dict__.setdefault("_cache", {})
+    if key not in cache:
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = make()
+    return cache[key]
+
+
+def _item(
+    w: int,
+    item: tuple[int, int, int],
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: TilePlan,
+    acc: _Accumulators,
+    row_w: torch.Tensor,
+    extras: list[torch.Tensor | None],
+    thr: float,
+    rs: int,
+    ws: TileWorkspace,
+    tile_elements: int,
+) -> None:
+    """One sequence ``bi`` and heads ``h0:h1``: every query tile against the sequence's keys."""
+    bi, h0, h1 = item
+    n = h1 - h0
+    t, d = acc.q.shape[2], acc.q.shape[3]
+    lo, hi = plan.ranges[bi]
+    sb = hi - lo
+    f32 = torch.float32
+    # values augmented with indicator columns: v | 1 | special | punctuation, zero-padded to a multiple of 8
+    # columns (a GEMM of 35 columns costs more than one of 40)
+    vaug = ws.get(w, "vaug", (n, sb, _width(d)))
+    vaug[..., :d] = value[bi, h0:h1, lo:hi]
+    vaug[..., d] = 1.0
+    vaug[..., d + 3 :] = 0.0
+    for c, x in ((d + 1, extras[0]), (d + 2, extras[1])):
+        vaug[..., c] = 0.0 if x is None else x[bi, lo:hi]
+    kt = ws.get(w, "kt", (n, d, sb))
+    kt.copy_(key[bi, h0:h1, lo:hi].transpose(1, 2))
+    add = None if plan.additive is None else plan.additive[bi]  # [1|H, T, S]
+    if add is not None and add.shape[0] > 1:
+        add = add[h0:h1]
+    tq = max(1, min(t, tile_elements // max(1, n * sb)))
+    whole = tq == t  # one tile of every row: the accumulators' slices are contiguous
+    for q0 in range(0, t, tq):
+        q1 = min(t, q0 + tq)
+        m_ = q1 - q0
+        sc = torch.bmm(acc.q[bi, h0:h1, q0:q1], kt, out=ws.get(w, "s", (n, m_, sb)))
+        if add is not None:
+            sc.add_(add[:, q0:q1, lo:hi])
+        sc.sub_(sc.amax(-1, keepdim=True))
+        e = torch.exp2(sc, out=ws.get(w, "e", (n, m_, sb)))
+        if whole:
+            agg = torch.bmm(e, vaug, out=acc.agg[bi, h0:h1])
+        else:
+            agg = torch.bmm(e, vaug, out=ws.get(w, "agg", (n, m_, vaug.shape[-1])))
+            acc.agg[bi, h0:h1, q0:q1] = agg
+        raw = acc.raw[:, bi, h0:h1, q0:q1]
+        torch.sum(sc.mul_(e), -1, out=raw[0])  # sum_j e (s - max) in base 2: the entropy's numerator
+        torch.linalg.vector_norm(e, dim=-1, out=raw[1])
+        absd = _cached(ws, ("abs", q0, q1, lo, hi), lambda: (torch.arange(q0, q1, dtype=f32)[:, None]
+                                                              - torch.arange(lo, hi, dtype=f32)[None, :]).abs_())
+        torch.linalg.vecdot(e, absd, out=raw[2])
+        if lo == 0:
+            raw[3] = e[..., 0]
+        idx = _cached(ws, ("near", q0, q1, lo, hi), lambda: (torch.arange(q0 - lo, q1 - lo)[:, None]
+                                                             + torch.arange(-rs, rs + 1)[None, :]).clamp_(0, sb - 1))
+        acc.near[bi, h0:h1, q0:q1] = e.gather(-1, idx.expand(n, m_, 2 * rs + 1))
+        il = 1.0 / agg[..., d]
+        # above: only rows whose largest weight (1 / l: the maximum's e is 1) can exceed the threshold
+        hit = il > thr
+        n_hit = int(hit.sum())
+        if n_hit > hit.numel() // 4:  # many such rows: one pass over the tile
+            lim = (thr * agg[..., d]).unsqueeze(-1)
+            torch.sum(torch.gt(e, lim, out=ws.get_bool(w, (n, m_, sb))), -1, dtype=f32, out=raw[4])
+        elif n_hit:
+            hn, hq = hit.nonzero(as_tuple=True)
+            raw[4][hn, hq] = (e[hn, hq] > (thr * agg[hn, hq, d]).unsqueeze(-1)).sum(-1).to(f32)
+        # column sums over the valid query rows
+        acc.cols[bi, h0:h1, lo:hi] += torch.bmm((row_w[bi, q0:q1] * il).unsqueeze(1), e).squeeze(1)
 
 
 #: Below this many score elements (``batch * heads * T * T``) the tiles run in the caller's thread.
@@ -199,108 +378,3 @@ def _workers(elements: int) -> int:
     if getattr(_WORKER, "active", False) or not torch.backends.openmp.is_available() or elements < _PARALLEL_MIN:
         return 1
     return max(1, torch.get_num_threads())
-
-
-def _item(
-    w: int,
-    item: tuple[int, int, int],
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    plan: TilePlan,
-    out: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    row_w: torch.Tensor,
-    extras: list[torch.Tensor | None],
-    scale: float,
-    thr: float,
-    lw: int,
-    ws: TileWorkspace,
-    tile_elements: int,
-) -> None:
-    """One sequence ``bi`` and heads ``h0:h1``: every query tile against the sequence's keys."""
-    bi, h0, h1 = item
-    n = h1 - h0
-    t, d = query.shape[2], query.shape[3]
-    lo, hi = plan.ranges[bi]
-    sb = hi - lo
-    f32 = torch.float32
-    # values augmented with indicator columns: v | 1 | special | punctuation | key position
-    c_one, c_sp, c_pu, c_pos = d, d + 1, d + 2, d + 3
-    vaug = ws.get(w, "vaug", (n, sb, d + 4))
-    vaug[..., :d] = value[bi, h0:h1, lo:hi]
-    vaug[..., c_one] = 1.0
-    for c, x in ((c_sp, extras[0]), (c_pu, extras[1])):
-        vaug[..., c] = 0.0 if x is None else x[bi, lo:hi]
-    kpos = torch.arange(lo, hi, dtype=f32)
-    kt = key[bi, h0:h1, lo:hi].transpose(1, 2)
-    add = None if plan.additive is None else plan.additive[bi]  # [1|H, T, S]
-    if add is not None and add.shape[0] > 1:
-        add = add[h0:h1]
-    tq = max(1, min(t, tile_elements // max(1, n * sb)))
-    rs = max(1, lw)
-    near = torch.arange(-rs, rs + 1)
-    for q0 in range(0, t, tq):
-        q1 = min(t, q0 + tq)
-        m_ = q1 - q0
-        vaug[..., c_pos] = kpos - q0  # key positions from the tile's first row: small sums, no cancellation
-        qs = torch.mul(query[bi, h0:h1, q0:q1], scale, out=ws.get(w, "q", (n, m_, d)))
-        sc = torch.bmm(qs, kt, out=ws.get(w, "s", (n, m_, sb)))
-        if add is not None:
-            sc.add_(add[:, q0:q1, lo:hi])
-        mx = sc.amax(-1, keepdim=True)
-        sc.sub_(mx)
-        e = torch.exp(sc, out=ws.get(w, "e", (n, m_, sb)))
-        # the GEMM split at the first key after the tile's rows: keys beyond are all to the right of every row
-        u0 = min(sb, max(0, q1 - lo))
-        agg = torch.bmm(e[..., :u0], vaug[:, :u0], out=ws.get(w, "agg", (n, m_, d + 4))) if u0 > 0 else None
-        if u0 < sb:
-            right = torch.bmm(e[..., u0:], vaug[:, u0:], out=ws.get(w, "agg_r", (n, m_, d + 4)))
-            r_mass, r_pos = right[..., c_one].clone(), right[..., c_pos].clone()
-            agg = right if agg is None else agg.add_(right)
-        else:
-            r_mass = r_pos = None
-        l = agg[..., c_one]
-        il = 1.0 / l
-        out[bi, h0:h1, q0:q1] = agg[..., :d] * il.unsqueeze(-1)
-        qi = torch.arange(q0, q1, dtype=f32)
-        qr = qi - q0
-        # entropy: ln l - sum_j e (s - max) / l (s already shifted)
-        es = sc.mul_(e).sum(-1)
-        r = rows[:, bi, h0:h1, q0:q1]
-        r[0] = torch.log(l) - es * il
-        # neighbours and local window: columns i - rs .. i + rs around each row's diagonal
-        cidx = (qi.long() - lo)[:, None] + near[None, :]
-        inside = ((cidx >= 0) & (cidx < sb)).to(f32)
-        vals = e.gather(-1, cidx.clamp(0, sb - 1).expand(n, m_, 2 * rs + 1)).mul_(inside)
-        r[1] = vals[..., rs] * il
-        r[2] = vals[..., rs - 1] * il
-        r[3] = vals[..., rs + 1] * il
-        r[4] = e[..., 0] * il if lo == 0 else 0.0
-        r[5] = agg[..., c_sp] * il
-        r[6] = agg[..., c_pu] * il
-        r[7] = il
-        # mean distance: sum e (i - j) over the keys left of u0, a correction inside the diagonal block,
-        # sum e (j - i) over the keys right of it
-        left_mass = l - (0.0 if r_mass is None else r_mass)
-        left_pos = agg[..., c_pos] - (0.0 if r_pos is None else r_pos)
-        dist = qr * left_mass - left_pos
-        if r_mass is not None:
-            dist = dist + r_pos - qr * r_mass
-        b0 = max(0, q0 - lo)
-        if b0 < u0:  # keys j in the block with j > i were counted as (i - j): add 2 (j - i)
-            jb = torch.arange(lo + b0, lo + u0, dtype=f32)
-            up = (jb[None, :] - qi[:, None]).clamp_min_(0.0)
-            dist = dist + 2.0 * (e[..., b0:u0] * up).sum(-1)
-        r[8] = dist * il
-        r[9] = (vals.sum(-1) if lw >= 1 else vals[..., rs]) * il
-        r[10] = l * il
-        r[11] = torch.linalg.vector_norm(e, dim=-1).square_() * il.square()
-        hit = il > thr  # only rows whose largest weight exceeds the threshold can have weights above it
-        if bool(hit.any()):
-            hn, hq = hit.nonzero(as_tuple=True)
-            r[12][hn, hq] = (e[hn, hq] > (thr * l[hn, hq]).unsqueeze(-1)).sum(-1).to(f32)
-        # column sums over the valid query rows
-        wq = (row_w[bi, q0:q1] * il).unsqueeze(1)  # [n, 1, m]
-        cols[bi, h0:h1, lo:hi] += torch.bmm(wq, e).squeeze(1)
