@@ -32,21 +32,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 
-def texts_of_length(tokenizer, n: int, length: int) -> list[str]:
-    """``n`` texts of at least ``length`` tokens, each joined from consecutive sample sentences."""
-    from hf_attn_inspect.runs.sources import sample_sentences
-
-    base = sample_sentences(2000)
-    out, i = [], 0
-    for _ in range(n):
-        cur: list[str] = []
-        while len(tokenizer(" ".join(cur))["input_ids"]) < length:
-            cur.append(base[i % len(base)])
-            i += 1
-        out.append(" ".join(cur))
-    return out
-
-
 def run_plain(inspector, texts: list[str], batch_size: int, length: int) -> float:
     tok, model, dev = inspector.tokenizer, inspector.model, inspector.device
     start = time.perf_counter()
@@ -76,6 +61,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from hf_attn_inspect import AttentionInspector
+    from hf_attn_inspect.runs.sources import sample_documents
 
     torch.set_num_threads(args.threads)
     inspector = AttentionInspector.from_pretrained(device="cpu")
@@ -88,7 +74,7 @@ def main() -> None:
           f"batch size {args.batch_size}, {args.repeats} interleaved rounds, medians")
     rows = []
     for length in args.lengths:
-        texts = texts_of_length(inspector.tokenizer, args.n, length)
+        texts = sample_documents(inspector.tokenizer, [length] * args.n)
         run_plain(inspector, texts[: args.batch_size], args.batch_size, length)  # warm-up
         run_batch(inspector, texts[: args.batch_size], args.batch_size, length)
         a, b = [], []

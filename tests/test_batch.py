@@ -19,7 +19,7 @@ from hf_attn_inspect.core.tokens import punctuation_mask
 from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
 from hf_attn_inspect.stats.patterns import PATTERN_CLASSES
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
-from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
+from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_documents, sample_sentences
 from hf_attn_inspect.stats.metrics import METRICS
 from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.views.reports import write_dataset_report
@@ -339,23 +339,11 @@ def test_api_report_matches_the_command(inspector, tmp_path):
 
 
 # ----------------------------------------------------------------------------- document length: the tiled path
-def doc_texts(lengths: list[int], tokenizer) -> list[str]:
-    """Texts of about ``lengths`` tokens each, joined from the sample sentences (varied, offline)."""
-    base, out, i = sample_sentences(400), [], 0
-    for target in lengths:
-        cur: list[str] = []
-        while len(tokenizer(" ".join(cur))["input_ids"]) < target:
-            cur.append(base[i % len(base)])
-            i += 1
-        out.append(" ".join(cur))
-    return out
-
-
 def test_document_length_tiles_equal_independent_eager_numpy(inspector, tmp_path):
     """Paragraphs of 70-260 tokens in padded batches take the tiled CPU kernel (logged in run.json) and
     every metric equals the independent eager/numpy reference at the suite's tolerance; sentences in the
     same run take the materialised weights."""
-    texts = doc_texts([260, 75, 180, 120, 240, 90, 200], inspector.tokenizer) + sample_sentences(5)
+    texts = sample_documents(inspector.tokenizer, [260, 75, 180, 120, 240, 90, 200]) + sample_sentences(5)
     df = analyze_dataset(inspector, texts, batch_size=4, out=tmp_path / "run")
     ref = eager_reference(texts, 4, max_length=512)
     for k in METRICS + ("column_share",):
@@ -371,7 +359,7 @@ def test_tiles_recorder_equals_weights_recorder(inspector):
     import hf_attn_inspect.runs.dataset as dataset_module
     from hf_attn_inspect.runs.data import sorted_batches
 
-    texts = doc_texts([150, 97, 130], inspector.tokenizer)
+    texts = sample_documents(inspector.tokenizer, [150, 97, 130])
     (_, enc), = list(sorted_batches(inspector, texts, None, batch_size=3, max_length=512))
     m = enc.masks("self")
     values = {}
