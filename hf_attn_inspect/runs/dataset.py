@@ -33,6 +33,7 @@ The shards, resume and counts are the shared run loop of :mod:`hf_attn_inspect.r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -80,6 +81,11 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- the recorder
+#: Below this many scores per layer (``batch * heads * T * S``) the weights path runs on one intra-op
+#: thread: its two dozen small operations would each end in a barrier of torch's threads.
+_SMALL = 1 << 20
+
+
 class SentenceStatsRecorder(Recorder):
     """Reduces every layer's attention to per-sentence statistics inside the capture; keeps no weights.
 
@@ -162,16 +168,19 @@ class SentenceStatsRecorder(Recorder):
             and key.shape[-3] == query.shape[-3]
             and (mask is None or (mask.is_floating_point() and mask.dtype == torch.float32))
         )
-        if fast:
-            shape = (*query.shape[:-1], key.shape[-2])
-            if self._scratch is None or tuple(self._scratch.shape) != shape:
-                self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
-            output, weights = fast_attention_with_weights(query, key, value, mask, scaling, self._scratch)
-        else:
-            output, weights = scaled_dot_product_attention_with_weights(
-                query, key, value, mask, scale=scaling, softcap=call.softcap
-            )
-        self._reduce(call.site, weights, causal)
+        # small CPU batches (sentences): one intra-op thread, no barrier per small operation
+        small = query.device.type == "cpu" and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[-2] < _SMALL
+        with single_threaded() if small else contextlib.nullcontext():
+            if fast:
+                shape = (*query.shape[:-1], key.shape[-2])
+                if self._scratch is None or tuple(self._scratch.shape) != shape:
+                    self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
+                output, weights = fast_attention_with_weights(query, key, value, mask, scaling, self._scratch)
+            else:
+                output, weights = scaled_dot_product_attention_with_weights(
+                    query, key, value, mask, scale=scaling, softcap=call.softcap
+                )
+            self._reduce(call.site, weights, causal)
         return output, None
 
     def _tile_plan(self, call: AttentionCall) -> TilePlan | None:
