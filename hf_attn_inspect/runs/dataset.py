@@ -103,7 +103,8 @@ class SentenceStatsRecorder(Recorder):
     tokens take the tiled kernel :func:`~hf_attn_inspect.core.kernels.attention_output_row_stats` instead
     (output and row statistics in one pass over cache-sized score tiles, buffers reused across layers,
     ``weight_std`` from power sums as on CUDA), shorter ones the materialised weights, whichever is
-    cheaper; :attr:`paths` says which ran (``"fused"``, ``"tiles"``, ``"weights"``). Other stacks are
+    cheaper (small batches run their weights path on one intra-op thread); :attr:`paths` says which ran
+    (``"fused"``, ``"tiles"``, ``"weights"``). Other stacks are
     computed with the reference kernel. On the eager fallback (:meth:`record`) the model's own weights are
     reduced.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
