@@ -101,7 +101,7 @@ class SentenceStatsRecorder(Recorder):
     forward pass) reduces all layers and heads at once, with no host synchronisation until
     :meth:`per_sentence`. On the CPU, batches of at least :data:`~hf_attn_inspect.core.kernels.TILE_MIN_LENGTH`
     tokens take the tiled kernel :func:`~hf_attn_inspect.core.kernels.attention_output_row_stats` instead
-    (output and row statistics in one pass over cache-sized score tiles, buffers reused across layers,
+    (output and row statistics in one pass over score tiles, buffers reused across layers,
     ``weight_std`` from power sums as on CUDA), shorter ones the materialised weights, whichever is
     cheaper (small batches run their weights path on one intra-op thread); :attr:`paths` says which ran
     (``"fused"``, ``"tiles"``, ``"weights"``). Other stacks are

@@ -27,7 +27,7 @@ masked keys exactly 0 and fully masked rows all 0. The kernels differ only in wh
 
 - :func:`attention_output_row_stats` -> ``(output, rows, column_sums)``: the CPU path of the dataset
   engines at paragraph and document length: the output and the same rows in one pass over
-  cache-sized score tiles of each sequence's own keys (:mod:`.cpu_tiles`).
+  score tiles (a block of heads of one sequence) of each sequence's own keys (:mod:`.cpu_tiles`).
 
 - :func:`fused_attention_stats` -> ``(output, rows)``: a fused Triton kernel (CUDA; CPU only through
   Triton's interpreter, for tests) giving the output and the rows of :func:`attention_row_stats` (plus the

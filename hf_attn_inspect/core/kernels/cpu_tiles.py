@@ -1,12 +1,13 @@
-"""The layer's attention output and every per-row statistic in one pass over cache-sized score tiles (CPU).
+"""The layer's attention output and every per-row statistic in one pass over score tiles (CPU).
 
 :func:`attention_output_row_stats` is the dataset engines' path at paragraph and document length: for each
 sequence and a block of its heads and query rows it forms the score tile ``q k^T`` (only the sequence's
 own keys: a key-padding mask becomes a key range, so padding is never computed), takes the row maximum,
-``e = 2^(s - max)`` (scores in base 2), and one GEMM of ``e`` against the values augmented with indicator columns
-(ones, special keys, punctuation keys, key position) gives the output and the row sums behind ``mass``,
-``special_tokens``, ``punctuation`` and ``mean_distance`` at once. Entropy is ``ln l - sum_j e_ij (s_ij -
-max_i) / l`` (the log-sum-exp form of ``long``'s kernel), ``max_weight`` is ``1 / l`` (the maximum's ``e``
+``e = 2^(s - max)`` (scores in base 2), and one GEMM of ``e`` against the values augmented with indicator
+columns (ones, special keys, punctuation keys) gives the output and the row sums behind ``mass``,
+``special_tokens`` and ``punctuation`` at once; ``mean_distance`` is one dot product of each row with
+``|i - j|``. Entropy is ``ln l - ln 2 * sum_j e_ij (s_ij - max_i) / l`` (the log-sum-exp form of ``long``'s
+kernel, no logarithm of weights), ``max_weight`` is ``1 / l`` (the maximum's ``e``
 is exactly 1), neighbours and the local window are gathered from the few columns around the diagonal,
 ``above`` is counted only in rows whose maximum weight exceeds the threshold, and the column sums behind
 ``column_share`` are one matrix-vector product per tile. No ``[batch, heads, T, S]`` tensor is formed;
