@@ -19,7 +19,7 @@ from hf_attn_inspect.core.tokens import punctuation_mask
 from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
 from hf_attn_inspect.stats.patterns import PATTERN_CLASSES
 from hf_attn_inspect.runs.sharded import ShardStats, run_sharded, shard_path
-from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_sentences
+from hf_attn_inspect.runs.sources import load_dataset_texts, sample_dataset_path, sample_documents, sample_sentences
 from hf_attn_inspect.stats.metrics import METRICS
 from hf_attn_inspect.stats.tables import head_metrics
 from hf_attn_inspect.views.reports import write_dataset_report
@@ -78,24 +78,22 @@ def big_run(inspector, big_dataset):
     return df
 
 
-@pytest.fixture(scope="module")
-def reference(big_dataset):
+def eager_reference(texts: list[str], batch_size: int = 64, max_length: int = 512) -> dict[str, np.ndarray]:
     """transformers' own eager attention (a fresh model loaded with attn_implementation="eager",
-    output_attentions=True), length-sorted padded batches of 64; each sentence's unpadded [L, H, n, n]
-    block goes to the numpy metrics. Nothing of the package's capture is involved."""
+    output_attentions=True), length-sorted padded batches of ``batch_size``; each sentence's unpadded
+    [L, H, n, n] block goes to the numpy metrics. Nothing of the package's capture is involved."""
     from transformers import AutoModel, AutoTokenizer
 
-    texts, _ = big_dataset
     tok = AutoTokenizer.from_pretrained(default_model_path())
     model = AutoModel.from_pretrained(default_model_path(), attn_implementation="eager").eval()
     per: dict[str, list] = {k: [None] * len(texts) for k in METRICS + ("column_share",)}
-    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=512)["input_ids"]]
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
     with torch.no_grad():
-        for b0 in range(0, len(texts), 64):
-            rows = order[b0:b0 + 64].tolist()
+        for b0 in range(0, len(texts), batch_size):
+            rows = order[b0:b0 + batch_size].tolist()
             enc = tok([texts[i] for i in rows], return_tensors="pt", return_special_tokens_mask=True,
-                      truncation=True, max_length=512, padding=True)
+                      truncation=True, max_length=max_length, padding=True)
             special = enc.pop("special_tokens_mask").numpy().astype(bool)
             att = torch.stack(model(**enc, output_attentions=True).attentions, 1).numpy()  # [B, L, H, T, T]
             for j, i in enumerate(rows):
@@ -105,6 +103,13 @@ def reference(big_dataset):
                 for k, v in numpy_metrics(att[j, :, :, :n, :n], special[j, :n], punct).items():
                     per[k][i] = v
     return {k: np.stack(v) for k, v in per.items()}  # each [N, L, H], dataset order
+
+
+@pytest.fixture(scope="module")
+def reference(big_dataset):
+    """The independent eager/numpy statistics of the big dataset (:func:`eager_reference`)."""
+    texts, _ = big_dataset
+    return eager_reference(texts, 64)
 
 
 @pytest.mark.heavy
@@ -331,6 +336,46 @@ def test_api_report_matches_the_command(inspector, tmp_path):
     bare.attrs.clear()
     with pytest.raises(InputError, match="run record"):
         write_dataset_report(tmp_path / "x", bare)
+
+
+# ----------------------------------------------------------------------------- document length: the tiled path
+def test_document_length_tiles_equal_independent_eager_numpy(inspector, tmp_path):
+    """Paragraphs of 70-260 tokens in padded batches take the tiled CPU kernel (logged in run.json) and
+    every metric equals the independent eager/numpy reference at the suite's tolerance; sentences in the
+    same run take the materialised weights."""
+    texts = sample_documents(inspector.tokenizer, [260, 75, 180, 120, 240, 90, 200]) + sample_sentences(5)
+    df = analyze_dataset(inspector, texts, batch_size=4, out=tmp_path / "run")
+    ref = eager_reference(texts, 4, max_length=512)
+    for k in METRICS + ("column_share",):
+        np.testing.assert_allclose(df[f"{k}_mean"].to_numpy(), ref[k].mean(0).ravel(), atol=1e-5, rtol=0, err_msg=k)
+        np.testing.assert_allclose(df[f"{k}_std"].to_numpy(), ref[k].std(0).ravel(), atol=1e-5, rtol=0, err_msg=k)
+    paths = json.loads((tmp_path / "run" / "run.json").read_text())["attention_paths"]
+    assert paths == {"tiles": 2, "weights": 1}, paths  # 12 texts by 4: the shortest four are sentences
+
+
+def test_tiles_recorder_equals_weights_recorder(inspector):
+    """One padded batch through SentenceStatsRecorder, once on the tiles and once on the weights (the
+    length threshold moved): the same per-sentence values for every metric."""
+    import hf_attn_inspect.runs.dataset as dataset_module
+    from hf_attn_inspect.runs.data import sorted_batches
+
+    texts = sample_documents(inspector.tokenizer, [150, 97, 130])
+    (_, enc), = list(sorted_batches(inspector, texts, None, batch_size=3, max_length=512))
+    m = enc.masks("self")
+    values = {}
+    for path, threshold in (("tiles", 1), ("weights", 10**6)):
+        old = dataset_module.TILE_MIN_LENGTH
+        dataset_module.TILE_MIN_LENGTH = threshold
+        try:
+            p = SentenceStatsRecorder(m.valid, m.special, m.punctuation)
+            inspector.run(enc, p)
+        finally:
+            dataset_module.TILE_MIN_LENGTH = old
+        assert p.paths == {path}
+        values[path] = p.per_sentence()
+    # both are float32 (mean distances of ~50 tokens carry ~4e-6 of rounding each): the independent
+    # reference above is the exactness test; here the two paths agree to float32 rounding
+    np.testing.assert_allclose(values["tiles"].numpy(), values["weights"].numpy(), atol=1e-5, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- other models, pairs, probes

@@ -218,3 +218,66 @@ def _threads_equal_serial(cpu_stats, q, k, calls, serial, monkeypatch):
         for name in want:
             torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-6, equal_nan=True)
     assert torch.get_num_threads() == threads  # the caller's thread count is back
+
+
+# --------------------------------------------------------------------------- the tiled output + statistics kernel
+@pytest.mark.parametrize("layout", ["right", "left", "causal", "full"])
+@pytest.mark.parametrize("tile_elements,workers", [(1 << 22, 1), (300, 1), (2000, 2)])
+@pytest.mark.parametrize("thr", [0.3, 0.05])
+def test_tiles_output_rows_and_columns_equal_materialised(layout, tile_elements, workers, thr):
+    """:func:`attention_output_row_stats` (dataset engines, CPU): the output, every row quantity and the
+    column sums equal the float64 materialisation on the real query rows, for right/left key padding (key
+    ranges), a causal additive mask (tiles plus the mask), grouped-query heads, query tiles that split a
+    sequence and several worker threads."""
+    from hf_attn_inspect.core.kernels import attention_output_row_stats, plan_tiles
+    from hf_attn_inspect.core.kernels.reference import repeat_kv
+
+    b, h, hkv, t, d = 3, 4, 2, 29, 8
+    q, k = case(7, b, h, hkv, t, d=d)
+    v = torch.randn(b, hkv, t, d, generator=torch.Generator().manual_seed(3))
+    lengths = [29, 17, 3]
+    valid = padding(b, t, lengths)
+    if layout == "left":
+        valid = valid.flip(-1)
+    if layout == "full":
+        valid = torch.ones(b, t, dtype=torch.bool)
+    keep = valid[:, None, None, :].expand(b, 1, t, t)
+    causal = layout == "causal"
+    if causal:
+        keep = keep & torch.ones(t, t, dtype=torch.bool).tril()
+    mask = torch.zeros(b, 1, t, t).masked_fill(~keep, torch.finfo(torch.float32).min)
+    g = torch.Generator().manual_seed(11)
+    special = (torch.rand(b, t, generator=g) > 0.8) & valid
+    punct = (torch.rand(b, t, generator=g) > 0.7) & valid
+    plan = plan_tiles(mask, valid, h)
+    assert plan is not None and (plan.additive is not None) == causal
+    out, rows, cols = attention_output_row_stats(q, k, v, plan, valid=valid, special=special, punctuation=punct,
+                                                 sparsity_threshold=thr, tile_elements=tile_elements, workers=workers)
+    want = materialised(q, k, keep=keep.expand(b, h, t, t), key_valid=valid, special=special, punctuation=punct,
+                        thr=thr)
+    real = valid[:, None, :].expand(b, h, t)
+    for name in NAMES[:-1]:
+        torch.testing.assert_close(rows[name].double()[real], want[name][real], atol=1e-5, rtol=1e-5,
+                                   msg=lambda m: f"{name}: {m}")
+    sc = q.double() @ repeat_kv(k, h).double().transpose(-1, -2) / math.sqrt(d)
+    w = torch.softmax(sc.masked_fill(~keep, float("-inf")), -1)
+    ref_out = w @ repeat_kv(v, h).double()
+    torch.testing.assert_close(out.double()[real], ref_out[real], atol=1e-5, rtol=1e-5)
+    ref_cols = (w * valid[:, None, :, None]).sum(-2)
+    torch.testing.assert_close(cols.double(), ref_cols, atol=1e-5, rtol=1e-5)
+
+
+def test_tile_plan_refuses_masks_that_show_padding():
+    """The tiles' statistics equal the materialised ones only when the mask hides padding keys from real
+    queries; otherwise :func:`plan_tiles` says None (the engines keep the weights path)."""
+    from hf_attn_inspect.core.kernels import plan_tiles
+
+    valid = padding(2, 6, [6, 4])
+    assert plan_tiles(None, valid, 2) is None
+    assert plan_tiles(torch.ones(2, 1, 1, 6, dtype=torch.bool), valid, 2) is None
+    plan = plan_tiles(valid[:, None, None, :], valid, 2)
+    assert plan.ranges == [(0, 6), (0, 4)] and plan.additive is None
+    gap = valid.clone()
+    gap[1, 1] = False  # a hole in the keys: no key range, the mask is added to the tiles instead
+    plan = plan_tiles(gap[:, None, None, :], gap, 2)
+    assert plan is not None and plan.additive is not None

@@ -33,6 +33,7 @@ The shards, resume and counts are the shared run loop of :mod:`hf_attn_inspect.r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -47,12 +48,18 @@ from ..capture.inspector import AttentionInspector
 from ..capture.interface import Probe, Site
 from ..capture.recorders import AttentionCall, Recorder
 from ..core.kernels import (
+    TILE_MIN_LENGTH,
     FusedLayout,
     FusedMasks,
+    TilePlan,
+    TileWorkspace,
+    attention_output_row_stats,
     fast_attention_with_weights,
     fused_attention_packed,
     fused_available,
     fused_masks,
+    plan_tiles,
+    single_threaded,
     scaled_dot_product_attention_with_weights,
 )
 from ..core.errors import CaptureError
@@ -75,6 +82,11 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- the recorder
+#: Below this many scores per layer (``batch * heads * T * S``) the weights path runs on one intra-op
+#: thread: its two dozen small operations would each end in a barrier of torch's threads.
+_SMALL = 1 << 20
+
+
 class SentenceStatsRecorder(Recorder):
     """Reduces every layer's attention to per-sentence statistics inside the capture; keeps no weights.
 
@@ -88,8 +100,14 @@ class SentenceStatsRecorder(Recorder):
     without ever forming the weights (``weight_std`` from power sums, equal within float32 rounding); each
     layer leaves one packed row buffer on the device and :meth:`finish` (called by the inspector after the
     forward pass) reduces all layers and heads at once, with no host synchronisation until
-    :meth:`per_sentence`. Other stacks are computed with the reference kernel. On the eager fallback
-    (:meth:`record`) the model's own weights are reduced.
+    :meth:`per_sentence`. On the CPU, batches of at least :data:`~hf_attn_inspect.core.kernels.TILE_MIN_LENGTH`
+    tokens take the tiled kernel :func:`~hf_attn_inspect.core.kernels.attention_output_row_stats` instead
+    (output and row statistics in one pass over score tiles, buffers reused across layers,
+    ``weight_std`` from power sums as on CUDA), shorter ones the materialised weights, whichever is
+    cheaper (small batches run their weights path on one intra-op thread); :attr:`paths` says which ran
+    (``"fused"``, ``"tiles"``, ``"weights"``). Other stacks are
+    computed with the reference kernel. On the eager fallback (:meth:`record`) the model's own weights are
+    reduced.
     :meth:`per_sentence` returns ``[batch, layers, heads, metrics]`` (metric order: :attr:`metric_names`).
 
     The engine calls ``probe_factory(valid=..., special=..., punctuation=..., sparsity_threshold=...)``
@@ -107,6 +125,7 @@ class SentenceStatsRecorder(Recorder):
         *,
         sparsity_threshold: float = 0.3,
         stacks: Sequence[str] = MAIN_STACKS,
+        workspace: TileWorkspace | None = None,
     ) -> None:
         self.valid = valid
         self.special = special
@@ -120,6 +139,10 @@ class SentenceStatsRecorder(Recorder):
         self._masks: tuple[object, FusedMasks] | None = None  # the fused kernel's key masks, once per batch
         self._pending: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
         self._layout: FusedLayout | None = None
+        self._plan: tuple[object, TilePlan | None] | None = None  # the tiled kernel's mask plan, once per batch
+        self._workspace = workspace  # None: the kernel's buffers of this thread, kept from batch to batch
+        #: The attention paths this batch took (``"fused"``, ``"tiles"``, ``"weights"``), for the run record.
+        self.paths: set[str] = set()
 
     def compute(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The layer's output; on the analysed ``stacks`` the exact float32 weights are reduced to
@@ -134,24 +157,73 @@ class SentenceStatsRecorder(Recorder):
             and (mask is None or isinstance(mask, torch.Tensor))
             and fused_available(query.device)
         ):
+            self.paths.add("fused")
             return self._fused(call.site, query, key, value, mask, scaling, causal, call.softcap), None
+        plan = self._tile_plan(call)
+        if plan is not None:
+            self.paths.add("tiles")
+            return self._tiles(call, plan), None
+        self.paths.add("weights")
         fast = (
             call.softcap is None
             and query.dtype == torch.float32
             and key.shape[-3] == query.shape[-3]
             and (mask is None or (mask.is_floating_point() and mask.dtype == torch.float32))
         )
-        if fast:
-            shape = (*query.shape[:-1], key.shape[-2])
-            if self._scratch is None or tuple(self._scratch.shape) != shape:
-                self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
-            output, weights = fast_attention_with_weights(query, key, value, mask, scaling, self._scratch)
-        else:
-            output, weights = scaled_dot_product_attention_with_weights(
-                query, key, value, mask, scale=scaling, softcap=call.softcap
-            )
-        self._reduce(call.site, weights, causal)
+        # small CPU batches (sentences): one intra-op thread, no barrier per small operation
+        small = query.device.type == "cpu" and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[-2] < _SMALL
+        with single_threaded() if small else contextlib.nullcontext():
+            if fast:
+                shape = (*query.shape[:-1], key.shape[-2])
+                if self._scratch is None or tuple(self._scratch.shape) != shape:
+                    self._scratch = torch.empty(shape, dtype=torch.float32, device=query.device)
+                output, weights = fast_attention_with_weights(query, key, value, mask, scaling, self._scratch)
+            else:
+                output, weights = scaled_dot_product_attention_with_weights(
+                    query, key, value, mask, scale=scaling, softcap=call.softcap
+                )
+            self._reduce(call.site, weights, causal)
         return output, None
+
+    def _tile_plan(self, call: AttentionCall) -> TilePlan | None:
+        """The tiled CPU kernel's mask plan when it is the cheaper exact path for this call, else None.
+
+        Taken on the CPU for float32 self-attention of at least :data:`TILE_MIN_LENGTH` tokens without a
+        softcap or gradients, when the mask hides every padding key from the real queries (so the tiles'
+        statistics equal the materialised ones); shorter batches are faster on the materialised weights.
+        """
+        q, k, mask = call.query, call.key, call.mask
+        if (
+            q.device.type != "cpu"
+            or q.shape[-2] < TILE_MIN_LENGTH
+            or k.shape[-2] != q.shape[-2]
+            or q.dtype != torch.float32
+            or k.dtype != torch.float32
+            or call.softcap is not None
+            or self.sparsity_threshold < 0
+            or (torch.is_grad_enabled() and q.requires_grad)
+            or not (mask is None or isinstance(mask, torch.Tensor))
+            or tuple(self.valid.shape) != (q.shape[0], q.shape[-2])
+        ):
+            return None
+        if self._plan is None or self._plan[0] is not mask:
+            self._plan = (mask, plan_tiles(mask, self.valid, q.shape[1]))
+        return self._plan[1]
+
+    def _tiles(self, call: AttentionCall, plan: TilePlan) -> torch.Tensor:
+        """The tiled CPU kernel: the layer's output, its per-row statistics reduced to this layer's values."""
+        self.causal = self.causal or call.causal
+        output, rows, cols = attention_output_row_stats(
+            call.query, call.key, call.value, plan, valid=self.valid, special=self.special,
+            punctuation=self.punctuation, scale=call.scaling, sparsity_threshold=self.sparsity_threshold,
+            workspace=self._workspace,
+        )
+        with single_threaded():  # a few dozen small operations: no intra-op barriers
+            m = reduce_rows(rows, self.valid, causal=call.causal)
+            n = self.valid.float().sum(-1).clamp_min(1.0).reshape(-1, 1)
+            m["column_share"] = (cols / n.unsqueeze(-1)).amax(-1)
+            self.values[call.site.layer] = torch.stack([m[k] for k in self.metric_names], -1).float()
+        return output
 
     def _fused(
         self,
@@ -363,9 +435,11 @@ def analyze_dataset(
         "device": str(inspector.device),
     }
 
+    paths: dict[str, int] = {}  # batches per attention path (SentenceStatsRecorder.paths), this process
+
     def compute(start: int, stop: int, bar: Progress | None) -> ShardStats:
         return _run_shard(inspector, rows, start, stop, info.columns, spec.batch_size, limit_len, sparsity_threshold,
-                          probe_factory, classify, bar)
+                          probe_factory, classify, bar, paths)
 
     run_ = run_sharded(
         loaded.num_rows, spec.shard_size, compute, out_dir=out, params=params, outputs=OUTPUTS, resume=resume,
@@ -377,6 +451,7 @@ def analyze_dataset(
            "shards_total": run_.shards_total, "shards_resumed": run_.shards_resumed, "elapsed_s": round(elapsed, 3),
            "sentences_per_s": round(run_.analysed_now / elapsed, 2) if elapsed > 0 else None,
            "world_size": run_.world_size, "ranks": run_.ranks,
+           "attention_paths": dict(sorted(paths.items())),
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs["counts"] = run_.counts
     df.attrs["run"] = run
@@ -400,9 +475,11 @@ def _run_shard(
     probe_factory: Callable[..., Recorder | Probe],
     classify: Callable[[dict[str, torch.Tensor]], tuple[tuple[str, ...], torch.Tensor]],
     bar: Progress | None,
+    paths: dict[str, int] | None = None,
 ) -> ShardStats:
     """Statistics of rows ``start:stop``: length-sorted batches (:func:`sorted_batches`) through
-    ``probe_factory``'s recorder."""
+    ``probe_factory``'s recorder; ``paths`` counts the batches by the attention path the recorder took
+    (its ``paths``, e.g. ``"tiles+weights"`` when stacks differed)."""
     texts, pairs, skipped = clean_rows(ds, start, stop, columns)
     nl, nh = next(iter(inspector.dims().values()))
     stats: ShardStats | None = None
@@ -412,6 +489,9 @@ def _run_shard(
         m = enc.masks("self")
         p = probe_factory(valid=m.valid, special=m.special, punctuation=m.punctuation, sparsity_threshold=threshold)
         inspector.run(enc, p)
+        if paths is not None and getattr(p, "paths", None):
+            name = "+".join(sorted(p.paths))
+            paths[name] = paths.get(name, 0) + 1
         values = p.per_sentence()  # [b, L, H, M]
         names = tuple(p.metric_names)
         per = {k: values[..., i] for i, k in enumerate(names)}

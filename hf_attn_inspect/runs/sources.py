@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from ..core.errors import InputError
 from ..core.paths import check_utf8
@@ -31,6 +31,7 @@ __all__ = [
     "load_dataset_texts",
     "parse_columns",
     "sample_dataset_path",
+    "sample_documents",
     "sample_sentences",
 ]
 
@@ -81,6 +82,24 @@ def sample_sentences(n: int | None = None, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     while len(out) < n:
         out.append(" ".join(rng.sample(base, 2 + len(out) % 2)))
+    return out
+
+
+def sample_documents(tokenizer: Any, lengths: Sequence[int]) -> list[str]:
+    """Paragraph- and document-length texts built offline from :func:`sample_sentences`: one per entry of
+    ``lengths``, each made of consecutive sample sentences joined until ``tokenizer`` gives it at least
+    that many tokens (special tokens included), so cutting at ``max_length=length`` gives full texts.
+    Deterministic; for benchmarks and tests at document length.
+    """
+    base = sample_sentences(2000)
+    out: list[str] = []
+    i = 0
+    for target in lengths:
+        cur: list[str] = []
+        while len(tokenizer(" ".join(cur))["input_ids"]) < target:
+            cur.append(base[i % len(base)])
+            i += 1
+        out.append(" ".join(cur))
     return out
 
 

@@ -25,6 +25,10 @@ masked keys exactly 0 and fully masked rows all 0. The kernels differ only in wh
   :mod:`hf_attn_inspect.stats.metrics`), streamed from ``query`` and ``key`` in ``[q_tile, k_tile]``
   blocks, so no ``[T, S]`` matrix is ever held.
 
+- :func:`attention_output_row_stats` -> ``(output, rows, column_sums)``: the CPU path of the dataset
+  engines at paragraph and document length: the output and the same rows in one pass over
+  score tiles (a block of heads of one sequence) of each sequence's own keys (:mod:`.cpu_tiles`).
+
 - :func:`fused_attention_stats` -> ``(output, rows)``: a fused Triton kernel (CUDA; CPU only through
   Triton's interpreter, for tests) giving the output and the rows of :func:`attention_row_stats` (plus the
   column sums behind ``column_share``) in one flash-style pass; :func:`fused_available` says whether it
@@ -40,9 +44,17 @@ fast CPU path, the fused-sdpa output, :func:`repeat_kv`), :mod:`.cpu_stats` (the
 :mod:`.common` (what they share).
 """
 
-from . import common, cpu_stats, fused, reference
+from . import common, cpu_stats, cpu_tiles, fused, reference
 from .common import LOCAL_WINDOW
 from .cpu_stats import attention_row_stats
+from .cpu_tiles import (
+    TILE_MIN_LENGTH,
+    TilePlan,
+    TileWorkspace,
+    attention_output_row_stats,
+    plan_tiles,
+    single_threaded,
+)
 from .fused import (
     FUSED_ENV,
     FusedLayout,
@@ -59,4 +71,4 @@ from .reference import (
     scaled_dot_product_attention_with_weights,
 )
 
-__all__ = [*common.__all__, *reference.__all__, *cpu_stats.__all__, *fused.__all__]
+__all__ = [*common.__all__, *reference.__all__, *cpu_stats.__all__, *cpu_tiles.__all__, *fused.__all__]
