@@ -124,10 +124,10 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
 
     batch = inspector.encode([args.text], None if args.pair is None else [args.pair], max_length=args.max_length,
                              truncation=not args.no_truncate)  # the one tokenization of the text
-    plan = plan_capture(inspector, batch, stack=stack, layer=args.layer, head=args.head, max_memory=args.max_memory)
-    if args.measure != "weights":
+    if args.measure != "weights":  # a measure of the whole input (no planner: it has no pooled form)
         result = _measure_result(inspector, args)
     else:
+        plan = plan_capture(inspector, batch, stack=stack, layer=args.layer, head=args.head, max_memory=args.max_memory)
         result = run_plan(inspector, plan)
     if isinstance(result, LongCapture):  # the full weights do not fit the memory budget: pooled figures, streamed metrics
         return _draw_long_input(args, inspector, result, out)
