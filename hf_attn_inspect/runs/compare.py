@@ -50,7 +50,7 @@ from ..core.tokens import Tokenizer
 from ..stats.metrics import METRICS, sentence_metrics
 from ..stats.patterns import classify_heads
 from .data import DataSpec, Rows, encode_rows, sorted_batches
-from .sharded import Progress, ShardStats, clean_rows, finishing, package_versions, run_sharded
+from .sharded import Progress, ShardStats, clean_rows, finish_run, package_versions, run_sharded
 from .distributed import process_device
 from .sources import DatasetSource
 
@@ -360,12 +360,13 @@ def compare_models(
     df.attrs.update({"counts": counts, "n_sentences": total.n, "model_a": ia.name, "model_b": ib.name, "stack": which,
                      "max_length": limit_len, "first_text": first_texts[0],
                      "first_pair": None if first_pairs is None else first_pairs[0], "run": run})
-    if out is not None and run_.is_main:
-        with finishing(out, run):  # run.json says "finished" once the table and the report are written
-            atomic_write(Path(out) / "head_divergence.csv", lambda fh: df.to_csv(fh, index=False))
-            if report is not None:
-                report(df)
+    finish_run(out, run, df, _write_divergence, report, is_main=run_.is_main)
     return df
+
+
+def _write_divergence(out_dir: str | os.PathLike, df: pd.DataFrame) -> None:
+    """``head_divergence.csv``, atomically."""
+    atomic_write(Path(out_dir) / "head_divergence.csv", lambda fh: df.to_csv(fh, index=False))
 
 
 def head_pair_results(

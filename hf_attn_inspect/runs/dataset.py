@@ -67,7 +67,7 @@ from ..core.files import atomic_write
 from ..core.stacks import MAIN_STACKS
 from ..stats.metrics import HEAD_METRICS, METRICS, column_share, reduce_rows, sentence_metrics
 from .data import DataSpec, Rows, sorted_batches
-from .sharded import (Progress, ShardStats, clean_rows, finishing, package_versions, release_free_memory,
+from .sharded import (Progress, ShardStats, clean_rows, finish_run, package_versions, release_free_memory,
                       run_sharded)
 from .sources import DatasetSource
 
@@ -455,11 +455,7 @@ def analyze_dataset(
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs["counts"] = run_.counts
     df.attrs["run"] = run
-    if out is not None and run_.is_main:
-        with finishing(out, run):  # run.json says "finished" once the tables and the report are written
-            write_tables(out, df)
-            if report is not None:
-                report(df)
+    finish_run(out, run, df, write_tables, report, is_main=run_.is_main)
     return df
 
 

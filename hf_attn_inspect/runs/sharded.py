@@ -73,6 +73,7 @@ __all__ = [
     "clean_rows",
     "clean_rows_indexed",
     "finishing",
+    "finish_run",
     "lacking_outputs",
     "package_versions",
     "prepare_out_dir",
@@ -510,6 +511,27 @@ def finishing(out_dir: str | os.PathLike, record: RunRecord) -> Iterator[RunReco
         write_json(stopped, out / "run.json")
         raise
     write_json(record, out / "run.json")
+
+
+def finish_run(
+    out_dir: str | os.PathLike | None,
+    record: RunRecord,
+    df: pd.DataFrame,
+    write: Callable[[str | os.PathLike, pd.DataFrame], object],
+    report: Callable[[pd.DataFrame], object] | None = None,
+    *,
+    is_main: bool = True,
+) -> None:
+    """The last step of every sharded engine: on the main process of a run with an ``out_dir``, ``write(out_dir,
+    df)`` its tables, then ``report(df)`` (the view layer's figures and ``report.md``), all inside
+    :func:`finishing`, so ``run.json`` says ``finished`` only once every file is written. Other processes, and
+    runs without a folder, write nothing."""
+    if out_dir is None or not is_main:
+        return
+    with finishing(out_dir, record):
+        write(out_dir, df)
+        if report is not None:
+            report(df)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from ...core.stacks import is_main
 from ...stats.patterns import PATTERN_CLASSES, classify_sentence_heads
 from ..dataset import SentenceStatsRecorder
 from ..data import DataOptions, DataSpec
-from ..sharded import Progress, ShardStats, finishing, package_versions, release_free_memory, run_sharded
+from ..sharded import Progress, ShardStats, finish_run, package_versions, release_free_memory, run_sharded
 from ..sources import DatasetSource
 from .ablation import ablation_batch, dataset_means
 from .data import load_scored_data, shard_batches
@@ -189,11 +189,7 @@ def head_importance(
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     df.attrs.update(objective=obj.name, unit=obj.unit, method=method, how=how, counts=run_.counts, run=run,
                     model=inspector.name)
-    if out is not None and run_.is_main:
-        with finishing(out, run):  # run.json says "finished" once the tables and the report are written
-            write_importance_tables(out, df)
-            if report is not None:
-                report(df)
+    finish_run(out, run, df, write_importance_tables, report, is_main=run_.is_main)
     return df
 
 
