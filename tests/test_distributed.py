@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import tiny_models
 from hf_attn_inspect import DistributedError
+from hf_attn_inspect.cli import main
 from hf_attn_inspect.core.errors import InputError
 from hf_attn_inspect.runs.compare import compare_models
 from hf_attn_inspect.runs.dataset import SentenceStatsRecorder, analyze_dataset
@@ -260,12 +262,15 @@ def test_importance_on_two_processes_prunes_and_reports_on_rank_0_only(two_model
     """Issue 23: the shards are shared out, but the pruning curve, the report and the summary come from
     rank 0 alone (rank 1 computes and prints nothing after the shards) and equal one process's."""
     texts = ["The cat sat on the mat.", "Dogs bark at night.", "A bird sang.", "Rain fell all day."]
-    argv = [sys.executable, "-m", "hf_attn_inspect", "importance", *texts, "--model", two_models[0],
-            "--shard-size", "2", "--prune-step", "0.5", "--no-progress"]
-    one = subprocess.run([*argv, "--out", str(tmp_path / "one")], cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    procs = _ranks([*argv, "--out", str(tmp_path / "two")])
+    args = ["importance", *texts, "--model", two_models[0], "--shard-size", "2", "--prune-step", "0.5",
+            "--no-progress"]
+    procs = _ranks([sys.executable, "-m", "hf_attn_inspect", *args, "--out", str(tmp_path / "two")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): the same sums, byte for byte
+    try:
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0  # one process (this one), meanwhile
+    finally:
+        torch.set_num_threads(threads)
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert outs[1][0] == "" and outs[0][0].startswith("scored ")
