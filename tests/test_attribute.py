@@ -54,6 +54,8 @@ def test_figures(result, tmp_path):
     ax = plot_measure_map(result, "norm", layer=1)
     expected = row_normalise(result.measure("norm")[1]).mean(0)
     np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected.numpy(), atol=1e-6)
+    bars = [a.get_ylabel() for a in ax.figure.axes if a is not ax]
+    assert bars and bars[0].startswith("norm share of the row")  # the colour bar names the measure, not "weight"
 
 
 def test_attribute_command_writes_its_files(tmp_path, capsys):
@@ -80,14 +82,15 @@ def test_inspect_draws_a_measure(tmp_path, capsys, monkeypatch):
 
     drawn = []
     real = plotting.plot_attention_heatmap
-    monkeypatch.setattr(plotting, "plot_attention_heatmap", lambda w, *a, **k: drawn.append(w) or real(w, *a, **k))
+    monkeypatch.setattr(plotting, "plot_attention_heatmap", lambda w, *a, **k: drawn.append((w, k)) or real(w, *a, **k))
     out = tmp_path / "insp"
     assert main(["inspect", TEXT, "--measure", "alti", "--layer", "2", "--head", "3", "--out", str(out)]) == 0
     assert (out / "head_L2_H0.png").is_file()  # a per-layer measure is drawn as head 0
     assert main(["inspect", TEXT, "--measure", "bogus", "--out", str(out)]) == 2
     assert "unknown measure 'bogus'" in capsys.readouterr().err
-    assert drawn and drawn[0].shape[0] == drawn[0].shape[1]
-    np.testing.assert_allclose(np.asarray(drawn[0]).sum(-1), 1.0, atol=1e-5)
+    (weights, kwargs), = drawn
+    assert weights.shape[0] == weights.shape[1] and kwargs["quantity"] == "alti share of the row"
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-5)
 
 
 def test_batch_norm_shares_equal_the_per_text_measure(inspector):

@@ -141,15 +141,17 @@ def _inspect(args: argparse.Namespace, out: Path, name: str, files: list[str]) -
     n_input = batch.input_lengths[0] if batch.truncated and batch.truncated[0] and batch.input_lengths else None
     cut = f"cut from {n_input:,} tokens to {len(q_tokens):,}" if n_input else ""
     what = "" if args.measure == "weights" else f"{args.measure}, "
+    quantity = "attention weight" if args.measure == "weights" else f"{args.measure} share of the row"
     ax = plot_attention_heatmap(weights, k_labels, q_labels, title=f"{what}layer {args.layer}, head {args.head}"
-                                + (f" ({cut})" if cut else ""), scale=scale, vmax="auto")
+                                + (f" ({cut})" if cut else ""), scale=scale, vmax="auto", quantity=quantity)
     written.append(save_figure(ax.figure, out / f"{name}head_L{args.layer}_H{args.head}.{args.format}"))
     fig = plot_multi_head_attention(result.layer(args.layer, args.attention), q_labels if q_labels == k_labels else None,
-                                    title=f"layer {args.layer}: all heads" + (f" ({cut})" if cut else ""), scale=scale,
-                                    vmax="auto")
+                                    title=f"{what}layer {args.layer}: all heads" + (f" ({cut})" if cut else ""),
+                                    scale=scale, vmax="auto", quantity=quantity)
     written.append(save_figure(fig, out / f"{name}layer_{args.layer}_heads.{args.format}"))
-    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids, scale=scale,
-                          title="Model view (rows: layers, columns: heads)" + (f", {cut}" if cut else ""))
+    fig = plot_model_view(att, layer_ids=result.layer_ids, head_ids=result.head_ids, scale=scale, quantity=quantity,
+                          title=f"Model view{' of ' + args.measure if what else ''} (rows: layers, columns: heads)"
+                          + (f", {cut}" if cut else ""))
     written.append(save_figure(fig, out / f"{name}model_view.{args.format}"))
     if args.html:
         from ..views.explorer import write_explorer

@@ -74,4 +74,5 @@ def plot_measure_map(result: AttentionResult, name: str, layer: int | None = Non
     shown = result.layer_ids[-1] if layer is None else layer
     labels = result.display_tokens
     return plot_attention_heatmap(measure_layer(result, name, layer), labels, labels, ax=ax, vmax=None,
-                                  title=f"{name}, layer {shown} (share of each row)")
+                                  title=f"{name}, layer {shown} (share of each row)",
+                                  quantity=f"{name} share of the row")

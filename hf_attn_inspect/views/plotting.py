@@ -116,13 +116,14 @@ def range_note(vmax: float, scale: str) -> str:
     return f"colour 0-{vmax:.3g} ({_scale_name(scale)}; brighter cells clipped)"
 
 
-def weight_colorbar(fig: Figure, image, scale: str, **kwargs):
-    """A colour bar labelled with the weight and the scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ...
-    (with the top of a range below 1 added); a range below 1 ends in an arrow (brighter cells clipped)."""
+def weight_colorbar(fig: Figure, image, scale: str, quantity: str = "attention weight", **kwargs):
+    """A colour bar labelled with the ``quantity`` drawn (the weight, or a measure's share of the row) and the
+    scale; on the sqrt scale its ticks are 0, 0.01, 0.05, ... (with the top of a range below 1 added); a range
+    below 1 ends in an arrow (brighter cells clipped)."""
     lo, hi = image.norm.vmin, image.norm.vmax
     if hi < 1.0:
         kwargs.setdefault("extend", "max")
-    bar = fig.colorbar(image, label=f"attention weight ({_scale_name(scale)})", **kwargs)
+    bar = fig.colorbar(image, label=f"{quantity} ({_scale_name(scale)})", **kwargs)
     if scale == "sqrt":
         ticks = [t for t in _SQRT_TICKS if lo <= t <= hi]
         if 0 < hi < 1.0 and (not ticks or ticks[-1] < 0.8 * hi):
@@ -175,6 +176,7 @@ def plot_attention_heatmap(
     annotate: bool | str = "auto",
     colorbar: bool = True,
     scale: str = "linear",
+    quantity: str = "attention weight",
 ) -> Axes:
     """Draw one head's ``[query, key]`` weights as a heatmap and return the axes.
 
@@ -185,7 +187,8 @@ def plot_attention_heatmap(
     ``linear`` or ``sqrt`` colour ``scale`` (colour proportional to the square root of the weight, so faint
     weights of long inputs stay visible; the colour bar names the scale). Values are written in the cells
     only where readable: ``annotate="auto"`` does so up to 16 x 16 tokens.
-    Tick labels are thinned on long inputs (:func:`thin_ticks`).
+    Tick labels are thinned on long inputs (:func:`thin_ticks`). ``quantity`` names what the colour bar
+    shows (default the attention weight; a measure's figure says e.g. ``"alti share of the row"``).
     """
     w = _as_array(attention_weights, 2, "attention_weights")
     plt = _plt()
@@ -199,7 +202,7 @@ def plot_attention_heatmap(
     norm = _norm(scale, vmin, vmax if vmax is not None else float(w.max() or 1.0))
     im = ax.imshow(w, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     if colorbar:
-        weight_colorbar(ax.figure, im, scale, ax=ax, fraction=0.046, pad=0.04)
+        weight_colorbar(ax.figure, im, scale, quantity, ax=ax, fraction=0.046, pad=0.04)
     thin_ticks(ax, x_labels, w.shape[1], "x")
     thin_ticks(ax, y_labels, w.shape[0], "y")
     ax.set_xlabel("key")
@@ -227,6 +230,7 @@ def plot_multi_head_attention(
     cmap: str = "Blues",
     scale: str = "linear",
     vmax: float | str = 1.0,
+    quantity: str = "attention weight",
 ) -> Figure:
     """Draw every head of one layer (``[heads, query, key]``) in a grid and return the figure.
 
@@ -266,7 +270,7 @@ def plot_multi_head_attention(
         else:
             ax.set_xticks([])
     if im is not None:
-        weight_colorbar(fig, im, scale, ax=list(axes[:h]), shrink=0.6)
+        weight_colorbar(fig, im, scale, quantity, ax=list(axes[:h]), shrink=0.6)
     if title:
         fig.suptitle(title, fontweight="bold")
     return fig
@@ -281,6 +285,7 @@ def plot_model_view(
     cmap: str = "Blues",
     title: str | None = "Model view (rows: layers, columns: heads)",
     scale: str | None = None,
+    quantity: str = "attention weight",
 ) -> Figure:
     """Draw a layers x heads grid of thumbnails of ``[layers, heads, query, key]`` weights; return the figure.
 
@@ -309,7 +314,7 @@ def plot_model_view(
     colours.set_bad("white")  # the gaps between thumbnails
     im = ax.imshow(mosaic, cmap=colours, norm=_norm(scale, 0.0, 1.0), aspect="auto", interpolation="nearest")
     frame_model_view(ax, [y - 0.5 for y in rows], [x - 0.5 for x in cols], q, k, layer_ids, head_ids)
-    weight_colorbar(fig, im, scale, ax=ax, shrink=0.6, pad=0.02, aspect=30)
+    weight_colorbar(fig, im, scale, quantity, ax=ax, shrink=0.6, pad=0.02, aspect=30)
     if title:
         fig.suptitle(f"{title}\n{_scale_name(scale)} from 0 to 1" + (", heads max-pooled to 128 x 128 cells" if pooled else ""), fontweight="bold")
     return fig
