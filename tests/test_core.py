@@ -170,6 +170,25 @@ def test_clean_token_makes_markers_visible(token, shown):
     assert clean_token(token) == shown
 
 
+def test_clean_token_decodes_byte_level_characters():
+    """GPT-2 style tokens of non-ASCII text read as the text (checked against GPT-2's byte-to-character table
+    written out independently); a token holding part of a character's bytes, and accented letters of other
+    vocabularies, are left as they are."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    table = {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
+
+    def byte_level(text: str) -> str:
+        return "".join(table[b] for b in text.encode("utf-8"))
+
+    for text in ("我", " 我们", "’", " “quoted”", "naïve", "\n"):
+        assert clean_token(byte_level(text)) == text.replace("\n", "\\n")
+    assert clean_token(byte_level("我")[:2]) == byte_level("我")[:2]  # 2 of its 3 bytes: not a character
+    for kept in ("é", "##é", "▁café", "日本"):  # WordPiece / SentencePiece / plain: unchanged
+        assert clean_token(kept) == kept.replace("▁", " ")
+    assert is_punctuation(byte_level("。")) and is_punctuation(byte_level(" —"))
+
+
 @pytest.mark.parametrize(
     "token, punct",
     [

@@ -9,6 +9,7 @@ removed), and its two vectorised forms, :func:`punctuation_mask` for a list of t
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 from typing import Protocol, Sequence
 
 import torch
@@ -24,9 +25,27 @@ class Tokenizer(Protocol):
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
 
 
+@lru_cache(maxsize=1)
+def _byte_level_decoder():
+    """The ``tokenizers`` library's byte-level decoder (GPT-2, RoBERTa, Llama 3, Qwen vocabularies)."""
+    from tokenizers.decoders import ByteLevel
+
+    return ByteLevel()
+
+
 def clean_token(token: str) -> str:
-    """A token as a person reads it: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` markers made visible text."""
-    return token.replace("Ġ", " ").replace("Ċ", "\\n").replace("▁", " ").replace("ĉ", "\\t") or token
+    """A token as a person reads it: byte-level ``Ġ``/``Ċ`` and SentencePiece ``▁`` markers made visible text.
+
+    A byte-level BPE token whose characters stand for the UTF-8 bytes of whole characters is decoded
+    (``æĪĳ`` -> ``我``, ``âĢĻ`` -> ``’``); one that holds only part of a character's bytes keeps its byte
+    characters. Newline and tab show as ``\\n`` and ``\\t``.
+    """
+    if not token.isascii() and "\ufffd" not in token:
+        text = _byte_level_decoder().decode([token])
+        if "\ufffd" not in text:
+            token = text
+    return token.replace("Ġ", " ").replace("Ċ", "\\n").replace("▁", " ").replace("ĉ", "\\t").replace(
+        "\n", "\\n").replace("\t", "\\t") or token
 
 
 def is_punctuation(token: str) -> bool:
