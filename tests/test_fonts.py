@@ -167,3 +167,16 @@ def test_notice_names_each_script_once(without, fresh_notices):
     assert len(notices) == 1
     assert "Devanagari" in notices[0] and "emoji" in notices[0]
     assert "fonts-noto-core" in notices[0] and "fonts-symbola" in notices[0]
+
+
+@pytest.mark.skipif(not _installed("注"), reason="no CJK font installed (apt install fonts-noto-cjk)")
+def test_a_title_quoting_a_cjk_token_draws_its_glyphs(fresh_notices, inspector):
+    from hf_attn_inspect.views.measures import plot_measures
+
+    result = inspector("the 日 and α", measures=["norm"])
+    ax = plot_measures(result, "日", ["weights", "norm"])
+    assert "'日'" in ax.get_title()
+    families = ax.title.get_fontfamily()
+    assert any(_has_glyph(f, "日") for f in families), families
+    caught = _draw(ax.figure)
+    assert _glyph_warnings(caught) == []

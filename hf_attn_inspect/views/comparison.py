@@ -24,6 +24,7 @@ from ..core.files import atomic_path, write_json, write_text
 from ..core.stacks import result_stack
 from ..runs.compare import head_pair_results
 from .figures import plot_attention_diff
+from .fonts import readable_text
 from .plotting import thin_ticks
 from .words import counted
 
@@ -100,7 +101,8 @@ def plot_head_diffs(result_a: AttentionResult, result_b: AttentionResult, heads:
         axes[row][0].set_ylabel("query")
     if text is not None:
         quoted = text if len(text) <= 80 else text[:77].rstrip() + "..."
-        fig.suptitle(f'A and B on the first text ({counted(n, "token")}): "{quoted}"', fontsize=11)
+        shown = readable_text([f'A and B on the first text ({counted(n, "token")}): "{quoted}"'])  # any script
+        fig.suptitle(shown.texts[0], fontsize=11, **shown.style())
     fig.tight_layout()
     return fig
 

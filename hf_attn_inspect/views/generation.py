@@ -10,6 +10,7 @@ from ..capture.result import GenerationResult
 from ..core.errors import InputError
 from ..core.stacks import CROSS
 from ..core.tokens import clean_token
+from .fonts import readable_text
 from .plotting import default_scale, label_font_size, weight_colorbar, plot_attention_heatmap, thin_ticks
 
 if TYPE_CHECKING:
@@ -92,7 +93,8 @@ def plot_generation(
         right.set_yticks(shown)
         right.set_yticklabels([_probability(result.probabilities[i]) for i in shown], fontsize=label_font_size(min(g, max_labels)))
         right.set_ylabel("p(token)")
-    ax.set_title(title if title is not None else f"what each generated token looked at: {what}", pad=14)
+    shown = readable_text([title if title is not None else f"what each generated token looked at: {what}"])
+    ax.set_title(shown.texts[0], pad=14, **shown.style())  # generated text in any script
     return ax
 
 

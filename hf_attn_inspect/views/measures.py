@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from ..capture.result import AttentionResult
 from ..core.errors import InputError
 from ..core.mixing import row_normalise
+from .fonts import readable_text
 from .plotting import plot_attention_heatmap, thin_ticks
 
 __all__ = ["plot_measures", "plot_measure_map", "measure_layer"]
@@ -59,7 +60,8 @@ def plot_measures(
     thin_ticks(ax, labels, len(labels), "y")
     ax.set_ylabel("key token")
     shown = result.layer_ids[-1] if layer is None else layer
-    ax.set_title(f"what '{labels[i]}' takes from each token, layer {shown}")
+    title = readable_text([f"what '{labels[i]}' takes from each token, layer {shown}"])  # the token in any script
+    ax.set_title(title.texts[0], **title.style())
     if len(labels) <= 24:
         for r in range(grid.shape[0]):
             for c in range(grid.shape[1]):
