@@ -89,7 +89,7 @@ def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Ten
     Per chunk of query rows, one batched matrix product over the key tokens gives ``sum_h alpha^h_ij f'_hj /
     scale_i - o_i`` for every key ``j`` (``[T_k, rows, hidden]``, written into one reused buffer) and its L1
     norm; the diagonal, where the residual ``x'_i`` adds to the vector, is recomputed apart (``[T, hidden]``)."""
-    b, heads, t_q, t_k = alpha.shape
+    b, _, t_q, t_k = alpha.shape
     hidden = f.shape[-1]
     alpha = alpha / scale[:, None, :, None]  # the LayerNorm's division, folded into the rows
     by_key = alpha.permute(0, 3, 2, 1).contiguous()  # [B, T_k, T_q, H]
