@@ -81,6 +81,7 @@ def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Ten
     return f_ln, x_ln, scale, norm(y.to(norm.weight.dtype)).float()
 
 
+@torch.no_grad()
 def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """ALTI's contributions ``[B, T_q, T_k]`` (rows sum to 1) from :func:`decompose`'s ``f', x', scale, output``:
     ``max(0, ||o_i||_1 - ||o_i - T_i(x_j)||_1)`` normalised per row, query rows in chunks (no ``[T, T, hidden]``
@@ -88,15 +89,16 @@ def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Ten
 
     Per chunk of query rows, one batched matrix product over the key tokens gives ``sum_h alpha^h_ij f'_hj /
     scale_i - o_i`` for every key ``j`` (``[T_k, rows, hidden]``, written into one reused buffer) and its L1
-    norm; the diagonal, where the residual ``x'_i`` adds to the vector, is recomputed apart (``[T, hidden]``)."""
+    norm; the diagonal, where the residual ``x'_i`` adds to the vector, is recomputed apart (``[T, hidden]``).
+    Computed without gradients (a measurement, also in a run with ``grad=True``)."""
     b, _, t_q, t_k = alpha.shape
     hidden = f.shape[-1]
-    alpha = alpha / scale[:, None, :, None]  # the LayerNorm's division, folded into the rows
+    alpha, output = alpha.to(f.dtype) / scale[:, None, :, None], output.to(f.dtype)  # LayerNorm's division folded in
     by_key = alpha.permute(0, 3, 2, 1).contiguous()  # [B, T_k, T_q, H]
     f_key = f.transpose(1, 2).contiguous()  # [B, T_k, H, hidden]
     step = max(1, min(t_q, _CHUNK // max(1, t_k * hidden)))
-    buffer = torch.empty(t_k * step * hidden, device=alpha.device)
-    dist = torch.empty(b, t_k, t_q, device=alpha.device)  # ||sum_h alpha'_hij f'_hj - o_i||_1, keys first
+    buffer = f.new_empty(t_k * step * hidden)
+    dist = f.new_empty(b, t_k, t_q)  # ||sum_h alpha'_hij f'_hj - o_i||_1, keys first
     for batch in range(b):
         for start in range(0, t_q, step):
             stop = min(t_q, start + step)
