@@ -109,7 +109,8 @@ def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Ten
     dist = dist.transpose(1, 2).contiguous()
     n = min(t_q, t_k)
     idx = torch.arange(n, device=alpha.device)
-    own = torch.einsum("bhq,bhqo->bqo", alpha[:, :, idx, idx], f[:, :, :n]) + x[:, :n] / scale[:, :n, None]
+    diagonal = torch.diagonal(alpha[:, :, :n, :n], 0, 2, 3)  # [B, H, n]: alpha'_hii
+    own = (diagonal[..., None] * f[:, :, :n]).sum(1) + x[:, :n] / scale[:, :n, None]
     dist[:, idx, idx] = (own - output[:, :n]).abs().sum(-1)
     out = (output.abs().sum(-1)[:, :, None] - dist).clamp_min(0)
     return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
