@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from scipy.sparse import csr_array
 
 __all__ = [
-    "row_normalise", "residual_mix", "rollout_product", "attention_flow", "flow_capacities", "layer_flows", "mixing_ratio",
+    "row_normalise", "residual_mix", "rollout_product", "attention_flow", "flow_capacities", "layer_flows",
+    "mixing_ratio",
 ]
 
 
@@ -134,11 +135,12 @@ def attention_flow(a: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
     ``j`` (rows then normalised to sum to 1 unless ``normalise`` is False). One layer is the capacities
     themselves, two layers are parallel two-edge paths (``sum_k min(a[1, i, k], a[0, k, j])``); deeper layers are
     solved by scipy's Dinic maximum flow (:func:`scipy.sparse.csgraph.maximum_flow`) on integer capacities (the
-    largest row sum scaled to ``2**30``: within about ``1e-9`` per edge of a cut of the real values), on a graph
+    largest row sum scaled to ``2**30``: each capacity within ``2**-31`` times that row sum of its value), on a graph
     built once per layer and pruned exactly per pair (only the source's row of its own layer and the sink's
     column of the first layer can carry flow); pairs with no path of positive capacity are 0 without a solve.
-    Cost: ``T^2`` maximum flows per layer from the third on, each growing with the layers below: on MiniLM's 6
-    layers about 1 s at 16 tokens, 4 s at 32 and some 20 minutes at 128 (docs/guides/measures.md).
+    Cost: ``T^2`` maximum flows per layer from the third on, each growing with the layers below (a few ms at 128
+    tokens, mostly scipy rebuilding the residual graph): on MiniLM's 6 layers about 2 s at 16 tokens, 4-5 s at 32
+    and about 5 minutes at 128 (extrapolated; docs/guides/measures.md).
     """
     a = _check_square(a, "attention flow").cpu().double()
     layers, t = a.shape[0], a.shape[-1]
