@@ -2,7 +2,8 @@
 """Time of each measure as a ratio to the weights-only capture, on the embedded MiniLM at ``--tokens`` tokens.
 
 For every measure: the best of ``--repeats`` runs of ``inspector(text, measures=[name])`` (capture included)
-divided by the best weights-only ``inspector(text)``. Value zeroing is also stated in layer runs: its time over
+divided by the best of as many weights-only ``inspector(text)`` runs alternating with them (value zeroing: one
+run, over the first weights-only best). Value zeroing is also stated in layer runs: its time over
 the time of one run of one layer on the text (targets: ``tokens + 1`` per layer). Flow solves ``T^2`` maximum
 flows per layer from the third on: it is timed on ``--flow-tokens`` and twice as many tokens (its own lines) and
 its time at ``--tokens`` is extrapolated per layer from ``--flow-rows`` query rows of the full input (each row is
@@ -30,12 +31,21 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
+def paired(fn, base_fn, repeats: int) -> tuple[float, float]:
+    """Best times of ``fn`` and ``base_fn`` run alternately (a ratio that a busy shared machine moves less)."""
+    times, base_times = [], []
+    for _ in range(repeats):
+        base_times.append(best(base_fn, 1))
+        times.append(best(fn, 1))
+    return min(times), min(base_times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--flow-tokens", type=int, default=16)
     parser.add_argument("--flow-rows", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,8 +67,12 @@ def main() -> None:
 
     targets = {"norm": "<= 1.5x", "alti": "<= 3x"}
     for name in ("norm", "norm_layer", "norm_res", "norm_res_ln", "alti", "alti_rollout", "rollout", "value_zeroing"):
-        t = best(lambda: inspector(text, measures=[name]), args.repeats if name != "value_zeroing" else 1)
-        line = f"{name:14s} {t / base:6.2f}x  ({t * 1e3:.0f} ms)"
+        if name == "value_zeroing":
+            t = best(lambda: inspector(text, measures=[name]), 1)
+            line = f"{name:14s} {t / base:6.2f}x  ({t * 1e3:.0f} ms)"
+        else:
+            t, alongside = paired(lambda: inspector(text, measures=[name]), lambda: inspector(text), args.repeats)
+            line = f"{name:14s} {t / alongside:6.2f}x  ({t * 1e3:.0f} ms; weights-only beside it {alongside * 1e3:.0f})"
         if name == "value_zeroing":
             layers = inspector.num_layers
             line += f"  = {(t - base) / layer_run / layers:.0f} single-layer runs per layer (target <= {n + 1})"
