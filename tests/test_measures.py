@@ -216,6 +216,17 @@ def test_flow_equals_edmonds_karp_on_random_graphs(seed):
     torch.testing.assert_close(attention_flow(a, normalise=False), _nx_flows(a).float(), atol=1e-6, rtol=1e-6)
 
 
+def test_flow_of_unnormalised_sparse_capacities_equals_edmonds_karp():
+    """Capacities that are not row-stochastic (row sums up to ~5: the integer scale follows the largest) with
+    many zeros (pairs without a positive path are skipped, not solved)."""
+    gen = torch.Generator().manual_seed(7)
+    w = torch.rand(4, 6, 6, generator=gen) * 2
+    w[w < 1.4] = 0  # about a third of the edges left: about half the deeper pairs have no path
+    got = attention_flow(w, normalise=False)
+    assert (got[2:] == 0).any() and (got[2:] > 0).any()
+    torch.testing.assert_close(got, _nx_flows(w).float(), atol=1e-6, rtol=1e-6)
+
+
 def test_flow_measure_on_a_12_token_input(tiny):
     _, inspector = tiny("bert")
     result = inspector("one two three four five six seven eight nine ten", measures=["flow"])

@@ -47,17 +47,22 @@ class Layout:
         return not isinstance(self.norm, torch.nn.LayerNorm)
 
 
+def _child(module: torch.nn.Module | None, name: str) -> torch.nn.Module | None:
+    """``module``'s submodule ``name`` or None (read from the registered children: no ``__getattr__`` miss)."""
+    return None if module is None else module._modules.get(name)
+
+
 def _layout(module: torch.nn.Module) -> Layout | None:
-    attention = getattr(module, "attention", None)
-    inner = getattr(attention, "self", None)
-    norm = getattr(getattr(attention, "output", None), "LayerNorm", None)
-    if isinstance(inner, torch.nn.Module) and isinstance(norm, torch.nn.LayerNorm):
+    attention = _child(module, "attention")
+    inner = _child(attention, "self")
+    norm = _child(_child(attention, "output"), "LayerNorm")
+    if inner is not None and isinstance(norm, torch.nn.LayerNorm):
         return Layout(module, inner, inner, norm, POST)
-    if hasattr(module, "pre_feedforward_layernorm"):  # Gemma: a norm on the attention output itself
+    if _child(module, "pre_feedforward_layernorm") is not None:  # Gemma: a norm on the attention output itself
         return None
     for before, attn, after in (("ln_1", "attn", "ln_2"), ("input_layernorm", "self_attn", "post_attention_layernorm")):
-        parts = [getattr(module, name, None) for name in (before, attn, after)]
-        if all(isinstance(p, torch.nn.Module) for p in parts):
+        parts = [_child(module, name) for name in (before, attn, after)]
+        if all(p is not None for p in parts):
             return Layout(module, parts[1], parts[0], parts[0], PRE)
     return None
 

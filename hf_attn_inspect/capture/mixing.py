@@ -36,8 +36,8 @@ __all__ = ["MIXING_MAPS", "LayoutRecorder", "MixingRecorder", "decompose", "alti
 #: The maps :class:`MixingRecorder` can keep.
 MIXING_MAPS = ("norm_layer", "norm_res", "norm_res_ln", "alti")
 
-#: Float32 elements of one chunk of transformed vectors ``[batch, rows, T_k, hidden]``.
-_CHUNK = 1 << 20
+#: Float32 elements of one chunk of ALTI's transformed vectors ``[T_k, rows, hidden]`` (2 MiB: it stays in cache).
+_CHUNK = 1 << 19
 
 
 def _norms(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
@@ -54,8 +54,8 @@ def _norms(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor | None, scale: 
     return sq.clamp_min(0).sqrt() / scale[:, :, None]
 
 
-def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Tensor, bias: torch.Tensor | None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Tensor, bias: torch.Tensor | None,
+              attended: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One attention block's decomposition, per token: ``(f', x', scale [B, T_q], output [B, T_q, hidden])``.
 
     ``x [B, T, hidden]`` is the residual stream entering the block, ``alpha [B, H, T_q, T_k]`` the weights, ``f [B,
@@ -65,9 +65,10 @@ def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Ten
     the LayerNorm applied to each summand: ``f' = gamma * (f - mean f)``, ``x' = gamma * (x - mean x)`` and
     ``scale`` the standard deviation of the real LayerNorm input ``y_i = x_i + sum_h (alpha^h f_h)_i + b_O``.
     ``output`` is what they decompose (``sum_j T_i(x_j)`` plus the bias terms): post-LN the block's LayerNorm
-    output, pre-LN ``y``.
+    output, pre-LN ``y``. ``attended`` is ``sum_h (alpha^h f_h)_i`` ``[B, T_q, hidden]`` when the caller has it
+    (the heads' outputs through the output projection; None: computed from ``alpha`` and ``f``).
     """
-    y = x + torch.einsum("bhqk,bhko->bqo", alpha, f)
+    y = x + (torch.einsum("bhqk,bhko->bqo", alpha, f) if attended is None else attended)
     if bias is not None:
         y = y + bias
     if layout.kind != POST:
@@ -80,23 +81,38 @@ def decompose(layout: Layout, x: torch.Tensor, alpha: torch.Tensor, f: torch.Ten
     return f_ln, x_ln, scale, norm(y.to(norm.weight.dtype)).float()
 
 
+@torch.no_grad()
 def alti(alpha: torch.Tensor, f: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """ALTI's contributions ``[B, T_q, T_k]`` (rows sum to 1) from :func:`decompose`'s ``f', x', scale, output``:
     ``max(0, ||o_i||_1 - ||o_i - T_i(x_j)||_1)`` normalised per row, query rows in chunks (no ``[T, T, hidden]``
-    tensor for the whole input)."""
-    b, t_q, t_k, hidden = alpha.shape[0], alpha.shape[2], alpha.shape[3], f.shape[-1]
-    out = torch.zeros(b, t_q, t_k, device=alpha.device)
-    step = max(1, _CHUNK // max(1, b * t_k * hidden))
-    own = output.abs().sum(-1)  # [B, T_q]
-    alpha = alpha / scale[:, None, :, None]  # the LayerNorm's division, folded into the rows
-    x = x / scale[:, :, None]
-    for start in range(0, t_q, step):
-        stop = min(t_q, start + step)
-        rows = torch.arange(start, stop)
-        vec = torch.einsum("bhqk,bhko->bqko", alpha[:, :, start:stop], f)
-        vec[:, rows - start, rows] += x[:, start:stop]
-        vec.sub_(output[:, start:stop, None])
-        out[:, start:stop] = (own[:, start:stop, None] - vec.abs_().sum(-1)).clamp_min(0)
+    tensor for the whole input).
+
+    Per chunk of query rows, one batched matrix product over the key tokens gives ``sum_h alpha^h_ij f'_hj /
+    scale_i - o_i`` for every key ``j`` (``[T_k, rows, hidden]``, written into one reused buffer) and its L1
+    norm; the diagonal, where the residual ``x'_i`` adds to the vector, is recomputed apart (``[T, hidden]``).
+    Computed without gradients (a measurement, also in a run with ``grad=True``)."""
+    b, _, t_q, t_k = alpha.shape
+    hidden = f.shape[-1]
+    alpha, output = alpha.to(f.dtype) / scale[:, None, :, None], output.to(f.dtype)  # LayerNorm's division folded in
+    by_key = alpha.permute(0, 3, 2, 1).contiguous()  # [B, T_k, T_q, H]
+    f_key = f.transpose(1, 2).contiguous()  # [B, T_k, H, hidden]
+    step = max(1, min(t_q, _CHUNK // max(1, t_k * hidden)))
+    buffer = f.new_empty(t_k * step * hidden)
+    dist = f.new_empty(b, t_k, t_q)  # ||sum_h alpha'_hij f'_hj - o_i||_1, keys first
+    for batch in range(b):
+        for start in range(0, t_q, step):
+            stop = min(t_q, start + step)
+            vec = buffer[: t_k * (stop - start) * hidden].view(t_k, stop - start, hidden)
+            rows = output[batch, None, start:stop].expand(t_k, -1, -1)
+            torch.baddbmm(rows, by_key[batch, :, start:stop], f_key[batch], beta=-1, out=vec)
+            dist[batch, :, start:stop] = vec.abs_().sum(-1)
+    dist = dist.transpose(1, 2).contiguous()
+    n = min(t_q, t_k)
+    idx = torch.arange(n, device=alpha.device)
+    diagonal = torch.diagonal(alpha[:, :, :n, :n], 0, 2, 3)  # [B, H, n]: alpha'_hii
+    own = (diagonal[..., None] * f[:, :, :n]).sum(1) + x[:, :n] / scale[:, :n, None]
+    dist[:, idx, idx] = (own - output[:, :n]).abs().sum(-1)
+    out = (output.abs().sum(-1)[:, :, None] - dist).clamp_min(0)
     return out / out.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
@@ -176,7 +192,8 @@ class MixingRecorder(LayoutRecorder):
         x = first_input(args, kwargs).float()
         _, bias = output_projection(self.model, call.module, call.site.name or None)
         alpha = call.weights.float()
-        f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), per_head_projection(self.model, call))
+        projection = per_head_projection(self.model, call)  # [H, hidden, head_dim]
+        f = torch.einsum("bhkd,hod->bhko", head_values(call).float(), projection)
         bias = None if bias is None else bias.float()
         out = {}
         if "norm_layer" in self.maps:
@@ -184,7 +201,8 @@ class MixingRecorder(LayoutRecorder):
         if "norm_res" in self.maps:
             out["norm_res"] = _norms(alpha, f, x, alpha.new_ones(alpha.shape[0], alpha.shape[2]))
         if "norm_res_ln" in self.maps or "alti" in self.maps:
-            f_t, x_t, scale, output = decompose(layout, x, alpha, f, bias)
+            attended = torch.einsum("bhqd,hod->bqo", call.output.float(), projection)  # sum_h o_h W_O^h
+            f_t, x_t, scale, output = decompose(layout, x, alpha, f, bias, attended)
             if "norm_res_ln" in self.maps:
                 out["norm_res_ln"] = _norms(alpha, f_t, x_t, scale)
             if "alti" in self.maps:
