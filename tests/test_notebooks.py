@@ -26,6 +26,8 @@ os.environ.update(sys._notebook_test_environ)
 os.chdir({cwd!r})
 if "matplotlib.pyplot" in sys.modules:
     sys.modules["matplotlib.pyplot"].close("all")
+if "torch" in sys.modules:  # a notebook's set_num_threads must not carry into the next (and oversubscribe the cores)
+    sys.modules["torch"].set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
 del os, sys
 """
 
