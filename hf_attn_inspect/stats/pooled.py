@@ -1,13 +1,16 @@
-"""Every head's metrics and pattern class from a long input, measured block of rows by block of rows.
+"""Every head's metrics and pattern class from a long input, measured without a ``[T, T]`` matrix per head.
 
 :class:`PooledStatsRecorder` extends :class:`~hf_attn_inspect.capture.pooled.PooledRecorder` (exact weights
-computed a block of query rows at a time, pooled matrices, selected full weights): each block of rows is
-reduced at once to the per-row quantities of :mod:`hf_attn_inspect.stats.metrics`
-(:func:`~hf_attn_inspect.stats.metrics.row_quantities` with the block's ``q_offset``) and to column sums,
-then dropped. After the run the rows become metrics through
-:func:`~hf_attn_inspect.stats.metrics.reduce_rows`, the function that reduces the streaming statistics
-(:mod:`hf_attn_inspect.stats.streaming`) and materialised weights alike, so the numbers equal
-:func:`~hf_attn_inspect.stats.streaming.streaming_head_metrics`. Memory: ``O(T)`` per head plus one block.
+computed a block of query rows at a time, pooled matrices, selected full weights). Each self-attention
+call's per-row quantities of :mod:`hf_attn_inspect.stats.metrics` come from its query and key through the
+tiled statistics kernel (:func:`~hf_attn_inspect.core.kernels.attention_row_stats`, with the streaming
+path's options, :func:`~hf_attn_inspect.stats.streaming.row_stats_options`); the blocks of weights add the
+column sums. Models without the attention interface (eager fallback: full weights only) have each block
+measured by :func:`~hf_attn_inspect.stats.metrics.row_quantities` with the block's ``q_offset`` instead.
+After the run the rows become metrics through :func:`~hf_attn_inspect.stats.metrics.reduce_rows`, the
+function that reduces the streaming statistics (:mod:`hf_attn_inspect.stats.streaming`) and materialised
+weights alike, so the numbers equal :func:`~hf_attn_inspect.stats.streaming.streaming_head_metrics`.
+Memory: ``O(T)`` per head plus one block.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import torch
 from ..capture.inputs import Batch, KeyMasks
 from ..capture.interface import Site
 from ..capture.pooled import PooledRecorder
-from ..core.kernels import LOCAL_WINDOW
+from ..capture.recorders import AttentionCall
+from ..core.kernels import LOCAL_WINDOW, attention_row_stats
 from ..core.stacks import is_self_attention
-from .metrics import HEAD_METRICS, METRICS, entropy_ratio, reduce_rows, row_quantities
+from .metrics import HEAD_METRICS, METRICS, ROW_QUANTITIES, entropy_ratio, reduce_rows, row_quantities
 from ..core.masks import all_valid
 from .patterns import PatternThresholds, name_patterns
+from .streaming import row_stats_options
 from .tables import head_frame
 
 __all__ = ["PooledStatsRecorder"]
@@ -55,6 +60,7 @@ class PooledStatsRecorder(PooledRecorder):
         self.local_window = local_window
         self.rows: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         self.columns: dict[str, dict[int, torch.Tensor]] = {}
+        self._streamed: Site | None = None  # the site whose rows compute() took from the query and key
 
     def _valid(self, stack: str, b: int, t: int) -> KeyMasks:
         km = self.masks.get(stack)
@@ -63,22 +69,43 @@ class PooledStatsRecorder(PooledRecorder):
             return KeyMasks(ones, torch.zeros_like(ones), torch.zeros_like(ones))
         return km
 
+    def compute(self, call: AttentionCall) -> tuple[torch.Tensor, None]:
+        """The parent's blocks of weights (pooled, full where asked, column sums); a square self-attention
+        call's row quantities come first, from its query and key through the tiled statistics kernel
+        (:func:`~hf_attn_inspect.core.kernels.attention_row_stats`, the streaming path's numbers, several
+        times faster than measuring each materialised block)."""
+        site, query, key = call.site, call.query, call.key
+        self._streamed = None
+        if is_self_attention(site.stack) and key.shape[-2] == query.shape[-2]:
+            b, t = query.shape[0], query.shape[-2]
+            km = self._valid(site.stack, b, t)
+            dev = query.device
+            options, _ = row_stats_options(call, KeyMasks(km.valid.to(dev), km.special.to(dev), km.punctuation.to(dev)))
+            rows = attention_row_stats(query, key, sparsity_threshold=self.sparsity_threshold,
+                                       local_window=self.local_window, **options)
+            self.rows.setdefault(site.stack, {})[site.layer] = {
+                name: value.to("cpu", torch.float32) for name, value in rows.items() if name in ROW_QUANTITIES}
+            self._streamed = site
+        return super().compute(call)
+
     def on_rows(self, site: Site, module: torch.nn.Module | None, q0: int, weights: torch.Tensor) -> None:
-        """Per-row quantities and column sums of one block of rows (self-attention only; cross is skipped)."""
+        """Per-row quantities (unless :meth:`compute` took them from the query and key) and column sums of one
+        block of rows (self-attention only; cross is skipped)."""
         if not is_self_attention(site.stack) or weights.shape[-1] < q0 + weights.shape[-2]:
             return
         b, h, tq, t = weights.shape
         dev = weights.device
         km = self._valid(site.stack, b, t)
-        rows = row_quantities(
-            weights, km.valid.to(dev), special=km.special.to(dev), punctuation=km.punctuation.to(dev),
-            sparsity_threshold=self.sparsity_threshold, local_window=self.local_window, q_offset=q0,
-        )
-        store = self.rows.setdefault(site.stack, {}).setdefault(site.layer, {})
-        for name, value in rows.items():
-            if name not in store:
-                store[name] = torch.zeros(b, h, t)
-            store[name][..., q0 : q0 + tq] = value.to("cpu", torch.float32)
+        if self._streamed != site:  # eager fallback (full weights only): measure the block itself
+            rows = row_quantities(
+                weights, km.valid.to(dev), special=km.special.to(dev), punctuation=km.punctuation.to(dev),
+                sparsity_threshold=self.sparsity_threshold, local_window=self.local_window, q_offset=q0,
+            )
+            store = self.rows.setdefault(site.stack, {}).setdefault(site.layer, {})
+            for name, value in rows.items():
+                if name not in store:
+                    store[name] = torch.zeros(b, h, t)
+                store[name][..., q0 : q0 + tq] = value.to("cpu", torch.float32)
         vq = km.valid[:, q0 : q0 + tq].to(dev, torch.float32).reshape(b, 1, 1, tq)
         cols = torch.matmul(vq, weights.float()).squeeze(-2).double().cpu()  # [B, H, T]
         columns = self.columns.setdefault(site.stack, {})

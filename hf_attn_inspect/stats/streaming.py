@@ -57,6 +57,7 @@ __all__ = [
     "DISTANCE_BUCKETS",
     "distance_bucket_mass",
     "streaming_metrics",
+    "row_stats_options",
     "StreamingStatsRecorder",
     "streaming_head_metrics",
     "run_streaming",
@@ -106,6 +107,42 @@ def streaming_metrics(
 
 
 # --------------------------------------------------------------------------------------- recorder
+def row_stats_options(call: AttentionCall, km: KeyMasks | None) -> tuple[dict[str, Any], bool]:
+    """The keyword arguments of :func:`~hf_attn_inspect.core.kernels.attention_row_stats` for one attention
+    call, and whether its mask is a plain pattern.
+
+    A plain causal or bidirectional :class:`~hf_attn_inspect.core.masks.LazyMask` becomes ``causal`` plus a
+    ``[batch, 1, 1, S]`` key-padding mask (positions give causality, so tiles outside the band are skipped);
+    other lazy masks stay as they are (causal where the model is, sliding ``window`` from the call); a tensor
+    mask already says everything. ``km`` (the stack's key masks on the call's device, or None: every key
+    real, none special or punctuation) gives ``key_valid``, ``special`` and ``punctuation``.
+    """
+    mask = call.mask
+    stats_mask, plain = mask, True
+    if isinstance(mask, LazyMask):
+        pad = mask.key_padding
+        if (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0:
+            stats_mask = None if pad is None else pad[:, None, None, :]
+            causal = mask.plain_causal
+        else:
+            causal = call.causal and not mask.use_vmap and not mask.bidirectional
+            plain = False
+    else:
+        causal = False  # a tensor mask already says everything; no index shortcut
+    window = call.kwargs.get("sliding_window") or None
+    options = dict(
+        scale=call.scaling,
+        mask=stats_mask,
+        causal=causal,
+        window=window if causal else None,
+        key_valid=None if km is None else km.valid,
+        special=None if km is None else km.special,
+        punctuation=None if km is None else km.punctuation,
+        softcap=call.softcap,
+    )
+    return options, plain
+
+
 class StreamingStatsRecorder(Recorder):
     """A recorder that computes each attention call itself and keeps per-row attention statistics instead of weights.
 
@@ -232,39 +269,16 @@ class StreamingStatsRecorder(Recorder):
         """The layer's output from the fused kernel; the call's row statistics go to ``rows`` (or ``metrics``)."""
         site, query, key, value, mask, scaling = call.site, call.query, call.key, call.value, call.mask, call.scaling
         softcap = call.softcap
-        window = call.kwargs.get("sliding_window") or None
         if not self._wanted(site):
             return fast_attention_output(query, key, value, mask, scale=scaling, softcap=softcap), None
         dev = query.device
         km = self._device_masks(site.stack, dev)
         is_causal = call.causal
-        stats_mask = mask
-        plain = True
-        if isinstance(mask, LazyMask):
-            pad = mask.key_padding
-            if (mask.plain_causal or mask.bidirectional) and mask.q_offset == 0 and mask.kv_offset == 0:
-                # plain patterns: positions give causality, padding is a [batch, 1, 1, S] key mask
-                stats_mask = None if pad is None else pad[:, None, None, :]
-                causal = mask.plain_causal
-            else:
-                causal = is_causal and not mask.use_vmap and not mask.bidirectional
-                plain = False
-        else:
-            causal = False  # a tensor mask already says everything; no index shortcut
         self.causal[site.stack] = self.causal.get(site.stack, False) or is_causal
-        common = dict(
-            scale=scaling,
-            mask=stats_mask,
-            causal=causal,
-            window=window if causal else None,
-            key_valid=None if km is None else km.valid,
-            special=None if km is None else km.special,
-            punctuation=None if km is None else km.punctuation,
-            softcap=softcap,
-            sparsity_threshold=self.sparsity_threshold,
-            local_window=self.local_window,
-            distance_edges=self.distance_edges,
-        )
+        common, plain = row_stats_options(call, km)
+        stats_mask, causal = common["mask"], common["causal"]
+        common.update(sparsity_threshold=self.sparsity_threshold, local_window=self.local_window,
+                      distance_edges=self.distance_edges)
         if plain and self.sparsity_threshold >= 0 and query.shape[-1] <= 256 and fused_available(dev):
             # one fused kernel: the layer's output and its statistics in the same pass; the key masks
             # are prepared once per batch, the rows stay packed in one buffer (a few host ops per layer)
