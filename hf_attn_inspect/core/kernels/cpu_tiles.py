@@ -117,15 +117,6 @@ class TileWorkspace:
             self._buffers[(worker, name)] = buf
         return buf[:n].view(shape)
 
-    def get_bool(self, worker: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """A boolean buffer of ``shape`` for ``worker`` (comparison results), reused like :meth:`get`."""
-        n = math.prod(shape)
-        buf = self._buffers.get((worker, "bool"))
-        if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=torch.bool)
-            self._buffers[(worker, "bool")] = buf
-        return buf[:n].view(shape)
-
 
 _WORKER = threading.local()
 
@@ -326,8 +317,7 @@ def _item(
     vaug[..., d + 3 :] = 0.0
     for c, x in ((d + 1, extras[0]), (d + 2, extras[1])):
         vaug[..., c] = 0.0 if x is None else x[bi, lo:hi]
-    kt = ws.get(w, "kt", (n, d, sb))
-    kt.copy_(key[bi, h0:h1, lo:hi].transpose(1, 2))
+    kt = key[bi, h0:h1, lo:hi].transpose(1, 2)  # a view: the GEMM reads the keys transposed, no copy
     add = None if plan.additive is None else plan.additive[bi]  # [1|H, T, S]
     if add is not None and add.shape[0] > 1:
         add = add[h0:h1]
@@ -351,7 +341,7 @@ def _item(
         torch.linalg.vector_norm(e, dim=-1, out=raw[1])
         absd = _cached(ws, ("abs", q0, q1, lo, hi), lambda: (torch.arange(q0, q1, dtype=f32)[:, None]
                                                               - torch.arange(lo, hi, dtype=f32)[None, :]).abs_())
-        torch.linalg.vecdot(e, absd, out=raw[2])
+        torch.sum(torch.mul(e, absd, out=sc), -1, out=raw[2])  # sc is free from here on: scratch
         if lo == 0:
             raw[3] = e[..., 0]
         idx = _cached(ws, ("near", q0, q1, lo, hi), lambda: (torch.arange(q0 - lo, q1 - lo)[:, None]
@@ -359,14 +349,16 @@ def _item(
         acc.near[bi, h0:h1, q0:q1] = e.gather(-1, idx.expand(n, m_, 2 * rs + 1))
         il = 1.0 / agg[..., d]
         # above: only rows whose largest weight (1 / l: the maximum's e is 1) can exceed the threshold
+        # (comparisons written as float 0/1 and summed: several times faster than a boolean result)
         hit = il > thr
         n_hit = int(hit.sum())
-        if n_hit > hit.numel() // 4:  # many such rows: one pass over the tile
+        if n_hit > hit.numel() // 16:  # many such rows: one pass over the tile
             lim = (thr * agg[..., d]).unsqueeze(-1)
-            torch.sum(torch.gt(e, lim, out=ws.get_bool(w, (n, m_, sb))), -1, dtype=f32, out=raw[4])
+            torch.sum(torch.gt(e, lim, out=sc), -1, out=raw[4])
         elif n_hit:
             hn, hq = hit.nonzero(as_tuple=True)
-            raw[4][hn, hq] = (e[hn, hq] > (thr * agg[hn, hq, d]).unsqueeze(-1)).sum(-1).to(f32)
+            sel = e[hn, hq]
+            raw[4][hn, hq] = torch.gt(sel, (thr * agg[hn, hq, d]).unsqueeze(-1), out=sel).sum(-1)
         # column sums over the valid query rows
         acc.cols[bi, h0:h1, lo:hi] += torch.bmm((row_w[bi, q0:q1] * il).unsqueeze(1), e).squeeze(1)
 
