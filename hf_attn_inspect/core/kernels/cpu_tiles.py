@@ -41,9 +41,11 @@ __all__ = [
 #: cheaper on the materialised weights (measured with ``scripts/bench_doclength.py``).
 TILE_MIN_LENGTH = 64
 
-#: Score elements per tile (``heads x rows x keys``, 16 MiB of float32): a sequence's heads at 512 tokens in one tile;
-#: fewer, larger tiles measured faster than cache-sized ones (each tile costs a few dozen torch calls).
-TILE_ELEMENTS = 1 << 22
+#: Score elements per tile (``heads x rows x keys``, 4 MiB of float32): all 12 heads of a 256-token sequence,
+#: 4 at 480 tokens. Measured on MiniLM's layers (one thread, 2-core EPYC): at 480 tokens 16 MiB tiles took
+#: ~1.5x as long as 2-4 MiB ones (the dozen passes over a tile then run from L3 or memory), while tiles
+#: under 1 MiB lose to the few dozen torch calls each tile costs.
+TILE_ELEMENTS = 1 << 20
 
 #: The row quantities returned, in order (the :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`).
 _ROWS = ("entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
@@ -175,7 +177,14 @@ def attention_output_row_stats(
         cols=torch.zeros(b, h, t, dtype=f32),
     )
     row_w = valid.to(f32)
-    extras = [x.to(f32) if x is not None else None for x in (special, punctuation)]
+    # values augmented with indicator columns, for every sequence at once: v | 1 | special | punctuation,
+    # zero-padded to a multiple of 8 columns (a GEMM of 35 columns costs more than one of 40)
+    vaug = torch.zeros(b, h, t, _width(d), dtype=f32)
+    vaug[..., :d] = value
+    vaug[..., d] = 1.0
+    for c, x in ((d + 1, special), (d + 2, punctuation)):
+        if x is not None:
+            vaug[..., c] = x.to(f32)[:, None, :]
     # items: (sequence, head block) of about tile_elements scores; query rows split only for long inputs
     n_workers = workers or _workers(b * h * t * t)
     items = []
@@ -184,8 +193,9 @@ def attention_output_row_stats(
         heads = max(1, min(h, tile_elements // max(1, per_head)))
         if n_workers > 1 and b * -(-h // heads) < 2 * n_workers:  # enough items for every thread
             heads = max(1, -(-h * b // (2 * n_workers)))
+        heads = -(-h // -(-h // heads))  # as many blocks, of even sizes (12 heads by 8: 6 + 6, not 8 + 4)
         items += [(i, h0, min(h, h0 + heads)) for h0 in range(0, h, heads)]
-    args = (key, value, plan, acc, row_w, extras, thr, rs, ws, tile_elements)
+    args = (key, vaug, plan, acc, row_w, thr, rs, ws, tile_elements)
     if n_workers < 2:
         for item in items:
             _item(0, item, *args)
@@ -292,11 +302,10 @@ def _item(
     w: int,
     item: tuple[int, int, int],
     key: torch.Tensor,
-    value: torch.Tensor,
+    vaug: torch.Tensor,
     plan: TilePlan,
     acc: _Accumulators,
     row_w: torch.Tensor,
-    extras: list[torch.Tensor | None],
     thr: float,
     rs: int,
     ws: TileWorkspace,
@@ -309,14 +318,7 @@ def _item(
     lo, hi = plan.ranges[bi]
     sb = hi - lo
     f32 = torch.float32
-    # values augmented with indicator columns: v | 1 | special | punctuation, zero-padded to a multiple of 8
-    # columns (a GEMM of 35 columns costs more than one of 40)
-    vaug = ws.get(w, "vaug", (n, sb, _width(d)))
-    vaug[..., :d] = value[bi, h0:h1, lo:hi]
-    vaug[..., d] = 1.0
-    vaug[..., d + 3 :] = 0.0
-    for c, x in ((d + 1, extras[0]), (d + 2, extras[1])):
-        vaug[..., c] = 0.0 if x is None else x[bi, lo:hi]
+    vaug = vaug[bi, h0:h1, lo:hi]  # a strided view: the GEMM reads it in place
     kt = key[bi, h0:h1, lo:hi].transpose(1, 2)  # a view: the GEMM reads the keys transposed, no copy
     add = None if plan.additive is None else plan.additive[bi]  # [1|H, T, S]
     if add is not None and add.shape[0] > 1:
