@@ -105,7 +105,8 @@ def plan_tiles(mask: torch.Tensor | None, valid: torch.Tensor, heads: int) -> Ti
 
 
 class TileWorkspace:
-    """Tile buffers kept from layer to layer (one set per worker thread), grown when a larger tile comes."""
+    """Buffers kept from layer to layer, grown when a larger tile or batch comes: one set per worker
+    thread (the tiles) and one for the call (worker ``-1``: scaled queries, augmented values, row sums)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
@@ -169,22 +170,23 @@ def attention_output_row_stats(
     f32 = torch.float32
     thr, lw = float(sparsity_threshold), int(local_window)
     rs = max(1, lw)  # columns i - rs .. i + rs around the diagonal are gathered
+    # the layer's buffers come from the workspace (worker -1): fresh ones would page-fault on every layer
     acc = _Accumulators(
-        q=query * (scale * _LOG2E),  # scores in base 2: exp2 is cheaper than exp
-        agg=torch.empty(b, h, t, _width(d), dtype=f32),  # e @ [v | 1 | special | punctuation | 0...] per row
-        raw=torch.zeros(len(_RAW), b, h, t, dtype=f32),
-        near=torch.zeros(b, h, t, 2 * rs + 1, dtype=f32),
-        cols=torch.zeros(b, h, t, dtype=f32),
+        q=torch.mul(query, scale * _LOG2E, out=ws.get(-1, "q", (b, h, t, d))),  # scores in base 2: exp2 is cheaper
+        agg=ws.get(-1, "agg", (b, h, t, _width(d))),  # e @ [v | 1 | special | punctuation | 0...] per row
+        raw=ws.get(-1, "raw", (len(_RAW), b, h, t)).zero_(),
+        near=ws.get(-1, "near", (b, h, t, 2 * rs + 1)),  # every row written by the tiles
+        cols=ws.get(-1, "cols", (b, h, t)).zero_(),
     )
     row_w = valid.to(f32)
     # values augmented with indicator columns, for every sequence at once: v | 1 | special | punctuation,
     # zero-padded to a multiple of 8 columns (a GEMM of 35 columns costs more than one of 40)
-    vaug = torch.zeros(b, h, t, _width(d), dtype=f32)
+    vaug = ws.get(-1, "vaug", (b, h, t, _width(d)))
     vaug[..., :d] = value
     vaug[..., d] = 1.0
     for c, x in ((d + 1, special), (d + 2, punctuation)):
-        if x is not None:
-            vaug[..., c] = x.to(f32)[:, None, :]
+        vaug[..., c] = 0.0 if x is None else x.to(f32)[:, None, :]
+    vaug[..., d + 3 :] = 0.0
     # items: (sequence, head block) of about tile_elements scores; query rows split only for long inputs
     n_workers = workers or _workers(b * h * t * t)
     items = []
@@ -284,9 +286,9 @@ def _finish(acc: _Accumulators, plan: TilePlan, lw: int, rs: int, d: int) -> tup
         "local_window": (near[..., rs - lw : rs + lw + 1].sum(-1)) * il,
         "mass": l * il,
         "sq_sum": sq.square() * il.square(),
-        "above": above,
+        "above": above.clone(),
     }
-    return out, rows, acc.cols
+    return out, rows, acc.cols.clone()  # the accumulators are the workspace's: the next call reuses them
 
 
 def _cached(ws: TileWorkspace, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
