@@ -202,11 +202,19 @@ def attention_output_row_stats(
         for item in items:
             _item(0, item, *args)
     else:
+        # items are taken from a shared queue, not dealt out in advance: on a shared machine a worker
+        # whose core is taken for a while does fewer items instead of holding up the layer
+        queue, lock = iter(items), threading.Lock()
+
         def work(w: int) -> None:
             _WORKER.active = True
             torch.set_num_threads(1)
             try:
-                for item in items[w::n_workers]:
+                while True:
+                    with lock:
+                        item = next(queue, None)
+                    if item is None:
+                        return
                     _item(w, item, *args)
             finally:
                 _WORKER.active = False
