@@ -41,9 +41,11 @@ __all__ = [
 #: cheaper on the materialised weights (measured with ``scripts/bench_doclength.py``).
 TILE_MIN_LENGTH = 64
 
-#: Score elements per tile (``heads x rows x keys``, 16 MiB of float32): a sequence's heads at 512 tokens in one tile;
-#: fewer, larger tiles measured faster than cache-sized ones (each tile costs a few dozen torch calls).
-TILE_ELEMENTS = 1 << 22
+#: Score elements per tile (``heads x rows x keys``, 4 MiB of float32): all 12 heads of a 256-token sequence,
+#: 4 at 480 tokens. Measured on MiniLM's layers (one thread, 2-core EPYC): at 480 tokens 16 MiB tiles took
+#: ~1.5x as long as 2-4 MiB ones (the dozen passes over a tile then run from L3 or memory), while tiles
+#: under 1 MiB lose to the few dozen torch calls each tile costs.
+TILE_ELEMENTS = 1 << 20
 
 #: The row quantities returned, in order (the :data:`~hf_attn_inspect.stats.metrics.ROW_QUANTITIES`).
 _ROWS = ("entropy", "diagonal", "previous_token", "next_token", "first_token", "special_tokens", "punctuation",
@@ -103,7 +105,8 @@ def plan_tiles(mask: torch.Tensor | None, valid: torch.Tensor, heads: int) -> Ti
 
 
 class TileWorkspace:
-    """Tile buffers kept from layer to layer (one set per worker thread), grown when a larger tile comes."""
+    """Buffers kept from layer to layer, grown when a larger tile or batch comes: one set per worker
+    thread (the tiles) and one for the call (worker ``-1``: scaled queries, augmented values, row sums)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[int, str], torch.Tensor] = {}
@@ -115,15 +118,6 @@ class TileWorkspace:
         if buf is None or buf.numel() < n:
             buf = torch.empty(n, dtype=torch.float32)
             self._buffers[(worker, name)] = buf
-        return buf[:n].view(shape)
-
-    def get_bool(self, worker: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """A boolean buffer of ``shape`` for ``worker`` (comparison results), reused like :meth:`get`."""
-        n = math.prod(shape)
-        buf = self._buffers.get((worker, "bool"))
-        if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=torch.bool)
-            self._buffers[(worker, "bool")] = buf
         return buf[:n].view(shape)
 
 
@@ -176,15 +170,23 @@ def attention_output_row_stats(
     f32 = torch.float32
     thr, lw = float(sparsity_threshold), int(local_window)
     rs = max(1, lw)  # columns i - rs .. i + rs around the diagonal are gathered
+    # the layer's buffers come from the workspace (worker -1): fresh ones would page-fault on every layer
     acc = _Accumulators(
-        q=query * (scale * _LOG2E),  # scores in base 2: exp2 is cheaper than exp
-        agg=torch.empty(b, h, t, _width(d), dtype=f32),  # e @ [v | 1 | special | punctuation | 0...] per row
-        raw=torch.zeros(len(_RAW), b, h, t, dtype=f32),
-        near=torch.zeros(b, h, t, 2 * rs + 1, dtype=f32),
-        cols=torch.zeros(b, h, t, dtype=f32),
+        q=torch.mul(query, scale * _LOG2E, out=ws.get(-1, "q", (b, h, t, d))),  # scores in base 2: exp2 is cheaper
+        agg=ws.get(-1, "agg", (b, h, t, _width(d))),  # e @ [v | 1 | special | punctuation | 0...] per row
+        raw=ws.get(-1, "raw", (len(_RAW), b, h, t)).zero_(),
+        near=ws.get(-1, "near", (b, h, t, 2 * rs + 1)),  # every row written by the tiles
+        cols=ws.get(-1, "cols", (b, h, t)).zero_(),
     )
     row_w = valid.to(f32)
-    extras = [x.to(f32) if x is not None else None for x in (special, punctuation)]
+    # values augmented with indicator columns, for every sequence at once: v | 1 | special | punctuation,
+    # zero-padded to a multiple of 8 columns (a GEMM of 35 columns costs more than one of 40)
+    vaug = ws.get(-1, "vaug", (b, h, t, _width(d)))
+    vaug[..., :d] = value
+    vaug[..., d] = 1.0
+    for c, x in ((d + 1, special), (d + 2, punctuation)):
+        vaug[..., c] = 0.0 if x is None else x.to(f32)[:, None, :]
+    vaug[..., d + 3 :] = 0.0
     # items: (sequence, head block) of about tile_elements scores; query rows split only for long inputs
     n_workers = workers or _workers(b * h * t * t)
     items = []
@@ -193,17 +195,26 @@ def attention_output_row_stats(
         heads = max(1, min(h, tile_elements // max(1, per_head)))
         if n_workers > 1 and b * -(-h // heads) < 2 * n_workers:  # enough items for every thread
             heads = max(1, -(-h * b // (2 * n_workers)))
+        heads = -(-h // -(-h // heads))  # as many blocks, of even sizes (12 heads by 8: 6 + 6, not 8 + 4)
         items += [(i, h0, min(h, h0 + heads)) for h0 in range(0, h, heads)]
-    args = (key, value, plan, acc, row_w, extras, thr, rs, ws, tile_elements)
+    args = (key, vaug, plan, acc, row_w, thr, rs, ws, tile_elements)
     if n_workers < 2:
         for item in items:
             _item(0, item, *args)
     else:
+        # items are taken from a shared queue, not dealt out in advance: on a shared machine a worker
+        # whose core is taken for a while does fewer items instead of holding up the layer
+        queue, lock = iter(items), threading.Lock()
+
         def work(w: int) -> None:
             _WORKER.active = True
             torch.set_num_threads(1)
             try:
-                for item in items[w::n_workers]:
+                while True:
+                    with lock:
+                        item = next(queue, None)
+                    if item is None:
+                        return
                     _item(w, item, *args)
             finally:
                 _WORKER.active = False
@@ -283,9 +294,9 @@ def _finish(acc: _Accumulators, plan: TilePlan, lw: int, rs: int, d: int) -> tup
         "local_window": (near[..., rs - lw : rs + lw + 1].sum(-1)) * il,
         "mass": l * il,
         "sq_sum": sq.square() * il.square(),
-        "above": above,
+        "above": above.clone(),
     }
-    return out, rows, acc.cols
+    return out, rows, acc.cols.clone()  # the accumulators are the workspace's: the next call reuses them
 
 
 def _cached(ws: TileWorkspace, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -301,11 +312,10 @@ def _item(
     w: int,
     item: tuple[int, int, int],
     key: torch.Tensor,
-    value: torch.Tensor,
+    vaug: torch.Tensor,
     plan: TilePlan,
     acc: _Accumulators,
     row_w: torch.Tensor,
-    extras: list[torch.Tensor | None],
     thr: float,
     rs: int,
     ws: TileWorkspace,
@@ -318,16 +328,8 @@ def _item(
     lo, hi = plan.ranges[bi]
     sb = hi - lo
     f32 = torch.float32
-    # values augmented with indicator columns: v | 1 | special | punctuation, zero-padded to a multiple of 8
-    # columns (a GEMM of 35 columns costs more than one of 40)
-    vaug = ws.get(w, "vaug", (n, sb, _width(d)))
-    vaug[..., :d] = value[bi, h0:h1, lo:hi]
-    vaug[..., d] = 1.0
-    vaug[..., d + 3 :] = 0.0
-    for c, x in ((d + 1, extras[0]), (d + 2, extras[1])):
-        vaug[..., c] = 0.0 if x is None else x[bi, lo:hi]
-    kt = ws.get(w, "kt", (n, d, sb))
-    kt.copy_(key[bi, h0:h1, lo:hi].transpose(1, 2))
+    vaug = vaug[bi, h0:h1, lo:hi]  # a strided view: the GEMM reads it in place
+    kt = key[bi, h0:h1, lo:hi].transpose(1, 2)  # a view: the GEMM reads the keys transposed, no copy
     add = None if plan.additive is None else plan.additive[bi]  # [1|H, T, S]
     if add is not None and add.shape[0] > 1:
         add = add[h0:h1]
@@ -351,7 +353,7 @@ def _item(
         torch.linalg.vector_norm(e, dim=-1, out=raw[1])
         absd = _cached(ws, ("abs", q0, q1, lo, hi), lambda: (torch.arange(q0, q1, dtype=f32)[:, None]
                                                               - torch.arange(lo, hi, dtype=f32)[None, :]).abs_())
-        torch.linalg.vecdot(e, absd, out=raw[2])
+        torch.sum(torch.mul(e, absd, out=sc), -1, out=raw[2])  # sc is free from here on: scratch
         if lo == 0:
             raw[3] = e[..., 0]
         idx = _cached(ws, ("near", q0, q1, lo, hi), lambda: (torch.arange(q0 - lo, q1 - lo)[:, None]
@@ -359,14 +361,16 @@ def _item(
         acc.near[bi, h0:h1, q0:q1] = e.gather(-1, idx.expand(n, m_, 2 * rs + 1))
         il = 1.0 / agg[..., d]
         # above: only rows whose largest weight (1 / l: the maximum's e is 1) can exceed the threshold
+        # (comparisons written as float 0/1 and summed: several times faster than a boolean result)
         hit = il > thr
         n_hit = int(hit.sum())
-        if n_hit > hit.numel() // 4:  # many such rows: one pass over the tile
+        if n_hit > hit.numel() // 16:  # many such rows: one pass over the tile
             lim = (thr * agg[..., d]).unsqueeze(-1)
-            torch.sum(torch.gt(e, lim, out=ws.get_bool(w, (n, m_, sb))), -1, dtype=f32, out=raw[4])
+            torch.sum(torch.gt(e, lim, out=sc), -1, out=raw[4])
         elif n_hit:
             hn, hq = hit.nonzero(as_tuple=True)
-            raw[4][hn, hq] = (e[hn, hq] > (thr * agg[hn, hq, d]).unsqueeze(-1)).sum(-1).to(f32)
+            sel = e[hn, hq]
+            raw[4][hn, hq] = torch.gt(sel, (thr * agg[hn, hq, d]).unsqueeze(-1), out=sel).sum(-1)
         # column sums over the valid query rows
         acc.cols[bi, h0:h1, lo:hi] += torch.bmm((row_w[bi, q0:q1] * il).unsqueeze(1), e).squeeze(1)
 
