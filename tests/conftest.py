@@ -13,8 +13,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One compute thread per core across the xdist workers: OpenMP threads of two workers sharing a core wait
 # for each other at every barrier (several times slower than one thread each). Subprocesses (CLI,
 # notebooks, torchrun) inherit the variable.
+# The xdist controller loads this file too (2 threads on 2 cores) and its workers inherit its environment, so
+# a value this file set is replaced in each worker (1 thread each); a value the user set is kept.
 _THREADS = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+_OURS = os.environ.get("HF_ATTN_INSPECT_TEST_THREADS")
+if "OMP_NUM_THREADS" not in os.environ or _OURS == os.environ["OMP_NUM_THREADS"]:
+    os.environ["OMP_NUM_THREADS"] = os.environ["HF_ATTN_INSPECT_TEST_THREADS"] = str(_THREADS)
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
