@@ -139,8 +139,8 @@ def attention_flow(a: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
     built once per layer and pruned exactly per pair (only the source's row of its own layer and the sink's
     column of the first layer can carry flow); pairs with no path of positive capacity are 0 without a solve.
     Cost: ``T^2`` maximum flows per layer from the third on, each growing with the layers below (a few ms at 128
-    tokens, mostly scipy rebuilding the residual graph): on MiniLM's 6 layers about 2 s at 16 tokens, 4-5 s at 32
-    and about 5 minutes at 128 (extrapolated; docs/guides/measures.md).
+    tokens, mostly scipy rebuilding the residual graph): on MiniLM's 6 layers 0.4-2 s at 16 tokens, 2-5 s at 32
+    and 2.5-5 minutes at 128 (extrapolated; quiet and loaded 2-core machine; docs/guides/measures.md).
     """
     a = _check_square(a, "attention flow").cpu().double()
     layers, t = a.shape[0], a.shape[-1]
